@@ -1,0 +1,40 @@
+"""Errors that carry the kernel's errno.
+
+Every error skmsg raises for a kernel-defined condition is an ``OSError``
+subclass with ``.errno`` set, so ``except PermissionError`` and
+``exc.errno == errno.EACCES`` both work, and a message that names the map,
+key or socket at fault.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from typing import Any
+
+
+def kernel_error(err: int, what: str) -> OSError:
+    """Build the ``OSError`` subclass Python uses for ``err`` (``EACCES`` gives
+    ``PermissionError``, ``EEXIST`` ``FileExistsError``, ...), with ``what`` naming
+    the object at fault and the errno's name in the message."""
+    name = _errno.errorcode.get(err, str(err))
+    return OSError(err, f"{what}: {name} ({os.strerror(err)})")
+
+
+class StrParserError(ConnectionError):
+    """The stream parser of a socket failed; the socket is in error with ``.errno``.
+
+    Raised for a bad length from the parse program (``EMSGSIZE``, ``EPROTO``), a
+    negative return (that errno), or a parse program that raised (``EPROTO``,
+    chained to the program's exception). ``messages`` holds the messages the
+    failing feed completed before the error, which the caller still delivers.
+    """
+
+    messages: list[memoryview]
+    #: Set by the psock: the receive actions for ``messages``.
+    actions: list[Any]
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.messages = []
+        self.actions = []

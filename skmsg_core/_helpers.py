@@ -1,0 +1,211 @@
+"""The SK_MSG helpers that work on the message (``net/core/filter.c``).
+
+Each returns what the kernel's returns, 0 or a negative errno, because
+programs check (or ignore) those values; none raises for bad arguments.
+Cost grows with the bytes a call touches, never with the message's size:
+elements are split by adjusting offsets, and only ``msg_pull_data`` (or a full
+ring) copies, and then only the elements involved.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from ._ring import Sge, SkMsg
+
+__all__ = [
+    "msg_apply_bytes",
+    "msg_cork_bytes",
+    "msg_pop_data",
+    "msg_pull_data",
+    "msg_push_data",
+]
+
+_U32 = 0xFFFFFFFF
+
+
+def _u32(value: int) -> int:
+    return value & _U32
+
+
+def msg_apply_bytes(msg: SkMsg, nbytes: int) -> int:
+    """``bpf_msg_apply_bytes``: apply this run's verdict to the next ``nbytes``.
+
+    The verdict then covers exactly ``nbytes`` bytes, across later sends if the
+    message is shorter, and the program runs again after them. 0 means the
+    whole message. Always returns 0.
+    """
+    msg.apply_bytes = _u32(nbytes)
+    return 0
+
+
+def msg_cork_bytes(msg: SkMsg, nbytes: int) -> int:
+    """``bpf_msg_cork_bytes``: hold the message until it is ``nbytes`` long.
+
+    Later sends append to the held message and the program runs again on the
+    whole of it once ``nbytes`` have accumulated (or the ring is full). 0 means
+    no cork. Always returns 0.
+    """
+    msg.cork_bytes = _u32(nbytes)
+    return 0
+
+
+def _find(msg: SkMsg, start: int) -> tuple[int, int]:
+    """Index of the element holding byte ``start`` and that element's message offset;
+    ``(len(msg), size)`` when ``start`` is at or past the end."""
+    offset = 0
+    for i, e in enumerate(msg.elements()):
+        if start < offset + e.length:
+            return i, offset
+        offset += e.length
+    return len(msg), offset
+
+
+def msg_pull_data(msg: SkMsg, start: int, end: int, flags: int = 0) -> int:
+    """``bpf_msg_pull_data``: make bytes ``[start, end)`` the program's ``data`` window.
+
+    If the range lies in one element without the copy bit, nothing is copied;
+    otherwise the whole elements from the one holding ``start`` to the one
+    holding ``end - 1`` are copied into one private element (the only bytes
+    copied). The message's bytes and size do not change.
+
+    Returns 0, or ``-EINVAL`` for ``flags``, ``end <= start``, ``start >= size``
+    or ``end > size``.
+    """
+    if flags or end <= start or start < 0:
+        return -errno.EINVAL
+    i, offset = _find(msg, start)
+    if i >= len(msg):
+        return -errno.EINVAL
+    elems = msg._elems
+    nbytes = end - start
+    span = start - offset + nbytes
+    first = elems[i]
+    if not first.copy and span <= first.length:
+        msg.set_window(i, start - offset, nbytes)
+        return 0
+    copied = 0
+    j = i
+    while j < len(elems):
+        copied += elems[j].length
+        j += 1
+        if span <= copied:
+            break
+    if span > copied:
+        return -errno.EINVAL
+    page = bytearray(copied)
+    pos = 0
+    for e in elems[i:j]:
+        page[pos : pos + e.length] = e.buf[e.offset : e.offset + e.length]
+        pos += e.length
+    elems[i:j] = [Sge(memoryview(page), 0, copied)]
+    msg.set_window(i, start - offset, nbytes)
+    return 0
+
+
+def msg_push_data(msg: SkMsg, start: int, length: int, flags: int = 0) -> int:
+    """``bpf_msg_push_data``: insert ``length`` new bytes before byte ``start``.
+
+    ``start == size`` appends (the 2024 kernel fix). The new bytes are zero-filled
+    (the kernel leaves them unspecified; zeros make results deterministic). The
+    element holding ``start`` is split, using one free ring slot at an element
+    boundary and two inside one; without them that element and the new bytes are
+    copied into one new element. The ``data`` window is reset to the first element.
+
+    Returns 0, or ``-EINVAL`` for ``flags`` or ``start > size``.
+    """
+    if flags or start < 0 or length < 0:
+        return -errno.EINVAL
+    if length == 0:
+        return 0
+    if start > msg.size:
+        return -errno.EINVAL
+    elems = msg._elems
+    i, offset = _find(msg, start)
+    space = msg.max_frags - len(elems)
+    inside = start != offset  # start falls inside element i (or at the very end)
+    if i >= len(elems) and elems:
+        # Appending: the "element holding start" is the last one, start is its end.
+        i -= 1
+        offset -= elems[i].length
+        inside = True
+    if elems and (space == 0 or (space == 1 and inside)):
+        # Not enough slots: copy element i with the new bytes into one element.
+        e = elems[i]
+        front = start - offset
+        page = bytearray(e.length + length)
+        page[:front] = e.buf[e.offset : e.offset + front]
+        page[front + length :] = e.buf[e.offset + front : e.offset + e.length]
+        elems[i] = Sge(memoryview(page), 0, len(page))
+    else:
+        new = Sge(memoryview(bytearray(length)), 0, length)
+        if not elems:
+            elems.append(new)
+        elif not inside:
+            elems.insert(i, new)
+        else:
+            e = elems[i]
+            front = start - offset
+            if front == e.length:
+                elems.insert(i + 1, new)
+            else:
+                rest = Sge(e.buf, e.offset + front, e.length - front, e.copy)
+                e.length = front
+                elems[i + 1 : i + 1] = [new, rest]
+    msg.size += length
+    msg.compute_data_pointers()
+    return 0
+
+
+def msg_pop_data(msg: SkMsg, start: int, length: int, flags: int = 0) -> int:
+    """``bpf_msg_pop_data``: remove bytes ``[start, start + length)``.
+
+    Popping through the last byte, even the whole message, is allowed (the 2024
+    kernel fix). A cut inside one element with bytes left on both sides splits it
+    (one free slot), or copies the two remaining parts into one new element when
+    the ring is full. The ``data`` window is reset to the first element.
+
+    Returns 0, or ``-EINVAL`` for ``flags``, ``start >= size`` or
+    ``start + length > size``.
+    """
+    if flags or start < 0 or length < 0:
+        return -errno.EINVAL
+    if length == 0:
+        return 0
+    elems = msg._elems
+    i, offset = _find(msg, start)
+    if i >= len(elems) or start + length > msg.size:
+        return -errno.EINVAL
+    space = msg.max_frags - len(elems)
+    pop = length
+    if start != offset:
+        e = elems[i]
+        a = start - offset
+        b = e.length - pop - a
+        if b > 0:
+            if space:
+                tail = Sge(e.buf, e.offset + a + pop, b, e.copy)
+                e.length = a
+                elems.insert(i + 1, tail)
+            else:
+                page = bytearray(a + b)
+                page[:a] = e.buf[e.offset : e.offset + a]
+                page[a:] = e.buf[e.offset + a + pop : e.offset + e.length]
+                elems[i] = Sge(memoryview(page), 0, a + b)
+            pop = 0
+        else:
+            pop -= e.length - a
+            e.length = a
+        i += 1
+    while pop:
+        e = elems[i]
+        if pop < e.length:
+            e.offset += pop
+            e.length -= pop
+            pop = 0
+        else:
+            pop -= e.length
+            del elems[i]
+    msg.size -= length
+    msg.compute_data_pointers()
+    return 0

@@ -1,0 +1,350 @@
+"""``struct sk_msg``: a scatter-gather ring of memoryview fragments.
+
+Theory of operation
+-------------------
+A message is an ordered run of *elements* (``struct scatterlist`` entries),
+each a ``(buffer, offset, length)`` window on a buffer, held in a ring of
+``max_frags + 1`` slots of which at most ``max_frags`` are used
+(``MAX_MSG_FRAGS``; one slot always stays free, as in the kernel). ``start``
+is the ring slot of the first element and ``end`` one past the last; the
+kernel's ``sk_msg_elem_used`` is ``len(msg)`` here.
+
+Elements move with their *copy bit* (``sg.copy``): an element whose buffer is
+borrowed from the sender (zero-copy, sendpage) has it set, and a program
+cannot see its bytes until ``msg_pull_data`` copies them into a private
+buffer. (The kernel keeps the copy bitmap per ring slot and does not move it
+when push/pop shift elements; we move it with the element, which is what the
+bitmap means.)
+
+Filling from a send copies the caller's bytes into the socket's
+:class:`PageFrag`, the kernel's ``sk_page_frag``: 32 KiB chunks carved
+contiguously, so consecutive small writes, corked ones included, coalesce into
+one element. A buffer handed to :meth:`SkMsg.append_borrowed` is referenced,
+not copied, and carries the copy bit.
+
+The program sees ``data``, a window on one element: the first one unless a
+pull chose another range (``sk_msg_compute_data_pointers``). ``data`` is
+writable where the element's buffer is (private chunks are), and writes land
+in the bytes that are sent, as BPF direct packet writes do.
+
+No helper copies bytes it does not have to: pull copies the elements it
+linearises, push and pop split elements by adjusting offsets, and only a full
+ring makes them copy the one element they touch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from ._consts import FRAG_SIZE, MAX_MSG_FRAGS
+from ._sock import SkFields
+
+if TYPE_CHECKING:
+    from ._sock import Sock
+
+__all__ = ["PageFrag", "SkMsg", "Sge"]
+
+_EMPTY = memoryview(b"")
+
+
+class Sge:
+    """One scatterlist element: ``length`` bytes at ``offset`` of ``buf``."""
+
+    __slots__ = ("buf", "copy", "length", "offset")
+
+    def __init__(self, buf: memoryview, offset: int, length: int, copy: bool = False) -> None:
+        self.buf = buf
+        self.offset = offset
+        self.length = length
+        self.copy = copy
+
+    def view(self) -> memoryview:
+        """The element's bytes, without copying."""
+        return self.buf[self.offset : self.offset + self.length]
+
+    def clone(self) -> Sge:
+        return Sge(self.buf, self.offset, self.length, self.copy)
+
+    def __repr__(self) -> str:
+        return f"Sge(offset={self.offset}, length={self.length}, copy={self.copy})"
+
+
+class PageFrag:
+    """``sk_page_frag``: private 32 KiB chunks handed out contiguously.
+
+    One per socket. :meth:`alloc` returns ``(chunk, offset, n)`` with ``n`` at
+    most what is left in the current chunk, starting a new chunk when it is full.
+    """
+
+    __slots__ = ("chunk", "size", "used")
+
+    def __init__(self, size: int = FRAG_SIZE) -> None:
+        self.size = size
+        self.chunk = memoryview(bytearray(size))
+        self.used = 0
+
+    def alloc(self, want: int) -> tuple[memoryview, int, int]:
+        if self.used >= self.size:
+            self.chunk = memoryview(bytearray(self.size))
+            self.used = 0
+        off = self.used
+        n = min(want, self.size - off)
+        self.used = off + n
+        return self.chunk, off, n
+
+
+class SkMsg(SkFields):
+    """``struct sk_msg``: the message a SK_MSG program sees (``sk_msg_md``).
+
+    Fields a program reads: ``data`` (a memoryview window), ``data_off`` and
+    ``data_end`` (the window's message offsets), ``size``, and through ``sk``
+    the socket's ``family``, ``local_ip4``/``remote_ip4``, ``local_ip6``/
+    ``remote_ip6``, ``local_port``/``remote_port`` (both in host byte order: a
+    deliberate difference, Python has no use for a network-order port).
+
+    Fields the helpers write: ``apply_bytes``, ``cork_bytes``, ``flags`` and
+    ``sk_redir``. Like the kernel's, they live in the message and are not
+    cleared between runs of a program on the same message.
+    """
+
+    __slots__ = (
+        "_elems",
+        "_win",
+        "apply_bytes",
+        "cork_bytes",
+        "flags",
+        "max_frags",
+        "size",
+        "sk",
+        "sk_redir",
+        "start",
+    )
+
+    def __init__(self, max_frags: int = MAX_MSG_FRAGS, sk: Sock | None = None) -> None:
+        if max_frags < 1:
+            raise ValueError(f"max_frags must be at least 1, not {max_frags}")
+        self.max_frags = max_frags
+        self._elems: list[Sge] = []
+        self.start = 0
+        self.size = 0
+        self.apply_bytes = 0
+        self.cork_bytes = 0
+        self.flags = 0
+        self.sk = sk
+        self.sk_redir: Sock | None = None
+        # The data window: (element index, offset in element, length), or None.
+        self._win: tuple[int, int, int] | None = None
+
+    # -- construction ---------------------------------------------------------------
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes | bytearray | memoryview,
+        *,
+        max_frags: int = MAX_MSG_FRAGS,
+        frag_size: int = FRAG_SIZE,
+    ) -> SkMsg:
+        """A message holding a private copy of ``data``, as one send fills it.
+
+        Raises:
+            ValueError: ``data`` does not fit in ``max_frags`` chunks of ``frag_size``.
+        """
+        msg = cls(max_frags)
+        taken = msg.append_copy(PageFrag(frag_size), (data,))
+        if taken != len(data):
+            raise ValueError(f"{len(data)} bytes do not fit in {max_frags} frags of {frag_size}")
+        msg.compute_data_pointers()
+        return msg
+
+    @classmethod
+    def from_frags(
+        cls, frags: Iterable[bytes | bytearray | memoryview], *, copy: bool = False,
+        max_frags: int = MAX_MSG_FRAGS,
+    ) -> SkMsg:
+        """A message whose elements are exactly ``frags``, referenced without a copy.
+
+        With ``copy=True`` every element carries the copy bit (borrowed pages).
+
+        Raises:
+            ValueError: more than ``max_frags`` fragments, or an empty one.
+        """
+        msg = cls(max_frags)
+        for frag in frags:
+            view = memoryview(frag).cast("B")
+            if not view.nbytes:
+                raise ValueError("an sk_msg element cannot be empty")
+            if msg.full:
+                raise ValueError(f"more than {max_frags} fragments")
+            msg._elems.append(Sge(view, 0, view.nbytes, copy))
+            msg.size += view.nbytes
+        msg.compute_data_pointers()
+        return msg
+
+    # -- the ring -----------------------------------------------------------------------
+
+    @property
+    def end(self) -> int:
+        """Ring slot one past the last element (``sg.end``)."""
+        return (self.start + len(self._elems)) % (self.max_frags + 1)
+
+    @property
+    def full(self) -> bool:
+        """``sk_msg_full``: every usable slot holds an element."""
+        return len(self._elems) >= self.max_frags
+
+    def __len__(self) -> int:
+        """``sk_msg_elem_used``: how many elements the ring holds."""
+        return len(self._elems)
+
+    def elements(self) -> Sequence[Sge]:
+        """The elements in order, first at ``start`` (read-only use)."""
+        return self._elems
+
+    def frags(self) -> list[memoryview]:
+        """The message's bytes as memoryviews, one per element, without copying."""
+        return [e.buf[e.offset : e.offset + e.length] for e in self._elems]
+
+    def tobytes(self) -> bytes:
+        """A copy of the whole message (for tests and slow paths)."""
+        return b"".join(self.frags())
+
+    def sg_copy(self, i: int) -> bool:
+        """The copy bit of element ``i`` (0 is the first element)."""
+        return self._elems[i].copy
+
+    # -- filling --------------------------------------------------------------------
+
+    def append_copy(
+        self, frag: PageFrag, buffers: Sequence[bytes | bytearray | memoryview], limit: int = -1
+    ) -> int:
+        """Copy ``buffers`` (an iovec) onto the end, at most ``limit`` bytes (-1: all).
+
+        ``sk_msg_alloc`` + ``sk_msg_memcopy_from_iter``: bytes go into ``frag``,
+        coalescing with the last element when it ends where the new bytes start;
+        iovec boundaries are not kept. Stops when the ring is full; returns the
+        number of bytes taken (fewer than offered means the ring filled: the
+        kernel's internal ``-ENOSPC``).
+        """
+        if len(buffers) == 1:
+            src = memoryview(buffers[0]).cast("B")
+        else:
+            src = memoryview(b"".join(buffers))
+        total = src.nbytes if limit < 0 else min(limit, src.nbytes)
+        taken = 0
+        elems = self._elems
+        while taken < total:
+            chunk, off, n = frag.alloc(total - taken)
+            chunk[off : off + n] = src[taken : taken + n]
+            last = elems[-1] if elems else None
+            if (
+                last is not None
+                and last.buf is chunk
+                and not last.copy
+                and last.offset + last.length == off
+            ):
+                last.length += n
+            elif len(elems) >= self.max_frags:
+                frag.used = off  # give the bytes back
+                break
+            else:
+                elems.append(Sge(chunk, off, n))
+            taken += n
+            self.size += n
+        return taken
+
+    def append_borrowed(self, buf: bytes | bytearray | memoryview) -> int:
+        """Reference ``buf`` as one new element with the copy bit set (sendpage).
+
+        Returns the bytes taken: ``len(buf)``, or 0 if the ring is full or
+        ``buf`` is empty.
+        """
+        view = memoryview(buf).cast("B")
+        if self.full or not view.nbytes:
+            return 0
+        self._elems.append(Sge(view, 0, view.nbytes, True))
+        self.size += view.nbytes
+        return view.nbytes
+
+    # -- consuming -------------------------------------------------------------------
+
+    def consume(self, n: int) -> list[memoryview]:
+        """Take the first ``n`` bytes off the front, returned as memoryviews.
+
+        The ring's ``start`` advances past whole elements; a partly taken element
+        is trimmed (``sk_msg_free_partial``). ``n`` larger than ``size`` takes all.
+        """
+        out: list[memoryview] = []
+        elems = self._elems
+        take = min(n, self.size)
+        self.size -= take
+        k = 0
+        while take:
+            e = elems[k]
+            if e.length <= take:
+                out.append(e.buf[e.offset : e.offset + e.length])
+                take -= e.length
+                k += 1
+            else:
+                out.append(e.buf[e.offset : e.offset + take])
+                e.offset += take
+                e.length -= take
+                take = 0
+        if k:
+            del elems[:k]
+            self.start = (self.start + k) % (self.max_frags + 1)
+        self._win = None
+        return out
+
+    def free(self) -> int:
+        """``sk_msg_free``: drop every element; return how many bytes were dropped."""
+        n = self.size
+        self.consume(n)
+        return n
+
+    # -- the program's window ----------------------------------------------------------
+
+    def compute_data_pointers(self) -> None:
+        """``sk_msg_compute_data_pointers``: the window becomes the first element,
+        or empty when that element carries the copy bit (or there is none)."""
+        if self._elems and not self._elems[0].copy:
+            self._win = (0, 0, self._elems[0].length)
+        else:
+            self._win = None
+
+    def set_window(self, index: int, offset: int, length: int) -> None:
+        """Point the window at ``length`` bytes from ``offset`` of element ``index``."""
+        self._win = (index, offset, length)
+
+    @property
+    def data(self) -> memoryview:
+        """The bytes the program may look at (``data`` .. ``data_end``)."""
+        win = self._win
+        if win is None:
+            return _EMPTY
+        i, off, n = win
+        e = self._elems[i]
+        start = e.offset + off
+        return e.buf[start : start + n]
+
+    @property
+    def data_off(self) -> int:
+        """Message offset of ``data[0]`` (0 when the window is empty)."""
+        win = self._win
+        if win is None:
+            return 0
+        i, off, _ = win
+        return sum(e.length for e in self._elems[:i]) + off
+
+    @property
+    def data_end(self) -> int:
+        """Message offset one past the window's last byte."""
+        win = self._win
+        return 0 if win is None else self.data_off + win[2]
+
+    def __repr__(self) -> str:
+        return (
+            f"<SkMsg size={self.size} elems={len(self._elems)} start={self.start} "
+            f"end={self.end} apply={self.apply_bytes} cork={self.cork_bytes}>"
+        )

@@ -1,0 +1,261 @@
+"""``struct sock``: what the core knows of a socket, and the protocol seam.
+
+Theory of operation
+-------------------
+The core never does I/O, so it never holds an OS socket. A protocol plugin
+(TCP, UDP, TLS's transport, or a user's own) builds one :class:`Sock` per
+socket it serves and keeps its fields current (``state`` above all). The core
+reaches the protocol through exactly one object, ``sk.sk_prot``, an
+:class:`SkProto`: the kernel's ``struct proto`` reduced to what sockmap uses.
+
+``SkProto.psock_update_sk_prot(sk, psock, restore)`` is the seam
+(``tcp_bpf_update_proto``): the core calls it when a socket gains a psock or
+its programs change (``restore=False``) and when its last map link goes
+(``restore=True``). The plugin swaps the operations its stream runs on each
+send and receive; the core never asks again on the hot path.
+
+Anything a map is handed may be a :class:`Sock`, an object with an ``sk``
+attribute that is one (a stream), or an ``int`` file descriptor of a socket a
+plugin registered.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import stat
+import weakref
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import attrs
+
+from ._consts import S32_MAX, TcpState
+from ._errors import kernel_error
+
+if TYPE_CHECKING:
+    from ._psock import SkPsock
+
+import errno
+
+__all__ = ["SkFields", "SkProto", "SkProtoBase", "Sock", "next_cookie", "sock_from"]
+
+# Cookies start past zero, as the kernel's (0 means "no cookie").
+_cookie_gen = itertools.count(1)
+# Sockets registered under their OS file descriptor, for map updates by fd.
+_by_fd: weakref.WeakValueDictionary[int, Sock] = weakref.WeakValueDictionary()
+
+
+def next_cookie() -> int:
+    """A fresh 64-bit socket cookie, unique in this process (``gen_cookie``)."""
+    return next(_cookie_gen)
+
+
+@runtime_checkable
+class SkProto(Protocol):
+    """The protocol table a socket's plugin provides (``struct proto``, sockmap part).
+
+    ``name`` names the protocol in errors and statistics. The methods are called
+    at set-up (map updates and deletes, program changes), never per message.
+    """
+
+    name: str
+
+    def sk_state_allowed(self, sk: Sock) -> bool:
+        """Whether ``sk`` may enter a socket map now (``sock_map_sk_state_allowed``)."""
+        ...
+
+    def redirect_allowed(self, sk: Sock) -> bool:
+        """Whether ``sk`` may be the target of a redirect (``sock_map_redirect_allowed``)."""
+        ...
+
+    def psock_update_sk_prot(self, sk: Sock, psock: SkPsock, restore: bool) -> int:
+        """Install (``restore=False``) or remove (``restore=True``) the psock's
+        operations on ``sk``; return 0 or a negative errno that fails the update."""
+        ...
+
+
+class SkProtoBase:
+    """A convenient base for :class:`SkProto` with the kernel's generic rules.
+
+    ``sk_state_allowed``: a stream socket (TCP) must be ESTABLISHED or LISTEN, a
+    connection-oriented non-TCP stream ESTABLISHED, anything else is accepted.
+    ``redirect_allowed``: TCP unless LISTEN; others only when ESTABLISHED.
+    ``psock_update_sk_prot`` records the psock on ``sk.ops_psock`` and succeeds;
+    plugins override it to swap their stream's operations.
+    """
+
+    name = "proto"
+
+    def sk_state_allowed(self, sk: Sock) -> bool:
+        if sk.is_tcp:
+            return sk.state in (TcpState.ESTABLISHED, TcpState.LISTEN)
+        if sk.type == socket.SOCK_STREAM:
+            return sk.state == TcpState.ESTABLISHED
+        return True
+
+    def redirect_allowed(self, sk: Sock) -> bool:
+        if sk.is_tcp:
+            return sk.state != TcpState.LISTEN
+        return sk.state == TcpState.ESTABLISHED
+
+    def psock_update_sk_prot(self, sk: Sock, psock: SkPsock, restore: bool) -> int:
+        sk.ops_psock = None if restore else psock
+        return 0
+
+
+@attrs.define(eq=False, weakref_slot=True)
+class Sock:
+    """``struct sock``: identity, state and addresses of one socket, as the core sees it.
+
+    Mutable and kept current by the owning plugin. ``owner`` is the plugin's own
+    object for this socket (a stream), which the I/O layer reaches from a redirect
+    target. ``psock`` is ``sk_user_data`` for sockmap: set by the core only.
+    """
+
+    sk_prot: SkProto | None
+    family: int = socket.AF_INET
+    type: int = socket.SOCK_STREAM
+    protocol: int = socket.IPPROTO_TCP
+    state: int = TcpState.CLOSE
+    local_addr: tuple[Any, ...] | None = None
+    remote_addr: tuple[Any, ...] | None = None
+    cookie: int = attrs.field(factory=next_cookie)
+    fileno: int = -1
+    owner: Any = None
+    #: A ULP installed on the socket (``"tls"``), which forbids creating a psock.
+    ulp: str | None = None
+    #: Someone else's use of ``sk_user_data``: a psock cannot be created (EBUSY).
+    user_data: object | None = None
+    #: An ``SO_REUSEPORT`` group this socket listens in, if any.
+    reuseport_group: object | None = None
+    dead: bool = False
+    psock: SkPsock | None = None
+    #: Set by :meth:`SkProtoBase.psock_update_sk_prot`: the psock whose ops are installed.
+    ops_psock: SkPsock | None = None
+
+    @property
+    def is_tcp(self) -> bool:
+        """``sk_is_tcp``: a stream socket speaking TCP."""
+        return self.type == socket.SOCK_STREAM and self.protocol == socket.IPPROTO_TCP
+
+    def register_fd(self, fd: int) -> None:
+        """Make this socket reachable by its OS file descriptor ``fd`` in map updates."""
+        self.fileno = fd
+        _by_fd[fd] = self
+
+    def close(self) -> None:
+        """``sock_map_close``: leave every map (the psock goes with the last link),
+        then mark the socket dead and CLOSE. Idempotent; the plugin closes the OS
+        socket itself."""
+        psock = self.psock
+        if psock is not None:
+            psock.unlink_all()
+        self.dead = True
+        self.state = TcpState.CLOSE
+        if self.fileno >= 0 and _by_fd.get(self.fileno) is self:
+            del _by_fd[self.fileno]
+
+    def describe(self) -> str:
+        """A short name for errors: protocol, cookie and addresses."""
+        proto = self.sk_prot.name if self.sk_prot is not None else "?"
+        addr = f" {self.local_addr}" if self.local_addr else ""
+        peer = f"->{self.remote_addr}" if self.remote_addr else ""
+        return f"{proto} socket (cookie {self.cookie}){addr}{peer}"
+
+
+def sock_from(value: object) -> Sock:
+    """Resolve what a map update was handed to a :class:`Sock`.
+
+    Accepts a :class:`Sock`, an object with an ``sk`` attribute holding one, or
+    an ``int`` file descriptor (the kernel's value).
+
+    Raises:
+        OSError(EINVAL): an int fd below 0 or above ``S32_MAX``.
+        OSError(EBADF): an fd that is not open, or a socket already closed.
+        OSError(EOPNOTSUPP): an open socket fd no protocol plugin serves.
+        OSError(ENOTSOCK): anything else.
+    """
+    if isinstance(value, Sock):
+        sk = value
+    elif isinstance(getattr(value, "sk", None), Sock):
+        sk = value.sk  # type: ignore[attr-defined]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if value < 0 or value > S32_MAX:
+            raise kernel_error(errno.EINVAL, f"socket fd {value} out of range 0..S32_MAX")
+        found = _by_fd.get(value)
+        if found is None:
+            try:
+                mode = os.fstat(value).st_mode
+            except OSError as exc:
+                raise kernel_error(errno.EBADF, f"fd {value} is not open") from exc
+            if stat.S_ISSOCK(mode):
+                raise kernel_error(
+                    errno.EOPNOTSUPP, f"fd {value} is a socket no skmsg protocol serves"
+                )
+            raise kernel_error(errno.ENOTSOCK, f"fd {value} is not a socket")
+        sk = found
+    else:
+        raise kernel_error(errno.ENOTSOCK, f"{type(value).__name__} object is not a socket")
+    if sk.dead:
+        raise kernel_error(errno.EBADF, f"{sk.describe()} is closed")
+    return sk
+
+
+class SkFields:
+    """The socket fields of ``sk_msg_md`` and ``__sk_buff``, read through ``self.sk``.
+
+    ``family``; ``local_ip4``/``remote_ip4`` (``None`` unless AF_INET) and
+    ``local_ip6``/``remote_ip6`` (``None`` unless AF_INET6) as address strings;
+    ``local_port``/``remote_port`` in host byte order (the kernel gives
+    ``remote_port`` in network order; a deliberate difference).
+    """
+
+    __slots__ = ()
+    sk: Sock | None
+
+    @property
+    def family(self) -> int:
+        return self.sk.family if self.sk is not None else 0
+
+    @property
+    def local_port(self) -> int:
+        return _port(self.sk, local=True)
+
+    @property
+    def remote_port(self) -> int:
+        return _port(self.sk, local=False)
+
+    @property
+    def local_ip4(self) -> str | None:
+        return _ip(self.sk, local=True, v6=False)
+
+    @property
+    def remote_ip4(self) -> str | None:
+        return _ip(self.sk, local=False, v6=False)
+
+    @property
+    def local_ip6(self) -> str | None:
+        return _ip(self.sk, local=True, v6=True)
+
+    @property
+    def remote_ip6(self) -> str | None:
+        return _ip(self.sk, local=False, v6=True)
+
+
+def _addr(sk: Sock | None, local: bool) -> tuple[Any, ...] | None:
+    if sk is None:
+        return None
+    return sk.local_addr if local else sk.remote_addr
+
+
+def _port(sk: Sock | None, local: bool) -> int:
+    addr = _addr(sk, local)
+    return int(addr[1]) if addr and len(addr) > 1 else 0
+
+
+def _ip(sk: Sock | None, local: bool, v6: bool) -> str | None:
+    addr = _addr(sk, local)
+    if sk is None or not addr or (sk.family == socket.AF_INET6) != v6:
+        return None
+    return str(addr[0])
