@@ -1,0 +1,280 @@
+"""strparser: frame a byte stream into messages with a parse program.
+
+Mirrors ``net/strparser/strparser.c`` (``__strp_recv``), sans-I/O: bytes go in
+through :meth:`StrParser.feed`, whole messages come out.
+
+Rules (the kernel's)
+--------------------
+* The parse program sees one :class:`SkBuff`, reused for every call, whose
+  ``data``/``len`` are all the bytes accumulated for the current message, from
+  its start. It must not keep the context past its return.
+* Its return ``> 0`` is the message length from the message start; ``0`` means
+  "need more": it is called again, with everything accumulated, when more
+  bytes arrive; ``< 0`` is an error with that errno (``-ESTRPIPE`` once bytes
+  are accumulated becomes ``ENODATA``).
+* A length over ``max_msg_size`` is ``EMSGSIZE`` (stat ``msg_too_big``); a
+  length not beyond the bytes accumulated before the newest chunk is ``EPROTO``
+  (stat ``bad_hdr_len``: it could have been answered earlier). A return that is
+  not an ``int`` (or is a ``bool``), or a program that raises, is ``EPROTO``.
+* Errors are :class:`StrParserError` and sticky: the parser holds nothing more
+  and every later :meth:`~StrParser.feed` raises the same error.
+* Bytes past a complete message start the next one; a partial one waits.
+
+Theory of operation
+-------------------
+A fed chunk is walked with an offset. While no message is pending, the program
+runs on ``chunk[offset:]`` and each message wholly inside the chunk is handed
+out as a zero-copy, read-only memoryview slice of the chunk. The tail that does
+not complete a message is copied once into a ``bytearray`` accumulator.
+
+When a message is pending, the next chunk extends the accumulator: wholly
+while the length is unknown (the program is then run on the accumulator, as
+the kernel runs it on the head skb with the new skb appended), and only up to
+the known length once the program has given it (the program is not run again).
+A completed message is emitted as a view of the accumulator, which is handed
+off (never written again) and replaced by a new one; the rest of the chunk is
+walked zero-copy as above. The accumulator grows in place, amortised O(1) per
+byte; if the program kept a slice of it (so it cannot be resized), it is
+copied once to a fresh one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ._consts import DEFAULT_QUEUE_BYTES
+from ._errors import StrParserError
+from ._skb import SkBuff
+
+if TYPE_CHECKING:
+    from ._sock import Sock
+
+__all__ = ["StrParser", "StrParserStats"]
+
+_EMPTY = memoryview(b"")
+
+
+@attrs.frozen
+class StrParserStats:
+    """A snapshot of a :class:`StrParser`'s counters (``struct strp_aggr_stats``).
+
+    ``msgs``/``bytes``: messages emitted and their total length; ``need_more``:
+    parse calls that returned 0; ``msg_too_big``/``bad_hdr_len``: lengths refused
+    with ``EMSGSIZE``/``EPROTO``; ``errors``: errors of any kind (0 or 1, as errors
+    are sticky).
+    """
+
+    msgs: int
+    bytes: int
+    need_more: int
+    msg_too_big: int
+    bad_hdr_len: int
+    errors: int
+
+
+class StrParser:
+    """strparser: frames a byte stream into messages with a parse program."""
+
+    def __init__(
+        self,
+        parse: Callable[[SkBuff], int],
+        *,
+        max_msg_size: int = DEFAULT_QUEUE_BYTES,
+        sk: Sock | None = None,
+    ) -> None:
+        """Frame with ``parse``; messages may be up to ``max_msg_size`` bytes (the
+        kernel's ``sk_rcvbuf``); the program's context has ``sk`` as its socket.
+
+        Raises:
+            TypeError: ``parse`` is not callable.
+            ValueError: ``max_msg_size`` is less than 1.
+        """
+        if not callable(parse):
+            raise TypeError(f"strparser: parse program {parse!r} is not callable")
+        if max_msg_size < 1:
+            raise ValueError(f"strparser: max_msg_size {max_msg_size} is less than 1")
+        self._parse = parse
+        self._name: str = getattr(parse, "__qualname__", None) or repr(parse)
+        self._max = max_msg_size
+        self._ctx = SkBuff(sk)
+        self._acc = bytearray()  # bytes of the pending message
+        self._need = 0  # its length, once the program has given it
+        self._error: StrParserError | None = None
+        self._msgs = self._bytes = self._need_more = 0
+        self._too_big = self._bad_hdr = self._errors = 0
+
+    @property
+    def pending(self) -> int:
+        """Bytes held for an incomplete message (0 after an error)."""
+        return len(self._acc)
+
+    @property
+    def error(self) -> StrParserError | None:
+        """The sticky error, or ``None`` while the parser is healthy."""
+        return self._error
+
+    def statistics(self) -> StrParserStats:
+        """A frozen snapshot of the counters."""
+        return StrParserStats(
+            self._msgs, self._bytes, self._need_more, self._too_big, self._bad_hdr, self._errors
+        )
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[memoryview]:
+        """Add ``data`` to the stream; return the messages it completes, in order.
+
+        Each message is a read-only memoryview that stays valid and unchanged
+        after later feeds. A message wholly inside ``data`` is a slice of it, not
+        a copy: a caller that reuses a ``bytearray`` (as for ``recv_into``) must
+        not overwrite it while those views are alive. Trailing bytes of an
+        incomplete message are copied; ``data`` is not referenced afterwards
+        except by the returned views.
+
+        Raises:
+            StrParserError: the parse program failed (``errno`` as in the module
+                rules), now or on an earlier feed. Messages this ``data``
+                completed before the failure are on the error's ``messages``
+                (the kernel hands them on before it sets the socket error);
+                a repeated raise carries none.
+            TypeError: ``data`` is not a C-contiguous bytes-like object.
+        """
+        if self._error is not None:
+            self._error.messages = []
+            raise self._error
+        view = memoryview(data).cast("B").toreadonly()
+        out: list[memoryview] = []
+        try:
+            return self._feed(view, out)
+        except StrParserError as exc:
+            exc.messages = out
+            self._msgs += len(out)
+            self._bytes += sum(m.nbytes for m in out)
+            raise
+
+    def _feed(self, view: memoryview, out: list[memoryview]) -> list[memoryview]:
+        n = len(view)
+        off = self._continue(view, out) if self._acc and n else 0
+        nbytes = out[0].nbytes if out else 0  # a message completed in the accumulator
+        parse, reset, max_size = self._parse, self._ctx.reset, self._max
+        while off < n:
+            try:
+                length: object = parse(reset(view[off:]))
+            except Exception as exc:
+                raise self._fail(errno.EPROTO, f"raised {exc!r}") from exc
+            if type(length) is not int or not 0 < length <= max_size:
+                length = self._check(length, 0)
+                if not length:
+                    self._acc = bytearray(view[off:])
+                    break
+            end = off + length
+            if end > n:
+                self._acc = bytearray(view[off:])
+                self._need = length
+                break
+            out.append(view[off:end])
+            off = end
+            nbytes += length
+        self._ctx.reset(_EMPTY)
+        self._msgs += len(out)
+        self._bytes += nbytes
+        return out
+
+    def _continue(self, view: memoryview, out: list[memoryview]) -> int:
+        """Add ``view`` to the pending message; append it to ``out`` if complete.
+
+        Returns how many bytes of ``view`` it took.
+        """
+        before = len(self._acc)
+        need = self._need
+        if need:
+            take = need - before
+            if take > len(view):
+                self._extend(view)
+                return len(view)
+            self._extend(view[:take])
+            self._emit(need, out)
+            return take
+        self._extend(view)
+        acc = self._acc
+        ctx_view = memoryview(acc).toreadonly()
+        try:
+            length: object = self._parse(self._ctx.reset(ctx_view))
+        except Exception as exc:
+            raise self._fail(errno.EPROTO, f"raised {exc!r}") from exc
+        finally:
+            self._ctx.reset(_EMPTY)
+            with contextlib.suppress(BufferError):  # the program exported it; _extend copes
+                ctx_view.release()
+        length = self._check(length, before)
+        if not length:
+            return len(view)
+        if length > len(acc):
+            self._need = length
+            return len(view)
+        with contextlib.suppress(BufferError):
+            del acc[length:]  # free the next message's bytes, walked in ``view``
+        self._emit(length, out)
+        return length - before
+
+    def _extend(self, chunk: memoryview) -> None:
+        """Append ``chunk`` to the accumulator, copying it first if it is exported."""
+        try:
+            self._acc += chunk
+        except BufferError:
+            acc = bytearray(self._acc)
+            acc += chunk
+            self._acc = acc
+
+    def _emit(self, length: int, out: list[memoryview]) -> None:
+        """Hand the accumulated message off to ``out`` and start a new accumulator."""
+        out.append(memoryview(self._acc).toreadonly()[:length])
+        self._acc = bytearray()
+        self._need = 0
+
+    def _check(self, length: object, before: int) -> int:
+        """Validate a parse result (``before``: bytes held before this chunk).
+
+        Returns the length, or 0 for "need more" (counted).
+
+        Raises:
+            StrParserError: the result is an error, as the module rules say.
+        """
+        if not isinstance(length, int) or isinstance(length, bool):
+            raise self._fail(errno.EPROTO, f"returned {length!r}, not an int")
+        length = int(length)
+        if length == 0:
+            self._need_more += 1
+            return 0
+        if length < 0:
+            err = -length
+            if err == errno.ESTRPIPE and before:
+                err = errno.ENODATA
+            raise self._fail(err, f"returned {length}")
+        if length > self._max:
+            self._too_big += 1
+            raise self._fail(errno.EMSGSIZE, f"returned {length}, over max_msg_size {self._max}")
+        if length <= before:
+            self._bad_hdr += 1
+            raise self._fail(
+                errno.EPROTO,
+                f"returned {length}, not beyond the {before} bytes accumulated before",
+            )
+        return length
+
+    def _fail(self, err: int, what: str) -> StrParserError:
+        """Record the sticky error ``err`` (parse program ``what``); drop held bytes."""
+        name = errno.errorcode.get(err, str(err))
+        exc = StrParserError(
+            err, f"strparser: parse program {self._name} {what}: {name} ({os.strerror(err)})"
+        )
+        self._error = exc
+        self._errors += 1
+        self._acc = bytearray()
+        self._need = 0
+        self._ctx.reset(_EMPTY)
+        return exc

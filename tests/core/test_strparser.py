@@ -1,0 +1,351 @@
+"""strparser: framing, the kernel's length rules, errors and buffer ownership."""
+
+from __future__ import annotations
+
+import array
+import errno
+import struct
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from skmsg_core._errors import StrParserError
+from skmsg_core._skb import SkBuff
+from skmsg_core._strparser import StrParser, StrParserStats
+
+_HDR = struct.Struct(">I")
+
+
+def length_prefixed(ctx: SkBuff) -> int:
+    """A 4-byte big-endian length, then that many bytes."""
+    if ctx.len < 4:
+        return 0
+    return 4 + int(_HDR.unpack_from(ctx.data)[0])
+
+
+def line(ctx: SkBuff) -> int:
+    """A message ends at a newline: needs more until one arrives."""
+    return bytes(ctx.data).find(b"\n") + 1
+
+
+def frame(payload: bytes) -> bytes:
+    return _HDR.pack(len(payload)) + payload
+
+
+def constant(n: int) -> tuple[list[SkBuff], list[bytes], Callable[[SkBuff], int]]:
+    """A parser returning ``n``, recording the context and the bytes it saw."""
+    ctxs: list[SkBuff] = []
+    seen: list[bytes] = []
+
+    def parse(ctx: SkBuff) -> int:
+        ctxs.append(ctx)
+        seen.append(bytes(ctx.data))
+        assert ctx.len == ctx.data.nbytes
+        return n
+
+    return ctxs, seen, parse
+
+
+def feed_all(sp: StrParser, chunks: list[bytes]) -> list[bytes]:
+    return [bytes(m) for chunk in chunks for m in sp.feed(chunk)]
+
+
+def test_length_prefixed_one_feed() -> None:
+    sp = StrParser(length_prefixed)
+    msgs = sp.feed(frame(b"hello") + frame(b"") + frame(b"world!"))
+    assert [bytes(m) for m in msgs] == [frame(b"hello"), frame(b""), frame(b"world!")]
+    assert all(m.readonly for m in msgs)
+    assert sp.pending == 0
+    assert sp.statistics() == StrParserStats(
+        msgs=3, bytes=9 + 4 + 10, need_more=0, msg_too_big=0, bad_hdr_len=0, errors=0
+    )
+
+
+def test_kernel_512_in_two_256_byte_feeds() -> None:
+    _, seen, parse = constant(512)
+    sp = StrParser(parse)
+    assert sp.feed(b"a" * 256) == []
+    assert sp.pending == 256
+    msgs = sp.feed(b"b" * 256)
+    assert [bytes(m) for m in msgs] == [b"a" * 256 + b"b" * 256]
+    assert sp.pending == 0
+    assert seen == [b"a" * 256]  # the length is known: not asked again
+
+
+def test_kernel_parser_10_one_20_byte_feed() -> None:
+    ctxs, seen, parse = constant(10)
+    sp = StrParser(parse)
+    data = bytes(range(20))
+    msgs = sp.feed(data)
+    assert [bytes(m) for m in msgs] == [data[:10], data[10:]]
+    assert sp.pending == 0
+    assert seen == [data, data[10:]]  # from each message's start
+    assert all(c is ctxs[0] for c in ctxs)  # one context, reused
+    assert isinstance(ctxs[0], SkBuff)
+    assert ctxs[0].sk is None
+
+
+def test_kernel_parser_3_leaves_the_4th_byte_pending() -> None:
+    _, seen, parse = constant(3)
+    sp = StrParser(parse)
+    assert [bytes(m) for m in sp.feed(b"abc\0")] == [b"abc"]
+    assert sp.pending == 1
+    assert seen == [b"abc\0", b"\0"]
+    assert [bytes(m) for m in sp.feed(b"de")] == [b"\0de"]
+    assert sp.pending == 0
+
+
+message_lists = st.lists(st.binary(max_size=40), max_size=20)
+
+
+@given(message_lists, st.data())
+def test_any_split_gives_the_same_messages(payloads: list[bytes], data: st.DataObject) -> None:
+    stream = b"".join(frame(p) for p in payloads)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=30)))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    sp = StrParser(length_prefixed)
+    assert feed_all(sp, chunks) == [frame(p) for p in payloads]
+    assert sp.pending == 0
+    stats = sp.statistics()
+    assert (stats.msgs, stats.bytes, stats.errors) == (len(payloads), len(stream), 0)
+
+
+@given(message_lists)
+def test_one_byte_feeds_give_the_same_messages(payloads: list[bytes]) -> None:
+    stream = b"".join(frame(p) for p in payloads)
+    sp = StrParser(length_prefixed)
+    assert feed_all(sp, [stream[i : i + 1] for i in range(len(stream))]) == [
+        frame(p) for p in payloads
+    ]
+    assert sp.pending == 0
+
+
+@given(st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"") + b"\n")), st.data())
+def test_need_more_until_terminator_any_split(lines: list[bytes], data: st.DataObject) -> None:
+    stream = b"".join(lines)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=30)))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    sp = StrParser(line)
+    assert feed_all(sp, chunks) == lines
+    assert sp.pending == 0
+
+
+def test_excess_after_accumulated_message_is_parsed() -> None:
+    sp = StrParser(length_prefixed)
+    a, b, c = frame(b"first"), frame(b"second"), frame(b"third")
+    assert sp.feed(a[:2]) == []
+    assert [bytes(m) for m in sp.feed(a[2:] + b + c[:5])] == [a, b]
+    assert sp.pending == 5
+    assert [bytes(m) for m in sp.feed(c[5:])] == [c]
+    assert sp.statistics().need_more == 1
+
+
+def test_emitted_views_unchanged_after_later_feeds() -> None:
+    sp = StrParser(length_prefixed)
+    a, b, c, d = (frame(bytes([i]) * (10 + i)) for i in range(4))
+    kept = sp.feed(a + b[:3])  # zero-copy slice of the chunk
+    kept += sp.feed(b[3:8])
+    kept += sp.feed(b[8:] + c[:7])  # from the accumulator
+    kept += sp.feed(c[7:] + d + a[:1])
+    kept += sp.feed(a[1:])
+    assert [bytes(m) for m in kept] == [a, b, c, d, a]
+    for _ in range(3):
+        sp.feed(frame(b"\xff" * 50)[:30])
+        sp.feed(frame(b"\xff" * 50)[30:])
+    assert [bytes(m) for m in kept] == [a, b, c, d, a]
+    assert all(m.readonly for m in kept)
+
+
+def test_partial_bytes_are_copied_out_of_the_callers_buffer() -> None:
+    sp = StrParser(length_prefixed)
+    msg = frame(b"payload")
+    buf = bytearray(msg[:6])
+    assert sp.feed(buf) == []
+    buf.clear()  # no view of it is kept: it can be resized and reused
+    buf += b"\0" * 3
+    assert [bytes(m) for m in sp.feed(memoryview(msg)[6:])] == [msg]
+
+
+def test_feed_takes_any_contiguous_buffer() -> None:
+    sp = StrParser(constant(2)[2])
+    msgs = sp.feed(memoryview(array.array("H", [1, 2])))
+    assert [bytes(m) for m in msgs] == [struct.pack("=H", 1), struct.pack("=H", 2)]
+    assert sp.feed(b"") == []
+
+
+def test_parser_keeping_a_slice_does_not_break_parsing() -> None:
+    kept: list[memoryview] = []
+
+    def hoarder(ctx: SkBuff) -> int:
+        kept.append(ctx.data[:4])  # breaks the "do not keep it" contract
+        return length_prefixed(ctx)
+
+    payloads = [b"x" * 7, b"", b"yz" * 20]
+    stream = b"".join(frame(p) for p in payloads)
+    sp = StrParser(hoarder)
+    chunks = [stream[i : i + 1] for i in range(len(stream))]
+    assert feed_all(sp, chunks) == [frame(p) for p in payloads]
+    assert sp.pending == 0
+    heads = {bytes(k) for k in kept if k.nbytes == 4}
+    assert heads <= {frame(p)[:4] for p in payloads}  # the kept slices are not overwritten
+
+
+def test_accumulator_grows_in_place_and_is_not_rejoined() -> None:
+    calls: list[object] = []
+
+    def parse(ctx: SkBuff) -> int:
+        calls.append(ctx.data.obj)
+        return length_prefixed(ctx)
+
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    stream = frame(payload)
+    sp = StrParser(parse, max_msg_size=len(stream))
+    out = sp.feed(stream[:1]) + sp.feed(stream[1:2])
+    for i in range(2, len(stream), 1000):
+        out += sp.feed(stream[i : i + 1000])
+    assert len(out) == 1
+    assert out[0] == stream
+    assert sp.pending == 0
+    # On 1 byte (the chunk), 2 and 1002 bytes (accumulated); never after the length.
+    assert len(calls) == 3
+    # The message is the very buffer the program saw, grown in place, not a re-join.
+    assert isinstance(calls[1], bytearray)
+    assert calls[1] is calls[2] is out[0].obj
+    assert sp.statistics() == StrParserStats(1, len(stream), 2, 0, 0, 0)
+
+
+def test_emsgsize() -> None:
+    sp = StrParser(constant(101)[2], max_msg_size=100)
+    with pytest.raises(StrParserError) as info:
+        sp.feed(b"x" * 200)
+    assert info.value.errno == errno.EMSGSIZE
+    assert isinstance(info.value, ConnectionError)
+    assert "101" in str(info.value)
+    assert "parse" in str(info.value)  # names the program
+    stats = sp.statistics()
+    assert (stats.msg_too_big, stats.errors, stats.msgs) == (1, 1, 0)
+    StrParser(constant(100)[2], max_msg_size=100).feed(b"x" * 100)
+
+
+@pytest.mark.parametrize(("answer", "ok"), [(4, False), (5, False), (6, True)])
+def test_bad_hdr_len(answer: int, ok: bool) -> None:
+    def parse(ctx: SkBuff) -> int:
+        return 0 if ctx.len < 8 else answer
+
+    sp = StrParser(parse)
+    assert sp.feed(b"12345") == []
+    if ok:
+        assert [bytes(m) for m in sp.feed(b"67890")] == [b"123456"]
+        assert sp.pending == 4
+        return
+    with pytest.raises(StrParserError) as info:
+        sp.feed(b"67890")
+    assert info.value.errno == errno.EPROTO
+    assert f"returned {answer}" in str(info.value)
+    assert sp.statistics().bad_hdr_len == 1
+    assert sp.pending == 0
+
+
+def test_negative_return_is_that_errno() -> None:
+    def refuse(ctx: SkBuff) -> int:
+        return -errno.ECONNRESET
+
+    sp = StrParser(refuse)
+    with pytest.raises(StrParserError) as info:
+        sp.feed(b"abc")
+    assert info.value.errno == errno.ECONNRESET
+    assert "refuse" in str(info.value)
+    assert "ECONNRESET" in str(info.value)
+
+
+def test_estrpipe_without_bytes_accumulated_stays_estrpipe() -> None:
+    sp = StrParser(constant(-errno.ESTRPIPE)[2])
+    with pytest.raises(StrParserError) as info:
+        sp.feed(b"abc")
+    assert info.value.errno == errno.ESTRPIPE
+
+
+def test_estrpipe_with_bytes_accumulated_becomes_enodata() -> None:
+    def parse(ctx: SkBuff) -> int:
+        return 0 if ctx.len < 4 else -errno.ESTRPIPE
+
+    sp = StrParser(parse)
+    assert sp.feed(b"ab") == []
+    with pytest.raises(StrParserError) as info:
+        sp.feed(b"cd")
+    assert info.value.errno == errno.ENODATA
+
+
+def test_raising_program_is_eproto_chained() -> None:
+    boom = ValueError("boom")
+
+    def explode(ctx: SkBuff) -> int:
+        raise boom
+
+    sp = StrParser(explode)
+    with pytest.raises(StrParserError) as info:
+        sp.feed(b"abc")
+    assert info.value.errno == errno.EPROTO
+    assert info.value.__cause__ is boom
+    assert "explode" in str(info.value)
+    assert "boom" in str(info.value)
+
+
+def test_raising_program_on_the_accumulator_is_eproto_chained() -> None:
+    def parse(ctx: SkBuff) -> int:
+        if ctx.len < 4:
+            return 0
+        raise KeyError("late")
+
+    sp = StrParser(parse)
+    sp.feed(b"ab")
+    with pytest.raises(StrParserError) as info:
+        sp.feed(b"cd")
+    assert info.value.errno == errno.EPROTO
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+@pytest.mark.parametrize("bad", [None, "12", 1.5, True, False, b"\x01"])
+@pytest.mark.parametrize("accumulated", [False, True])
+def test_non_int_return_is_eproto(bad: object, accumulated: bool) -> None:
+    def parse(ctx: SkBuff) -> object:
+        return 0 if accumulated and ctx.len < 2 else bad
+
+    sp = StrParser(parse)  # type: ignore[arg-type]
+    if accumulated:
+        sp.feed(b"a")
+    with pytest.raises(StrParserError) as info:
+        sp.feed(b"bc")
+    assert info.value.errno == errno.EPROTO
+    assert repr(bad) in str(info.value)
+
+
+def test_error_is_sticky() -> None:
+    calls: list[int] = []
+
+    def parse(ctx: SkBuff) -> int:
+        calls.append(ctx.len)
+        return 0 if ctx.len < 4 else 2
+
+    sp = StrParser(parse)
+    sp.feed(b"ab")
+    with pytest.raises(StrParserError) as first:
+        sp.feed(b"cd")
+    assert sp.error is first.value
+    assert sp.pending == 0
+    for data in (b"", b"xyz", frame(b"ok")):
+        with pytest.raises(StrParserError) as again:
+            sp.feed(data)
+        assert again.value is first.value
+    assert calls == [2, 4]  # never run again
+    assert sp.statistics().errors == 1
+
+
+def test_bad_construction() -> None:
+    with pytest.raises(ValueError, match="max_msg_size"):
+        StrParser(length_prefixed, max_msg_size=0)
+    with pytest.raises(TypeError, match="not callable"):
+        StrParser(42)  # type: ignore[arg-type]
+    assert StrParser(length_prefixed).error is None
