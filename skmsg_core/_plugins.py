@@ -1,0 +1,120 @@
+"""The plugin manager: loading protocol plugins and a typed facade over its hooks.
+
+Built-in protocols (``skmsg_tcp``, ``skmsg_tls``, ``skmsg_udp``) load through
+the ``skmsg`` entry-point group exactly as a third-party one does. The
+manager is built on first use; :func:`get_plugin_manager` returns it.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from ._errors import kernel_error
+from ._sock import SkProto
+
+__all__ = ["Plugins", "get_plugin_manager", "plugins"]
+
+
+class Plugins:
+    """A typed facade over ``pm.hook``: call sites stay typed, hooks keyword-only.
+
+    Raises (from :meth:`protocol` and :meth:`ulp`):
+        OSError(ENOPROTOOPT): no plugin serves that name.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self._protocols: dict[str, SkProto] | None = None
+        self._ulps: dict[str, Any] | None = None
+
+    def _collect(self) -> None:
+        protos: dict[str, SkProto] = {}
+        for group in self.pm.hook.skmsg_protocols():
+            for proto in group:
+                if not isinstance(proto, SkProto):
+                    raise TypeError(f"plugin protocol {proto!r} does not implement SkProto")
+                if proto.name in protos:
+                    raise ValueError(f"two plugins register protocol {proto.name!r}")
+                protos[proto.name] = proto
+        ulps: dict[str, Any] = {}
+        for group in self.pm.hook.skmsg_ulps():
+            for ulp in group:
+                if ulp.name in ulps:
+                    raise ValueError(f"two plugins register ULP {ulp.name!r}")
+                ulps[ulp.name] = ulp
+        self._protocols, self._ulps = protos, ulps
+
+    def protocols(self) -> dict[str, SkProto]:
+        """Every registered protocol, by name."""
+        if self._protocols is None:
+            self._collect()
+        assert self._protocols is not None
+        return dict(self._protocols)
+
+    def protocol(self, name: str) -> SkProto:
+        """The protocol registered as ``name``."""
+        try:
+            return self.protocols()[name]
+        except KeyError:
+            raise kernel_error(
+                errno.ENOPROTOOPT, f"no skmsg plugin serves protocol {name!r}"
+            ) from None
+
+    def ulps(self) -> dict[str, Any]:
+        """Every registered ULP, by name."""
+        if self._ulps is None:
+            self._collect()
+        assert self._ulps is not None
+        return dict(self._ulps)
+
+    def ulp(self, name: str) -> Any:
+        """The ULP registered as ``name`` (``tcp_ulp_find``)."""
+        try:
+            return self.ulps()[name]
+        except KeyError:
+            raise kernel_error(errno.ENOENT, f"no skmsg plugin offers ULP {name!r}") from None
+
+    def plugin_names(self) -> Sequence[str]:
+        """Names of the loaded plugins."""
+        return [name for name, _ in self.pm.list_name_plugin() if name is not None]
+
+    def register(self, plugin: object, name: str | None = None) -> None:
+        """Register a plugin object by hand (tests, embedding), then re-collect."""
+        self.pm.register(plugin, name=name)
+        self.pm.check_pending()
+        self._protocols = self._ulps = None
+
+    def unregister(self, plugin: object) -> None:
+        """Remove a plugin registered with :meth:`register`."""
+        self.pm.unregister(plugin)
+        self._protocols = self._ulps = None
+
+
+_plugins: Plugins | None = None
+
+
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process's plugin manager, with every ``skmsg`` entry point loaded."""
+    return plugins().pm
+
+
+def plugins() -> Plugins:
+    """The typed facade over the process's plugin manager (built on first use).
+
+    Raises:
+        pluggy.PluginValidationError: a plugin implements a hook that does not
+            exist or with wrong arguments.
+    """
+    global _plugins
+    if _plugins is None:
+        pm = pluggy.PluginManager("skmsg")
+        pm.add_hookspecs(hookspecs)
+        pm.load_setuptools_entrypoints("skmsg")
+        pm.check_pending()
+        _plugins = Plugins(pm)
+    return _plugins

@@ -1,0 +1,203 @@
+"""Programs: loading (our verifier), running, verdicts and statistics.
+
+A program is a plain Python callable of one argument, the context: an
+:class:`SkMsg` for ``SK_MSG``, an :class:`SkBuff` for ``SK_SKB``, a
+:class:`ReuseportMd` for ``SK_REUSEPORT``. :meth:`Program.load` is the
+verifier: it rejects at load time what cannot be a program of that type.
+
+Running is fail-closed: a verdict program that raises is a DROP, counted in
+``errors`` with the exception kept as ``last_error``; a return value other
+than ``SK_PASS`` is a DROP, as the kernel maps it (``sk_psock_map_verd``).
+The core does not log; the runtime that drives it does.
+
+Run time is measured only while :func:`enable_stats` is on, as the kernel's
+``kernel.bpf_stats_enabled``: timing every run costs more than a small
+program does.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import inspect
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from ._consts import ATTACH_PROG_TYPE, SK_PASS, BpfAttachType, BpfProgType
+from ._errors import kernel_error
+
+__all__ = ["ProgStats", "Program", "Verdict", "enable_stats", "map_verdict"]
+
+_prog_ids = itertools.count(1)
+_stats_enabled = False
+
+
+def enable_stats(on: bool = True) -> None:
+    """Turn run-time accounting of every program on or off (``bpf_stats_enabled``)."""
+    global _stats_enabled
+    _stats_enabled = on
+
+
+class Verdict(enum.IntEnum):
+    """The kernel's internal verdicts (``__SK_DROP`` ...), after mapping a return."""
+
+    DROP = 0
+    PASS = 2
+    REDIRECT = 3
+    NONE = 4
+
+
+def map_verdict(ret: object, redirected: bool) -> Verdict:
+    """``sk_psock_map_verd``: ``SK_PASS`` with a redirect target set is REDIRECT,
+    ``SK_PASS`` alone is PASS, anything else is DROP."""
+    if ret == SK_PASS and type(ret) is not bool:
+        return Verdict.REDIRECT if redirected else Verdict.PASS
+    return Verdict.DROP
+
+
+@attrs.frozen
+class ProgStats:
+    """What a program did, as ``bpftool prog show`` and our verdict counters tell."""
+
+    id: int
+    name: str
+    prog_type: BpfProgType
+    run_cnt: int
+    run_time_ns: int
+    passed: int
+    dropped: int
+    redirected: int
+    errors: int
+
+
+@attrs.define(eq=False)
+class Program:
+    """A loaded program: a callable, its type, an id and its counters.
+
+    Build one with :meth:`load`. Calling :meth:`run_verdict` or :meth:`run`
+    counts the run; the counters are read with :meth:`statistics`.
+    """
+
+    func: Callable[[Any], Any]
+    prog_type: BpfProgType
+    name: str
+    id: int = attrs.field(factory=lambda: next(_prog_ids))
+    run_cnt: int = 0
+    run_time_ns: int = 0
+    passed: int = 0
+    dropped: int = 0
+    redirected: int = 0
+    errors: int = 0
+    last_error: BaseException | None = None
+
+    @classmethod
+    def load(
+        cls, func: Callable[[Any], Any], prog_type: BpfProgType, *, name: str | None = None
+    ) -> Program:
+        """Verify ``func`` as a program of ``prog_type`` and load it.
+
+        Raises:
+            OSError(EINVAL): ``func`` is not callable, is ``async`` or a generator
+                function, or cannot be called with exactly one argument (the context).
+        """
+        prog_type = BpfProgType(prog_type)
+        label = name or getattr(func, "__qualname__", None) or repr(func)
+        if isinstance(func, Program):
+            raise kernel_error(errno.EINVAL, f"program {label} is already loaded")
+        if not callable(func):
+            raise kernel_error(errno.EINVAL, f"program {label!r} is not callable")
+        target = getattr(func, "__call__", func) if not inspect.isroutine(func) else func  # noqa: B004
+        if (
+            inspect.iscoroutinefunction(target)
+            or inspect.isasyncgenfunction(target)
+            or inspect.isgeneratorfunction(target)
+        ):
+            raise kernel_error(
+                errno.EINVAL,
+                f"program {label} must be a plain function: a {prog_type.name} program "
+                "runs to completion and cannot await or yield",
+            )
+        try:
+            sig = inspect.signature(func)
+        except (TypeError, ValueError):
+            sig = None  # a builtin without a signature: trust it
+        if sig is not None:
+            try:
+                sig.bind(object())
+            except TypeError as exc:
+                raise kernel_error(
+                    errno.EINVAL,
+                    f"program {label}{sig} must take exactly one argument, the context",
+                ) from exc
+        return cls(func, prog_type, str(label))
+
+    def check_attach(self, attach_type: BpfAttachType) -> None:
+        """Raise ``OSError(EINVAL)`` unless this program may attach at ``attach_type``."""
+        want = ATTACH_PROG_TYPE[attach_type]
+        if self.prog_type != want:
+            raise kernel_error(
+                errno.EINVAL,
+                f"program {self.name} is {self.prog_type.name}, "
+                f"{attach_type.name} takes {want.name}",
+            )
+
+    def run_verdict(self, ctx: Any) -> Verdict:
+        """Run as a verdict program on ``ctx`` (an SkMsg or SkBuff) and map the result.
+
+        Never raises: an exception from the program is a DROP, counted in
+        ``errors`` and kept in ``last_error``.
+        """
+        self.run_cnt += 1
+        if _stats_enabled:
+            t0 = time.perf_counter_ns()
+        try:
+            ret = self.func(ctx)
+        except Exception as exc:
+            self.errors += 1
+            self.dropped += 1
+            self.last_error = exc
+            return Verdict.DROP
+        finally:
+            if _stats_enabled:
+                self.run_time_ns += time.perf_counter_ns() - t0
+        verdict = map_verdict(ret, ctx.sk_redir is not None)
+        if verdict is Verdict.PASS:
+            self.passed += 1
+        elif verdict is Verdict.REDIRECT:
+            self.redirected += 1
+        else:
+            self.dropped += 1
+        return verdict
+
+    def run(self, ctx: Any) -> Any:
+        """Run as a non-verdict program (a parser, a reuseport selector), counting
+        the run; exceptions propagate to the caller, who decides what they mean."""
+        self.run_cnt += 1
+        if not _stats_enabled:
+            try:
+                return self.func(ctx)
+            except Exception:
+                self.errors += 1
+                raise
+        t0 = time.perf_counter_ns()
+        try:
+            return self.func(ctx)
+        except Exception:
+            self.errors += 1
+            raise
+        finally:
+            self.run_time_ns += time.perf_counter_ns() - t0
+
+    def statistics(self) -> ProgStats:
+        """A snapshot of the counters."""
+        return ProgStats(
+            self.id, self.name, self.prog_type, self.run_cnt, self.run_time_ns,
+            self.passed, self.dropped, self.redirected, self.errors,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Program {self.name} {self.prog_type.name} id={self.id}>"

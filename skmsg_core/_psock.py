@@ -1,0 +1,389 @@
+"""``struct sk_psock``: per-socket state once a socket is in a map (``net/core/skmsg.c``).
+
+Theory of operation
+-------------------
+A psock is created when a socket enters its first map (``sk_psock_init``)
+and dropped when its last map link goes (``sk_psock_drop``): then the
+protocol's operations are restored through the seam, the cork is freed and
+the ingress queue purged, exactly as the kernel discards unread redirected
+data. Each map slot holding the socket is one *link*.
+
+Programs are copied from a map into the psock when the socket is inserted
+(``sock_map_link``), never later: attaching to a map does not change sockets
+already in it. Receive processing starts in *strparser mode* when the
+inserting map has both a stream parser and a stream verdict, and in *verdict
+mode* (one verdict per chunk read) when it has a verdict alone.
+
+The psock holds the state of the TX verdict engine (``eval``, ``apply_bytes``,
+``cork_bytes``, the corked message, the redirect target), which
+:mod:`._tx` drives, and the receive side: :meth:`SkPsock.rx_feed` turns bytes
+read from the transport into :class:`RxAction` values, and the ingress queue
+(``ingress_msg``) holds bytes waiting for the application's receive call.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._consts import BPF_F_INGRESS, DEFAULT_QUEUE_BYTES, MAX_MSG_FRAGS
+from ._errors import StrParserError, kernel_error
+from ._progs import Program, Verdict
+from ._ring import PageFrag, SkMsg
+from ._skb import SkBuff
+from ._strparser import StrParser
+
+if TYPE_CHECKING:
+    from ._maps import SockMapBase
+    from ._sock import Sock
+
+__all__ = ["PsockStats", "RxAction", "SkPsock"]
+
+#: What :meth:`SkPsock.rx_feed` asks the I/O layer to do with received bytes.
+RX_PASS = "pass"
+RX_REDIRECT = "redirect"
+RX_DROP = "drop"
+
+
+@attrs.define(slots=True)
+class RxAction:
+    """Received bytes and where they go, coalesced per destination.
+
+    ``kind`` is ``"pass"`` (to this socket's ingress queue), ``"redirect"``
+    (to ``target``'s egress, or its ingress queue when ``ingress``) or
+    ``"drop"``. ``bufs`` are zero-copy views, in order; ``nbytes`` their total;
+    ``msgs`` how many verdict units were merged into this action.
+    """
+
+    kind: str
+    target: Sock | None
+    ingress: bool
+    bufs: list[memoryview]
+    nbytes: int
+    msgs: int = 1
+
+
+@attrs.frozen
+class PsockStats:
+    """Counters of one psock (what ``bpftool`` and ``ss`` would show)."""
+
+    links: int
+    tx_msgs: int
+    tx_passed_bytes: int
+    tx_redirected_bytes: int
+    tx_dropped_bytes: int
+    corked_bytes: int
+    rx_msgs: int
+    rx_passed_bytes: int
+    rx_redirected_bytes: int
+    rx_dropped_bytes: int
+    ingress_bytes: int
+    ingress_queue_limit: int
+
+
+class SkPsock:
+    """``struct sk_psock`` for ``sk``. Created and dropped by the maps only."""
+
+    def __init__(
+        self, sk: Sock, *, max_frags: int = MAX_MSG_FRAGS, rcvbuf: int = DEFAULT_QUEUE_BYTES
+    ) -> None:
+        self.sk = sk
+        self.links: list[tuple[SockMapBase, Any]] = []
+        # progs
+        self.msg_parser: Program | None = None
+        self.stream_parser: Program | None = None
+        self.stream_verdict: Program | None = None
+        self.skb_verdict: Program | None = None
+        # TX verdict engine state (tcp_bpf_send_verdict)
+        self.eval = Verdict.NONE
+        self.apply_bytes = 0
+        self.cork_bytes = 0
+        self.cork: SkMsg | None = None
+        self.sk_redir: Sock | None = None
+        self.redir_ingress = False
+        self.max_frags = max_frags
+        self.frag = PageFrag()
+        self.tx_enabled = True
+        # RX
+        self.rx_mode: str | None = None  # None, "strp" or "verdict"
+        self.strp: StrParser | None = None
+        self._skb = SkBuff(sk)
+        self.ingress_msg: deque[memoryview] = deque()
+        self.ingress_bytes = 0
+        self.rcvbuf = rcvbuf
+        #: Set by the I/O layer: called after bytes were queued on ``ingress_msg``.
+        self.data_ready: Any = None
+        # counters
+        self.tx_msgs = 0
+        self.tx_passed_bytes = 0
+        self.tx_redirected_bytes = 0
+        self.tx_dropped_bytes = 0
+        self.rx_msgs = 0
+        self.rx_passed_bytes = 0
+        self.rx_redirected_bytes = 0
+        self.rx_dropped_bytes = 0
+
+    # -- programs and lifecycle -------------------------------------------------------
+
+    def conflicts_with(self, progs: dict[str, Program | None]) -> bool:
+        """Whether a map's programs collide with this psock's (``sock_map_link``'s EBUSY)."""
+        verdicts = self.stream_verdict is not None or self.skb_verdict is not None
+        return bool(
+            (progs["msg_parser"] and self.msg_parser)
+            or (progs["stream_parser"] and self.stream_parser)
+            or ((progs["skb_verdict"] or progs["stream_verdict"]) and verdicts)
+        )
+
+    def link(self, smap: SockMapBase, key: Any, progs: dict[str, Program | None]) -> None:
+        """Take the map's programs, start receive processing, and install the
+        protocol's operations (``sock_map_link`` + ``sock_map_add_link``).
+
+        Raises:
+            OSError: the errno the protocol's ``psock_update_sk_prot`` returned
+                (the link is not made), or EOPNOTSUPP for a stream parser on a
+                socket that is not TCP.
+        """
+        parser, verdict, skb_verdict = (
+            progs["stream_parser"], progs["stream_verdict"], progs["skb_verdict"],
+        )
+        if parser and verdict and self.rx_mode is None and not self.sk.is_tcp:
+            raise kernel_error(
+                errno.EOPNOTSUPP, f"{self.sk.describe()}: a stream parser needs a TCP socket"
+            )
+        saved = (self.msg_parser, self.stream_parser, self.stream_verdict, self.skb_verdict)
+        if progs["msg_parser"]:
+            self.msg_parser = progs["msg_parser"]
+        if parser:
+            self.stream_parser = parser
+        if verdict:
+            self.stream_verdict = verdict
+        if skb_verdict:
+            self.skb_verdict = skb_verdict
+        err = self._update_proto(restore=False)
+        if err < 0:
+            self.msg_parser, self.stream_parser, self.stream_verdict, self.skb_verdict = saved
+            raise kernel_error(-err, f"{self.sk.describe()}: protocol refused the psock")
+        if self.rx_mode is None:
+            if parser and verdict:
+                self.rx_mode = "strp"
+                self.strp = StrParser(parser.run, max_msg_size=self.rcvbuf, sk=self.sk)
+            elif verdict or skb_verdict:
+                self.rx_mode = "verdict"
+        self.links.append((smap, key))
+
+    def unlink(self, smap: SockMapBase, key: Any) -> None:
+        """Remove one map slot's link (``sock_map_unref``); the last one drops the psock.
+
+        If that map has receive programs attached now, receive processing stops
+        and the psock's stream programs are cleared (``sock_map_del_link``).
+        """
+        for i, (m, k) in enumerate(self.links):
+            if m is smap and k == key:
+                del self.links[i]
+                break
+        else:
+            return
+        if self.rx_mode is not None:
+            strp_stop = smap.progs["stream_parser"] is not None
+            verdict_stop = (
+                smap.progs["stream_verdict"] is not None or smap.progs["skb_verdict"] is not None
+            )
+            if strp_stop:
+                self.stream_parser = None
+            if verdict_stop:
+                self.stream_verdict = self.skb_verdict = None
+                self.rx_mode = None
+                self.strp = None
+            elif strp_stop and self.rx_mode == "strp":
+                self.rx_mode, self.strp = None, None
+            if (strp_stop or verdict_stop) and self.links:
+                self._update_proto(restore=False)
+        if not self.links:
+            self.drop()
+
+    def unlink_all(self) -> None:
+        """Leave every map (``sock_map_remove_links``), dropping the psock."""
+        for smap, key in list(self.links):
+            smap._remove_sock(key, self.sk)
+
+    def drop(self) -> None:
+        """``sk_psock_drop``: restore the protocol, free the cork, purge the ingress
+        queue (unread redirected bytes are discarded) and detach from the socket."""
+        self._update_proto(restore=True)
+        self.tx_enabled = False
+        self.rx_mode = None
+        self.strp = None
+        if self.cork is not None:
+            self.cork.free()
+            self.cork = None
+        self.ingress_msg.clear()
+        self.ingress_bytes = 0
+        self.sk_redir = None
+        if self.sk.psock is self:
+            self.sk.psock = None
+
+    def _update_proto(self, restore: bool) -> int:
+        prot = self.sk.sk_prot
+        if prot is None:
+            return -errno.EOPNOTSUPP
+        return prot.psock_update_sk_prot(self.sk, self, restore)
+
+    # -- TX verdict -------------------------------------------------------------------
+
+    def msg_verdict(self, msg: SkMsg) -> Verdict:
+        """``sk_psock_msg_verdict``: run the SK_MSG program on ``msg``, record the
+        apply window and the redirect target. No program is PASS."""
+        prog = self.msg_parser
+        if prog is None:
+            return Verdict.PASS
+        msg.compute_data_pointers()
+        msg.sk = self.sk
+        ret = prog.run_verdict(msg)
+        self.apply_bytes = msg.apply_bytes
+        if ret is Verdict.REDIRECT:
+            self.sk_redir = msg.sk_redir
+            self.redir_ingress = bool(msg.flags & BPF_F_INGRESS)
+        return ret
+
+    def new_msg(self) -> SkMsg:
+        """A fresh, empty message for this socket (``sk_msg_init``)."""
+        return SkMsg(self.max_frags, self.sk)
+
+    # -- RX ---------------------------------------------------------------------------
+
+    def rx_feed(self, data: bytes | bytearray | memoryview) -> list[RxAction]:
+        """Run the receive programs on bytes read from the transport.
+
+        In strparser mode the bytes are framed and the stream verdict runs once
+        per message; in verdict mode it runs once on ``data``; with no receive
+        programs everything passes. Consecutive units with the same destination
+        are merged into one action, so the I/O layer writes once per batch.
+
+        Raises:
+            StrParserError: the stream parser failed (the socket is in error); its
+                ``actions`` are those of the messages completed before the
+                failure, which the caller carries out before failing the socket.
+        """
+        view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
+        if self.rx_mode == "strp":
+            assert self.strp is not None
+            prog = self.stream_verdict
+            try:
+                units = self.strp.feed(view)
+            except StrParserError as exc:
+                exc.actions = self._verdict_units(exc.messages, prog)
+                raise
+        elif self.rx_mode == "verdict":
+            units = [view] if view.nbytes else []
+            prog = self.stream_verdict or self.skb_verdict
+        else:
+            units = [view] if view.nbytes else []
+            prog = None
+        return self._verdict_units(units, prog)
+
+    def _verdict_units(self, units: list[memoryview], prog: Program | None) -> list[RxAction]:
+        actions: list[RxAction] = []
+        skb = self._skb
+        last: RxAction | None = None
+        for unit in units:
+            n = unit.nbytes
+            target: Sock | None = None
+            ingress = False
+            if prog is None:
+                kind = RX_PASS
+            else:
+                verdict = prog.run_verdict(skb.reset(unit))
+                if verdict is Verdict.PASS:
+                    kind = RX_PASS
+                elif verdict is Verdict.REDIRECT:
+                    target = skb.sk_redir
+                    ingress = bool(skb.flags & BPF_F_INGRESS)
+                    tp = target.psock if target is not None else None
+                    if target is None or tp is None or target.dead or not tp.tx_enabled:
+                        kind, target, ingress = RX_DROP, None, False
+                    else:
+                        kind = RX_REDIRECT
+                else:
+                    kind = RX_DROP
+            self.rx_msgs += 1
+            if kind == RX_PASS:
+                self.rx_passed_bytes += n
+            elif kind == RX_REDIRECT:
+                self.rx_redirected_bytes += n
+            else:
+                self.rx_dropped_bytes += n
+            if last is not None and last.kind == kind and last.target is target and (
+                last.ingress == ingress
+            ):
+                last.bufs.append(unit)
+                last.nbytes += n
+                last.msgs += 1
+            else:
+                last = RxAction(kind, target, ingress, [unit], n)
+                actions.append(last)
+        return actions
+
+    # -- the ingress queue (psock->ingress_msg) ------------------------------------------
+
+    @property
+    def ingress_space(self) -> int:
+        """Bytes the ingress queue can still take before it reaches ``rcvbuf``."""
+        return max(0, self.rcvbuf - self.ingress_bytes)
+
+    def queue_msg(self, bufs: list[memoryview]) -> int:
+        """``sk_psock_queue_msg``: append bytes for the application's receive call.
+
+        Returns the bytes queued: all of them, or 0 when the psock is stopped
+        (being dropped), in which case they are discarded as in the kernel.
+        Flow control (waiting for :attr:`ingress_space`) is the caller's job.
+        """
+        if not self.tx_enabled:
+            return 0
+        n = 0
+        for b in bufs:
+            if b.nbytes:
+                self.ingress_msg.append(b)
+                n += b.nbytes
+        self.ingress_bytes += n
+        return n
+
+    def recvmsg(self, max_bytes: int, *, peek: bool = False) -> bytes:
+        """``sk_msg_recvmsg``: up to ``max_bytes`` from the ingress queue, with stream
+        semantics (queued units are not kept apart). ``peek`` leaves them queued."""
+        out: list[memoryview] = []
+        want = max_bytes
+        q = self.ingress_msg
+        if peek:
+            for b in q:
+                if want <= 0:
+                    break
+                out.append(b[:want])
+                want -= min(want, b.nbytes)
+            return b"".join(out)
+        while q and want > 0:
+            b = q[0]
+            if b.nbytes <= want:
+                out.append(q.popleft())
+                want -= b.nbytes
+            else:
+                out.append(b[:want])
+                q[0] = b[want:]
+                want = 0
+        got = max_bytes - want
+        self.ingress_bytes -= got
+        return b"".join(out)
+
+    def statistics(self) -> PsockStats:
+        """A snapshot of this psock's counters."""
+        return PsockStats(
+            len(self.links), self.tx_msgs, self.tx_passed_bytes, self.tx_redirected_bytes,
+            self.tx_dropped_bytes, self.cork.size if self.cork is not None else 0,
+            self.rx_msgs, self.rx_passed_bytes, self.rx_redirected_bytes,
+            self.rx_dropped_bytes, self.ingress_bytes, self.rcvbuf,
+        )
+
+    def __repr__(self) -> str:
+        return f"<SkPsock of {self.sk.describe()} links={len(self.links)}>"

@@ -1,0 +1,245 @@
+"""The TX verdict engine: ``tcp_bpf_sendmsg`` and ``tcp_bpf_send_verdict``, sans-I/O.
+
+Theory of operation
+-------------------
+One send is one :class:`SendOp`. It copies the caller's bytes into a message
+(or appends them to the corked one), runs the SK_MSG program when a verdict is
+due, and *yields* :class:`TxAction` values: pass these bytes on, or redirect
+them to another socket's egress or ingress. The I/O layer carries out each
+action before asking for the next, so, as in the kernel, the verdict for the
+next chunk is computed only after the previous one was handed on. If an
+action fails, the I/O layer says so with :meth:`SendOp.fail` and the send ends
+with that error.
+
+Rules, in the kernel's words:
+
+- ``cork_bytes``: a run that sets cork above the message's size holds the
+  message (``psock->cork``); later sends append to it and count the *whole
+  send's* size against the cork, and the program runs again on the whole
+  accumulated message once the cork is met or the ring is full.
+- ``apply_bytes``: the verdict covers that many bytes; the rest of the
+  message gets a new run, and if the message ends first, the verdict (and its
+  redirect target) carries on into later sends without running the program.
+- DROP ends the send with ``EACCES``; the message is freed (the whole of it,
+  as the newest kernel does) and ``copied`` is reduced by the dropped window
+  and by what the program removed in that run, so a send never reports bytes
+  that were dropped as sent.
+
+Deliberate difference: the kernel frees whatever follows the apply window of
+a corked message it redirects (and swallows that redirect's error); we keep
+those bytes and verdict them like any other, and report the error.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable, Generator, Iterator
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ._progs import Verdict
+from ._ring import SkMsg
+
+if TYPE_CHECKING:
+    from ._psock import SkPsock
+    from ._sock import Sock
+
+__all__ = ["SendOp", "SendResult", "TxAction"]
+
+TX_PASS = "pass"
+TX_REDIRECT = "redirect"
+
+
+@attrs.define(slots=True)
+class TxAction:
+    """Bytes a send hands on: ``kind`` is ``"pass"`` (to this socket's ULP and
+    transport) or ``"redirect"`` (to ``target``'s egress, or its ingress queue
+    when ``ingress``). ``bufs`` are views on the message's private copy, valid
+    until the action is done with; ``more`` says more bytes of this send follow
+    (a ``MSG_MORE`` hint)."""
+
+    kind: str
+    target: Sock | None
+    ingress: bool
+    bufs: list[memoryview]
+    nbytes: int
+    more: bool
+
+
+@attrs.frozen
+class SendResult:
+    """How a send ended.
+
+    ``copied`` is what the kernel's ``sendmsg`` counts (its return value when
+    positive), ``err`` the errno that ended it (0 for none), ``passed`` the
+    bytes actually handed on (passed or redirected), ``corked`` whether bytes
+    are being held by a cork.
+    """
+
+    copied: int
+    err: int
+    passed: int
+    corked: bool
+
+    @property
+    def retval(self) -> int:
+        """The kernel's return value: ``copied`` if positive, else ``-err``."""
+        return self.copied if self.copied > 0 else -self.err
+
+
+def _apply(psock: SkPsock, nbytes: int) -> None:
+    """``sk_msg_apply_bytes``: count ``nbytes`` against the apply window."""
+    if psock.apply_bytes:
+        psock.apply_bytes = 0 if psock.apply_bytes < nbytes else psock.apply_bytes - nbytes
+
+
+class SendOp:
+    """One ``sendmsg`` on a socket with a psock: iterate it for its actions.
+
+    ::
+
+        op = SendOp(psock, data)
+        for action in op:
+            try:
+                carry_out(action)
+            except OSError as exc:
+                op.fail(exc.errno)
+        result = op.result()
+    """
+
+    def __init__(self, psock: SkPsock, data: bytes | bytearray | memoryview,
+                 *, more: bool = False) -> None:
+        self.psock = psock
+        self._src = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
+        self._more = more
+        self._pos = 0
+        self.copied = 0
+        self.passed = 0
+        self.err = 0
+        self._failure: tuple[int, int] | None = None
+        self._gen = self._sendmsg()
+        self._done = False
+
+    def __iter__(self) -> Iterator[TxAction]:
+        return self
+
+    def __next__(self) -> TxAction:
+        try:
+            return next(self._gen)
+        except StopIteration:
+            self._done = True
+            raise
+
+    def fail(self, err: int, delivered: int = 0) -> None:
+        """Report that the last action failed with errno ``err`` after ``delivered``
+        of its bytes went out; the send ends with ``err``."""
+        self._failure = (err or errno.EIO, delivered)
+
+    def result(self) -> SendResult:
+        """How the send ended.
+
+        Raises:
+            RuntimeError: the actions have not all been taken yet.
+        """
+        if not self._done:
+            raise RuntimeError("SendOp.result() before its actions were all taken")
+        return SendResult(self.copied, self.err, self.passed, self.psock.cork is not None
+                          and self.psock.cork.size > 0)
+
+    def run(self, deliver: Callable[[TxAction], object] | None = None) -> SendResult:
+        """Take every action synchronously, handing each to ``deliver`` (an
+        ``OSError`` it raises fails the send); return the result."""
+        for action in self:
+            if deliver is not None:
+                try:
+                    deliver(action)
+                except OSError as exc:
+                    self.fail(exc.errno or errno.EIO, getattr(exc, "delivered", 0))
+        return self.result()
+
+    # -- tcp_bpf_sendmsg -----------------------------------------------------------------
+
+    def _sendmsg(self) -> Generator[TxAction, None, None]:
+        psock = self.psock
+        src = self._src
+        size = src.nbytes
+        while self._pos < size:
+            if not psock.tx_enabled:
+                self.err = errno.EPIPE
+                return
+            msg = psock.cork if psock.cork is not None else psock.new_msg()
+            taken = msg.append_copy(psock.frag, (src[self._pos :],))
+            self._pos += taken
+            enospc = self._pos < size
+            self.copied += taken
+            if psock.cork_bytes:
+                psock.cork_bytes = 0 if size > psock.cork_bytes else psock.cork_bytes - size
+                if psock.cork_bytes and not enospc:
+                    return  # held by the cork
+                psock.eval = Verdict.NONE
+                psock.cork_bytes = 0
+            err = yield from self._send_verdict(msg)
+            if err:
+                self.err = err
+                return
+
+    # -- tcp_bpf_send_verdict -------------------------------------------------------------
+
+    def _send_verdict(self, msg: SkMsg) -> Generator[TxAction, None, int]:
+        psock = self.psock
+        enospc = msg.full
+        delta = 0
+        while True:
+            if psock.eval is Verdict.NONE:
+                delta = msg.size
+                psock.eval = psock.msg_verdict(msg)
+                psock.tx_msgs += 1
+                delta -= msg.size
+                if psock.eval is Verdict.REDIRECT and psock.sk_redir is None:
+                    psock.eval = Verdict.DROP
+            if msg.cork_bytes and msg.cork_bytes > msg.size and not enospc:
+                psock.cork_bytes = msg.cork_bytes - msg.size
+                psock.cork = msg
+                return 0
+            tosend = msg.size
+            if psock.apply_bytes and psock.apply_bytes < tosend:
+                tosend = psock.apply_bytes
+            verdict = psock.eval
+            if verdict is Verdict.PASS or verdict is Verdict.REDIRECT:
+                target: Sock | None = None
+                ingress = False
+                if verdict is Verdict.REDIRECT:
+                    target, ingress = psock.sk_redir, psock.redir_ingress
+                _apply(psock, tosend)
+                if verdict is Verdict.REDIRECT:
+                    if not psock.apply_bytes:
+                        psock.eval, psock.sk_redir = Verdict.NONE, None
+                    if psock.cork is msg:
+                        psock.cork = None
+                bufs = msg.consume(tosend)
+                more = self._more or msg.size > 0 or self._pos < self._src.nbytes
+                yield TxAction(TX_REDIRECT if target is not None else TX_PASS,
+                               target, ingress, bufs, tosend, more)
+                if self._failure is not None:
+                    err, delivered = self._failure
+                    self._failure = None
+                    self.passed += delivered
+                    self.copied -= (tosend - delivered) + msg.free()
+                    return err
+                self.passed += tosend
+                if target is None:
+                    psock.tx_passed_bytes += tosend
+                else:
+                    psock.tx_redirected_bytes += tosend
+            else:
+                dropped = msg.free()
+                psock.tx_dropped_bytes += dropped
+                _apply(psock, tosend)
+                self.copied -= tosend + delta
+                return errno.EACCES
+            if not psock.apply_bytes:
+                psock.eval = Verdict.NONE
+                psock.sk_redir = None
+            if not msg.size:
+                return 0

@@ -1,0 +1,64 @@
+"""The pluggy contract between skmsg and protocol plugins.
+
+Every protocol, built-in or third-party, is a module registered under the
+``skmsg`` entry-point group that implements some of these hooks with
+``@skmsg_core.hookimpl``. Hooks are called with keyword arguments only, at
+set-up (loading, socket creation, map changes), never per message: the hot
+path calls the objects the hooks handed over directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from ._maps import SockMapBase
+    from ._psock import SkPsock
+    from ._sock import SkProto, Sock
+
+hookspec = pluggy.HookspecMarker("skmsg")
+hookimpl = pluggy.HookimplMarker("skmsg")
+
+
+@hookspec
+def skmsg_protocols() -> Sequence[SkProto]:
+    """The protocols this plugin serves (``struct proto`` tables), each with a
+    unique ``name``. Called once when the plugin manager loads."""
+    raise NotImplementedError
+
+
+@hookspec
+def skmsg_ulps() -> Sequence[Any]:
+    """Upper-layer protocols this plugin offers (``tcp_register_ulp``), each an
+    object with a unique ``name`` (``"tls"``). Called once at load."""
+    raise NotImplementedError
+
+
+@hookspec
+def skmsg_conformance(proto: SkProto) -> bool | None:
+    """Return True when this plugin serves ``proto`` and passes skmsg's plugin
+    conformance check for it (the check calls this to find the plugin)."""
+    raise NotImplementedError
+
+
+@hookspec
+def skmsg_sock_created(sk: Sock) -> None:
+    """Observer: a protocol built ``sk``."""
+
+
+@hookspec
+def skmsg_map_update(smap: SockMapBase, key: Any, sk: Sock) -> None:
+    """Observer: ``sk`` entered ``smap`` at ``key``."""
+
+
+@hookspec
+def skmsg_map_delete(smap: SockMapBase, key: Any, sk: Sock) -> None:
+    """Observer: ``sk`` left ``smap`` at ``key`` (deleted, replaced or closed)."""
+
+
+@hookspec
+def skmsg_psock_drop(psock: SkPsock) -> None:
+    """Observer: ``psock`` lost its last link and was dropped."""
