@@ -71,8 +71,9 @@ class SockMapBase:
 
     map_type = "sockmap"
 
-    def __init__(self, max_entries: int, *, value_size: int = 8, map_flags: int = 0,
-                 name: str | None = None) -> None:
+    def __init__(
+        self, max_entries: int, *, value_size: int = 8, map_flags: int = 0, name: str | None = None
+    ) -> None:
         self.id = next(_map_ids)
         self.name = name or f"{self.map_type}#{self.id}"
         if max_entries <= 0:
@@ -134,29 +135,42 @@ class SockMapBase:
         sk = sock_from(sock)
         prot = sk.sk_prot
         if prot is None:
-            raise kernel_error(errno.EOPNOTSUPP, f"{self._at(key)}: {sk.describe()} "
-                               "has no protocol that supports socket maps")
+            raise kernel_error(
+                errno.EOPNOTSUPP,
+                f"{self._at(key)}: {sk.describe()} has no protocol that supports socket maps",
+            )
         if not prot.sk_state_allowed(sk):
-            raise kernel_error(errno.EOPNOTSUPP, f"{self._at(key)}: {sk.describe()} "
-                               f"in state {sk.state} cannot enter a socket map")
+            raise kernel_error(
+                errno.EOPNOTSUPP,
+                f"{self._at(key)}: {sk.describe()} in state {sk.state} cannot enter a socket map",
+            )
         if flags < 0 or flags > BPF_EXIST:
             raise kernel_error(errno.EINVAL, f"{self._at(key)}: bad update flags {flags}")
         key = self._check_key(key, for_update=True)
         psock = sk.psock
         if psock is not None:
             if sk.ulp is not None:
-                raise kernel_error(errno.EBUSY, f"{self._at(key)}: {sk.describe()} has a "
-                                   f"psock and the {sk.ulp!r} ULP")
+                raise kernel_error(
+                    errno.EBUSY,
+                    f"{self._at(key)}: {sk.describe()} has a psock and the {sk.ulp!r} ULP",
+                )
             if psock.conflicts_with(self.progs):
-                raise kernel_error(errno.EBUSY, f"{self._at(key)}: {sk.describe()} already "
-                                   "runs programs in a slot this map's programs fill")
+                raise kernel_error(
+                    errno.EBUSY,
+                    f"{self._at(key)}: {sk.describe()} already "
+                    "runs programs in a slot this map's programs fill",
+                )
         else:
             if sk.ulp is not None:
-                raise kernel_error(errno.EINVAL, f"{self._at(key)}: {sk.describe()} already "
-                                   f"has the {sk.ulp!r} ULP; insert it before enabling it")
+                raise kernel_error(
+                    errno.EINVAL,
+                    f"{self._at(key)}: {sk.describe()} already "
+                    f"has the {sk.ulp!r} ULP; insert it before enabling it",
+                )
             if sk.user_data is not None:
-                raise kernel_error(errno.EBUSY, f"{self._at(key)}: {sk.describe()} "
-                                   "sk_user_data is in use")
+                raise kernel_error(
+                    errno.EBUSY, f"{self._at(key)}: {sk.describe()} sk_user_data is in use"
+                )
         old = self._slots.get(key)
         if old is not None and flags == BPF_NOEXIST:
             raise kernel_error(errno.EEXIST, f"{self._at(key)} is taken")
@@ -262,9 +276,7 @@ class SockMapBase:
 
     # -- programs --------------------------------------------------------------------------
 
-    def attach(
-        self, prog: Program | Callable[[Any], Any], attach_type: BpfAttachType
-    ) -> Program:
+    def attach(self, prog: Program | Callable[[Any], Any], attach_type: BpfAttachType) -> Program:
         """``BPF_PROG_ATTACH``: attach ``prog`` (a loaded :class:`Program` or a plain
         function, loaded here with the type ``attach_type`` takes), replacing the
         program in that slot. Only sockets inserted afterwards run it.
@@ -292,8 +304,9 @@ class SockMapBase:
         slot = self._slot(attach_type)
         prog.check_attach(attach_type)
         if self.progs[slot] is not prog:
-            raise kernel_error(errno.ENOENT, f"{self.name}: {prog.name} is not attached "
-                               f"as {attach_type.name}")
+            raise kernel_error(
+                errno.ENOENT, f"{self.name}: {prog.name} is not attached as {attach_type.name}"
+            )
         if self._links[slot] is not None:
             raise kernel_error(errno.EBUSY, f"{self.name}: a link holds {attach_type.name}")
         self.progs[slot] = None
@@ -351,8 +364,13 @@ class SockMapBase:
     def statistics(self) -> MapStats:
         """A snapshot of the map's counters and attached program ids."""
         return MapStats(
-            self.name, len(self._slots), self.max_entries, self.updates, self.deletes,
-            self.errors, {s: (p.id if p is not None else None) for s, p in self.progs.items()},
+            self.name,
+            len(self._slots),
+            self.max_entries,
+            self.updates,
+            self.deletes,
+            self.errors,
+            {s: (p.id if p is not None else None) for s, p in self.progs.items()},
         )
 
     def __repr__(self) -> str:
@@ -401,10 +419,12 @@ class SockMap(SockMapBase):
             raise kernel_error(errno.EINVAL, f"{self.name}: key {key!r} is not a u32 index")
         if key >= self.max_entries:
             if for_update:
-                raise kernel_error(errno.E2BIG, f"{self.name}: index {key} >= max_entries "
-                                   f"{self.max_entries}")
-            raise kernel_error(errno.EINVAL, f"{self.name}: index {key} >= max_entries "
-                               f"{self.max_entries}")
+                raise kernel_error(
+                    errno.E2BIG, f"{self.name}: index {key} >= max_entries {self.max_entries}"
+                )
+            raise kernel_error(
+                errno.EINVAL, f"{self.name}: index {key} >= max_entries {self.max_entries}"
+            )
         return key
 
     def _missing(self, key: Any) -> OSError:
@@ -435,23 +455,30 @@ class SockHash(SockMapBase):
 
     map_type = "sockhash"
 
-    def __init__(self, max_entries: int, *, key_size: int | None = None, value_size: int = 8,
-                 map_flags: int = 0, name: str | None = None) -> None:
+    def __init__(
+        self,
+        max_entries: int,
+        *,
+        key_size: int | None = None,
+        value_size: int = 8,
+        map_flags: int = 0,
+        name: str | None = None,
+    ) -> None:
         super().__init__(max_entries, value_size=value_size, map_flags=map_flags, name=name)
         if key_size is not None:
             if key_size == 0:
                 raise kernel_error(errno.EINVAL, f"{self.name}: key_size must be > 0")
             if key_size > MAX_BPF_STACK:
-                raise kernel_error(errno.E2BIG, f"{self.name}: key_size {key_size} > "
-                                   f"{MAX_BPF_STACK}")
+                raise kernel_error(
+                    errno.E2BIG, f"{self.name}: key_size {key_size} > {MAX_BPF_STACK}"
+                )
         self.key_size = key_size
 
     def _check_key(self, key: Any, for_update: bool) -> Hashable:
-        if self.key_size is not None and (
-            not isinstance(key, bytes) or len(key) != self.key_size
-        ):
-            raise kernel_error(errno.EINVAL, f"{self.name}: key {key!r} is not {self.key_size} "
-                               "bytes")
+        if self.key_size is not None and (not isinstance(key, bytes) or len(key) != self.key_size):
+            raise kernel_error(
+                errno.EINVAL, f"{self.name}: key {key!r} is not {self.key_size} bytes"
+            )
         try:
             hash(key)
         except TypeError:

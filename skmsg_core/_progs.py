@@ -105,7 +105,7 @@ class Program:
                 function, or cannot be called with exactly one argument (the context).
         """
         prog_type = BpfProgType(prog_type)
-        label = name or getattr(func, "__qualname__", None) or repr(func)
+        label = name or getattr(func, "__qualname__", None) or type(func).__qualname__
         if isinstance(func, Program):
             raise kernel_error(errno.EINVAL, f"program {label} is already loaded")
         if not callable(func):
@@ -195,8 +195,15 @@ class Program:
     def statistics(self) -> ProgStats:
         """A snapshot of the counters."""
         return ProgStats(
-            self.id, self.name, self.prog_type, self.run_cnt, self.run_time_ns,
-            self.passed, self.dropped, self.redirected, self.errors,
+            self.id,
+            self.name,
+            self.prog_type,
+            self.run_cnt,
+            self.run_time_ns,
+            self.passed,
+            self.dropped,
+            self.redirected,
+            self.errors,
         )
 
     def __repr__(self) -> str:

@@ -147,7 +147,9 @@ class SkPsock:
                 socket that is not TCP.
         """
         parser, verdict, skb_verdict = (
-            progs["stream_parser"], progs["stream_verdict"], progs["skb_verdict"],
+            progs["stream_parser"],
+            progs["stream_verdict"],
+            progs["skb_verdict"],
         )
         if parser and verdict and self.rx_mode is None and not self.sk.is_tcp:
             raise kernel_error(
@@ -315,8 +317,11 @@ class SkPsock:
                 self.rx_redirected_bytes += n
             else:
                 self.rx_dropped_bytes += n
-            if last is not None and last.kind == kind and last.target is target and (
-                last.ingress == ingress
+            if (
+                last is not None
+                and last.kind == kind
+                and last.target is target
+                and (last.ingress == ingress)
             ):
                 last.bufs.append(unit)
                 last.nbytes += n
@@ -379,10 +384,18 @@ class SkPsock:
     def statistics(self) -> PsockStats:
         """A snapshot of this psock's counters."""
         return PsockStats(
-            len(self.links), self.tx_msgs, self.tx_passed_bytes, self.tx_redirected_bytes,
-            self.tx_dropped_bytes, self.cork.size if self.cork is not None else 0,
-            self.rx_msgs, self.rx_passed_bytes, self.rx_redirected_bytes,
-            self.rx_dropped_bytes, self.ingress_bytes, self.rcvbuf,
+            len(self.links),
+            self.tx_msgs,
+            self.tx_passed_bytes,
+            self.tx_redirected_bytes,
+            self.tx_dropped_bytes,
+            self.cork.size if self.cork is not None else 0,
+            self.rx_msgs,
+            self.rx_passed_bytes,
+            self.rx_redirected_bytes,
+            self.rx_dropped_bytes,
+            self.ingress_bytes,
+            self.rcvbuf,
         )
 
     def __repr__(self) -> str:

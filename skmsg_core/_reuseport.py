@@ -33,8 +33,14 @@ class ReuseportMd:
 
     __slots__ = ("bind_inany", "data", "group", "hash", "ip_protocol", "len", "selected")
 
-    def __init__(self, group: ReuseportGroup, hash: int, data: bytes = b"",
-                 ip_protocol: int = 6, bind_inany: bool = False) -> None:
+    def __init__(
+        self,
+        group: ReuseportGroup,
+        hash: int,
+        data: bytes = b"",
+        ip_protocol: int = 6,
+        bind_inany: bool = False,
+    ) -> None:
         self.group = group
         self.hash = hash
         self.data = memoryview(data)

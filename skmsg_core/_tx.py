@@ -108,8 +108,9 @@ class SendOp:
         result = op.result()
     """
 
-    def __init__(self, psock: SkPsock, data: bytes | bytearray | memoryview,
-                 *, more: bool = False) -> None:
+    def __init__(
+        self, psock: SkPsock, data: bytes | bytearray | memoryview, *, more: bool = False
+    ) -> None:
         self.psock = psock
         self._src = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
         self._more = more
@@ -144,8 +145,12 @@ class SendOp:
         """
         if not self._done:
             raise RuntimeError("SendOp.result() before its actions were all taken")
-        return SendResult(self.copied, self.err, self.passed, self.psock.cork is not None
-                          and self.psock.cork.size > 0)
+        return SendResult(
+            self.copied,
+            self.err,
+            self.passed,
+            self.psock.cork is not None and self.psock.cork.size > 0,
+        )
 
     def run(self, deliver: Callable[[TxAction], object] | None = None) -> SendResult:
         """Take every action synchronously, handing each to ``deliver`` (an
@@ -219,8 +224,14 @@ class SendOp:
                         psock.cork = None
                 bufs = msg.consume(tosend)
                 more = self._more or msg.size > 0 or self._pos < self._src.nbytes
-                yield TxAction(TX_REDIRECT if target is not None else TX_PASS,
-                               target, ingress, bufs, tosend, more)
+                yield TxAction(
+                    TX_REDIRECT if target is not None else TX_PASS,
+                    target,
+                    ingress,
+                    bufs,
+                    tosend,
+                    more,
+                )
                 if self._failure is not None:
                     err, delivered = self._failure
                     self._failure = None

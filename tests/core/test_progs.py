@@ -1,0 +1,125 @@
+"""Programs: the verifier, fail-closed runs, verdict mapping, statistics."""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+import pytest
+
+import skmsg_core as sk
+
+
+def raises(err: int, match: str = "") -> pytest.RaisesExc[OSError]:
+    return pytest.raises(OSError, match=match, check=lambda e: e.errno == err)
+
+
+def test_verifier_rejects_what_cannot_be_a_program() -> None:
+    async def coro(msg: Any) -> int:
+        return 1
+
+    def gen(msg: Any) -> Any:
+        yield 1
+
+    def two(msg: Any, extra: Any) -> int:
+        return 1
+
+    def none() -> int:
+        return 1
+
+    with raises(errno.EINVAL, "not callable"):
+        sk.Program.load(42, sk.BpfProgType.SK_MSG)  # type: ignore[arg-type]
+    with raises(errno.EINVAL, "plain function"):
+        sk.Program.load(coro, sk.BpfProgType.SK_MSG)
+    with raises(errno.EINVAL, "plain function"):
+        sk.Program.load(gen, sk.BpfProgType.SK_SKB)
+    with raises(errno.EINVAL, "exactly one argument"):
+        sk.Program.load(two, sk.BpfProgType.SK_MSG)
+    with raises(errno.EINVAL, "exactly one argument"):
+        sk.Program.load(none, sk.BpfProgType.SK_MSG)
+    loaded = sk.Program.load(lambda m: 1, sk.BpfProgType.SK_MSG)
+    with raises(errno.EINVAL, "already loaded"):
+        sk.Program.load(loaded, sk.BpfProgType.SK_MSG)  # type: ignore[arg-type]
+
+
+def test_verifier_accepts_callables_and_defaults() -> None:
+    class Policy:
+        def __call__(self, msg: Any) -> int:
+            return sk.SK_PASS
+
+    def with_default(msg: Any, limit: int = 3) -> int:
+        return sk.SK_PASS
+
+    assert sk.Program.load(Policy(), sk.BpfProgType.SK_MSG).name.endswith("Policy")
+    assert sk.Program.load(with_default, sk.BpfProgType.SK_MSG, name="p").name == "p"
+
+
+@pytest.mark.parametrize(
+    ("ret", "redirected", "want"),
+    [
+        (sk.SK_PASS, False, sk.Verdict.PASS),
+        (1, True, sk.Verdict.REDIRECT),
+        (sk.SK_DROP, True, sk.Verdict.DROP),  # redirect set but SK_DROP returned
+        (2, False, sk.Verdict.DROP),  # any other value is a drop
+        (None, False, sk.Verdict.DROP),
+        (True, False, sk.Verdict.DROP),  # not an int verdict: fail closed
+        ("1", False, sk.Verdict.DROP),
+    ],
+)
+def test_verdict_mapping(ret: object, redirected: bool, want: sk.Verdict) -> None:
+    class Ctx:
+        sk_redir = object() if redirected else None
+
+    prog = sk.Program.load(lambda ctx: ret, sk.BpfProgType.SK_SKB)
+    assert prog.run_verdict(Ctx()) is want
+
+
+def test_raising_program_is_a_counted_drop_and_statistics() -> None:
+    calls = []
+
+    def policy(skb: sk.SkBuff) -> int:
+        calls.append(skb.len)
+        if skb.len > 3:
+            raise ValueError("too long")
+        return sk.SK_PASS
+
+    prog = sk.Program.load(policy, sk.BpfProgType.SK_SKB)
+    skb = sk.SkBuff()
+    assert prog.run_verdict(skb.reset(memoryview(b"abc"))) is sk.Verdict.PASS
+    assert prog.run_verdict(skb.reset(memoryview(b"abcd"))) is sk.Verdict.DROP
+    st = prog.statistics()
+    assert (st.run_cnt, st.passed, st.dropped, st.errors) == (2, 1, 1, 1)
+    assert isinstance(prog.last_error, ValueError)
+    assert st.run_time_ns == 0  # not measured unless enabled
+
+
+def test_run_time_is_measured_when_enabled() -> None:
+    prog = sk.Program.load(lambda ctx: sum(range(1000)), sk.BpfProgType.SK_SKB)
+    sk.enable_stats(True)
+    try:
+        prog.run(sk.SkBuff())
+    finally:
+        sk.enable_stats(False)
+    assert prog.run_cnt == 1 and prog.run_time_ns > 0
+
+
+def test_run_propagates_and_counts_errors() -> None:
+    prog = sk.Program.load(lambda ctx: 1 // 0, sk.BpfProgType.SK_SKB)
+    with pytest.raises(ZeroDivisionError):
+        prog.run(sk.SkBuff())
+    assert prog.errors == 1
+
+
+def test_context_fields_from_the_socket() -> None:
+    s4 = sk.Sock(None, local_addr=("127.0.0.1", 7000), remote_addr=("127.0.0.2", 41000))
+    msg = sk.SkMsg.from_bytes(b"x")
+    msg.sk = s4
+    assert (msg.family, msg.local_ip4, msg.remote_ip4) == (2, "127.0.0.1", "127.0.0.2")
+    assert (msg.local_port, msg.remote_port, msg.local_ip6) == (7000, 41000, None)
+    import socket
+
+    s6 = sk.Sock(None, family=socket.AF_INET6, local_addr=("::1", 1, 0, 0))
+    skb = sk.SkBuff(s6)
+    assert (skb.local_ip6, skb.local_ip4, skb.remote_port) == ("::1", None, 0)
+    assert skb.reset(memoryview(b"hello")).load_bytes(1, 3) == b"ell"
+    assert skb.load_bytes(3, 5) == -errno.EFAULT

@@ -1,0 +1,232 @@
+"""The psock's receive side: strparser and verdict modes, redirects, the ingress queue.
+
+Reference §4.2, §4.3, §5 and §7 cases 35, 36, 52, 54, 56, 62, 63 at the core's
+level: bytes fed as the transport would read them, actions checked exactly.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+import skmsg_core as sk
+
+from ._support import Net
+
+
+def rx_map(
+    parser: object | None, verdict: object, *, attach: sk.BpfAttachType = sk.SK_SKB_STREAM_VERDICT
+) -> sk.SockMap:
+    m = sk.SockMap(max_entries=4)
+    if parser is not None:
+        m.attach(parser, sk.SK_SKB_STREAM_PARSER)  # type: ignore[arg-type]
+    m.attach(verdict, attach)  # type: ignore[arg-type]
+    return m
+
+
+def flat(actions: list[sk.RxAction]) -> list[tuple[str, bytes]]:
+    return [(a.kind, b"".join(a.bufs)) for a in actions]
+
+
+def test_case_35_parser_512_two_256_byte_sends(net: Net) -> None:
+    m = rx_map(lambda skb: 512, lambda skb: sk.SK_PASS)
+    p = net.sock()
+    m.update(0, p)
+    assert p.psock is not None and p.psock.rx_mode == "strp"
+    assert p.psock.rx_feed(bytes(256)) == []
+    assert flat(p.psock.rx_feed(bytes(256))) == [("pass", bytes(512))]
+
+
+def test_case_36_parser_10_one_20_byte_send_is_exactly_two_messages(net: Net) -> None:
+    verdicts: list[int] = []
+
+    def verdict(skb: sk.SkBuff) -> int:
+        verdicts.append(skb.len)
+        return sk.SK_PASS
+
+    m = rx_map(lambda skb: 10, verdict)
+    p = net.sock()
+    m.update(0, p)
+    assert p.psock is not None
+    actions = p.psock.rx_feed(bytes(range(20)))
+    assert verdicts == [10, 10]
+    # consecutive passes coalesce into one action, one write for the batch
+    assert len(actions) == 1 and actions[0].msgs == 2 and actions[0].nbytes == 20
+
+
+def test_case_52_skb_redirect_to_connected(net: Net) -> None:
+    m = sk.SockMap(max_entries=2)
+    m.attach(lambda skb: skb.len, sk.SK_SKB_STREAM_PARSER)
+    prog = m.attach(lambda skb: sk.sk_redirect_map(skb, m, 0, 0), sk.SK_SKB_STREAM_VERDICT)
+    p0, p1 = net.sock(), net.sock()
+    m.update(0, p0)
+    m.update(1, p1)
+    assert p1.psock is not None
+    [action] = p1.psock.rx_feed(b"a")
+    assert (action.kind, action.target, action.ingress, action.nbytes) == ("redirect", p0, False, 1)
+    assert prog.redirected == 1
+
+
+def test_case_54_skb_redirect_to_listener_drops(net: Net) -> None:
+    m = sk.SockMap(max_entries=2)
+    m.attach(lambda skb: skb.len, sk.SK_SKB_STREAM_PARSER)
+    prog = m.attach(lambda skb: sk.sk_redirect_map(skb, m, 0, 0), sk.SK_SKB_STREAM_VERDICT)
+    m.update(0, net.sock(sk.TcpState.LISTEN))
+    p = net.sock()
+    m.update(1, p)
+    assert p.psock is not None
+    assert flat(p.psock.rx_feed(b"a")) == [("drop", b"a")]
+    assert prog.dropped == 1
+
+
+def test_case_56_redir_partial_waits_for_more(net: Net) -> None:
+    m = sk.SockMap(max_entries=2)
+    m.attach(lambda skb: 3, sk.SK_SKB_STREAM_PARSER)
+    m.attach(lambda skb: sk.sk_redirect_map(skb, m, 0, 0), sk.SK_SKB_STREAM_VERDICT)
+    c0, c1 = net.sock(), net.sock()
+    m.update(0, c0)
+    m.update(1, c1)
+    assert c1.psock is not None and c1.psock.strp is not None
+    assert flat(c1.psock.rx_feed(b"abc\0")) == [("redirect", b"abc")]
+    assert c1.psock.strp.pending == 1
+
+
+def test_verdict_mode_one_verdict_per_chunk_and_ingress_redirect(net: Net) -> None:
+    m = sk.SockMap(max_entries=2)
+    m.attach(lambda skb: sk.sk_redirect_map(skb, m, 1, sk.BPF_F_INGRESS), sk.SK_SKB_VERDICT)
+    a, b = net.sock(), net.sock()
+    m.update(0, a)
+    m.update(1, b)
+    assert a.psock is not None and a.psock.rx_mode == "verdict"
+    [action] = a.psock.rx_feed(b"hello world")
+    assert (action.kind, action.target, action.ingress) == ("redirect", b, True)
+
+
+def test_actions_coalesce_per_destination_in_order(net: Net) -> None:
+    backends = sk.SockHash(max_entries=2)
+    clients = sk.SockMap(max_entries=1)
+
+    def parse(skb: sk.SkBuff) -> int:
+        return 0 if skb.len < 1 else 1 + skb.data[0]
+
+    def route(skb: sk.SkBuff) -> int:
+        tag = bytes(skb.data[1:2])
+        if tag == b"d":
+            return sk.SK_DROP
+        return sk.sk_redirect_hash(skb, backends, tag, 0)
+
+    clients.attach(parse, sk.SK_SKB_STREAM_PARSER)
+    clients.attach(route, sk.SK_SKB_STREAM_VERDICT)
+    a, b, c = net.sock(), net.sock(), net.sock()
+    backends.update(b"a", a)
+    backends.update(b"b", b)
+    clients.update(0, c)
+    stream = b"".join(bytes([len(m)]) + m for m in [b"a1", b"a2", b"b3", b"dx", b"a4", b"a5"])
+    assert c.psock is not None
+    actions = c.psock.rx_feed(stream)
+    assert [(x.kind, x.target, x.msgs, b"".join(x.bufs)) for x in actions] == [
+        ("redirect", a, 2, b"\x02a1\x02a2"),
+        ("redirect", b, 1, b"\x02b3"),
+        ("drop", None, 1, b"\x02dx"),
+        ("redirect", a, 2, b"\x02a4\x02a5"),
+    ]
+    st = c.psock.statistics()
+    assert (st.rx_msgs, st.rx_redirected_bytes, st.rx_dropped_bytes) == (6, 15, 3)
+
+
+def test_redirect_target_without_psock_is_dropped(net: Net) -> None:
+    m = sk.SockMap(max_entries=2)
+    m.attach(lambda skb: sk.sk_redirect_map(skb, m, 0, 0), sk.SK_SKB_STREAM_VERDICT)
+    t, s = net.sock(), net.sock()
+    m.update(0, t)
+    m.update(1, s)
+    assert t.psock is not None and s.psock is not None
+    t.psock.tx_enabled = False  # being dropped
+    assert flat(s.psock.rx_feed(b"z")) == [("drop", b"z")]
+
+
+def test_parser_error_keeps_actions_of_completed_messages(net: Net) -> None:
+    def parse(skb: sk.SkBuff) -> int:
+        return 2 if bytes(skb.data[:1]) != b"!" else -errno.EBADMSG
+
+    m = rx_map(parse, lambda skb: sk.SK_PASS)
+    p = net.sock()
+    m.update(0, p)
+    assert p.psock is not None
+    with pytest.raises(sk.StrParserError) as info:
+        p.psock.rx_feed(b"abcd!x")
+    assert info.value.errno == errno.EBADMSG
+    assert flat(info.value.actions) == [("pass", b"abcd")]
+    with pytest.raises(sk.StrParserError):
+        p.psock.rx_feed(b"more")  # sticky
+
+
+def test_no_rx_programs_pass_everything(net: Net) -> None:
+    m = sk.SockMap(max_entries=1)
+    m.attach(lambda msg: sk.SK_PASS, sk.SK_MSG_VERDICT)
+    p = net.sock()
+    m.update(0, p)
+    assert p.psock is not None and p.psock.rx_mode is None
+    assert flat(p.psock.rx_feed(b"raw")) == [("pass", b"raw")]
+    assert p.psock.rx_feed(b"") == []
+
+
+def test_parser_only_does_not_start_rx(net: Net) -> None:
+    m = sk.SockMap(max_entries=1)
+    m.attach(lambda skb: 1, sk.SK_SKB_STREAM_PARSER)
+    p = net.sock()
+    m.update(0, p)
+    assert p.psock is not None and p.psock.rx_mode is None
+
+
+def test_stream_parser_needs_tcp(net: Net) -> None:
+    m = rx_map(lambda skb: 1, lambda skb: sk.SK_PASS)
+    with pytest.raises(OSError, check=lambda e: e.errno == errno.EOPNOTSUPP):
+        m.update(0, net.sock(kind="udp"))
+
+
+# -- the ingress queue (cases 62, 63) --------------------------------------------------------
+
+
+def test_cases_62_63_ingress_queue_fionread_and_peek(net: Net) -> None:
+    m = sk.SockMap(max_entries=1)
+    m.attach(lambda skb: sk.SK_PASS, sk.SK_SKB_STREAM_VERDICT)
+    c1 = net.sock()
+    m.update(0, c1)
+    psock = c1.psock
+    assert psock is not None
+    for action in psock.rx_feed(bytes(range(256))):
+        psock.queue_msg(action.bufs)
+    assert psock.ingress_bytes == 256  # FIONREAD
+    assert psock.recvmsg(1000, peek=True) == bytes(range(256))
+    assert psock.ingress_bytes == 256
+    assert psock.recvmsg(100) == bytes(range(100))
+    assert psock.recvmsg(1000) == bytes(range(100, 256))
+    assert psock.ingress_bytes == 0 and psock.recvmsg(10) == b""
+
+
+def test_ingress_queue_stream_semantics_and_space(net: Net) -> None:
+    m = sk.SockMap(max_entries=1)
+    s = net.sock()
+    m.update(0, s)
+    psock = s.psock
+    assert psock is not None
+    psock.rcvbuf = 10
+    assert psock.queue_msg([memoryview(b"abc"), memoryview(b""), memoryview(b"defg")]) == 7
+    assert psock.ingress_space == 3
+    assert psock.recvmsg(5, peek=True) == b"abcde"
+    assert psock.recvmsg(2) == b"ab" and psock.recvmsg(3) == b"cde"
+    assert psock.statistics().ingress_bytes == 2
+
+
+def test_drop_purges_unread_ingress(net: Net) -> None:
+    m = sk.SockMap(max_entries=1)
+    s = net.sock()
+    m.update(0, s)
+    psock = s.psock
+    assert psock is not None
+    psock.queue_msg([memoryview(b"unread")])
+    m.delete(0)
+    assert s.psock is None and psock.ingress_bytes == 0 and not psock.tx_enabled
+    assert psock.queue_msg([memoryview(b"late")]) == 0  # discarded as in the kernel
