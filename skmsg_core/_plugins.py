@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import hookspecs
 from ._errors import kernel_error
 from ._sock import SkProto
+
+if TYPE_CHECKING:
+    from ._maps import SockMapBase
+    from ._psock import SkPsock
+    from ._sock import Sock
 
 __all__ = ["Plugins", "get_plugin_manager", "plugins"]
 
@@ -78,6 +83,24 @@ class Plugins:
             return self.ulps()[name]
         except KeyError:
             raise kernel_error(errno.ENOENT, f"no skmsg plugin offers ULP {name!r}") from None
+
+    # -- observers: called at set-up, keyword-only, never per message ---------------
+
+    def sock_created(self, sk: Sock) -> None:
+        """Tell observers a protocol built ``sk``."""
+        self.pm.hook.skmsg_sock_created(sk=sk)
+
+    def map_update(self, smap: SockMapBase, key: Any, sk: Sock) -> None:
+        """Tell observers ``sk`` entered ``smap`` at ``key``."""
+        self.pm.hook.skmsg_map_update(smap=smap, key=key, sk=sk)
+
+    def map_delete(self, smap: SockMapBase, key: Any, sk: Sock) -> None:
+        """Tell observers ``sk`` left ``smap`` at ``key``."""
+        self.pm.hook.skmsg_map_delete(smap=smap, key=key, sk=sk)
+
+    def psock_drop(self, psock: SkPsock) -> None:
+        """Tell observers ``psock`` was dropped."""
+        self.pm.hook.skmsg_psock_drop(psock=psock)
 
     def plugin_names(self) -> Sequence[str]:
         """Names of the loaded plugins."""

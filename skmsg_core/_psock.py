@@ -31,6 +31,7 @@ import attrs
 
 from ._consts import BPF_F_INGRESS, DEFAULT_QUEUE_BYTES, MAX_MSG_FRAGS
 from ._errors import StrParserError, kernel_error
+from ._plugins import plugins
 from ._progs import Program, Verdict
 from ._ring import PageFrag, SkMsg
 from ._skb import SkBuff
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from ._sock import Sock
 
 __all__ = ["PsockStats", "RxAction", "SkPsock"]
+
+_PASS, _REDIRECT = Verdict.PASS, Verdict.REDIRECT
 
 #: What :meth:`SkPsock.rx_feed` asks the I/O layer to do with received bytes.
 RX_PASS = "pass"
@@ -226,6 +229,7 @@ class SkPsock:
         self.sk_redir = None
         if self.sk.psock is self:
             self.sk.psock = None
+        plugins().psock_drop(self)
 
     def _update_proto(self, restore: bool) -> int:
         prot = self.sk.sk_prot
@@ -245,7 +249,7 @@ class SkPsock:
         msg.sk = self.sk
         ret = prog.run_verdict(msg)
         self.apply_bytes = msg.apply_bytes
-        if ret is Verdict.REDIRECT:
+        if ret is _REDIRECT:
             self.sk_redir = msg.sk_redir
             self.redir_ingress = bool(msg.flags & BPF_F_INGRESS)
         return ret
@@ -298,9 +302,9 @@ class SkPsock:
                 kind = RX_PASS
             else:
                 verdict = prog.run_verdict(skb.reset(unit))
-                if verdict is Verdict.PASS:
+                if verdict is _PASS:
                     kind = RX_PASS
-                elif verdict is Verdict.REDIRECT:
+                elif verdict is _REDIRECT:
                     target = skb.sk_redir
                     ingress = bool(skb.flags & BPF_F_INGRESS)
                     tp = target.psock if target is not None else None

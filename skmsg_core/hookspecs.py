@@ -38,15 +38,9 @@ def skmsg_ulps() -> Sequence[Any]:
 
 
 @hookspec
-def skmsg_conformance(proto: SkProto) -> bool | None:
-    """Return True when this plugin serves ``proto`` and passes skmsg's plugin
-    conformance check for it (the check calls this to find the plugin)."""
-    raise NotImplementedError
-
-
-@hookspec
 def skmsg_sock_created(sk: Sock) -> None:
-    """Observer: a protocol built ``sk``."""
+    """Observer: a protocol built ``sk`` (plugins call
+    :meth:`skmsg_core.Plugins.sock_created` for each socket they make)."""
 
 
 @hookspec

@@ -11,7 +11,7 @@ import pytest
 
 import skmsg_core as sk
 
-from ._support import MemProto
+from ._support import MemProto, Net
 
 
 def test_builtins_load_through_the_skmsg_entry_point_group() -> None:
@@ -93,3 +93,46 @@ def test_non_protocol_objects_are_refused() -> None:
             facade.protocols()
     finally:
         facade.unregister(bad)
+
+
+def test_observers_see_map_changes_and_psock_drops(net: Net) -> None:
+    seen: list[tuple[str, object, object]] = []
+
+    class Observer:
+        @sk.hookimpl
+        def skmsg_map_update(self, smap: sk.SockMapBase, key: object, sk: sk.Sock) -> None:
+            seen.append(("update", key, sk))
+
+        @sk.hookimpl
+        def skmsg_map_delete(self, smap: sk.SockMapBase, key: object, sk: sk.Sock) -> None:
+            seen.append(("delete", key, sk))
+
+        @sk.hookimpl
+        def skmsg_psock_drop(self, psock: sk.SkPsock) -> None:
+            seen.append(("drop", None, psock.sk))
+
+        @sk.hookimpl
+        def skmsg_sock_created(self, sk: sk.Sock) -> None:
+            seen.append(("created", None, sk))
+
+    observer = Observer()
+    facade = sk.plugins()
+    facade.register(observer, name="observer")
+    try:
+        m = sk.SockMap(max_entries=2)
+        a, b = net.sock(), net.sock()
+        facade.sock_created(a)
+        m.update(0, a)
+        m.update(0, b)  # replaces a: a leaves, its psock goes
+        b.close()
+    finally:
+        facade.unregister(observer)
+    assert seen == [
+        ("created", None, a),
+        ("update", 0, a),
+        ("drop", None, a),
+        ("delete", 0, a),
+        ("update", 0, b),
+        ("drop", None, b),
+        ("delete", 0, b),
+    ]
