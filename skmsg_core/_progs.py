@@ -51,12 +51,16 @@ class Verdict(enum.IntEnum):
     NONE = 4
 
 
+_PASS, _DROP, _REDIRECT = Verdict.PASS, Verdict.DROP, Verdict.REDIRECT
+_SK_PASS = int(SK_PASS)
+
+
 def map_verdict(ret: object, redirected: bool) -> Verdict:
     """``sk_psock_map_verd``: ``SK_PASS`` with a redirect target set is REDIRECT,
     ``SK_PASS`` alone is PASS, anything else is DROP."""
-    if ret == SK_PASS and type(ret) is not bool:
-        return Verdict.REDIRECT if redirected else Verdict.PASS
-    return Verdict.DROP
+    if ret == _SK_PASS and type(ret) is not bool:
+        return _REDIRECT if redirected else _PASS
+    return _DROP
 
 
 @attrs.frozen
@@ -160,18 +164,18 @@ class Program:
             self.errors += 1
             self.dropped += 1
             self.last_error = exc
-            return Verdict.DROP
+            return _DROP
         finally:
             if _stats_enabled:
                 self.run_time_ns += time.perf_counter_ns() - t0
-        verdict = map_verdict(ret, ctx.sk_redir is not None)
-        if verdict is Verdict.PASS:
+        if ret == _SK_PASS and type(ret) is not bool:
+            if ctx.sk_redir is not None:
+                self.redirected += 1
+                return _REDIRECT
             self.passed += 1
-        elif verdict is Verdict.REDIRECT:
-            self.redirected += 1
-        else:
-            self.dropped += 1
-        return verdict
+            return _PASS
+        self.dropped += 1
+        return _DROP
 
     def run(self, ctx: Any) -> Any:
         """Run as a non-verdict program (a parser, a reuseport selector), counting

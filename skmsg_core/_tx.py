@@ -50,6 +50,9 @@ __all__ = ["SendOp", "SendResult", "TxAction"]
 TX_PASS = "pass"
 TX_REDIRECT = "redirect"
 
+# Enum members as plain globals: attribute lookups on an Enum class are slow.
+_NONE, _PASS, _DROP, _REDIRECT = Verdict.NONE, Verdict.PASS, Verdict.DROP, Verdict.REDIRECT
+
 
 @attrs.define(slots=True)
 class TxAction:
@@ -182,7 +185,7 @@ class SendOp:
                 psock.cork_bytes = 0 if size > psock.cork_bytes else psock.cork_bytes - size
                 if psock.cork_bytes and not enospc:
                     return  # held by the cork
-                psock.eval = Verdict.NONE
+                psock.eval = _NONE
                 psock.cork_bytes = 0
             err = yield from self._send_verdict(msg)
             if err:
@@ -196,13 +199,13 @@ class SendOp:
         enospc = msg.full
         delta = 0
         while True:
-            if psock.eval is Verdict.NONE:
+            if psock.eval is _NONE:
                 delta = msg.size
                 psock.eval = psock.msg_verdict(msg)
                 psock.tx_msgs += 1
                 delta -= msg.size
-                if psock.eval is Verdict.REDIRECT and psock.sk_redir is None:
-                    psock.eval = Verdict.DROP
+                if psock.eval is _REDIRECT and psock.sk_redir is None:
+                    psock.eval = _DROP
             if msg.cork_bytes and msg.cork_bytes > msg.size and not enospc:
                 psock.cork_bytes = msg.cork_bytes - msg.size
                 psock.cork = msg
@@ -211,15 +214,15 @@ class SendOp:
             if psock.apply_bytes and psock.apply_bytes < tosend:
                 tosend = psock.apply_bytes
             verdict = psock.eval
-            if verdict is Verdict.PASS or verdict is Verdict.REDIRECT:
+            if verdict is _PASS or verdict is _REDIRECT:
                 target: Sock | None = None
                 ingress = False
-                if verdict is Verdict.REDIRECT:
+                if verdict is _REDIRECT:
                     target, ingress = psock.sk_redir, psock.redir_ingress
                 _apply(psock, tosend)
-                if verdict is Verdict.REDIRECT:
+                if verdict is _REDIRECT:
                     if not psock.apply_bytes:
-                        psock.eval, psock.sk_redir = Verdict.NONE, None
+                        psock.eval, psock.sk_redir = _NONE, None
                     if psock.cork is msg:
                         psock.cork = None
                 bufs = msg.consume(tosend)
@@ -250,7 +253,7 @@ class SendOp:
                 self.copied -= tosend + delta
                 return errno.EACCES
             if not psock.apply_bytes:
-                psock.eval = Verdict.NONE
+                psock.eval = _NONE
                 psock.sk_redir = None
             if not msg.size:
                 return 0

@@ -26,18 +26,6 @@ from ._support import (
 )
 
 
-def topology(net: Net, program: object) -> tuple[sk.Sock, sk.Sock, sk.Sock, sk.SockMap, sk.SockMap]:
-    """c1 in ``txmsg`` (SK_MSG attached) at key 0; ``redir`` holds c2 at 0 and p2 at 2."""
-    c1, c2, p2 = net.sock(), net.sock(), net.sock()
-    txmsg = sk.SockMap(max_entries=20, name="sock_map_txmsg")
-    redir = sk.SockMap(max_entries=20, name="sock_map_redir")
-    txmsg.attach(program, sk.SK_MSG_VERDICT)  # type: ignore[arg-type]
-    txmsg.update(0, c1)
-    redir.update(0, c2)
-    redir.update(2, p2)
-    return c1, c2, p2, txmsg, redir
-
-
 def run_sends(net: Net, c1: sk.Sock, shape: list[tuple[int, int, int]]) -> list[sk.SendResult]:
     return [net.send(c1, chunk) for chunk in sends(shape)]
 
@@ -65,15 +53,16 @@ def redirect_for(mode: str, redir_map: sk.SockMap | None) -> tuple[sk.SockMap, i
 
 
 def make(net: Net, mode: str, **params: object) -> tuple[sk.Sock, sk.Sock, sk.Sock, sk.Program]:
-    holder: dict[str, sk.SockMap] = {}
-
-    def program(msg: sk.SkMsg) -> int:
-        return prog4(redirect=redirect_for(mode, holder.get("redir")), **params)(msg)  # type: ignore[arg-type]
-
-    c1, c2, p2, txmsg, redir = topology(net, program)
-    holder["redir"] = redir
-    prog = txmsg.progs["msg_parser"]
-    assert prog is not None
+    """c1 in ``txmsg`` (SK_MSG ``prog4`` attached) at key 0; ``redir`` holds c2 at 0
+    and p2 at 2; the program passes, or redirects to c2 (egress) or p2 (ingress)."""
+    c1, c2, p2 = net.sock(), net.sock(), net.sock()
+    txmsg = sk.SockMap(max_entries=20, name="sock_map_txmsg")
+    redir = sk.SockMap(max_entries=20, name="sock_map_redir")
+    program = prog4(redirect=redirect_for(mode, redir), **params)  # type: ignore[arg-type]
+    prog = txmsg.attach(program, sk.SK_MSG_VERDICT)
+    txmsg.update(0, c1)
+    redir.update(0, c2)
+    redir.update(2, p2)
     return c1, c2, p2, prog
 
 
