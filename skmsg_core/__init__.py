@@ -63,6 +63,7 @@ from ._skb import SkBuff as SkBuff
 from ._sock import SkProto as SkProto
 from ._sock import SkProtoBase as SkProtoBase
 from ._sock import Sock as Sock
+from ._sock import next_cookie as next_cookie
 from ._sock import sock_from as sock_from
 from ._strparser import StrParser as StrParser
 from ._tx import SendOp as SendOp

@@ -145,9 +145,9 @@ class SkPsock:
         protocol's operations (``sock_map_link`` + ``sock_map_add_link``).
 
         Raises:
-            OSError: the errno the protocol's ``psock_update_sk_prot`` returned
-                (the link is not made), or EOPNOTSUPP for a stream parser on a
-                socket that is not TCP.
+            OSError: the errno the protocol's ``psock_update_sk_prot`` returned,
+                or the ``OSError`` it raised (the link is not made), or
+                EOPNOTSUPP for a stream parser on a socket that is not TCP.
         """
         parser, verdict, skb_verdict = (
             progs["stream_parser"],
@@ -159,6 +159,7 @@ class SkPsock:
                 errno.EOPNOTSUPP, f"{self.sk.describe()}: a stream parser needs a TCP socket"
             )
         saved = (self.msg_parser, self.stream_parser, self.stream_verdict, self.skb_verdict)
+        saved_rx = (self.rx_mode, self.strp)
         if progs["msg_parser"]:
             self.msg_parser = progs["msg_parser"]
         if parser:
@@ -167,16 +168,20 @@ class SkPsock:
             self.stream_verdict = verdict
         if skb_verdict:
             self.skb_verdict = skb_verdict
-        err = self._update_proto(restore=False)
-        if err < 0:
-            self.msg_parser, self.stream_parser, self.stream_verdict, self.skb_verdict = saved
-            raise kernel_error(-err, f"{self.sk.describe()}: protocol refused the psock")
         if self.rx_mode is None:
             if parser and verdict:
                 self.rx_mode = "strp"
                 self.strp = StrParser(parser.run, max_msg_size=self.rcvbuf, sk=self.sk)
             elif verdict or skb_verdict:
                 self.rx_mode = "verdict"
+        try:
+            err = self._update_proto(restore=False)
+            if err < 0:
+                raise kernel_error(-err, f"{self.sk.describe()}: protocol refused the psock")
+        except OSError:
+            self.msg_parser, self.stream_parser, self.stream_verdict, self.skb_verdict = saved
+            self.rx_mode, self.strp = saved_rx
+            raise
         self.links.append((smap, key))
 
     def unlink(self, smap: SockMapBase, key: Any) -> None:

@@ -71,7 +71,10 @@ class SkProto(Protocol):
 
     def psock_update_sk_prot(self, sk: Sock, psock: SkPsock, restore: bool) -> int:
         """Install (``restore=False``) or remove (``restore=True``) the psock's
-        operations on ``sk``; return 0 or a negative errno that fails the update."""
+        operations on ``sk``; return 0 or a negative errno that fails the update
+        (or raise an ``OSError`` with a message that says why). Called again
+        when the psock's programs change; ``psock.rx_mode`` says whether
+        receive processing runs."""
         ...
 
 

@@ -1,8 +1,9 @@
-"""skmsg's built-in TCP plugin.
+"""skmsg's built-in TCP plugin: streams and listeners that sit in socket maps.
 
 Registered through the ``skmsg`` entry-point group exactly as a third-party
-plugin is, so it is also the template for writing one. It registers no
-protocol object yet: the TCP streams arrive with their own issue.
+plugin is, so it is also the template for writing one: a protocol table
+(:class:`TcpProto`) served through ``skmsg_protocols``, and trio streams whose
+operations the table swaps when they enter and leave maps.
 """
 
 from __future__ import annotations
@@ -11,10 +12,18 @@ from collections.abc import Sequence
 
 from skmsg_core import SkProto, hookimpl
 
-__all__ = ["skmsg_protocols"]
+from ._listener import SkListener as SkListener
+from ._listener import open_tcp_listeners as open_tcp_listeners
+from ._listener import open_tcp_stream as open_tcp_stream
+from ._listener import serve_tcp as serve_tcp
+from ._proto import TCP_PROTO as TCP_PROTO
+from ._proto import TcpProto as TcpProto
+from ._stream import SendError as SendError
+from ._stream import SkStream as SkStream
+from ._stream import StreamStats as StreamStats
 
 
 @hookimpl
 def skmsg_protocols() -> Sequence[SkProto]:
-    """No TCP protocol table yet."""
-    return ()
+    """TCP's protocol table."""
+    return (TCP_PROTO,)

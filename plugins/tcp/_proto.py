@@ -1,0 +1,30 @@
+"""``TcpProto``: the TCP protocol table sockmap sees (``tcp_bpf_update_proto``)."""
+
+from __future__ import annotations
+
+import skmsg_core as sk
+
+__all__ = ["TCP_PROTO", "TcpProto"]
+
+
+class TcpProto(sk.SkProtoBase):
+    """TCP's table: the kernel's generic state rules, and the seam that swaps a
+    stream's operations when its psock's programs change."""
+
+    name = "tcp"
+
+    def psock_update_sk_prot(self, s: sk.Sock, psock: sk.SkPsock, restore: bool) -> int:
+        """Install or restore the stream's operations (``tcp_bpf_update_proto``).
+
+        Raises:
+            OSError(EOPNOTSUPP): receive programs but no running runtime.
+        """
+        super().psock_update_sk_prot(s, psock, restore)
+        update = getattr(s.owner, "_update_ops", None)
+        if update is None:
+            return 0  # a listener: nothing to swap
+        result: int = update(psock, restore)
+        return result
+
+
+TCP_PROTO = TcpProto()

@@ -1,0 +1,395 @@
+"""``SkStream``: a TCP stream a user holds, with the kernel's sockmap hooks.
+
+Theory of operation
+-------------------
+Outside any map an ``SkStream`` is a ``trio.SocketStream`` in all but name:
+the same calls, errors and checkpoints. When it enters a map the core calls
+``TcpProto.psock_update_sk_prot`` and the stream's operations change, as the
+kernel's ``tcp_bpf_update_proto`` swaps ``sk_prot``:
+
+- with an SK_MSG program (the kernel's TX config) ``send_all`` runs the core's
+  TX engine (:class:`skmsg_core.SendOp`) and carries out its actions: pass to
+  this socket's transport, redirect to another socket's transport or ingress
+  queue;
+- with receive programs (RX config) a *receive pump* in the runtime reads
+  the socket and runs the stream parser and verdict; ``receive_some`` then
+  reads this socket's ingress queue only;
+- with a psock but no receive programs, ``receive_some`` reads the ingress
+  queue first (bytes other sockets redirected here) and the socket otherwise.
+
+Leaving the last map restores plain operation. A task blocked in
+``receive_some`` waits inside a cancel scope that every change cancels, so
+it always looks again at the queue, the pump and the socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import operator
+import socket as stdsocket
+import struct
+from typing import Any
+
+import attrs
+import trio
+
+import skmsg_core as sk
+from skmsg_core.runtime import Runtime, current_runtime, space_freed, tx_redirect
+
+from ._proto import TCP_PROTO
+
+__all__ = ["SendError", "SkStream", "StreamStats"]
+
+DEFAULT_RECEIVE_SIZE = 65536
+SO_COOKIE = getattr(stdsocket, "SO_COOKIE", 57)
+MSG_MORE = getattr(stdsocket, "MSG_MORE", 0)
+_CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK}
+
+
+class SendError(PermissionError):
+    """``send_all`` ended by a DROP verdict (``errno`` EACCES) or a failed redirect.
+
+    ``accepted``: bytes of this call that were passed or redirected before it
+    ended; ``copied``: what the kernel's ``sendmsg`` would have counted.
+    """
+
+    accepted: int = 0
+    copied: int = 0
+
+
+@attrs.frozen
+class StreamStats:
+    """What a stream did: bytes through its transport, and its psock's counters
+    while it is in a map."""
+
+    bytes_sent: int
+    bytes_received: int
+    psock: sk.PsockStats | None
+
+
+class _Conflict:
+    """Raise ``trio.BusyResourceError`` when two tasks use one side at once."""
+
+    __slots__ = ("_held", "_msg")
+
+    def __init__(self, msg: str) -> None:
+        self._msg = msg
+        self._held = False
+
+    def __enter__(self) -> None:
+        if self._held:
+            raise trio.BusyResourceError(self._msg)
+        self._held = True
+
+    def __exit__(self, *exc: object) -> None:
+        self._held = False
+
+
+def _translate(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+    if exc.errno in _CLOSED_ERRNOS:
+        return trio.ClosedResourceError("this socket was already closed")
+    return trio.BrokenResourceError(f"socket connection broken: {exc}")
+
+
+def cookie_of(sock: trio.socket.SocketType) -> int:
+    """The kernel's socket cookie (``SO_COOKIE``), or a fresh one where unsupported."""
+    try:
+        raw = sock.getsockopt(stdsocket.SOL_SOCKET, SO_COOKIE, 8)
+    except OSError:
+        return sk.next_cookie()
+    return int(struct.unpack("=Q", raw)[0])
+
+
+class SkStream(trio.abc.HalfCloseableStream):
+    """A connected TCP stream that can sit in socket maps.
+
+    Build one with :func:`open_tcp_stream`, from a listener, or from a connected
+    trio socket. ``sk`` is the core's view of it; ``socket`` the trio socket.
+    """
+
+    def __init__(self, socket: trio.socket.SocketType, *, proto: sk.SkProto | None = None) -> None:
+        if not isinstance(socket, trio.socket.SocketType):
+            raise TypeError("SkStream requires a trio socket object")
+        if socket.type != stdsocket.SOCK_STREAM:
+            raise ValueError("SkStream requires a SOCK_STREAM socket")
+        self.socket = socket
+        with _suppress():
+            socket.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, True)
+        if hasattr(stdsocket, "TCP_NOTSENT_LOWAT"):
+            with _suppress():
+                socket.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NOTSENT_LOWAT, 2**14)
+        self.sk = sk.Sock(
+            proto or TCP_PROTO,
+            family=socket.family,
+            type=stdsocket.SOCK_STREAM,
+            protocol=stdsocket.IPPROTO_TCP,
+            state=sk.TcpState.ESTABLISHED,
+            local_addr=_addr(socket.getsockname),
+            remote_addr=_addr(socket.getpeername),
+            cookie=cookie_of(socket),
+            owner=self,
+        )
+        self.sk.register_fd(socket.fileno())
+        self._send_conflict = _Conflict("another task is currently sending data on this SkStream")
+        self._receive_conflict = _Conflict("another task is currently receiving on this SkStream")
+        self._write_lock = trio.Lock()
+        self._recv_scope: trio.CancelScope | None = None
+        self._runtime: Runtime | None = current_runtime()
+        self._rx_error: BaseException | None = None
+        self._rx_eof = False
+        self._closed = False
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        sk.plugins().sock_created(self.sk)
+
+    # -- the seam: called by TcpProto.psock_update_sk_prot ------------------------------
+
+    def _update_ops(self, psock: sk.SkPsock, restore: bool) -> int:
+        rt = self._runtime or current_runtime()
+        if restore or psock.rx_mode is None:
+            if rt is not None:
+                rt.stop_pump(self)
+            self.wake_readers()
+            return 0
+        if rt is None:
+            raise sk.kernel_error(
+                errno.EOPNOTSUPP,
+                f"{self.sk.describe()}: receive programs need a running skmsg runtime "
+                "(async with skmsg_core.runtime.open_runtime(): ...)",
+            )
+        self._runtime = rt
+        self.wake_readers()  # a reader blocked on the socket must let the pump read it
+        rt.start_pump(self)
+        return 0
+
+    # -- Endpoint: what the runtime calls ------------------------------------------------
+
+    async def transport_recv(self, max_bytes: int) -> bytes:
+        try:
+            data = await self.socket.recv(max_bytes)
+        except OSError as exc:
+            raise _translate(exc) from exc
+        self.bytes_received += len(data)
+        return data
+
+    async def egress_write(self, bufs: list[memoryview], more: bool) -> None:
+        async with self._write_lock:
+            await self._send_bufs(bufs, more)
+
+    def rx_failed(self, exc: BaseException) -> None:
+        self._rx_error = exc
+        self.wake_readers()
+
+    def rx_eof(self) -> None:
+        self._rx_eof = True
+        self.sk.state = sk.TcpState.CLOSE_WAIT
+        self.wake_readers()
+
+    def wake_readers(self) -> None:
+        scope = self._recv_scope
+        if scope is not None:
+            scope.cancel()
+
+    # -- sending -----------------------------------------------------------------------
+
+    async def _send_bufs(self, bufs: list[memoryview], more: bool) -> None:
+        """Write every byte of ``bufs`` to the socket (writev), in order."""
+        flags = MSG_MORE if more else 0
+        pending = [b for b in bufs if b.nbytes]
+        try:
+            while pending:
+                sent = await self.socket.sendmsg(pending, (), flags)
+                self.bytes_sent += sent
+                while sent:
+                    head = pending[0]
+                    if head.nbytes <= sent:
+                        sent -= head.nbytes
+                        pending.pop(0)
+                    else:
+                        pending[0] = head[sent:]
+                        sent = 0
+        except OSError as exc:
+            raise _translate(exc) from exc
+
+    async def send_all(self, data: bytes | bytearray | memoryview, *, more: bool = False) -> None:
+        """Send all of ``data``; with an SK_MSG program, through its verdicts.
+
+        ``more=True`` says more data follows at once (``MSG_MORE``): the
+        transport may hold a short segment back. It does not merge sends into
+        one verdict: on plain TCP, as in the kernel, every send is its own
+        message.
+
+        Raises:
+            SendError: (a ``PermissionError``, errno EACCES) the program dropped
+                the data; ``accepted`` says how much of this call had already
+                gone. Also EPIPE when a redirect target went away.
+            trio.BusyResourceError: another task is sending on this stream.
+            trio.ClosedResourceError: the stream was closed, or EOF was sent.
+            trio.BrokenResourceError: the connection is broken.
+
+        Cancellation leaves the stream in an unknown state, as trio's own.
+        """
+        if self._closed or self.socket.did_shutdown_SHUT_WR:
+            raise trio.ClosedResourceError("can't send data after sending EOF or closing")
+        with self._send_conflict:
+            view = memoryview(data).cast("B")
+            psock = self.sk.psock
+            if psock is None or (psock.msg_parser is None and psock.cork is None):
+                if not view.nbytes:
+                    await trio.lowlevel.checkpoint()
+                    return
+                async with self._write_lock:
+                    await self._send_bufs([view], more)
+                return
+            await trio.lowlevel.checkpoint()
+            op = sk.SendOp(psock, view, more=more)
+            for action in op:
+                try:
+                    if action.kind == "pass":
+                        async with self._write_lock:
+                            await self._send_bufs(action.bufs, action.more)
+                    else:
+                        await tx_redirect(action)
+                except OSError as exc:
+                    op.fail(exc.errno or errno.EIO)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    op.fail(errno.EPIPE)
+                    raise
+            result = op.result()
+            if result.err:
+                err = SendError(
+                    result.err,
+                    f"send_all on {self.sk.describe()}: "
+                    + ("the SK_MSG program dropped the data" if result.err == errno.EACCES
+                       else f"redirect failed ({errno.errorcode.get(result.err, result.err)})")
+                    + f"; {result.passed} of {view.nbytes} bytes had been accepted",
+                )
+                err.accepted, err.copied = result.passed, max(result.copied, 0)
+                raise err
+
+    async def wait_send_all_might_not_block(self) -> None:
+        with self._send_conflict:
+            if self._closed or self.socket.fileno() == -1:
+                raise trio.ClosedResourceError
+            try:
+                await self.socket.wait_writable()
+            except OSError as exc:
+                raise _translate(exc) from exc
+
+    async def send_eof(self) -> None:
+        with self._send_conflict:
+            await trio.lowlevel.checkpoint()
+            if self._closed:
+                raise trio.ClosedResourceError
+            if self.socket.did_shutdown_SHUT_WR:
+                return
+            try:
+                self.socket.shutdown(stdsocket.SHUT_WR)
+            except OSError as exc:
+                raise _translate(exc) from exc
+
+    # -- receiving ------------------------------------------------------------------------
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Receive up to ``max_bytes`` (b"" at EOF).
+
+        With receive programs, the bytes are those the verdict passed (and
+        those other sockets redirected here with ``BPF_F_INGRESS``).
+
+        Raises:
+            trio.BusyResourceError: another task is receiving on this stream.
+            trio.ClosedResourceError: the stream was closed.
+            trio.BrokenResourceError: the connection broke, or the stream
+                parser failed (the ``__cause__`` carries its errno).
+        """
+        max_bytes = DEFAULT_RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        with self._receive_conflict:
+            await trio.lowlevel.checkpoint()
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("this stream was closed")
+                psock = self.sk.psock
+                rt = self._runtime
+                pumping = psock is not None and rt is not None and rt.pumping(self)
+                if psock is not None and psock.ingress_bytes:
+                    data = psock.recvmsg(max_bytes)
+                    space_freed(psock)
+                    return data
+                if self._rx_error is not None and (pumping or psock is not None):
+                    raise trio.BrokenResourceError(
+                        f"{self.sk.describe()}: {self._rx_error}"
+                    ) from self._rx_error
+                if self._rx_eof:
+                    return b""
+                # Wait in a scope that any change cancels (wake_readers): a
+                # cancelled trio recv has consumed nothing, so looking again is safe.
+                with trio.CancelScope() as scope:
+                    self._recv_scope = scope
+                    try:
+                        if pumping:
+                            await trio.sleep_forever()
+                        else:
+                            data = await self.socket.recv(max_bytes)
+                            self.bytes_received += len(data)
+                            return data
+                    except OSError as exc:
+                        if self._closed:
+                            raise trio.ClosedResourceError("this stream was closed") from None
+                        raise _translate(exc) from exc
+                    finally:
+                        self._recv_scope = None
+
+    async def aclose(self) -> None:
+        """Close the stream: it leaves every map (unread redirected bytes are
+        discarded), then the socket closes. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self.sk.close()
+            self.wake_readers()
+            self.socket.close()
+        await trio.lowlevel.checkpoint()
+
+    # -- extras -------------------------------------------------------------------------------
+
+    def setsockopt(self, level: int, option: int, value: Any) -> None:
+        """``setsockopt`` on the underlying socket."""
+        self.socket.setsockopt(level, option, value)
+
+    def getsockopt(self, level: int, option: int, buffersize: int = 0) -> int | bytes:
+        """``getsockopt`` on the underlying socket."""
+        if buffersize:
+            return self.socket.getsockopt(level, option, buffersize)
+        return self.socket.getsockopt(level, option)
+
+    def fileno(self) -> int:
+        """The socket's file descriptor (a map accepts it too)."""
+        return self.socket.fileno()
+
+    def statistics(self) -> StreamStats:
+        """Bytes through the transport, and the psock's counters when in a map."""
+        psock = self.sk.psock
+        return StreamStats(
+            self.bytes_sent, self.bytes_received, psock.statistics() if psock else None
+        )
+
+    def __repr__(self) -> str:
+        return f"<SkStream {self.sk.describe()}>"
+
+
+def _addr(get: Any) -> tuple[Any, ...] | None:
+    try:
+        addr = get()
+    except OSError:
+        return None
+    return tuple(addr) if isinstance(addr, tuple) else (addr,)
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: type[BaseException] | None, *rest: object) -> bool:
+        return typ is not None and issubclass(typ, OSError)
+

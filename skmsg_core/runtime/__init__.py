@@ -1,0 +1,16 @@
+"""The skmsg runtime: the one part of ``skmsg_core`` that imports trio.
+
+It carries out the sans-I/O core's actions and runs the receive pumps in a
+nursery the application owns. This module only re-exports.
+"""
+
+from __future__ import annotations
+
+from ._runtime import Endpoint as Endpoint
+from ._runtime import Runtime as Runtime
+from ._runtime import current_runtime as current_runtime
+from ._runtime import data_ready as data_ready
+from ._runtime import ingress_put as ingress_put
+from ._runtime import open_runtime as open_runtime
+from ._runtime import space_freed as space_freed
+from ._runtime import tx_redirect as tx_redirect

@@ -1,0 +1,276 @@
+"""The runtime: the work the kernel does in softirq and workqueues, as trio tasks.
+
+Theory of operation
+-------------------
+The sans-I/O core turns bytes into *actions*; the runtime carries them out.
+It owns, per socket with receive programs, a *receive pump* task (the
+kernel's ``sk_data_ready`` → strparser → verdict path): read the transport,
+``psock.rx_feed``, then pass bytes to the socket's ingress queue, or redirect
+them to another socket's egress (its transport, under its write lock) or
+ingress queue.
+
+Every queue is bounded and every hand-off waits for room: a full ingress
+queue stops its pump from reading (TCP flow control reaches the peer), and a
+redirect target that writes slowly slows the pump that feeds it. Nothing
+grows without bound.
+
+Tasks run in a nursery the application owns (:func:`open_runtime`), so a
+pump's unexpected failure surfaces there; a protocol failure of one
+connection (a parse error, a reset) is that stream's error, raised by its
+receive call, and does not take the runtime down.
+
+A stream plugs in by implementing :class:`Endpoint`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import errno
+import logging
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from .._errors import StrParserError, kernel_error
+
+if TYPE_CHECKING:
+    from .._psock import RxAction, SkPsock
+    from .._sock import Sock
+    from .._tx import TxAction
+
+__all__ = [
+    "Endpoint",
+    "Runtime",
+    "current_runtime",
+    "data_ready",
+    "ingress_put",
+    "open_runtime",
+    "space_freed",
+    "tx_redirect",
+]
+
+log = logging.getLogger(__name__)
+
+_current: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
+    "skmsg_runtime", default=None
+)
+
+
+class Endpoint(Protocol):
+    """What a protocol's stream offers the runtime."""
+
+    sk: Sock
+
+    async def transport_recv(self, max_bytes: int) -> bytes:
+        """Read from the transport, below every program (b"" at EOF)."""
+        ...
+
+    async def egress_write(self, bufs: list[memoryview], more: bool) -> None:
+        """Write to the transport below this socket's own SK_MSG program (a
+        redirect's egress), in order with the socket's other writes.
+
+        Raises:
+            OSError: the transport failed (``EPIPE`` when closed).
+        """
+        ...
+
+    def rx_failed(self, exc: BaseException) -> None:
+        """The receive pump stopped on ``exc`` (an OSError with the errno the
+        socket is now in error with); readers must see it (and be woken)."""
+        ...
+
+    def rx_eof(self) -> None:
+        """The transport reached EOF; readers see EOF once the queue drains
+        (and must be woken)."""
+        ...
+
+    def wake_readers(self) -> None:
+        """Wake every task blocked in this stream's receive call, so it looks
+        again at the ingress queue, the pump and the socket."""
+        ...
+
+
+_writable: weakref.WeakKeyDictionary[SkPsock, trio.lowlevel.ParkingLot] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def data_ready(psock: SkPsock) -> None:
+    """``sk_psock_data_ready``: wake the readers of ``psock``'s socket."""
+    owner = psock.sk.owner
+    if owner is not None:
+        owner.wake_readers()
+
+
+def space_freed(psock: SkPsock) -> None:
+    """A reader took bytes off ``psock``'s ingress queue: wake blocked writers."""
+    lot = _writable.get(psock)
+    if lot is not None:
+        lot.unpark_all()
+
+
+async def ingress_put(target: Sock, bufs: list[memoryview], nbytes: int) -> int:
+    """Queue ``bufs`` on ``target``'s ingress queue, waiting for room.
+
+    Waits while the queue cannot take ``nbytes`` more; a message larger than the
+    whole queue goes in once the queue is empty, so nothing deadlocks. Returns
+    the bytes queued: 0 if the psock stopped meanwhile (they are discarded).
+
+    Raises:
+        OSError(EPIPE): ``target`` has no psock (``tcp_bpf_sendmsg_redir``).
+    """
+    psock = target.psock
+    if psock is None:
+        raise kernel_error(errno.EPIPE, f"{target.describe()} has no psock")
+    while psock.ingress_bytes and psock.ingress_space < nbytes and psock.tx_enabled:
+        lot = _writable.get(psock)
+        if lot is None:
+            lot = _writable[psock] = trio.lowlevel.ParkingLot()
+        await lot.park()
+    n = psock.queue_msg(bufs)
+    if n:
+        data_ready(psock)
+    return n
+
+
+async def tx_redirect(action: TxAction) -> None:
+    """Carry out an SK_MSG redirect: the bytes go out of the target's transport
+    (below its own program) or into its ingress queue.
+
+    Raises:
+        OSError(EPIPE): the target has no psock or no stream, or its transport
+            failed.
+    """
+    target = action.target
+    assert target is not None
+    if target.psock is None or target.dead:
+        raise kernel_error(errno.EPIPE, f"redirect target {target.describe()} is gone")
+    if action.ingress:
+        if not await ingress_put(target, action.bufs, action.nbytes):
+            raise kernel_error(errno.EPIPE, f"redirect target {target.describe()} is gone")
+        return
+    endpoint: Endpoint | None = target.owner
+    if endpoint is None:
+        raise kernel_error(errno.EPIPE, f"redirect target {target.describe()} has no stream")
+    try:
+        await endpoint.egress_write(action.bufs, action.more)
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise kernel_error(errno.EPIPE, f"redirect to {target.describe()} failed") from exc
+
+
+class Runtime:
+    """Runs receive pumps in ``nursery``. Build one with :func:`open_runtime`;
+    streams put into maps with receive programs while it is current use it."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.nursery = nursery
+        self._pumps: dict[int, trio.CancelScope] = {}
+        self.redirect_errors = 0
+
+    async def rx_action(self, receiver: Endpoint, action: RxAction) -> None:
+        """Carry out one receive action of ``receiver``'s pump.
+
+        PASS waits for room in the receiver's own ingress queue. A redirect whose
+        target fails is dropped and counted (``redirect_errors``), as the kernel's
+        backlog drops an skb and puts the target in error; it never fails the
+        source.
+        """
+        kind = action.kind
+        if kind == "pass":
+            await ingress_put(receiver.sk, action.bufs, action.nbytes)
+            return
+        if kind != "redirect":
+            return
+        target = action.target
+        assert target is not None
+        try:
+            if action.ingress:
+                await ingress_put(target, action.bufs, action.nbytes)
+            else:
+                endpoint: Endpoint | None = target.owner
+                if endpoint is None or target.psock is None or target.dead:
+                    raise kernel_error(errno.EPIPE, f"{target.describe()} is gone")
+                await endpoint.egress_write(action.bufs, False)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.redirect_errors += 1
+            log.debug("redirect to %s dropped: %s", target.describe(), exc)
+
+    # -- receive pumps -----------------------------------------------------------------------
+
+    def start_pump(self, endpoint: Endpoint) -> None:
+        """Start ``endpoint``'s receive pump, once (``sk_psock_start_strp`` /
+        ``sk_psock_start_verdict``)."""
+        key = id(endpoint)
+        if key in self._pumps:
+            return
+        scope = trio.CancelScope()
+        self._pumps[key] = scope
+        self.nursery.start_soon(self._pump, endpoint, scope)
+
+    def stop_pump(self, endpoint: Endpoint) -> None:
+        """Stop ``endpoint``'s receive pump, if running. Bytes it read but did not
+        hand on are discarded, as the kernel discards a stopped strparser's."""
+        scope = self._pumps.pop(id(endpoint), None)
+        if scope is not None:
+            scope.cancel()
+
+    def pumping(self, endpoint: Endpoint) -> bool:
+        """Whether ``endpoint`` has a running receive pump."""
+        return id(endpoint) in self._pumps
+
+    async def _pump(self, endpoint: Endpoint, scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                while True:
+                    psock = endpoint.sk.psock
+                    if psock is None:
+                        return
+                    data = await endpoint.transport_recv(65536)
+                    if not data:
+                        endpoint.rx_eof()
+                        return
+                    try:
+                        actions = psock.rx_feed(data)
+                    except StrParserError as exc:
+                        for action in exc.actions:
+                            await self.rx_action(endpoint, action)
+                        endpoint.rx_failed(exc)
+                        return
+                    for action in actions:
+                        await self.rx_action(endpoint, action)
+            except (OSError, trio.BrokenResourceError) as exc:
+                endpoint.rx_failed(exc)
+            except trio.ClosedResourceError:
+                pass
+            finally:
+                if self._pumps.get(id(endpoint)) is scope:
+                    del self._pumps[id(endpoint)]
+
+
+def current_runtime() -> Runtime | None:
+    """The runtime of the enclosing :func:`open_runtime`, if any."""
+    return _current.get()
+
+
+@asynccontextmanager
+async def open_runtime() -> AsyncIterator[Runtime]:
+    """Open a runtime whose tasks live in a nursery of this block.
+
+    Streams created inside the block carry out their programs' actions with
+    it. Leaving the block cancels the receive pumps still running.
+
+    Raises:
+        BaseExceptionGroup: a runtime task failed unexpectedly (never a
+            connection's own error, which its stream raises).
+    """
+    async with trio.open_nursery() as nursery:
+        rt = Runtime(nursery)
+        token = _current.set(rt)
+        try:
+            yield rt
+        finally:
+            _current.reset(token)
+            nursery.cancel_scope.cancel()

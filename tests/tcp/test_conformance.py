@@ -1,0 +1,90 @@
+"""trio's own stream conformance suite on SkStream: plain, and in maps with programs."""
+
+from __future__ import annotations
+
+import socket as stdsocket
+from collections.abc import Awaitable, Callable
+
+import pytest
+import trio
+import trio.testing
+
+import skmsg_core as sk
+import skmsg_tcp
+from skmsg_core.runtime import open_runtime
+
+Maker = Callable[[], Awaitable[tuple[skmsg_tcp.SkStream, skmsg_tcp.SkStream]]]
+
+
+async def tcp_pair() -> tuple[skmsg_tcp.SkStream, skmsg_tcp.SkStream]:
+    [listener] = await skmsg_tcp.open_tcp_listeners(0, host="127.0.0.1")
+    async with listener:
+        port = listener.socket.getsockname()[1]
+        client = await skmsg_tcp.open_tcp_stream("127.0.0.1", port)
+        server = await listener.accept()
+    return client, server
+
+
+def clog(maker: Maker) -> Maker:
+    async def clogged() -> tuple[skmsg_tcp.SkStream, skmsg_tcp.SkStream]:
+        client, server = await maker()
+        for s in (client, server):
+            s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, 1)
+            s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, 1)
+        # fill the client's send path until it would block
+        while True:
+            with trio.move_on_after(0.05) as scope:
+                await client.send_all(b"x" * 65536)
+            if scope.cancelled_caught:
+                break
+        # drain what the server has so far: its peer is now clogged, not the server
+        return client, server
+
+    return clogged
+
+
+def pass_msg(msg: sk.SkMsg) -> int:
+    return sk.SK_PASS
+
+
+def pass_skb(skb: sk.SkBuff) -> int:
+    return sk.SK_PASS
+
+
+def in_maps(*attach: sk.BpfAttachType) -> Maker:
+    progs = {sk.SK_MSG_VERDICT: pass_msg, sk.SK_SKB_STREAM_VERDICT: pass_skb,
+             sk.SK_SKB_VERDICT: pass_skb, sk.SK_SKB_STREAM_PARSER: lambda skb: skb.len}
+
+    async def maker() -> tuple[skmsg_tcp.SkStream, skmsg_tcp.SkStream]:
+        client, server = await tcp_pair()
+        m = sk.SockMap(max_entries=2)
+        for a in attach:
+            m.attach(progs[a], a)
+        m.update(0, client)
+        m.update(1, server)
+        return client, server
+
+    return maker
+
+
+async def test_plain_stream_passes_check_half_closeable_stream() -> None:
+    await trio.testing.check_half_closeable_stream(tcp_pair, None)
+
+
+@pytest.mark.parametrize(
+    "attach",
+    [
+        (),
+        (sk.SK_MSG_VERDICT,),
+        (sk.SK_SKB_STREAM_VERDICT,),
+        (sk.SK_SKB_STREAM_PARSER, sk.SK_SKB_STREAM_VERDICT),
+        (sk.SK_MSG_VERDICT, sk.SK_SKB_STREAM_PARSER, sk.SK_SKB_STREAM_VERDICT),
+        (sk.SK_MSG_VERDICT, sk.SK_SKB_VERDICT),
+    ],
+    ids=["psock-only", "msg", "verdict", "parser+verdict", "all", "msg+skb_verdict"],
+)
+async def test_stream_in_a_map_passes_check_half_closeable_stream(
+    attach: tuple[sk.BpfAttachType, ...],
+) -> None:
+    async with open_runtime():
+        await trio.testing.check_half_closeable_stream(in_maps(*attach), None)
