@@ -1,0 +1,1 @@
+"""Testing helpers shipped with skmsg (as trio ships ``trio.testing``)."""
