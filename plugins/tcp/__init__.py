@@ -18,6 +18,8 @@ from ._listener import open_tcp_stream as open_tcp_stream
 from ._listener import serve_tcp as serve_tcp
 from ._proto import TCP_PROTO as TCP_PROTO
 from ._proto import TcpProto as TcpProto
+from ._reuseport import SkReuseportGroup as SkReuseportGroup
+from ._reuseport import open_reuseport_group as open_reuseport_group
 from ._stream import SendError as SendError
 from ._stream import SkStream as SkStream
 from ._stream import StreamStats as StreamStats

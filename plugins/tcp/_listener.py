@@ -23,9 +23,23 @@ __all__ = ["SkListener", "open_tcp_listeners", "open_tcp_stream", "serve_tcp"]
 
 _IGNORABLE_ACCEPT = {
     getattr(errno, name)
-    for name in ("EPERM", "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN",
-                 "ENONET", "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ENOSR",
-                 "ESOCKTNOSUPPORT", "EPROTONOSUPPORT", "ETIMEDOUT", "ECONNRESET")
+    for name in (
+        "EPERM",
+        "ECONNABORTED",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "ENOSR",
+        "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT",
+        "ETIMEDOUT",
+        "ECONNRESET",
+    )
     if hasattr(errno, name)
 }
 
@@ -42,20 +56,38 @@ class SkListener(trio.abc.Listener[SkStream]):
             raise ValueError("SkListener requires a listening socket")
         self.socket = socket
         self.sk = sk.Sock(
-            TCP_PROTO, family=socket.family, type=stdsocket.SOCK_STREAM,
-            protocol=stdsocket.IPPROTO_TCP, state=sk.TcpState.LISTEN,
-            local_addr=tuple(socket.getsockname()), cookie=cookie_of(socket), owner=self,
+            TCP_PROTO,
+            family=socket.family,
+            type=stdsocket.SOCK_STREAM,
+            protocol=stdsocket.IPPROTO_TCP,
+            state=sk.TcpState.LISTEN,
+            local_addr=tuple(socket.getsockname()),
+            cookie=cookie_of(socket),
+            owner=self,
         )
         self.sk.register_fd(socket.fileno())
+        self._inbox: trio.MemoryReceiveChannel[SkStream] | None = None
         sk.plugins().sock_created(self.sk)
 
     async def accept(self) -> SkStream:
         """Accept a connection as an :class:`SkStream` (no psock is inherited).
 
+        In a reuseport group (:func:`open_reuseport_group`), the next connection
+        the group's program chose for this listener.
+
         Raises:
-            trio.ClosedResourceError: the listener was closed.
+            trio.ClosedResourceError: the listener (or its group) was closed.
             OSError: an unexpected accept error.
         """
+        if self._inbox is not None:
+            try:
+                return await self._inbox.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise trio.ClosedResourceError("the reuseport group is closed") from None
+        return await self.accept_socket()
+
+    async def accept_socket(self) -> SkStream:
+        """Accept straight from this listener's own socket, below any group."""
         while True:
             try:
                 sock, _ = await self.socket.accept()
@@ -93,7 +125,10 @@ async def open_tcp_stream(host: str | bytes, port: int, **kwargs: Any) -> SkStre
 
 
 async def open_tcp_listeners(
-    port: int, *, host: str | bytes | None = None, backlog: int | None = None,
+    port: int,
+    *,
+    host: str | bytes | None = None,
+    backlog: int | None = None,
     reuseport: bool = False,
 ) -> list[SkListener]:
     """Listen like ``trio.open_tcp_listeners``; ``reuseport=True`` sets
@@ -106,8 +141,9 @@ async def open_tcp_listeners(
         listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
         return [SkListener(listener.socket) for listener in listeners]
     out: list[SkListener] = []
-    infos = await trio.socket.getaddrinfo(host, port, type=stdsocket.SOCK_STREAM,
-                                          flags=stdsocket.AI_PASSIVE)
+    infos = await trio.socket.getaddrinfo(
+        host, port, type=stdsocket.SOCK_STREAM, flags=stdsocket.AI_PASSIVE
+    )
     for family, type_, proto, _, addr in infos:
         sock = trio.socket.socket(family, type_, proto)
         try:
@@ -141,5 +177,3 @@ async def serve_tcp(
     await trio.serve_listeners(
         handler, listeners, handler_nursery=handler_nursery, task_status=task_status
     )
-
-

@@ -260,8 +260,11 @@ class SkStream(trio.abc.HalfCloseableStream):
                 err = SendError(
                     result.err,
                     f"send_all on {self.sk.describe()}: "
-                    + ("the SK_MSG program dropped the data" if result.err == errno.EACCES
-                       else f"redirect failed ({errno.errorcode.get(result.err, result.err)})")
+                    + (
+                        "the SK_MSG program dropped the data"
+                        if result.err == errno.EACCES
+                        else f"redirect failed ({errno.errorcode.get(result.err, result.err)})"
+                    )
                     + f"; {result.passed} of {view.nbytes} bytes had been accepted",
                 )
                 err.accepted, err.copied = result.passed, max(result.copied, 0)
@@ -392,4 +395,3 @@ class _suppress:
 
     def __exit__(self, typ: type[BaseException] | None, *rest: object) -> bool:
         return typ is not None and issubclass(typ, OSError)
-
