@@ -108,7 +108,7 @@ class SkPsock:
         self.sk_redir: Sock | None = None
         self.redir_ingress = False
         self.max_frags = max_frags
-        self.frag = PageFrag()
+        self._frag: PageFrag | None = None
         self.tx_enabled = True
         # RX
         self.rx_mode: str | None = None  # None, "strp" or "verdict"
@@ -128,6 +128,15 @@ class SkPsock:
         self.rx_passed_bytes = 0
         self.rx_redirected_bytes = 0
         self.rx_dropped_bytes = 0
+
+    @property
+    def frag(self) -> PageFrag:
+        """The socket's page-frag chunks, allocated on the first send that needs
+        them (an idle socket in a map costs no 32 KiB chunk)."""
+        frag = self._frag
+        if frag is None:
+            frag = self._frag = PageFrag()
+        return frag
 
     # -- programs and lifecycle -------------------------------------------------------
 
