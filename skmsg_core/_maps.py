@@ -35,7 +35,7 @@ from ._consts import (
     BpfAttachType,
 )
 from ._errors import kernel_error
-from ._plugins import plugins
+from ._plugins import loaded_plugins
 from ._progs import Program
 from ._psock import SkPsock
 from ._sock import Sock, sock_from
@@ -193,9 +193,11 @@ class SockMapBase:
         if old is not None:
             assert old.psock is not None
             old.psock.unlink(self, key)
-            if old is not sk:
-                plugins().map_delete(self, key, old)
-        plugins().map_update(self, key, sk)
+        observers = loaded_plugins()
+        if observers is not None:
+            if old is not None and old is not sk:
+                observers.map_delete(self, key, old)
+            observers.map_update(self, key, sk)
 
     def lookup(self, key: Any) -> int:
         """``bpf_map_lookup_elem`` from user space: the socket's 64-bit cookie.
@@ -242,7 +244,9 @@ class SockMapBase:
             del self._slots[key]
             if sk.psock is not None:
                 sk.psock.unlink(self, key)
-            plugins().map_delete(self, key, sk)
+            observers = loaded_plugins()
+            if observers is not None:
+                observers.map_delete(self, key, sk)
 
     def get_next_key(self, key: Any = None) -> Any:
         """``bpf_map_get_next_key``. Raises ``OSError(ENOENT)`` after the last key."""

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ._psock import SkPsock
     from ._sock import Sock
 
-__all__ = ["Plugins", "get_plugin_manager", "plugins"]
+__all__ = ["Plugins", "get_plugin_manager", "loaded_plugins", "plugins"]
 
 
 class Plugins:
@@ -124,6 +124,16 @@ _plugins: Plugins | None = None
 def get_plugin_manager() -> pluggy.PluginManager:
     """The process's plugin manager, with every ``skmsg`` entry point loaded."""
     return plugins().pm
+
+
+def loaded_plugins() -> Plugins | None:
+    """The facade if the plugin manager is loaded, else ``None``.
+
+    The core notifies observers through this: observer hooks run once the
+    manager is loaded (creating any plugin-served socket loads it), and a
+    program of pure core calls never pays for loading every plugin.
+    """
+    return _plugins
 
 
 def plugins() -> Plugins:

@@ -31,7 +31,7 @@ import attrs
 
 from ._consts import BPF_F_INGRESS, DEFAULT_QUEUE_BYTES, MAX_MSG_FRAGS
 from ._errors import StrParserError, kernel_error
-from ._plugins import plugins
+from ._plugins import loaded_plugins
 from ._progs import Program, Verdict
 from ._ring import PageFrag, SkMsg
 from ._skb import SkBuff
@@ -243,7 +243,9 @@ class SkPsock:
         self.sk_redir = None
         if self.sk.psock is self:
             self.sk.psock = None
-        plugins().psock_drop(self)
+        observers = loaded_plugins()
+        if observers is not None:
+            observers.psock_drop(self)
 
     def _update_proto(self, restore: bool) -> int:
         prot = self.sk.sk_prot
