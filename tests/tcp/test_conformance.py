@@ -26,19 +26,28 @@ async def tcp_pair() -> tuple[skmsg_tcp.SkStream, skmsg_tcp.SkStream]:
 
 
 def clog(maker: Maker) -> Maker:
+    """trio's "clogged" maker: the pair with both send paths full, so that
+    send_all blocks until the other side receives."""
+
+    async def fill(sender: skmsg_tcp.SkStream, receiver: skmsg_tcp.SkStream) -> None:
+        sender.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, 4096)
+        receiver.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, 4096)
+        psock = receiver.sk.psock
+        if psock is not None:
+            psock.rcvbuf = 4096  # a small ingress queue, so the pump stops reading soon
+        blocked = 0
+        while blocked < 2:  # blocked twice in a row, the second time after all went quiet
+            with trio.move_on_after(0.03) as scope:
+                await sender.socket.send(b"x" * 4096)
+            blocked = blocked + 1 if scope.cancelled_caught else 0
+            if blocked:
+                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+
     async def clogged() -> tuple[skmsg_tcp.SkStream, skmsg_tcp.SkStream]:
-        client, server = await maker()
-        for s in (client, server):
-            s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, 1)
-            s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, 1)
-        # fill the client's send path until it would block
-        while True:
-            with trio.move_on_after(0.05) as scope:
-                await client.send_all(b"x" * 65536)
-            if scope.cancelled_caught:
-                break
-        # drain what the server has so far: its peer is now clogged, not the server
-        return client, server
+        left, right = await maker()
+        await fill(left, right)
+        await fill(right, left)  # both ways, as trio's own socket tests do
+        return left, right
 
     return clogged
 
@@ -68,7 +77,7 @@ def in_maps(*attach: sk.BpfAttachType) -> Maker:
 
 
 async def test_plain_stream_passes_check_half_closeable_stream() -> None:
-    await trio.testing.check_half_closeable_stream(tcp_pair, None)
+    await trio.testing.check_half_closeable_stream(tcp_pair, clog(tcp_pair))
 
 
 @pytest.mark.parametrize(
@@ -86,5 +95,6 @@ async def test_plain_stream_passes_check_half_closeable_stream() -> None:
 async def test_stream_in_a_map_passes_check_half_closeable_stream(
     attach: tuple[sk.BpfAttachType, ...],
 ) -> None:
+    maker = in_maps(*attach)
     async with open_runtime():
-        await trio.testing.check_half_closeable_stream(in_maps(*attach), None)
+        await trio.testing.check_half_closeable_stream(maker, clog(maker))
