@@ -155,27 +155,43 @@ class Program:
         Never raises: an exception from the program is a DROP, counted in
         ``errors`` and kept in ``last_error``.
         """
-        self.run_cnt += 1
-        if _stats_enabled:
-            t0 = time.perf_counter_ns()
-        try:
-            ret = self.func(ctx)
-        except Exception as exc:
-            self.errors += 1
+        return self.verdict_runner()(ctx)
+
+    def verdict_runner(self) -> Callable[[Any], Verdict]:
+        """A function that runs this program as :meth:`run_verdict` does, bound
+        once for a hot loop. Run time is measured if :func:`enable_stats` was on
+        when the runner was made."""
+        func = self.func
+
+        def run(ctx: Any) -> Verdict:
+            self.run_cnt += 1
+            try:
+                ret = func(ctx)
+            except Exception as exc:
+                self.errors += 1
+                self.dropped += 1
+                self.last_error = exc
+                return _DROP
+            if ret == _SK_PASS and type(ret) is not bool:
+                if ctx.sk_redir is not None:
+                    self.redirected += 1
+                    return _REDIRECT
+                self.passed += 1
+                return _PASS
             self.dropped += 1
-            self.last_error = exc
             return _DROP
-        finally:
-            if _stats_enabled:
+
+        if not _stats_enabled:
+            return run
+
+        def run_timed(ctx: Any) -> Verdict:
+            t0 = time.perf_counter_ns()
+            try:
+                return run(ctx)
+            finally:
                 self.run_time_ns += time.perf_counter_ns() - t0
-        if ret == _SK_PASS and type(ret) is not bool:
-            if ctx.sk_redir is not None:
-                self.redirected += 1
-                return _REDIRECT
-            self.passed += 1
-            return _PASS
-        self.dropped += 1
-        return _DROP
+
+        return run_timed
 
     def run(self, ctx: Any) -> Any:
         """Run as a non-verdict program (a parser, a reuseport selector), counting

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import errno
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["PsockStats", "RxAction", "SkPsock"]
 
 _PASS, _REDIRECT = Verdict.PASS, Verdict.REDIRECT
+_EMPTY_VIEW = memoryview(b"")
 
 #: What :meth:`SkPsock.rx_feed` asks the I/O layer to do with received bytes.
 RX_PASS = "pass"
@@ -307,48 +308,62 @@ class SkPsock:
         return self._verdict_units(units, prog)
 
     def _verdict_units(self, units: list[memoryview], prog: Program | None) -> list[RxAction]:
+        # The per-message hot path: locals for everything, counters summed once.
+        if prog is None:
+            nbytes = sum(u.nbytes for u in units)
+            self.rx_msgs += len(units)
+            self.rx_passed_bytes += nbytes
+            if not units:
+                return []
+            return [RxAction(RX_PASS, None, False, list(units), nbytes, len(units))]
         actions: list[RxAction] = []
         skb = self._skb
+        run = prog.verdict_runner()
         last: RxAction | None = None
+        last_kind = ""
+        last_target: Sock | None = None
+        last_ingress = False
+        passed = redirected = dropped = 0
         for unit in units:
             n = unit.nbytes
+            skb.data = unit
+            skb.len = n
+            skb.sk_redir = None
+            skb.flags = 0
+            verdict = run(skb)
             target: Sock | None = None
             ingress = False
-            if prog is None:
+            if verdict is _PASS:
                 kind = RX_PASS
-            else:
-                verdict = prog.run_verdict(skb.reset(unit))
-                if verdict is _PASS:
-                    kind = RX_PASS
-                elif verdict is _REDIRECT:
-                    target = skb.sk_redir
-                    ingress = bool(skb.flags & BPF_F_INGRESS)
-                    tp = target.psock if target is not None else None
-                    if target is None or tp is None or target.dead or not tp.tx_enabled:
-                        kind, target, ingress = RX_DROP, None, False
-                    else:
-                        kind = RX_REDIRECT
+                passed += n
+            elif verdict is _REDIRECT:
+                target = cast("Sock | None", skb.sk_redir)  # the program set it
+                ingress = bool(skb.flags & BPF_F_INGRESS)
+                tp = target.psock if target is not None else None
+                if target is None or tp is None or target.dead or not tp.tx_enabled:
+                    kind, target, ingress = RX_DROP, None, False
+                    dropped += n
                 else:
-                    kind = RX_DROP
-            self.rx_msgs += 1
-            if kind == RX_PASS:
-                self.rx_passed_bytes += n
-            elif kind == RX_REDIRECT:
-                self.rx_redirected_bytes += n
+                    kind = RX_REDIRECT
+                    redirected += n
             else:
-                self.rx_dropped_bytes += n
-            if (
-                last is not None
-                and last.kind == kind
-                and last.target is target
-                and (last.ingress == ingress)
+                kind = RX_DROP
+                dropped += n
+            if last is not None and kind is last_kind and target is last_target and (
+                ingress == last_ingress
             ):
                 last.bufs.append(unit)
                 last.nbytes += n
                 last.msgs += 1
             else:
                 last = RxAction(kind, target, ingress, [unit], n)
+                last_kind, last_target, last_ingress = kind, target, ingress
                 actions.append(last)
+        skb.data = _EMPTY_VIEW
+        self.rx_msgs += len(units)
+        self.rx_passed_bytes += passed
+        self.rx_redirected_bytes += redirected
+        self.rx_dropped_bytes += dropped
         return actions
 
     # -- the ingress queue (psock->ingress_msg) ------------------------------------------

@@ -22,8 +22,14 @@ __all__ = ["msg_redirect_hash", "msg_redirect_map", "sk_redirect_hash", "sk_redi
 def _target(smap: SockMapBase, key: Any, flags: int) -> Sock | None:
     if flags & ~BPF_F_INGRESS:
         return None
-    sk = smap.get(key)
-    if sk is None or sk.dead or sk.sk_prot is None or not sk.sk_prot.redirect_allowed(sk):
+    try:
+        sk = smap._slots.get(key)
+    except TypeError:  # an unhashable key holds nothing
+        return None
+    if sk is None or sk.dead:
+        return None
+    prot = sk.sk_prot
+    if prot is None or not prot.redirect_allowed(sk):
         return None
     return sk
 

@@ -160,23 +160,27 @@ class StrParser:
         n = len(view)
         off = self._continue(view, out) if self._acc and n else 0
         nbytes = out[0].nbytes if out else 0  # a message completed in the accumulator
-        parse, reset, max_size = self._parse, self._ctx.reset, self._max
+        parse, ctx, max_size = self._parse, self._ctx, self._max
+        append = out.append
         while off < n:
+            rest = view[off:]
+            ctx.data = rest  # SkBuff.reset, inlined: this loop runs per message
+            ctx.len = n - off
             try:
-                length: object = parse(reset(view[off:]))
+                length: object = parse(ctx)
             except Exception as exc:
                 raise self._fail(errno.EPROTO, f"raised {exc!r}") from exc
             if type(length) is not int or not 0 < length <= max_size:
                 length = self._check(length, 0)
                 if not length:
-                    self._acc = bytearray(view[off:])
+                    self._acc = bytearray(rest)
                     break
             end = off + length
             if end > n:
-                self._acc = bytearray(view[off:])
+                self._acc = bytearray(rest)
                 self._need = length
                 break
-            out.append(view[off:end])
+            append(view[off:end])
             off = end
             nbytes += length
         self._ctx.reset(_EMPTY)
