@@ -152,9 +152,10 @@ class SkMsg(SkFields):
             ValueError: ``data`` does not fit in ``max_frags`` chunks of ``frag_size``.
         """
         msg = cls(max_frags)
+        nbytes = memoryview(data).nbytes
         taken = msg.append_copy(PageFrag(frag_size), (data,))
-        if taken != len(data):
-            raise ValueError(f"{len(data)} bytes do not fit in {max_frags} frags of {frag_size}")
+        if taken != nbytes:
+            raise ValueError(f"{nbytes} bytes do not fit in {max_frags} frags of {frag_size}")
         msg.compute_data_pointers()
         return msg
 
@@ -274,7 +275,12 @@ class SkMsg(SkFields):
 
         The ring's ``start`` advances past whole elements; a partly taken element
         is trimmed (``sk_msg_free_partial``). ``n`` larger than ``size`` takes all.
+
+        Raises:
+            ValueError: ``n`` is negative.
         """
+        if n < 0:
+            raise ValueError(f"cannot consume a negative number of bytes ({n})")
         out: list[memoryview] = []
         elems = self._elems
         take = min(n, self.size)
