@@ -259,18 +259,25 @@ def current_runtime() -> Runtime | None:
 async def open_runtime() -> AsyncIterator[Runtime]:
     """Open a runtime whose tasks live in a nursery of this block.
 
-    Streams created inside the block carry out their programs' actions with
-    it. Leaving the block cancels the receive pumps still running.
+    Streams put into maps with receive programs inside the block run their
+    pumps here. Leaving the block cancels the pumps still running. An
+    exception raised by the block's own body comes out as itself, not wrapped
+    in an exception group.
 
     Raises:
         BaseExceptionGroup: a runtime task failed unexpectedly (never a
             connection's own error, which its stream raises).
     """
+    body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         rt = Runtime(nursery)
         token = _current.set(rt)
         try:
             yield rt
+        except BaseException as exc:
+            body_error = exc
         finally:
             _current.reset(token)
             nursery.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error
