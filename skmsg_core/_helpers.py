@@ -93,11 +93,7 @@ def msg_pull_data(msg: SkMsg, start: int, end: int, flags: int = 0) -> int:
             break
     if span > copied:
         return -errno.EINVAL
-    page = bytearray(copied)
-    pos = 0
-    for e in elems[i:j]:
-        page[pos : pos + e.length] = e.buf[e.offset : e.offset + e.length]
-        pos += e.length
+    page = bytearray().join([e.buf[e.offset : e.offset + e.length] for e in elems[i:j]])
     elems[i:j] = [Sge(memoryview(page), 0, copied)]
     msg.set_window(i, start - offset, nbytes)
     return 0
@@ -132,10 +128,10 @@ def msg_push_data(msg: SkMsg, start: int, length: int, flags: int = 0) -> int:
     if elems and (space == 0 or (space == 1 and inside)):
         # Not enough slots: copy element i with the new bytes into one element.
         e = elems[i]
-        front = start - offset
-        page = bytearray(e.length + length)
-        page[:front] = e.buf[e.offset : e.offset + front]
-        page[front + length :] = e.buf[e.offset + front : e.offset + e.length]
+        cut = e.offset + start - offset
+        page = bytearray().join(
+            (e.buf[e.offset : cut], bytes(length), e.buf[cut : e.offset + e.length])
+        )
         elems[i] = Sge(memoryview(page), 0, len(page))
     else:
         new = Sge(memoryview(bytearray(length)), 0, length)
@@ -188,9 +184,9 @@ def msg_pop_data(msg: SkMsg, start: int, length: int, flags: int = 0) -> int:
                 e.length = a
                 elems.insert(i + 1, tail)
             else:
-                page = bytearray(a + b)
-                page[:a] = e.buf[e.offset : e.offset + a]
-                page[a:] = e.buf[e.offset + a + pop : e.offset + e.length]
+                page = bytearray().join(
+                    (e.buf[e.offset : e.offset + a], e.buf[e.offset + a + pop : e.offset + e.length])
+                )
                 elems[i] = Sge(memoryview(page), 0, a + b)
             pop = 0
         else:
