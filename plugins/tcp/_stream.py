@@ -44,6 +44,11 @@ DEFAULT_RECEIVE_SIZE = 65536
 SO_COOKIE = getattr(stdsocket, "SO_COOKIE", 57)
 MSG_MORE = getattr(stdsocket, "MSG_MORE", 0)
 _CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK}
+#: ``IOV_MAX``: the most buffers one ``sendmsg`` takes.
+_IOV_MAX = 1024
+#: Join more than this many buffers when their average is below ``_SMALL_BUF``.
+_JOIN_ABOVE = 8
+_SMALL_BUF = 4096
 
 
 class SendError(PermissionError):
@@ -193,21 +198,32 @@ class SkStream(trio.abc.HalfCloseableStream):
     # -- sending -----------------------------------------------------------------------
 
     async def _send_bufs(self, bufs: list[memoryview], more: bool) -> None:
-        """Write every byte of ``bufs`` to the socket (writev), in order."""
+        """Write every byte of ``bufs`` to the socket, in order.
+
+        Many small buffers (a batch of short messages) are joined first: one
+        copy is far cheaper than one iovec each, and the kernel refuses more
+        than ``IOV_MAX`` (1024) in one ``sendmsg``. Otherwise at most
+        ``IOV_MAX`` go per call.
+        """
         flags = MSG_MORE if more else 0
         pending = [b for b in bufs if b.nbytes]
+        if len(pending) > _JOIN_ABOVE:
+            total = sum(b.nbytes for b in pending)
+            if total // len(pending) < _SMALL_BUF:
+                pending = [memoryview(b"".join(pending))]
+        first = 0
         try:
-            while pending:
-                sent = await self.socket.sendmsg(pending, (), flags)
+            while first < len(pending):
+                batch = pending[first : first + _IOV_MAX]
+                sent = await self.socket.sendmsg(batch, (), flags)
                 self.bytes_sent += sent
-                while sent:
-                    head = pending[0]
-                    if head.nbytes <= sent:
-                        sent -= head.nbytes
-                        pending.pop(0)
+                for buf in batch:
+                    if buf.nbytes <= sent:
+                        sent -= buf.nbytes
+                        first += 1
                     else:
-                        pending[0] = head[sent:]
-                        sent = 0
+                        pending[first] = buf[sent:]
+                        break
         except OSError as exc:
             raise _translate(exc) from exc
 
