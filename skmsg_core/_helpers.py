@@ -185,7 +185,10 @@ def msg_pop_data(msg: SkMsg, start: int, length: int, flags: int = 0) -> int:
                 elems.insert(i + 1, tail)
             else:
                 page = bytearray().join(
-                    (e.buf[e.offset : e.offset + a], e.buf[e.offset + a + pop : e.offset + e.length])
+                    (
+                        e.buf[e.offset : e.offset + a],
+                        e.buf[e.offset + a + pop : e.offset + e.length],
+                    )
                 )
                 elems[i] = Sge(memoryview(page), 0, a + b)
             pop = 0

@@ -137,10 +137,11 @@ class Sock:
     #: Set by :meth:`SkProtoBase.psock_update_sk_prot`: the psock whose ops are installed.
     ops_psock: SkPsock | None = None
 
-    @property
-    def is_tcp(self) -> bool:
-        """``sk_is_tcp``: a stream socket speaking TCP."""
-        return self.type == socket.SOCK_STREAM and self.protocol == socket.IPPROTO_TCP
+    #: ``sk_is_tcp``: a stream socket speaking TCP (computed once: it never changes).
+    is_tcp: bool = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.is_tcp = self.type == socket.SOCK_STREAM and self.protocol == socket.IPPROTO_TCP
 
     def register_fd(self, fd: int) -> None:
         """Make this socket reachable by its OS file descriptor ``fd`` in map updates."""

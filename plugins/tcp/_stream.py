@@ -178,8 +178,7 @@ class SkStream(trio.abc.HalfCloseableStream):
         return data
 
     async def egress_write(self, bufs: list[memoryview], more: bool) -> None:
-        async with self._write_lock:
-            await self._send_bufs(bufs, more)
+        await self._locked_send(bufs, more)
 
     def rx_failed(self, exc: BaseException) -> None:
         self._rx_error = exc
@@ -196,6 +195,20 @@ class SkStream(trio.abc.HalfCloseableStream):
             scope.cancel()
 
     # -- sending -----------------------------------------------------------------------
+
+    async def _locked_send(self, bufs: list[memoryview], more: bool) -> None:
+        """``_send_bufs`` under the write lock, so writes from this stream's own
+        sends and from redirects do not interleave. An uncontended lock is taken
+        without a scheduler pass (the send checkpoints)."""
+        lock = self._write_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            await self._send_bufs(bufs, more)
+        finally:
+            lock.release()
 
     async def _send_bufs(self, bufs: list[memoryview], more: bool) -> None:
         """Write every byte of ``bufs`` to the socket, in order.
@@ -254,16 +267,14 @@ class SkStream(trio.abc.HalfCloseableStream):
                 if not view.nbytes:
                     await trio.lowlevel.checkpoint()
                     return
-                async with self._write_lock:
-                    await self._send_bufs([view], more)
+                await self._locked_send([view], more)
                 return
             await trio.lowlevel.checkpoint()
             op = sk.SendOp(psock, view, more=more)
             for action in op:
                 try:
                     if action.kind == "pass":
-                        async with self._write_lock:
-                            await self._send_bufs(action.bufs, action.more)
+                        await self._locked_send(action.bufs, action.more)
                     else:
                         await tx_redirect(action)
                 except OSError as exc:
@@ -325,7 +336,6 @@ class SkStream(trio.abc.HalfCloseableStream):
         if max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
         with self._receive_conflict:
-            await trio.lowlevel.checkpoint()
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("this stream was closed")
@@ -333,14 +343,17 @@ class SkStream(trio.abc.HalfCloseableStream):
                 rt = self._runtime
                 pumping = psock is not None and rt is not None and rt.pumping(self)
                 if psock is not None and psock.ingress_bytes:
-                    data = psock.recvmsg(max_bytes)
+                    await trio.lowlevel.checkpoint()
+                    data = psock.recvmsg(max_bytes)  # after the checkpoint: nothing lost
                     space_freed(psock)
                     return data
                 if self._rx_error is not None and (pumping or psock is not None):
+                    await trio.lowlevel.checkpoint()
                     raise trio.BrokenResourceError(
                         f"{self.sk.describe()}: {self._rx_error}"
                     ) from self._rx_error
                 if self._rx_eof:
+                    await trio.lowlevel.checkpoint()
                     return b""
                 # Wait in a scope that any change cancels (wake_readers): a
                 # cancelled trio recv has consumed nothing, so looking again is safe.
