@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     from skmsg_core.runtime import Runtime
     from skmsg_core.testing import TestServer
-    from skmsg_tcp import SkStream  # type: ignore[import-not-found, unused-ignore]
+    from skmsg_tcp import SkStream
 
 __all__ = ["DEFAULT_MAX_ENTRIES", "ServerFactory", "skmsg_runtime", "skmsg_test_server_factory"]
 

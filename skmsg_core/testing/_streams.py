@@ -34,7 +34,7 @@ import skmsg_core as sk
 from skmsg_core.runtime import Runtime, current_runtime, open_runtime
 
 # mypy cannot follow the editable install's mapping of plugins/tcp to skmsg_tcp.
-from skmsg_tcp import (  # type: ignore[import-not-found, unused-ignore]
+from skmsg_tcp import (
     SkListener,
     SkStream,
     open_tcp_listeners,
