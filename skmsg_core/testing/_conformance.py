@@ -399,7 +399,12 @@ async def _check_seam(run: _Run, proto: sk.SkProto) -> None:
             smap.delete(0)
             if rec.restores() != 1:
                 raise AssertionError(f"leaving the map did not restore (calls: {rec.calls})")
+        # Let every task settle, so a receive pump that should have stopped would
+        # read the bytes first (a plain read tries the socket before it waits and
+        # could otherwise win the race and hide the bug).
+        await trio.testing.wait_all_tasks_blocked()
         await a.send_all(b"after")
+        await trio.testing.wait_all_tasks_blocked()
         got = await _receive_exactly(
             b, 5, run.timeout, "after the stream left its last map, plain receive_some"
         )
