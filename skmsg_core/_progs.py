@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
 import inspect
 import itertools
 import time
@@ -114,11 +115,19 @@ class Program:
             raise kernel_error(errno.EINVAL, f"program {label} is already loaded")
         if not callable(func):
             raise kernel_error(errno.EINVAL, f"program {label!r} is not callable")
-        target = getattr(func, "__call__", func) if not inspect.isroutine(func) else func  # noqa: B004
-        if (
-            inspect.iscoroutinefunction(target)
-            or inspect.isasyncgenfunction(target)
-            or inspect.isgeneratorfunction(target)
+        target = func
+        while isinstance(target, functools.partial):
+            target = target.func
+        if not inspect.isroutine(target):
+            target = getattr(target, "__call__", target)  # noqa: B004
+        if any(
+            check(f)
+            for f in (func, target)
+            for check in (
+                inspect.iscoroutinefunction,
+                inspect.isasyncgenfunction,
+                inspect.isgeneratorfunction,
+            )
         ):
             raise kernel_error(
                 errno.EINVAL,

@@ -317,8 +317,9 @@ class SkPsock:
 
         In strparser mode the bytes are framed and the stream verdict runs once
         per message; in verdict mode it runs once on ``data``; with no receive
-        programs everything passes. Consecutive units with the same destination
-        are merged into one action, so the I/O layer writes once per batch.
+        programs everything passes. Units with the same destination are merged
+        into one action (in order), so the I/O layer writes once per
+        destination per batch.
 
         Raises:
             StrParserError: the stream parser failed (the socket is in error); its
@@ -352,6 +353,9 @@ class SkPsock:
                 return []
             return [RxAction(RX_PASS, None, False, list(units), nbytes, len(units))]
         actions: list[RxAction] = []
+        # One action per destination for the whole batch: order is kept per
+        # destination (the kernel's FIFO per target), so each gets one write.
+        by_dest: dict[tuple[str, int, bool], RxAction] = {}
         skb: Any = self._skb  # Any: the program sets fields the loop resets
         run = prog.verdict_runner()
         last: RxAction | None = None
@@ -384,16 +388,18 @@ class SkPsock:
             else:
                 kind = RX_DROP
                 dropped += n
-            if last is not None and kind is last_kind and target is last_target and (
-                ingress == last_ingress
+            if last is None or kind is not last_kind or target is not last_target or (
+                ingress != last_ingress
             ):
-                last.bufs.append(unit)
-                last.nbytes += n
-                last.msgs += 1
-            else:
-                last = RxAction(kind, target, ingress, [unit], n)
+                dest = (kind, id(target), ingress)
+                last = by_dest.get(dest)
+                if last is None:
+                    last = by_dest[dest] = RxAction(kind, target, ingress, [], 0, 0)
+                    actions.append(last)
                 last_kind, last_target, last_ingress = kind, target, ingress
-                actions.append(last)
+            last.bufs.append(unit)
+            last.nbytes += n
+            last.msgs += 1
         skb.data = _EMPTY_VIEW
         self.rx_msgs += len(units)
         self.rx_passed_bytes += passed

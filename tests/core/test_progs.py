@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 from typing import Any
 
 import pytest
@@ -33,6 +34,8 @@ def test_verifier_rejects_what_cannot_be_a_program() -> None:
         sk.Program.load(coro, sk.BpfProgType.SK_MSG)
     with raises(errno.EINVAL, "plain function"):
         sk.Program.load(gen, sk.BpfProgType.SK_SKB)
+    with raises(errno.EINVAL, "plain function"):
+        sk.Program.load(functools.partial(coro), sk.BpfProgType.SK_SKB)  # found by the CLI
     with raises(errno.EINVAL, "exactly one argument"):
         sk.Program.load(two, sk.BpfProgType.SK_MSG)
     with raises(errno.EINVAL, "exactly one argument"):
