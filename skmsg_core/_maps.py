@@ -38,7 +38,7 @@ from ._errors import kernel_error
 from ._plugins import loaded_plugins
 from ._progs import Program
 from ._psock import SkPsock
-from ._sock import Sock, sock_from
+from ._sock import Sock, refresh, sock_from
 
 __all__ = ["MapStats", "SockHash", "SockMap", "SockMapBase", "SockMapLink"]
 
@@ -134,6 +134,8 @@ class SockMapBase:
     def _update(self, key: Any, sock: object, flags: int) -> None:
         self._check_open()
         sk = sock_from(sock)
+        refresh(sk)
+        self._reap(key)
         prot = sk.sk_prot
         if prot is None:
             raise kernel_error(
@@ -208,6 +210,7 @@ class SockMapBase:
         """
         if self.value_size != 8:
             raise kernel_error(errno.ENOSPC, f"{self.name}: value_size 4 cannot hold a cookie")
+        self._reap(key)
         sk = self.get(key)
         if sk is None:
             raise kernel_error(errno.ENOENT, f"{self._at(key)} is empty")
@@ -229,6 +232,7 @@ class SockMapBase:
         """
         self._check_open()
         key = self._check_key(key, for_update=False)
+        self._reap(key)
         sk = self._slots.get(key)
         if sk is None:
             self.errors += 1
@@ -238,6 +242,17 @@ class SockMapBase:
 
     def _missing(self, key: Any) -> OSError:
         raise NotImplementedError
+
+    def _reap(self, key: Any) -> None:
+        """``sock_map_unhash``, lazily: a socket at ``key`` that the kernel would
+        have unhashed by now (a listener that left LISTEN, a closed TCP socket)
+        leaves every map before the operation sees it."""
+        try:
+            sk = self._slots.get(key)
+        except TypeError:
+            return
+        if sk is not None:
+            refresh(sk)
 
     def _remove_sock(self, key: Any, sk: Sock) -> None:
         if self._slots.get(key) is sk:

@@ -106,6 +106,28 @@ class SkProtoBase:
         sk.ops_psock = None if restore else psock
         return 0
 
+    def sk_refresh_state(self, sk: Sock) -> None:
+        """Bring ``sk.state`` up to date from the OS (optional; the maps call it
+        before each operation on the socket). The base keeps the stored state."""
+
+    @staticmethod
+    def sk_unhashed(sk: Sock) -> bool:
+        """Whether the kernel would have unhashed ``sk`` (``sock_map_unhash``): a
+        TCP socket that is CLOSE, or that left LISTEN without being connected."""
+        return sk.is_tcp and sk.state == TcpState.CLOSE
+
+
+def refresh(sk: Sock) -> None:
+    """Ask ``sk``'s protocol for its live state, if the protocol can tell, and
+    take it out of every map if the kernel would have unhashed it by now."""
+    prot = sk.sk_prot
+    update = getattr(prot, "sk_refresh_state", None)
+    if update is None:
+        return
+    update(sk)
+    if sk.psock is not None and sk.is_tcp and sk.state == TcpState.CLOSE:
+        sk.psock.unlink_all()
+
 
 @attrs.define(eq=False, weakref_slot=True)
 class Sock:

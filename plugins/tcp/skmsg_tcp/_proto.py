@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+
 import skmsg_core as sk
 
 __all__ = ["TCP_PROTO", "TcpProto"]
+
+TCP_INFO = getattr(socket, "TCP_INFO", 11)
 
 
 class TcpProto(sk.SkProtoBase):
@@ -25,6 +29,22 @@ class TcpProto(sk.SkProtoBase):
             return 0  # a listener: nothing to swap
         result: int = update(psock, restore)
         return result
+
+
+    def sk_refresh_state(self, s: sk.Sock) -> None:
+        """Read the socket's live TCP state (``tcpi_state`` of ``TCP_INFO``), so
+        the map rules see a listener that left LISTEN or a stream whose peer
+        closed. A closed socket is CLOSE."""
+        sock = getattr(s.owner, "socket", None)
+        if sock is None:
+            return
+        if sock.fileno() == -1:
+            s.state = sk.TcpState.CLOSE
+            return
+        try:
+            s.state = sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 8)[0]
+        except OSError:
+            return
 
 
 TCP_PROTO = TcpProto()
