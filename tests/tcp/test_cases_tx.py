@@ -142,16 +142,11 @@ async def test_case_10_cork_1_never_corks() -> None:
 
 
 async def test_case_11_cork_1_apply_1() -> None:
-    """cork=1 + apply=1, pass: normal totals, one verdict per byte.
-
-    Run with send_one + send_many (4085 verdicts). The send_large part of
-    test_send (524288 one-byte verdicts, each its own socket write) costs about
-    45 s on real sockets (~85 µs per write through trio), beyond this suite's
-    budget; tests/core/test_tx.py runs the whole of test_send for this case.
-    """
+    """cork=1 + apply=1, pass, test_send: normal totals, one verdict per byte
+    (526,853 verdicts); the PASS windows of one send go out in batched writes."""
     async with open_runtime(), open_topology("pass", cork=1, apply=1) as ts:
-        assert await run_shape(ts, SEND_ONE + SEND_MANY) == [1, 1024, 1024, 1536, 500]
-        assert ts.txmsg is not None and ts.txmsg.run_cnt == 1 + 1024 + 1024 + 1536 + 500
+        assert await run_shape(ts, TEST_SEND) == TEST_SEND_TOTALS
+        assert ts.txmsg is not None and ts.txmsg.run_cnt == sum(TEST_SEND_TOTALS)
         assert corked(ts.c1) == 0
 
 
