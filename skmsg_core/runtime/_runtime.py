@@ -24,14 +24,17 @@ A stream plugs in by implementing :class:`Endpoint`.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import errno
 import logging
+import select
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Protocol
 
+import attrs
 import trio
 
 from .._errors import StrParserError, kernel_error
@@ -66,6 +69,16 @@ class Endpoint(Protocol):
 
     async def transport_recv(self, max_bytes: int) -> bytes:
         """Read from the transport, below every program (b"" at EOF)."""
+        ...
+
+    def transport_recv_nowait(self, max_bytes: int) -> bytes | None:
+        """Read without blocking: the bytes, b"" at EOF, or ``None`` if none are
+        ready (only called when :meth:`transport_fileno` is not -1)."""
+        ...
+
+    def transport_fileno(self) -> int:
+        """The fd the runtime may watch for readability, or -1 if this endpoint
+        cannot read without blocking (it then gets a task of its own)."""
         ...
 
     async def egress_write(self, bufs: list[memoryview], more: bool) -> None:
@@ -167,7 +180,10 @@ class Runtime:
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
-        self._pumps: dict[int, trio.CancelScope] = {}
+        self._pumps: dict[int, _Pump] = {}
+        self._by_fd: dict[int, _Pump] = {}
+        self._epoll: select.epoll | None = None
+        self._watching = False
         self.redirect_errors = 0
 
     async def rx_action(self, receiver: Endpoint, action: RxAction) -> None:
@@ -199,55 +215,156 @@ class Runtime:
             log.debug("redirect to %s dropped: %s", target.describe(), exc)
 
     # -- receive pumps -----------------------------------------------------------------------
+    #
+    # The kernel does no work for an idle socket: sk_data_ready runs when bytes
+    # arrive. So here: an idle socket with receive programs is only an entry in
+    # one epoll set the runtime watches with a single task; when it becomes
+    # readable, a short *burst* task reads until the socket would block (or a
+    # queue is full), then re-arms the socket and ends. An endpoint that cannot
+    # read without blocking (fileno -1) gets a task of its own instead.
 
     def start_pump(self, endpoint: Endpoint) -> None:
-        """Start ``endpoint``'s receive pump, once (``sk_psock_start_strp`` /
+        """Start ``endpoint``'s receive processing, once (``sk_psock_start_strp`` /
         ``sk_psock_start_verdict``)."""
         key = id(endpoint)
         if key in self._pumps:
             return
-        scope = trio.CancelScope()
-        self._pumps[key] = scope
-        self.nursery.start_soon(self._pump, endpoint, scope)
+        pump = _Pump(endpoint, endpoint.transport_fileno())
+        self._pumps[key] = pump
+        if pump.fd < 0:
+            pump.scope = trio.CancelScope()
+            self.nursery.start_soon(self._task_pump, pump)
+        else:
+            self._by_fd[pump.fd] = pump
+            self.nursery.start_soon(self._burst, pump)  # bytes may be waiting already
 
     def stop_pump(self, endpoint: Endpoint) -> None:
-        """Stop ``endpoint``'s receive pump, if running. Bytes it read but did not
-        hand on are discarded, as the kernel discards a stopped strparser's."""
-        scope = self._pumps.pop(id(endpoint), None)
-        if scope is not None:
-            scope.cancel()
+        """Stop ``endpoint``'s receive processing, if running. Bytes it read but
+        did not hand on are discarded, as the kernel discards a stopped
+        strparser's."""
+        pump = self._pumps.pop(id(endpoint), None)
+        if pump is None:
+            return
+        if self._by_fd.get(pump.fd) is pump:
+            del self._by_fd[pump.fd]
+        if pump.registered and self._epoll is not None:
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(pump.fd)
+        pump.stopped = True
+        if pump.scope is not None:
+            pump.scope.cancel()
 
     def pumping(self, endpoint: Endpoint) -> bool:
-        """Whether ``endpoint`` has a running receive pump."""
+        """Whether ``endpoint``'s receive processing is running (busy or idle)."""
         return id(endpoint) in self._pumps
 
-    async def _pump(self, endpoint: Endpoint, scope: trio.CancelScope) -> None:
+    def _arm(self, pump: _Pump) -> None:
+        """Watch ``pump``'s socket for the next readable event (one-shot)."""
+        if self._epoll is None:
+            self._epoll = select.epoll()
+        mask = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
+        if pump.registered:
+            self._epoll.modify(pump.fd, mask)
+        else:
+            self._epoll.register(pump.fd, mask)
+            pump.registered = True
+        if not self._watching:
+            self._watching = True
+            self.nursery.start_soon(self._watch)
+
+    async def _watch(self) -> None:
+        epoll = self._epoll
+        assert epoll is not None
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(epoll.fileno())
+                for fd, _ in epoll.poll(0):
+                    pump = self._by_fd.get(fd)
+                    if pump is not None and not pump.stopped and pump.scope is None:
+                        self.nursery.start_soon(self._burst, pump)
+        finally:
+            self._watching = False
+            self._epoll = None
+            epoll.close()
+
+    async def _burst(self, pump: _Pump) -> None:
+        """Read and process until the socket would block, then re-arm it."""
+        if pump.stopped or pump.scope is not None:
+            return
+        endpoint = pump.endpoint
+        scope = pump.scope = trio.CancelScope()
         with scope:
             try:
                 while True:
                     psock = endpoint.sk.psock
                     if psock is None:
                         return
+                    data = endpoint.transport_recv_nowait(65536)
+                    if data is None:
+                        if not pump.stopped:
+                            self._arm(pump)
+                        return
+                    if not await self._process(endpoint, psock, data):
+                        self.stop_pump(endpoint)
+                        return
+                    await trio.lowlevel.checkpoint()  # fairness between busy sockets
+            except (OSError, trio.BrokenResourceError) as exc:
+                endpoint.rx_failed(exc)
+                self.stop_pump(endpoint)
+            except trio.ClosedResourceError:
+                self.stop_pump(endpoint)
+            finally:
+                if pump.scope is scope:
+                    pump.scope = None
+
+    async def _task_pump(self, pump: _Pump) -> None:
+        """The fallback: a task of its own for an endpoint that cannot read
+        without blocking."""
+        endpoint = pump.endpoint
+        assert pump.scope is not None
+        with pump.scope:
+            try:
+                while True:
+                    psock = endpoint.sk.psock
+                    if psock is None:
+                        return
                     data = await endpoint.transport_recv(65536)
-                    if not data:
-                        endpoint.rx_eof()
+                    if not await self._process(endpoint, psock, data):
                         return
-                    try:
-                        actions = psock.rx_feed(data)
-                    except StrParserError as exc:
-                        for action in exc.actions:
-                            await self.rx_action(endpoint, action)
-                        endpoint.rx_failed(exc)
-                        return
-                    for action in actions:
-                        await self.rx_action(endpoint, action)
             except (OSError, trio.BrokenResourceError) as exc:
                 endpoint.rx_failed(exc)
             except trio.ClosedResourceError:
                 pass
             finally:
-                if self._pumps.get(id(endpoint)) is scope:
-                    del self._pumps[id(endpoint)]
+                self._pumps.pop(id(endpoint), None)
+
+    async def _process(self, endpoint: Endpoint, psock: SkPsock, data: bytes) -> bool:
+        """Run ``data`` through the programs and carry out the actions; False
+        when processing must stop (EOF, or the stream parser failed)."""
+        if not data:
+            endpoint.rx_eof()
+            return False
+        try:
+            actions = psock.rx_feed(data)
+        except StrParserError as exc:
+            for action in exc.actions:
+                await self.rx_action(endpoint, action)
+            endpoint.rx_failed(exc)
+            return False
+        for action in actions:
+            await self.rx_action(endpoint, action)
+        return True
+
+
+@attrs.define(eq=False)
+class _Pump:
+    """One socket's receive processing: idle in the epoll set, or a burst."""
+
+    endpoint: Endpoint
+    fd: int
+    scope: trio.CancelScope | None = None
+    registered: bool = False
+    stopped: bool = False
 
 
 def current_runtime() -> Runtime | None:

@@ -120,6 +120,10 @@ class SkStream(trio.abc.HalfCloseableStream):
         if socket.type != stdsocket.SOCK_STREAM:
             raise ValueError("SkStream requires a SOCK_STREAM socket")
         self.socket = socket
+        # trio's socket wraps a non-blocking stdlib one; the runtime reads it
+        # without blocking when it becomes readable (None: one task per socket).
+        raw = getattr(socket, "_sock", None)
+        self._raw: stdsocket.socket | None = raw if isinstance(raw, stdsocket.socket) else None
         with _suppress():
             socket.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, True)
         if hasattr(stdsocket, "TCP_NOTSENT_LOWAT"):
@@ -178,6 +182,22 @@ class SkStream(trio.abc.HalfCloseableStream):
             raise _translate(exc) from exc
         self.bytes_received += len(data)
         return data
+
+    def transport_recv_nowait(self, max_bytes: int) -> bytes | None:
+        raw = self._raw
+        if raw is None:
+            return None
+        try:
+            data = raw.recv(max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise _translate(exc) from exc
+        self.bytes_received += len(data)
+        return data
+
+    def transport_fileno(self) -> int:
+        return self.socket.fileno() if self._raw is not None else -1
 
     async def egress_write(self, bufs: list[memoryview], more: bool) -> None:
         await self._locked_send(bufs, more)
