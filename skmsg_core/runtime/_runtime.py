@@ -293,6 +293,7 @@ class Runtime:
             return
         endpoint = pump.endpoint
         scope = pump.scope = trio.CancelScope()
+        reads = 0
         with scope:
             try:
                 while True:
@@ -307,7 +308,9 @@ class Runtime:
                     if not await self._process(endpoint, psock, data):
                         self.stop_pump(endpoint)
                         return
-                    await trio.lowlevel.checkpoint()  # fairness between busy sockets
+                    reads += 1
+                    if not reads % 4:  # fairness between busy sockets, whatever the actions
+                        await trio.lowlevel.checkpoint()
             except (OSError, trio.BrokenResourceError) as exc:
                 endpoint.rx_failed(exc)
                 self.stop_pump(endpoint)

@@ -392,6 +392,21 @@ class SkStream(trio.abc.HalfCloseableStream):
                 if self._rx_eof:
                     await trio.lowlevel.checkpoint()
                     return b""
+                raw = self._raw
+                if not pumping and raw is not None:
+                    # trio's recv, unrolled: try first, and only make the wake-up
+                    # scope below when the socket would block.
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    try:
+                        data = raw.recv(max_bytes)
+                    except BlockingIOError:
+                        pass
+                    except OSError as exc:
+                        raise _translate(exc) from exc
+                    else:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                        self.bytes_received += len(data)
+                        return data
                 # Wait in a scope that any change cancels (wake_readers): a
                 # cancelled trio recv has consumed nothing, so looking again is safe.
                 with trio.CancelScope() as scope:
