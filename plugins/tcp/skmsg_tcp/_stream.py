@@ -248,6 +248,13 @@ class SkStream(trio.abc.HalfCloseableStream):
                 pending = [memoryview(b"".join(pending))]
         first = 0
         try:
+            if len(pending) == 1 and not flags:  # the common case: plain send
+                view = pending[0]
+                while view.nbytes:
+                    sent = await self.socket.send(view)
+                    self.bytes_sent += sent
+                    view = view[sent:]
+                return
             while first < len(pending):
                 batch = pending[first : first + _IOV_MAX]
                 sent = await self.socket.sendmsg(batch, (), flags)
