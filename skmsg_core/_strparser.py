@@ -173,6 +173,7 @@ class StrParser:
             if type(length) is not int or not 0 < length <= max_size:
                 length = self._check(length, 0)
                 if not length:
+                    self._check_held(n - off)
                     self._acc = bytearray(rest)
                     break
             end = off + length
@@ -216,6 +217,7 @@ class StrParser:
                 ctx_view.release()
         length = self._check(length, before)
         if not length:
+            self._check_held(len(acc))
             return len(view)
         if length > len(acc):
             self._need = length
@@ -269,6 +271,16 @@ class StrParser:
                 f"returned {length}, not beyond the {before} bytes accumulated before",
             )
         return length
+
+    def _check_held(self, held: int) -> None:
+        """Bounded memory: a program that still needs more after ``max_msg_size``
+        bytes can never frame a message that fits, so holding more is refused."""
+        if held > self._max:
+            self._too_big += 1
+            raise self._fail(
+                errno.EMSGSIZE,
+                f"returned 0 (need more) with {held} bytes held, over max_msg_size {self._max}",
+            )
 
     def _fail(self, err: int, what: str) -> StrParserError:
         """Record the sticky error ``err`` (parse program ``what``); drop held bytes."""

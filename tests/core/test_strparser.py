@@ -349,3 +349,20 @@ def test_bad_construction() -> None:
     with pytest.raises(TypeError, match="not callable"):
         StrParser(42)  # type: ignore[arg-type]
     assert StrParser(length_prefixed).error is None
+
+
+def test_need_more_is_bounded_by_max_msg_size() -> None:
+    """A parse program that never finds a length cannot make the parser hold
+    more than max_msg_size bytes (found by the CLI work: 10 MiB held before)."""
+    p = StrParser(lambda skb: 0, max_msg_size=1000)
+    for _ in range(15):
+        p.feed(bytes(64))  # 960 bytes held: still allowed
+    assert p.pending == 960
+    with pytest.raises(StrParserError) as info:
+        p.feed(bytes(64))
+    assert info.value.errno == errno.EMSGSIZE and p.pending == 0
+    q = StrParser(lambda skb: 0, max_msg_size=100)
+    with pytest.raises(StrParserError) as info:
+        q.feed(bytes(101))  # one chunk, length still unknown
+    assert info.value.errno == errno.EMSGSIZE
+    assert q.statistics().msg_too_big == 1
