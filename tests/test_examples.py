@@ -21,5 +21,6 @@ def test_policy_demo() -> None:
     assert "send_all(b'SECRET plans') -> EACCES" in out
     assert "on the wire: b'hello world'" in out
     assert "passed=1, dropped=1" in out
-    assert out.count("redirect 1 msg(s)") == 3
-    assert "9002): b'\\x00\\x00\\x00\\x05zebra'" in out
+    # one action per backend for the batch: apple and kiwi together, zebra alone
+    assert "redirect 2 msg(s) -> ('127.0.0.1', 9001): b'\\x00\\x00\\x00\\x05apple" in out
+    assert "redirect 1 msg(s) -> ('127.0.0.1', 9002): b'\\x00\\x00\\x00\\x05zebra'" in out
