@@ -1,0 +1,7 @@
+"""``python -m skmsg_core.cli``: the ``skmsg`` command."""
+
+from __future__ import annotations
+
+from . import main
+
+raise SystemExit(main())

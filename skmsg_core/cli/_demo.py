@@ -1,0 +1,110 @@
+"""The embedded echo backends and the demo client of ``skmsg proxy``.
+
+An echo backend frames what it receives with the proxy's framing (the core's
+:class:`~skmsg_core.StrParser`, sans-I/O) and answers each message with the
+same message tagged with its name (``[backend 0] ...``; an HTTP request gets
+a ``200`` response), so a reply shows which backend served it. With a policy
+file's own parser it echoes each message unchanged.
+
+The demo client (``--demo``) sends a few framed messages one at a time. The
+proxy runs in the same process, so after each send the client waits for the
+verdict to be counted (an event, not a timer) and knows whether to expect a
+reply: a message the policy dropped has none.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import trio
+
+import skmsg_core as sk
+
+from ._parsers import Framing
+
+if TYPE_CHECKING:
+    from ._proxy import Proxy
+
+__all__ = ["DEMO_PAYLOADS", "run_demo", "serve_echo"]
+
+#: What the demo client sends, one message each.
+DEMO_PAYLOADS = (b"hello", b"kiwi", b"zebra", b"!secret")
+#: How long the demo client waits for a verdict, then for a reply.
+DEMO_TIMEOUT = 5.0
+
+
+async def serve_echo(
+    index: int,
+    framing: Framing,
+    *,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve an echo backend named ``backend {index}`` on 127.0.0.1 (an ephemeral
+    port) until cancelled; ``task_status.started`` gets its ``(host, port)``.
+
+    Raises:
+        OSError: it cannot listen.
+    """
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    tag = f"[backend {index}] ".encode()
+
+    async def echo(stream: trio.SocketStream) -> None:
+        parser = sk.StrParser(framing.parse)
+        async with stream:
+            try:
+                async for data in stream:
+                    out = b"".join(framing.reply(tag, bytes(m)) for m in parser.feed(data))
+                    if out:
+                        await stream.send_all(out)
+            except (sk.StrParserError, trio.BrokenResourceError):
+                return
+
+    async with trio.open_nursery() as nursery:
+        host, port = listeners[0].socket.getsockname()[:2]
+        await nursery.start(trio.serve_listeners, echo, listeners)
+        task_status.started((str(host), int(port)))
+
+
+async def run_demo(proxy: Proxy, say: Callable[[str], None]) -> int:
+    """Send :data:`DEMO_PAYLOADS` through ``proxy`` and ``say`` what came back.
+
+    Returns 0 when every message the policy redirected got a reply, else 1.
+
+    Raises:
+        OSError: the demo client cannot connect to the proxy.
+    """
+    framing = proxy.framing
+    addr = proxy.listen[0]
+    parser = sk.StrParser(framing.parse)
+    replies: deque[bytes] = deque()
+    missing = 0
+    stream = await trio.open_tcp_stream(addr.host, addr.port)
+    async with stream:
+        for payload in DEMO_PAYLOADS:
+            message = framing.frame(payload)
+            judged = proxy.counters.msgs
+            redirected = proxy.verdict.statistics().redirected
+            passed = proxy.verdict.statistics().passed
+            await stream.send_all(message)
+            with trio.move_on_after(DEMO_TIMEOUT):
+                await proxy.counters.wait_msgs(judged + 1)
+            stats = proxy.verdict.statistics()
+            sent = f"demo: sent {framing.show(message)}"
+            if stats.redirected == redirected:
+                what = "delivered to the proxy (SK_PASS)" if stats.passed > passed else "dropped"
+                say(f"{sent}  ->  {what} by the policy")
+                continue
+            with trio.move_on_after(DEMO_TIMEOUT):
+                while not replies:
+                    data = await stream.receive_some()
+                    if not data:
+                        break
+                    replies.extend(bytes(m) for m in parser.feed(data))
+            if replies:
+                say(f"{sent}  ->  reply {framing.show(replies.popleft())}")
+            else:
+                missing += 1
+                say(f"{sent}  ->  no reply within {DEMO_TIMEOUT:g}s")
+    return 1 if missing else 0

@@ -1,0 +1,263 @@
+"""The ``skmsg`` command line: arguments, output, signals, exit codes.
+
+The one place of ``skmsg_core.cli`` that writes to the terminal: what the
+proxy listens on and the demo's replies to stdout; counters, warnings and
+errors to stderr. Exit codes: 0 done (Ctrl-C is a normal way to stop), 1 the
+demo missed replies, 2 a bad command line, policy file, address or backend
+(one line on stderr naming it, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Sequence
+from typing import NoReturn
+
+import trio
+
+import skmsg_core as sk
+
+from ._demo import run_demo
+from ._parsers import FRAMINGS
+from ._proxy import Address, Proxy, ProxyConfig, ProxyError, run_proxy
+from ._stats import format_table
+
+__all__ = ["build_parser", "main"]
+
+DEFAULT_LISTEN = "127.0.0.1:7000"
+DEFAULT_STATS_INTERVAL = 2.0
+
+PROXY_DESCRIPTION = """\
+A message-based L7 proxy and load balancer, built the way the kernel's sockmap
+proxy is: each client's receive pump frames its stream into messages (the
+stream parser), runs a verdict program on each (the policy), and redirects the
+message out of the chosen backend connection; each backend connection's own
+verdict redirects its replies to its client. Every client gets its own
+connection to every backend.
+
+With no --backend it starts two embedded echo backends on 127.0.0.1 that
+answer each message with itself, tagged with the backend's name, so
+`skmsg proxy` alone is a working demo; `skmsg proxy --demo` also sends a few
+messages through it, prints the replies and exits."""
+
+PROXY_EPILOG = """\
+parsers (--parser):
+""" + "".join(
+    textwrap.fill(f.help, 78, initial_indent=f"  {name:16} ", subsequent_indent=" " * 19,
+                  break_on_hyphens=False) + "\n"
+    for name, f in FRAMINGS.items()
+) + """
+policy file (--policy FILE): a Python file that defines
+  verdict(skb, backends) -> int   required; run once per client message.
+      skb.data, skb.len: the message (a read-only memoryview); skb.sk: the
+      client's socket (skb.remote_ip4, skb.remote_port, ...). backends: a
+      SockMap of this client's backend connections, index i = the i-th
+      --backend. Pick one with skmsg_core.sk_redirect_map(skb, backends, i, 0)
+      and return its result (SK_PASS, or SK_DROP if that backend is gone), or
+      return SK_DROP. SK_PASS with no redirect delivers the message to the
+      proxy, which counts it as "pass" and discards it. A verdict that raises
+      drops the message and counts an error.
+  parse(skb) -> int               optional; replaces --parser: the length of
+      the next message in skb.data, 0 to wait for more bytes, or -errno.
+  Both are checked when the file is loaded (plain functions of the right
+  arguments; no async, no generators). Example: examples/route.py.
+  Default policy: round-robin over the backends, pass all.
+
+counters: messages, bytes, and pass/drop/redirect in all and per backend, on
+stderr every --stats-interval seconds (default: every 2s when stdout and
+stderr are terminals, else only at exit). Ctrl-C (SIGINT) or SIGTERM stops
+the proxy: connections close, the final counters are printed, exit status 0.
+Bad arguments, a policy file that fails to load, a taken --listen address or
+an unreachable --backend exit with status 2 and a one-line error.
+
+examples:
+  skmsg proxy --demo
+  skmsg proxy --listen 127.0.0.1:7000 --backend 127.0.0.1:9001 \\
+      --backend 127.0.0.1:9002 --parser length-prefixed --policy route.py"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with errors on one line (and no usage block above them)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _listen_address(text: str) -> Address:
+    try:
+        return Address.parse(text, listen=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _backend_address(text: str) -> Address:
+    try:
+        return Address.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``skmsg`` argument parser, with its ``proxy`` command."""
+    parser = _Parser(
+        prog="skmsg",
+        description="skmsg: the Linux sk_msg / sockmap / kTLS programming model in user "
+        "space, on trio.",
+        epilog="Run `skmsg proxy --help` for the proxy; `skmsg proxy --demo` for a demo.",
+    )
+    parser.add_argument("--version", action="version", version=f"skmsg {sk.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    proxy = commands.add_parser(
+        "proxy",
+        help="a message-based L7 proxy and load balancer on socket maps",
+        description=PROXY_DESCRIPTION,
+        epilog=PROXY_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    proxy.add_argument(
+        "--listen", metavar="HOST:PORT", type=_listen_address, default=None,
+        help=f"where clients connect (default {DEFAULT_LISTEN}; with --demo, a free port "
+        "on 127.0.0.1); port 0 picks a free port; the bound address is printed",
+    )
+    proxy.add_argument(
+        "--backend", metavar="HOST:PORT", type=_backend_address, action="append", default=[],
+        help="a backend, index 0, 1, ... in the order given (repeat for more); none: two "
+        "embedded echo backends",
+    )
+    proxy.add_argument(
+        "--parser", choices=list(FRAMINGS), default="length-prefixed",
+        help="how client streams are framed into messages (default length-prefixed)",
+    )
+    proxy.add_argument(
+        "--policy", metavar="FILE", default=None,
+        help="a Python policy file: verdict(skb, backends), optionally parse(skb) "
+        "(default: round-robin, pass all)",
+    )
+    proxy.add_argument(
+        "--stats-interval", metavar="SECONDS", type=_seconds, default=None,
+        help="print the counters to stderr every SECONDS (0: only at exit; default 2 "
+        "when stdout and stderr are terminals, else 0)",
+    )
+    proxy.add_argument(
+        "--max-clients", metavar="N", type=_positive, default=1024,
+        help="clients served at once (the clients map's max_entries; default 1024)",
+    )
+    proxy.add_argument(
+        "--demo", action="store_true",
+        help="also run a demo client: send a few messages, print the replies, exit",
+    )
+    proxy.add_argument(
+        "-v", "--verbose", action="store_true", help="log each client connecting and closing"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``skmsg`` command with ``argv`` (default ``sys.argv[1:]``); return
+    its exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    return _proxy_command(args)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _tell(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _proxy_command(args: argparse.Namespace) -> int:
+    listen = args.listen or Address.parse("127.0.0.1:0" if args.demo else DEFAULT_LISTEN,
+                                          listen=True)
+    config = ProxyConfig(
+        listen=listen,
+        backends=tuple(args.backend),
+        parser=args.parser,
+        policy=args.policy,
+        max_clients=args.max_clients,
+    )
+    interval = args.stats_interval
+    if interval is None:
+        interval = DEFAULT_STATS_INTERVAL if sys.stdout.isatty() and sys.stderr.isatty() else 0.0
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("skmsg proxy: %(message)s"))
+    logger = logging.getLogger("skmsg_core.cli")
+    logger.addHandler(handler)
+    saved_level = logger.level
+    logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        return trio.run(_run, config, interval, args.demo)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved_level)
+
+
+async def _run(config: ProxyConfig, interval: float, demo: bool) -> int:
+    status = 0
+    proxy: Proxy | None = None
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
+            try:
+                proxy = await nursery.start(run_proxy, config)
+            except ProxyError as exc:
+                _tell(f"skmsg proxy: error: {exc}")
+                status = 2
+                nursery.cancel_scope.cancel()
+            else:
+                _announce(proxy)
+                if interval > 0:
+                    nursery.start_soon(_show_counters, proxy, interval)
+                if demo:
+                    status = await run_demo(proxy, _say)
+                    nursery.cancel_scope.cancel()
+    if proxy is not None:
+        _tell(format_table(proxy.statistics()))
+    return status
+
+
+def _announce(proxy: Proxy) -> None:
+    _say(f"skmsg proxy: listening on {', '.join(str(a) for a in proxy.listen)}")
+    kind = " (embedded echo)" if proxy.embedded else ""
+    _say("skmsg proxy: backends " + ", ".join(
+        f"[{i}] {addr}{kind}" for i, addr in enumerate(proxy.backends)))
+    parser = "the policy's parse" if proxy.policy.parse else proxy.framing.name
+    _say(f"skmsg proxy: parser {parser}, policy {proxy.policy.name}; Ctrl-C stops")
+
+
+async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        _tell(f"skmsg proxy: {signal.Signals(signum).name}: shutting down")
+        scope.cancel()
+        return
+
+
+async def _show_counters(proxy: Proxy, interval: float) -> None:
+    while True:
+        await trio.sleep(interval)
+        _tell(format_table(proxy.statistics()) + "\n")

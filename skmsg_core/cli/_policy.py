@@ -1,0 +1,200 @@
+"""Policy files of ``skmsg proxy``: loading, the verifier, the default policy.
+
+A policy file is a Python file that defines
+
+``verdict(skb, backends) -> int`` (required)
+    The stream verdict (``SK_SKB_STREAM_VERDICT``), run once per message a
+    client sends. ``skb.data``/``skb.len`` are the message (a read-only
+    ``memoryview``), ``skb.sk`` the client's socket (``skb.remote_ip4``,
+    ``skb.remote_port`` ...). ``backends`` is a :class:`~skmsg_core.SockMap`
+    of *this client's* connections to the backends: index ``i`` is the
+    ``i``-th ``--backend``. The program picks one with
+    ``skmsg_core.sk_redirect_map(skb, backends, i, 0)`` and returns what the
+    helper returned (``SK_PASS``; ``SK_DROP`` when slot ``i`` is empty), or
+    returns ``SK_DROP``. ``SK_PASS`` with no redirect delivers the message to
+    the proxy itself, which counts it as "pass" and discards it. A verdict
+    that raises drops the message (fail closed) and is counted as an error.
+
+``parse(skb) -> int`` (optional)
+    The stream parser (``SK_SKB_STREAM_PARSER``), replacing ``--parser``:
+    the length of the next message in ``skb.data``, 0 for "need more", or a
+    negative errno. A parser that fails closes that client's connection.
+
+The verifier runs when the file is loaded, as the kernel's runs when a
+program is loaded: ``parse`` goes through :meth:`skmsg_core.Program.load`;
+``verdict`` follows the same rules (a plain function: no ``async``, no
+generator) with its two arguments. Every failure is a :class:`PolicyError`
+naming the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+import skmsg_core as sk
+
+__all__ = ["Policy", "PolicyError", "RoundRobin", "VerdictFunc"]
+
+VerdictFunc = Callable[[sk.SkBuff, sk.SockMap], int]
+ParseFunc = Callable[[sk.SkBuff], int]
+
+
+class PolicyError(Exception):
+    """A policy file cannot be used: missing, unreadable, not Python, or its
+    programs fail the verifier. The message names the file."""
+
+
+class RoundRobin:
+    """The default verdict: each message goes to the next connected backend in
+    turn (one turn shared by every client); with none connected, SK_DROP."""
+
+    __slots__ = ("_next",)
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def __call__(self, skb: sk.SkBuff, backends: sk.SockMap) -> int:
+        n = backends.max_entries
+        i = self._next
+        for _ in range(n):
+            key = i % n
+            i += 1
+            if key in backends:
+                self._next = i
+                return sk.sk_redirect_map(skb, backends, key, 0)
+        self._next = i
+        return sk.SK_DROP
+
+
+@attrs.frozen
+class Policy:
+    """A verified policy: its verdict, and its parser if it brings one."""
+
+    name: str
+    verdict: VerdictFunc
+    parse: sk.Program | None = None
+
+    @classmethod
+    def round_robin(cls) -> Policy:
+        """The default policy: round-robin over the backends, pass all."""
+        return cls("round-robin", RoundRobin())
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Policy:
+        """Load and verify the policy file at ``path``.
+
+        The file runs as a module named ``skmsg_policy`` (registered in
+        ``sys.modules`` while it loads and after, so dataclasses and the like
+        work in it).
+
+        Raises:
+            PolicyError: the file is missing or unreadable, has a syntax error,
+                raised while loading, has no ``verdict``, or a program fails the
+                verifier.
+        """
+        p = Path(path)
+        label = f"policy file {str(path)!r}"
+        if not p.exists():
+            raise PolicyError(f"{label}: no such file")
+        if not p.is_file():
+            raise PolicyError(f"{label}: not a regular file")
+        try:
+            source = p.read_bytes()
+        except OSError as exc:
+            raise PolicyError(f"{label}: cannot read it: {exc.strerror}") from exc
+        try:
+            code = compile(source, str(p), "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            raise PolicyError(f"{label}: syntax error at line {exc.lineno}: {exc.msg}") from exc
+        except ValueError as exc:  # e.g. null bytes
+            raise PolicyError(f"{label}: not Python source: {exc}") from exc
+        module = types.ModuleType("skmsg_policy")
+        module.__file__ = str(p)
+        saved = sys.modules.get("skmsg_policy")
+        sys.modules["skmsg_policy"] = module
+        try:
+            exec(code, module.__dict__)
+        except Exception as exc:
+            if saved is not None:
+                sys.modules["skmsg_policy"] = saved
+            else:
+                sys.modules.pop("skmsg_policy", None)
+            line = _line_in(exc, str(p))
+            where = f" at line {line}" if line else ""
+            raise PolicyError(
+                f"{label}: raised {type(exc).__name__}{where} while loading: {exc}"
+            ) from exc
+        return cls._verify(module.__dict__, label, str(path))
+
+    @classmethod
+    def _verify(cls, ns: dict[str, Any], label: str, name: str) -> Policy:
+        if "verdict" not in ns:
+            raise PolicyError(f"{label}: defines no verdict(skb, backends)")
+        verdict = ns["verdict"]
+        _verify_verdict(verdict, label)
+        parse: sk.Program | None = None
+        if ns.get("parse") is not None:
+            try:
+                parse = sk.Program.load(ns["parse"], sk.BpfProgType.SK_SKB, name="parse")
+            except OSError as exc:
+                raise PolicyError(f"{label}: parse: {exc.strerror}") from exc
+        return cls(name, verdict, parse)
+
+
+def _verify_verdict(verdict: object, label: str) -> None:
+    """The verifier's rules (:meth:`skmsg_core.Program.load`) for a two-argument verdict.
+
+    Raises:
+        PolicyError: not callable, ``async`` or a generator, or not callable
+            with two positional arguments.
+    """
+    if not callable(verdict):
+        raise PolicyError(
+            f"{label}: verdict is a {type(verdict).__name__}, not a function "
+            "verdict(skb, backends)"
+        )
+    target: Any = verdict if inspect.isroutine(verdict) else getattr(verdict, "__call__", verdict)  # noqa: B004
+    if any(
+        check(x)
+        for x in (verdict, target)
+        for check in (
+            inspect.iscoroutinefunction,
+            inspect.isasyncgenfunction,
+            inspect.isgeneratorfunction,
+        )
+    ):
+        raise PolicyError(
+            f"{label}: verdict must be a plain function: a stream verdict runs to "
+            "completion and cannot await or yield"
+        )
+    try:
+        sig = inspect.signature(verdict)
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: trust it, as Program.load does
+    try:
+        sig.bind(object(), object())
+    except TypeError as exc:
+        raise PolicyError(
+            f"{label}: verdict{sig} must take two arguments: verdict(skb, backends)"
+        ) from exc
+
+
+def _line_in(exc: BaseException, filename: str) -> int | None:
+    """The last line of ``filename`` in ``exc``'s traceback."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    if line is None and isinstance(exc, SyntaxError):
+        line = exc.lineno
+    return line

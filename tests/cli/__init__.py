@@ -1,0 +1,1 @@
+"""Tests of the ``skmsg`` command (``skmsg_core.cli``): end to end over real sockets."""
