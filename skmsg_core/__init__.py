@@ -65,6 +65,7 @@ from ._sock import SkProtoBase as SkProtoBase
 from ._sock import Sock as Sock
 from ._sock import next_cookie as next_cookie
 from ._sock import sock_from as sock_from
+from ._strparser import LengthPrefixParser as LengthPrefixParser
 from ._strparser import StrParser as StrParser
 from ._tx import SendOp as SendOp
 from ._tx import SendResult as SendResult

@@ -35,7 +35,7 @@ from ._plugins import loaded_plugins
 from ._progs import Program, Verdict
 from ._ring import PageFrag, SkMsg
 from ._skb import SkBuff
-from ._strparser import StrParser
+from ._strparser import LengthPrefixParser, StrParser
 
 if TYPE_CHECKING:
     from ._maps import SockMapBase
@@ -216,7 +216,10 @@ class SkPsock:
         if self.rx_mode is None:
             if parser and verdict:
                 self.rx_mode = "strp"
-                self.strp = StrParser(parser.run, max_msg_size=self.rcvbuf, sk=self.sk)
+                native = parser.func if isinstance(parser.func, LengthPrefixParser) else None
+                self.strp = StrParser(
+                    parser.run, max_msg_size=self.rcvbuf, sk=self.sk, native=native
+                )
             elif verdict or skb_verdict:
                 self.rx_mode = "verdict"
         try:
@@ -335,6 +338,9 @@ class SkPsock:
             except StrParserError as exc:
                 exc.actions = self._verdict_units(exc.messages, prog)
                 raise
+            finally:
+                if self.stream_parser is not None:
+                    self.stream_parser.run_cnt += self.strp.take_native_runs()
         elif self.rx_mode == "verdict":
             units = [view] if view.nbytes else []
             prog = self.stream_verdict or self.skb_verdict
@@ -388,8 +394,11 @@ class SkPsock:
             else:
                 kind = RX_DROP
                 dropped += n
-            if last is None or kind is not last_kind or target is not last_target or (
-                ingress != last_ingress
+            if (
+                last is None
+                or kind is not last_kind
+                or target is not last_target
+                or (ingress != last_ingress)
             ):
                 dest = (kind, id(target), ingress)
                 last = by_dest.get(dest)

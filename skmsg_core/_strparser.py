@@ -44,7 +44,7 @@ import contextlib
 import errno
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 
@@ -55,9 +55,41 @@ from ._skb import SkBuff
 if TYPE_CHECKING:
     from ._sock import Sock
 
-__all__ = ["StrParser", "StrParserStats"]
+__all__ = ["LengthPrefixParser", "StrParser", "StrParserStats"]
 
 _EMPTY = memoryview(b"")
+
+
+class LengthPrefixParser:
+    """A built-in parse program: messages framed by a ``size``-byte unsigned
+    length prefix (``byteorder`` "big" or "little") that counts the body only.
+
+    It is an ordinary parse program (call it with an :class:`SkBuff`: 0 until
+    ``size`` bytes are there, then ``size`` + the prefix's value), and the
+    stream parser, recognising it, frames with it in its own loop instead of
+    calling it per message; the program's run count is kept all the same.
+
+    Raises:
+        ValueError: ``size`` is not 1, 2, 4 or 8, or ``byteorder`` is unknown.
+    """
+
+    __slots__ = ("byteorder", "size")
+
+    def __init__(self, size: int = 4, byteorder: str = "big") -> None:
+        if size not in (1, 2, 4, 8):
+            raise ValueError(f"length prefix size must be 1, 2, 4 or 8, not {size}")
+        if byteorder not in ("big", "little"):
+            raise ValueError(f"byteorder must be 'big' or 'little', not {byteorder!r}")
+        self.size = size
+        self.byteorder: Literal["big", "little"] = "big" if byteorder == "big" else "little"
+
+    def __call__(self, skb: SkBuff) -> int:
+        if skb.len < self.size:
+            return 0
+        return self.size + int.from_bytes(skb.data[: self.size], self.byteorder)
+
+    def __repr__(self) -> str:
+        return f"LengthPrefixParser({self.size}, {self.byteorder!r})"
 
 
 @attrs.frozen
@@ -87,9 +119,13 @@ class StrParser:
         *,
         max_msg_size: int = DEFAULT_QUEUE_BYTES,
         sk: Sock | None = None,
+        native: LengthPrefixParser | None = None,
     ) -> None:
         """Frame with ``parse``; messages may be up to ``max_msg_size`` bytes (the
         kernel's ``sk_rcvbuf``); the program's context has ``sk`` as its socket.
+        With ``native`` (the built-in program ``parse`` wraps), messages inside a
+        chunk are framed in this parser's own loop; :meth:`take_native_runs`
+        says how many program runs that loop stood in for.
 
         Raises:
             TypeError: ``parse`` is not callable.
@@ -100,6 +136,8 @@ class StrParser:
         if max_msg_size < 1:
             raise ValueError(f"strparser: max_msg_size {max_msg_size} is less than 1")
         self._parse = parse
+        self._native = native
+        self._native_runs = 0
         self._name: str = getattr(parse, "__qualname__", None) or repr(parse)
         self._max = max_msg_size
         self._ctx = SkBuff(sk)
@@ -162,6 +200,9 @@ class StrParser:
         nbytes = out[0].nbytes if out else 0  # a message completed in the accumulator
         parse, ctx, max_size = self._parse, self._ctx, self._max
         append = out.append
+        native = self._native
+        if native is not None:
+            return self._feed_native(native, view, off, out, nbytes)
         while off < n:
             rest = view[off:]
             ctx.data = rest  # SkBuff.reset, inlined: this loop runs per message
@@ -188,6 +229,48 @@ class StrParser:
         self._msgs += len(out)
         self._bytes += nbytes
         return out
+
+    def _feed_native(
+        self,
+        native: LengthPrefixParser,
+        view: memoryview,
+        off: int,
+        out: list[memoryview],
+        nbytes: int,
+    ) -> list[memoryview]:
+        """The same framing as running ``native`` per message, without the calls."""
+        n = len(view)
+        size, order, max_size = native.size, native.byteorder, self._max
+        from_bytes = int.from_bytes
+        append = out.append
+        runs = 0
+        while off < n:
+            runs += 1
+            if n - off < size:
+                self._check(0, 0)
+                self._check_held(n - off)
+                self._acc = bytearray(view[off:])
+                break
+            length = size + from_bytes(view[off : off + size], order)
+            if length > max_size:
+                self._check(length, 0)
+            end = off + length
+            if end > n:
+                self._acc = bytearray(view[off:])
+                self._need = length
+                break
+            append(view[off:end])
+            off = end
+            nbytes += length
+        self._native_runs += runs
+        self._msgs += len(out)
+        self._bytes += nbytes
+        return out
+
+    def take_native_runs(self) -> int:
+        """Program runs the native loop stood in for since the last call."""
+        runs, self._native_runs = self._native_runs, 0
+        return runs
 
     def _continue(self, view: memoryview, out: list[memoryview]) -> int:
         """Add ``view`` to the pending message; append it to ``out`` if complete.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import errno
+import itertools
 import struct
 from collections.abc import Callable
 
@@ -366,3 +367,67 @@ def test_need_more_is_bounded_by_max_msg_size() -> None:
         q.feed(bytes(101))  # one chunk, length still unknown
     assert info.value.errno == errno.EMSGSIZE
     assert q.statistics().msg_too_big == 1
+
+
+# -- the built-in length-prefix parser ---------------------------------------------------
+
+
+def _framed(bodies: list[bytes], size: int, order: str) -> bytes:
+    return b"".join(len(b).to_bytes(size, order) + b for b in bodies)  # type: ignore[arg-type]
+
+
+@given(
+    bodies=st.lists(st.binary(max_size=40), max_size=20),
+    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=10),
+    size=st.sampled_from([1, 2, 4, 8]),
+    order=st.sampled_from(["big", "little"]),
+)
+def test_native_framing_equals_running_the_program(
+    bodies: list[bytes], cuts: list[int], size: int, order: str
+) -> None:
+    from skmsg_core import LengthPrefixParser
+
+    prog = LengthPrefixParser(size, order)
+    stream = _framed(bodies, size, order)
+    points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    chunks = [stream[a:b] for a, b in itertools.pairwise(points)]
+    native, generic = StrParser(prog, native=prog), StrParser(prog)
+    got_native = [bytes(m) for c in chunks for m in native.feed(c)]
+    got_generic = [bytes(m) for c in chunks for m in generic.feed(c)]
+    want = [len(b).to_bytes(size, order) + b for b in bodies]  # type: ignore[arg-type]
+    assert got_native == got_generic == want
+    assert native.pending == generic.pending == 0
+
+
+def test_native_framing_counts_runs_and_refuses_oversized() -> None:
+    from skmsg_core import LengthPrefixParser
+
+    prog = LengthPrefixParser(4)
+    p = StrParser(prog, native=prog, max_msg_size=100)
+    msgs = p.feed(_framed([b"ab", b"cde"], 4, "big") + b"\x00\x00")
+    assert [bytes(m) for m in msgs] == [b"\x00\x00\x00\x02ab", b"\x00\x00\x00\x03cde"]
+    assert p.take_native_runs() == 3 and p.take_native_runs() == 0  # two messages, one wait
+    with pytest.raises(StrParserError) as info:
+        p.feed(b"\x01\x00")  # completes the header 00 00 01 00: 4 + 256 > 100
+    assert info.value.errno == errno.EMSGSIZE
+    with pytest.raises(ValueError, match="1, 2, 4 or 8"):
+        LengthPrefixParser(3)
+    with pytest.raises(ValueError, match="byteorder"):
+        LengthPrefixParser(4, "middle")
+    skb = SkBuff()
+    assert prog(skb.reset(memoryview(b"\x00\x00"))) == 0
+    assert prog(skb.reset(memoryview(b"\x00\x00\x00\x05"))) == 9
+
+
+def test_psock_counts_native_runs_on_the_program() -> None:
+    import skmsg_core as sk
+
+    m = sk.SockMap(max_entries=1)
+    parser = m.attach(sk.LengthPrefixParser(4), sk.SK_SKB_STREAM_PARSER)
+    verdict = m.attach(lambda skb: sk.SK_PASS, sk.SK_SKB_STREAM_VERDICT)
+    s = sk.Sock(sk.SkProtoBase(), state=sk.TcpState.ESTABLISHED)
+    m.update(0, s)
+    assert s.psock is not None and s.psock.strp is not None
+    [action] = s.psock.rx_feed(_framed([b"x", b"yy", b"zzz"], 4, "big"))
+    assert action.msgs == 3 and verdict.run_cnt == 3
+    assert parser.run_cnt == 3  # the native loop stood in for three runs
