@@ -29,11 +29,12 @@ sink has ``receive_some``'d every byte.
 
 ``tcp.msgs_redirect``: 64-byte length-prefixed messages, one verdict each
 -------------------------------------------------------------------------
-The same topology with an ``SK_SKB_STREAM_PARSER`` program as well (a 4-byte
-big-endian length prefix: ``4 + length``), so the stream parser frames every
-68-byte message and the verdict (the same ``sk_redirect_map`` call) runs once
-per message; the psock merges consecutive messages for the same target into
-one action, written with one ``egress_write``.
+The same topology with an ``SK_SKB_STREAM_PARSER`` program as well, the
+built-in ``LengthPrefixParser(4)`` (a 4-byte big-endian length prefix, framed
+by the stream parser's own loop, as the CLI's ``length-prefixed`` framing is),
+so every 68-byte message is framed and the verdict (a Python program calling
+``sk_redirect_map``) runs once per message; the psock merges the messages for
+one target into one action, written with one ``egress_write``.
 
 Baseline: a bare trio relay that parses the same framing in Python (it walks
 every length prefix with ``struct.unpack_from`` and keeps a partial message
@@ -167,14 +168,6 @@ def _check(ok: bool, what: str) -> None:
 # -- the two relays ----------------------------------------------------------------------------
 
 
-def parse_len_prefixed(skb: sk.SkBuff) -> int:
-    """The stream parser: a message is a 4-byte big-endian length and that many bytes."""
-    if skb.len < 4:
-        return 0
-    length: int = _LEN.unpack_from(skb.data)[0]
-    return 4 + length
-
-
 def redirect_to_backend(smap: sk.SockMap) -> Callable[[sk.SkBuff], int]:
     """The stream verdict: every message out of the stream at ``BACKEND`` in ``smap``."""
 
@@ -227,7 +220,7 @@ async def skmsg_proxy(listener: trio.socket.SocketType, *, parser: bool) -> Prox
     client, proxy, backend, dst = SkStream(c), SkStream(p), SkStream(b), SkStream(s)
     smap = sk.SockMap(2, name="bench.proxy")
     if parser:
-        smap.attach(parse_len_prefixed, sk.SK_SKB_STREAM_PARSER)
+        smap.attach(sk.LengthPrefixParser(4, "big"), sk.SK_SKB_STREAM_PARSER)
     smap.attach(redirect_to_backend(smap), sk.SK_SKB_STREAM_VERDICT)
     smap.update(PROXY, proxy)
     smap.update(BACKEND, backend)

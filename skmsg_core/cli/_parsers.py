@@ -62,11 +62,9 @@ class FramingError(ValueError):
 # -- parse programs ----------------------------------------------------------------------
 
 
-def parse_length_prefixed(skb: sk.SkBuff) -> int:
-    """A 4-byte big-endian length, then that many bytes (the length excludes itself)."""
-    if skb.len < 4:
-        return 0
-    return 4 + int.from_bytes(skb.data[:4], "big")
+#: A 4-byte big-endian length, then that many bytes (the length excludes itself):
+#: the core's built-in program, which the stream parser frames natively.
+parse_length_prefixed = sk.LengthPrefixParser(4, "big")
 
 
 def parse_line(skb: sk.SkBuff) -> int:
