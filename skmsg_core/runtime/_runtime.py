@@ -3,15 +3,17 @@
 Theory of operation
 -------------------
 The sans-I/O core turns bytes into *actions*; the runtime carries them out.
-It owns, per socket with receive programs, a *receive pump* task (the
+It runs the receive path of every socket with receive programs (the
 kernel's ``sk_data_ready`` → strparser → verdict path): read the transport,
 ``psock.rx_feed``, then pass bytes to the socket's ingress queue, or redirect
 them to another socket's egress (its transport, under its write lock) or
-ingress queue.
+ingress queue. As in the kernel, an idle socket costs no work: it waits in
+one epoll set that a single task watches, and a readable socket gets a short
+*burst* task that reads until the socket would block, then re-arms it.
 
 Every queue is bounded and every hand-off waits for room: a full ingress
-queue stops its pump from reading (TCP flow control reaches the peer), and a
-redirect target that writes slowly slows the pump that feeds it. Nothing
+queue stops its burst from reading (TCP flow control reaches the peer), and a
+redirect target that writes slowly slows the burst that feeds it. Nothing
 grows without bound.
 
 Tasks run in a nursery the application owns (:func:`open_runtime`), so a

@@ -24,6 +24,7 @@ it always looks again at the queue, the pump and the socket.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import operator
 import socket as stdsocket
@@ -124,10 +125,10 @@ class SkStream(trio.abc.HalfCloseableStream):
         # without blocking when it becomes readable (None: one task per socket).
         raw = getattr(socket, "_sock", None)
         self._raw: stdsocket.socket | None = raw if isinstance(raw, stdsocket.socket) else None
-        with _suppress():
+        with contextlib.suppress(OSError):
             socket.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, True)
         if hasattr(stdsocket, "TCP_NOTSENT_LOWAT"):
-            with _suppress():
+            with contextlib.suppress(OSError):
                 socket.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NOTSENT_LOWAT, 2**14)
         self.sk = sk.Sock(
             proto or TCP_PROTO,
@@ -475,11 +476,3 @@ def _addr(get: Any) -> tuple[Any, ...] | None:
     except OSError:
         return None
     return tuple(addr) if isinstance(addr, tuple) else (addr,)
-
-
-class _suppress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, typ: type[BaseException] | None, *rest: object) -> bool:
-        return typ is not None and issubclass(typ, OSError)
