@@ -21,6 +21,7 @@ plugin registered.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import socket
@@ -35,8 +36,6 @@ from ._errors import kernel_error
 
 if TYPE_CHECKING:
     from ._psock import SkPsock
-
-import errno
 
 __all__ = ["SkFields", "SkProto", "SkProtoBase", "Sock", "next_cookie", "sock_from"]
 
@@ -109,12 +108,6 @@ class SkProtoBase:
     def sk_refresh_state(self, sk: Sock) -> None:
         """Bring ``sk.state`` up to date from the OS (optional; the maps call it
         before each operation on the socket). The base keeps the stored state."""
-
-    @staticmethod
-    def sk_unhashed(sk: Sock) -> bool:
-        """Whether the kernel would have unhashed ``sk`` (``sock_map_unhash``): a
-        TCP socket that is CLOSE, or that left LISTEN without being connected."""
-        return sk.is_tcp and sk.state == TcpState.CLOSE
 
 
 def refresh(sk: Sock) -> None:
