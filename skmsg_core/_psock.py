@@ -384,6 +384,18 @@ class SkPsock:
             elif verdict is _REDIRECT:
                 target = skb.sk_redir
                 ingress = bool(skb.flags & BPF_F_INGRESS)
+                if (
+                    target is last_target
+                    and last_kind is RX_REDIRECT
+                    and ingress == last_ingress
+                    and last is not None
+                ):
+                    # the same destination as the previous message, checked then
+                    redirected += n
+                    last.bufs.append(unit)
+                    last.nbytes += n
+                    last.msgs += 1
+                    continue
                 tp = target.psock if target is not None else None
                 if target is None or tp is None or target.dead or not tp.tx_enabled:
                     kind, target, ingress = RX_DROP, None, False

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SkFields", "SkProto", "SkProtoBase", "Sock", "next_cookie", "sock_from"]
 
+_ESTABLISHED, _LISTEN = int(TcpState.ESTABLISHED), int(TcpState.LISTEN)
 # Cookies start past zero, as the kernel's (0 means "no cookie").
 _cookie_gen = itertools.count(1)
 # Sockets registered under their OS file descriptor, for map updates by fd.
@@ -91,15 +92,16 @@ class SkProtoBase:
 
     def sk_state_allowed(self, sk: Sock) -> bool:
         if sk.is_tcp:
-            return sk.state in (TcpState.ESTABLISHED, TcpState.LISTEN)
+            return sk.state in (_ESTABLISHED, _LISTEN)
         if sk.type == socket.SOCK_STREAM:
-            return sk.state == TcpState.ESTABLISHED
+            return sk.state == _ESTABLISHED
         return True
 
     def redirect_allowed(self, sk: Sock) -> bool:
+        # per message: plain ints, not Enum attribute lookups
         if sk.is_tcp:
-            return sk.state != TcpState.LISTEN
-        return sk.state == TcpState.ESTABLISHED
+            return sk.state != _LISTEN
+        return sk.state == _ESTABLISHED
 
     def psock_update_sk_prot(self, sk: Sock, psock: SkPsock, restore: bool) -> int:
         sk.ops_psock = None if restore else psock

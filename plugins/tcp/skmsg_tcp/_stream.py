@@ -49,9 +49,8 @@ _CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK}
 _PASS_BATCH = 65536
 #: ``IOV_MAX``: the most buffers one ``sendmsg`` takes.
 _IOV_MAX = 1024
-#: Join more than this many buffers when their average is below ``_SMALL_BUF``.
+#: Join more than this many buffers into one write.
 _JOIN_ABOVE = 8
-_SMALL_BUF = 4096
 
 
 class SendError(PermissionError):
@@ -242,11 +241,9 @@ class SkStream(trio.abc.HalfCloseableStream):
         ``IOV_MAX`` go per call.
         """
         flags = MSG_MORE if more else 0
-        pending = [b for b in bufs if b.nbytes]
-        if len(pending) > _JOIN_ABOVE:
-            total = sum(b.nbytes for b in pending)
-            if total // len(pending) < _SMALL_BUF:
-                pending = [memoryview(b"".join(pending))]
+        # A long list is a batch of messages: one copy beats one iovec each (and
+        # sendmsg takes at most IOV_MAX); empty views cost nothing to join.
+        pending = [memoryview(b"".join(bufs))] if len(bufs) > _JOIN_ABOVE else list(bufs)
         first = 0
         try:
             if len(pending) == 1 and not flags:  # the common case: plain send
