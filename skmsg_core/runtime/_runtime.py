@@ -300,7 +300,8 @@ class Runtime:
             try:
                 while True:
                     psock = endpoint.sk.psock
-                    if psock is None:
+                    if psock is None:  # gone without the seam saying so: stop for good
+                        self.stop_pump(endpoint)
                         return
                     data = endpoint.transport_recv_nowait(65536)
                     if data is None:

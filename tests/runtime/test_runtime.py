@@ -36,3 +36,44 @@ async def test_outer_cancellation_passes_through() -> None:
         async with open_runtime():
             await trio.sleep_forever()
     assert scope.cancelled_caught
+
+
+async def test_processing_restarts_after_a_psock_went_without_restore() -> None:
+    """With a table whose seam never restores, the pump outlives the psock; the
+    next burst finds the psock gone and stops for good, so inserting the stream
+    again starts receive processing afresh."""
+    import skmsg_core as sk
+    import skmsg_tcp
+    from skmsg_core.testing import tcp_stream_pair
+
+    class NeverRestores(skmsg_tcp.TcpProto):
+        def psock_update_sk_prot(self, s: sk.Sock, psock: sk.SkPsock, restore: bool) -> int:
+            return 0 if restore else super().psock_update_sk_prot(s, psock, restore)
+
+    async with open_runtime() as rt:
+        a, b = await tcp_stream_pair()
+        b.sk.sk_prot = NeverRestores()
+        m = sk.SockMap(max_entries=1)
+        seen: list[bytes] = []
+
+        def verdict(skb: sk.SkBuff) -> int:
+            seen.append(bytes(skb.data))
+            return sk.SK_PASS
+
+        m.attach(verdict, sk.SK_SKB_VERDICT)
+        m.update(0, b)
+        m.delete(0)  # the psock goes; the seam does not stop the pump
+        assert b.sk.psock is None and rt.pumping(b)
+        await a.send_all(b"1")
+        with trio.fail_after(5):
+            while rt.pumping(b):  # the burst finds no psock and stops the pump
+                await trio.sleep(0.001)
+            assert await b.receive_some(10) == b"1"  # a plain read: nothing was taken
+        m.update(0, b)
+        assert rt.pumping(b)
+        await a.send_all(b"2")
+        with trio.fail_after(5):
+            assert await b.receive_some(10) == b"2"
+        assert seen == [b"2"]
+        await a.aclose()
+        await b.aclose()
