@@ -43,8 +43,10 @@ from ._plugins import Plugins as Plugins
 from ._plugins import get_plugin_manager as get_plugin_manager
 from ._plugins import plugins as plugins
 from ._progs import Program as Program
+from ._progs import ProgramShapeError as ProgramShapeError
 from ._progs import ProgStats as ProgStats
 from ._progs import Verdict as Verdict
+from ._progs import check_program_callable as check_program_callable
 from ._progs import enable_stats as enable_stats
 from ._psock import PsockStats as PsockStats
 from ._psock import RxAction as RxAction

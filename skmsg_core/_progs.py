@@ -31,7 +31,15 @@ import attrs
 from ._consts import ATTACH_PROG_TYPE, SK_PASS, BpfAttachType, BpfProgType
 from ._errors import kernel_error
 
-__all__ = ["ProgStats", "Program", "Verdict", "enable_stats", "map_verdict"]
+__all__ = [
+    "ProgStats",
+    "Program",
+    "ProgramShapeError",
+    "Verdict",
+    "check_program_callable",
+    "enable_stats",
+    "map_verdict",
+]
 
 _prog_ids = itertools.count(1)
 _stats_enabled = False
@@ -62,6 +70,52 @@ def map_verdict(ret: object, redirected: bool) -> Verdict:
     if ret == _SK_PASS and type(ret) is not bool:
         return _REDIRECT if redirected else _PASS
     return _DROP
+
+
+class ProgramShapeError(TypeError):
+    """A callable that cannot be a program: ``kind`` is ``"plain"`` (``async``
+    or a generator) or ``"arity"`` (cannot take ``nargs`` arguments); ``sig``
+    is its signature text where known."""
+
+    def __init__(self, kind: str, message: str, sig: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.sig = sig
+
+
+def check_program_callable(func: Callable[..., Any], *, nargs: int = 1) -> None:
+    """The verifier's shape rules for a program callable (also used for the CLI's
+    two-argument verdicts): a plain function, ``functools.partial`` and callable
+    objects seen through, that can be called with ``nargs`` positional arguments.
+    A builtin without a signature is trusted.
+
+    Raises:
+        ProgramShapeError: it is ``async`` or a generator, or takes other arguments.
+    """
+    target: Any = func
+    while isinstance(target, functools.partial):
+        target = target.func
+    if not inspect.isroutine(target):
+        target = getattr(target, "__call__", target)  # noqa: B004
+    if any(
+        check(f)
+        for f in (func, target)
+        for check in (
+            inspect.iscoroutinefunction,
+            inspect.isasyncgenfunction,
+            inspect.isgeneratorfunction,
+        )
+    ):
+        raise ProgramShapeError("plain", "must be a plain function")
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(*(object() for _ in range(nargs)))
+    except TypeError as exc:
+        count = {1: "exactly one argument", 2: "two arguments"}.get(nargs, f"{nargs} arguments")
+        raise ProgramShapeError("arity", f"must take {count}", str(sig)) from exc
 
 
 @attrs.frozen
@@ -115,37 +169,17 @@ class Program:
             raise kernel_error(errno.EINVAL, f"program {label} is already loaded")
         if not callable(func):
             raise kernel_error(errno.EINVAL, f"program {label!r} is not callable")
-        target = func
-        while isinstance(target, functools.partial):
-            target = target.func
-        if not inspect.isroutine(target):
-            target = getattr(target, "__call__", target)  # noqa: B004
-        if any(
-            check(f)
-            for f in (func, target)
-            for check in (
-                inspect.iscoroutinefunction,
-                inspect.isasyncgenfunction,
-                inspect.isgeneratorfunction,
-            )
-        ):
-            raise kernel_error(
-                errno.EINVAL,
-                f"program {label} must be a plain function: a {prog_type.name} program "
-                "runs to completion and cannot await or yield",
-            )
         try:
-            sig = inspect.signature(func)
-        except (TypeError, ValueError):
-            sig = None  # a builtin without a signature: trust it
-        if sig is not None:
-            try:
-                sig.bind(object())
-            except TypeError as exc:
-                raise kernel_error(
-                    errno.EINVAL,
-                    f"program {label}{sig} must take exactly one argument, the context",
-                ) from exc
+            check_program_callable(func, nargs=1)
+        except ProgramShapeError as exc:
+            if exc.kind == "plain":
+                why = (
+                    f"must be a plain function: a {prog_type.name} program runs to "
+                    "completion and cannot await or yield"
+                )
+            else:
+                why = f"{exc}, the context"
+            raise kernel_error(errno.EINVAL, f"program {label}{exc.sig} {why}") from exc
         return cls(func, prog_type, str(label))
 
     def check_attach(self, attach_type: BpfAttachType) -> None:

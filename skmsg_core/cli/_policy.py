@@ -29,7 +29,6 @@ naming the file and what is wrong with it.
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import types
@@ -40,6 +39,7 @@ from typing import Any
 import attrs
 
 import skmsg_core as sk
+from skmsg_core import ProgramShapeError, check_program_callable
 
 __all__ = ["Policy", "PolicyError", "RoundRobin", "VerdictFunc"]
 
@@ -150,7 +150,8 @@ class Policy:
 
 
 def _verify_verdict(verdict: object, label: str) -> None:
-    """The verifier's rules (:meth:`skmsg_core.Program.load`) for a two-argument verdict.
+    """The verifier's rules (:func:`skmsg_core._progs.check_program_callable`) for
+    a two-argument verdict.
 
     Raises:
         PolicyError: not callable, ``async`` or a generator, or not callable
@@ -161,29 +162,16 @@ def _verify_verdict(verdict: object, label: str) -> None:
             f"{label}: verdict is a {type(verdict).__name__}, not a function "
             "verdict(skb, backends)"
         )
-    target: Any = verdict if inspect.isroutine(verdict) else getattr(verdict, "__call__", verdict)  # noqa: B004
-    if any(
-        check(x)
-        for x in (verdict, target)
-        for check in (
-            inspect.iscoroutinefunction,
-            inspect.isasyncgenfunction,
-            inspect.isgeneratorfunction,
-        )
-    ):
-        raise PolicyError(
-            f"{label}: verdict must be a plain function: a stream verdict runs to "
-            "completion and cannot await or yield"
-        )
     try:
-        sig = inspect.signature(verdict)
-    except (TypeError, ValueError):
-        return  # a builtin without a signature: trust it, as Program.load does
-    try:
-        sig.bind(object(), object())
-    except TypeError as exc:
+        check_program_callable(verdict, nargs=2)
+    except ProgramShapeError as exc:
+        if exc.kind == "plain":
+            raise PolicyError(
+                f"{label}: verdict must be a plain function: a stream verdict runs to "
+                "completion and cannot await or yield"
+            ) from exc
         raise PolicyError(
-            f"{label}: verdict{sig} must take two arguments: verdict(skb, backends)"
+            f"{label}: verdict{exc.sig} must take two arguments: verdict(skb, backends)"
         ) from exc
 
 

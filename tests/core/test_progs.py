@@ -126,3 +126,20 @@ def test_context_fields_from_the_socket() -> None:
     assert (skb.local_ip6, skb.local_ip4, skb.remote_port) == ("::1", None, 0)
     assert skb.reset(memoryview(b"hello")).load_bytes(1, 3) == b"ell"
     assert skb.load_bytes(3, 5) == -errno.EFAULT
+
+
+def test_check_program_callable_for_other_arities() -> None:
+    async def coro(skb: Any, backends: Any) -> int:
+        return 1
+
+    def two(skb: Any, backends: Any) -> int:
+        return 1
+
+    sk.check_program_callable(two, nargs=2)
+    with pytest.raises(sk.ProgramShapeError) as info:
+        sk.check_program_callable(functools.partial(coro), nargs=2)
+    assert info.value.kind == "plain"
+    with pytest.raises(sk.ProgramShapeError) as info:
+        sk.check_program_callable(two, nargs=1)
+    assert info.value.kind == "arity" and "exactly one argument" in str(info.value)
+    assert info.value.sig == "(skb: 'Any', backends: 'Any') -> 'int'"
