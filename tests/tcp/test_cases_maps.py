@@ -25,6 +25,7 @@ import trio
 import skmsg_core as sk
 import skmsg_tcp
 from skmsg_core.runtime import open_runtime
+from skmsg_core.testing import tcp_stream_pair
 
 from ._topology import open_listener, port_of, read_exact, tcp_pair
 
@@ -138,9 +139,7 @@ async def test_case_46_state_rule_stream_whose_peer_closed_is_eopnotsupp() -> No
     has closed and this side has read the EOF, the socket is CLOSE_WAIT and
     the kernel refuses it EOPNOTSUPP (``sock_map_sk_state_allowed``)."""
     async with open_runtime():
-        listener = await open_listener()
-        async with listener:
-            c, p = await tcp_pair(listener)
+        c, p = await tcp_stream_pair()
         await p.aclose()
         with trio.fail_after(5):
             assert await c.receive_some(10) == b""  # FIN read: CLOSE_WAIT
@@ -381,9 +380,7 @@ async def test_case_66_one_tcp_socket_in_many_entries_and_maps() -> None:
     delete succeeds; after ``close`` deleting its remaining keys fails
     (EINVAL / ENOENT). While in maps without programs the stream works as ever."""
     async with open_runtime():
-        listener = await open_listener()
-        async with listener:
-            c, p = await tcp_pair(listener)
+        c, p = await tcp_stream_pair()
         m1, m2 = sk.SockMap(max_entries=4), sk.SockHash(max_entries=4)
         for k in range(3):
             m1.update(k, c)
@@ -413,9 +410,7 @@ async def test_case_68_create_update_free() -> None:
     BPF_NOEXIST; close the map, then the socket: no error, and in between the
     stream is a plain stream again."""
     async with open_runtime():
-        listener = await open_listener()
-        async with listener:
-            c, p = await tcp_pair(listener)
+        c, p = await tcp_stream_pair()
         m = sk.SockMap(max_entries=1, value_size=4)
         m.update(0, c, sk.BPF_NOEXIST)
         m.close()

@@ -20,6 +20,7 @@ import trio
 import skmsg_core as sk
 import skmsg_tcp
 from skmsg_core.runtime import open_runtime
+from skmsg_core.testing import tcp_stream_pair
 from tests.core._support import payload
 
 from ._topology import (
@@ -105,10 +106,8 @@ async def test_case_52_skb_redirect_to_connected() -> None:
     0, p1 at key 1; c1 writes "a" ⇒ one successful verdict, and the byte goes out
     of p0: c0 receives 1 B."""
     async with open_runtime():
-        listener = await open_listener()
-        async with listener:
-            c0, p0 = await tcp_pair(listener)
-            c1, p1 = await tcp_pair(listener)
+        c0, p0 = await tcp_stream_pair()
+        c1, p1 = await tcp_stream_pair()
         async with c0, p0, c1, p1:
             m = sk.SockMap(max_entries=2)
             m.attach(lambda skb: skb.len, sk.SK_SKB_STREAM_PARSER)
@@ -150,10 +149,8 @@ async def test_case_56_redir_partial_parser_3() -> None:
     """Parser returns 3; c1 sends b"abc\\0" (4 B) ⇒ c0 receives exactly "abc";
     the 4th byte waits in p1's parser for more data."""
     async with open_runtime():
-        listener = await open_listener()
-        async with listener:
-            c0, p0 = await tcp_pair(listener)
-            c1, p1 = await tcp_pair(listener)
+        c0, p0 = await tcp_stream_pair()
+        c1, p1 = await tcp_stream_pair()
         async with c0, p0, c1, p1:
             m = sk.SockMap(max_entries=2)
             m.attach(lambda skb: 3, sk.SK_SKB_STREAM_PARSER)
@@ -175,9 +172,7 @@ async def test_case_61_skb_verdict_peer_shutdown_reads_eof() -> None:
     """Pass program as STREAM_VERDICT, c1 in the map; the peer does
     ``shutdown(SHUT_WR)`` ⇒ c1 is readable and its read returns 0 (b"")."""
     async with open_runtime():
-        listener = await open_listener()
-        async with listener:
-            c1, p1 = await tcp_pair(listener)
+        c1, p1 = await tcp_stream_pair()
         async with c1, p1:
             m = sk.SockMap(max_entries=1)
             m.attach(lambda skb: sk.SK_PASS, sk.SK_SKB_STREAM_VERDICT)
@@ -199,9 +194,7 @@ async def test_case_62_fionread(attach: sk.BpfAttachType, verdict: int) -> None:
     and a read returns those 256 B. Drop program: FIONREAD stays 0 and there is
     nothing to read."""
     async with open_runtime():
-        listener = await open_listener()
-        async with listener:
-            c1, p1 = await tcp_pair(listener)
+        c1, p1 = await tcp_stream_pair()
         async with c1, p1:
             m = sk.SockMap(max_entries=1)
             m.attach(lambda skb: verdict, attach)
@@ -224,9 +217,7 @@ async def test_case_63_msg_peek() -> None:
     """The peer sends 256 B: ``recv(MSG_PEEK)`` (``psock.recvmsg(peek=True)``)
     gives 256, FIONREAD still 256; ``recv`` gives 256, FIONREAD 0."""
     async with open_runtime():
-        listener = await open_listener()
-        async with listener:
-            c1, p1 = await tcp_pair(listener)
+        c1, p1 = await tcp_stream_pair()
         async with c1, p1:
             m = sk.SockMap(max_entries=1)
             m.attach(lambda skb: sk.SK_PASS, sk.SK_SKB_VERDICT)
@@ -247,9 +238,7 @@ async def test_skb_drop_then_more_data_is_still_dropped_not_an_error() -> None:
     """An SK_SKB drop is silent (the kernel ACKs and discards): the sender never
     sees an error and the connection keeps working in the other direction."""
     async with open_runtime():
-        listener = await open_listener()
-        async with listener:
-            c1, p1 = await tcp_pair(listener)
+        c1, p1 = await tcp_stream_pair()
         async with c1, p1:
             m = sk.SockMap(max_entries=1)
             m.attach(lambda skb: sk.SK_DROP, sk.SK_SKB_STREAM_VERDICT)

@@ -26,6 +26,7 @@ import pytest
 import skmsg_core as sk
 import skmsg_tcp
 from skmsg_core.runtime import open_runtime
+from skmsg_core.testing import tcp_stream_pair
 from tests.core._support import SEND_LARGE, SEND_MANY, SEND_ONE, TEST_SEND, payload
 
 from ._topology import (
@@ -346,10 +347,8 @@ async def test_case_53_msg_redirect_to_connected(attach: str) -> None:
     p1 writes "a", its verdict redirects egress to p0 ⇒ c0 receives 1 B, one
     successful verdict. Also with a bpf_link attach."""
     async with open_runtime():
-        listener = await open_listener()
-        async with listener:
-            c0, p0 = await tcp_pair(listener)
-            c1, p1 = await tcp_pair(listener)
+        c0, p0 = await tcp_stream_pair()
+        c1, p1 = await tcp_stream_pair()
         m = sk.SockMap(max_entries=2)
 
         def verdict(msg: sk.SkMsg) -> int:
@@ -399,10 +398,8 @@ async def test_case_67_msg_verdict_redirect_ingress_then_egress() -> None:
     (c1) with BPF_F_INGRESS ⇒ c1 receives 256 B; to key 2 (p0) egress ⇒ c0
     receives 256 B; each twice in a row."""
     async with open_runtime():
-        listener = await open_listener()
-        async with listener:
-            c0, p0 = await tcp_pair(listener)
-            c1, p1 = await tcp_pair(listener)
+        c0, p0 = await tcp_stream_pair()
+        c1, p1 = await tcp_stream_pair()
         async with c0, p0, c1, p1:
             m = sk.SockMap(max_entries=3)
             target = {"key": 1, "flags": sk.BPF_F_INGRESS}
