@@ -236,6 +236,23 @@ class Program:
 
         return run_timed
 
+    def timed_func(self) -> Callable[[Any], Any]:
+        """The program's callable for an engine's hot loop that keeps the counters
+        itself: ``func`` as it is, or, if :func:`enable_stats` is on now, a
+        wrapper that adds each call's duration to ``run_time_ns``."""
+        func = self.func
+        if not _stats_enabled:
+            return func
+
+        def timed(ctx: Any) -> Any:
+            t0 = time.perf_counter_ns()
+            try:
+                return func(ctx)
+            finally:
+                self.run_time_ns += time.perf_counter_ns() - t0
+
+        return timed
+
     def run(self, ctx: Any) -> Any:
         """Run as a non-verdict program (a parser, a reuseport selector), counting
         the run; exceptions propagate to the caller, who decides what they mean."""

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._consts import BPF_F_INGRESS, DEFAULT_QUEUE_BYTES, MAX_MSG_FRAGS
+from ._consts import BPF_F_INGRESS, DEFAULT_QUEUE_BYTES, MAX_MSG_FRAGS, SK_PASS
 from ._errors import StrParserError, kernel_error
 from ._plugins import loaded_plugins
 from ._progs import Program, Verdict
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["PsockStats", "RxAction", "SkPsock"]
 
 _PASS, _REDIRECT = Verdict.PASS, Verdict.REDIRECT
+_SK_PASS = SK_PASS
 _EMPTY_VIEW = memoryview(b"")
 
 #: What :meth:`SkPsock.rx_feed` asks the I/O layer to do with received bytes.
@@ -68,6 +69,32 @@ class RxAction:
     bufs: list[memoryview]
     nbytes: int
     msgs: int = 1
+
+
+class _RxBatch:
+    """The actions of one :meth:`SkPsock.rx_feed`: one per destination for the
+    whole batch, in first-seen order, each keeping its messages in order (the
+    kernel's FIFO per target), so each destination gets one write."""
+
+    __slots__ = ("actions", "by_dest")
+
+    def __init__(self) -> None:
+        self.actions: list[RxAction] = []
+        self.by_dest: dict[tuple[str, int, bool], RxAction] = {}
+
+    def add(
+        self, kind: str, target: Sock | None, ingress: bool, buf: memoryview, msgs: int
+    ) -> None:
+        """Add ``msgs`` messages, the bytes ``buf``, bound for one destination."""
+        dest = (kind, id(target), ingress)
+        action = self.by_dest.get(dest)
+        if action is None:
+            action = self.by_dest[dest] = RxAction(kind, target, ingress, [buf], buf.nbytes, msgs)
+            self.actions.append(action)
+        else:
+            action.bufs.append(buf)
+            action.nbytes += buf.nbytes
+            action.msgs += msgs
 
 
 @attrs.frozen
@@ -322,111 +349,144 @@ class SkPsock:
         per message; in verdict mode it runs once on ``data``; with no receive
         programs everything passes. Units with the same destination are merged
         into one action (in order), so the I/O layer writes once per
-        destination per batch.
+        destination per batch; consecutive messages with one destination are
+        one zero-copy slice of ``data``.
 
         Raises:
             StrParserError: the stream parser failed (the socket is in error); its
                 ``actions`` are those of the messages completed before the
                 failure, which the caller carries out before failing the socket.
         """
-        view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
+        view = memoryview(data).cast("B").toreadonly()
+        batch = _RxBatch()
         if self.rx_mode == "strp":
-            assert self.strp is not None
+            strp = self.strp
+            assert strp is not None
             prog = self.stream_verdict
             try:
-                units = self.strp.feed(view)
+                head, view, start, ends = strp.feed_spans(view)
             except StrParserError as exc:
-                exc.actions = self._verdict_units(exc.messages, prog)
+                exc.actions = batch.actions
+                for unit in exc.messages:
+                    self._verdict_spans(unit, 0, [unit.nbytes], prog, batch)
                 raise
             finally:
                 if self.stream_parser is not None:
-                    self.stream_parser.run_cnt += self.strp.take_native_runs()
-        elif self.rx_mode == "verdict":
-            units = [view] if view.nbytes else []
-            prog = self.stream_verdict or self.skb_verdict
-        else:
-            units = [view] if view.nbytes else []
-            prog = None
-        return self._verdict_units(units, prog)
+                    self.stream_parser.run_cnt += strp.take_native_runs()
+            for unit in head:
+                self._verdict_spans(unit, 0, [unit.nbytes], prog, batch)
+            if ends:
+                self._verdict_spans(view, start, ends, prog, batch)
+            return batch.actions
+        if view.nbytes:
+            prog = self.stream_verdict or self.skb_verdict if self.rx_mode == "verdict" else None
+            self._verdict_spans(view, 0, [view.nbytes], prog, batch)
+        return batch.actions
 
-    def _verdict_units(self, units: list[memoryview], prog: Program | None) -> list[RxAction]:
-        # The per-message hot path: locals for everything, counters summed once.
+    def _verdict_spans(
+        self,
+        view: memoryview,
+        start: int,
+        ends: list[int],
+        prog: Program | None,
+        batch: _RxBatch,
+    ) -> None:
+        """Run ``prog`` on the messages ``view[start:ends[0]]``, ... and add each
+        run of consecutive messages with one destination to ``batch``.
+
+        This is the per-message hot path: locals for everything, the
+        program called directly (fail-closed as :meth:`Program.verdict_runner`),
+        every counter summed once per batch.
+        """
         if prog is None:
-            nbytes = sum(u.nbytes for u in units)
-            self.rx_msgs += len(units)
+            nbytes = ends[-1] - start
+            self.rx_msgs += len(ends)
             self.rx_passed_bytes += nbytes
-            if not units:
-                return []
-            return [RxAction(RX_PASS, None, False, list(units), nbytes, len(units))]
-        actions: list[RxAction] = []
-        # One action per destination for the whole batch: order is kept per
-        # destination (the kernel's FIFO per target), so each gets one write.
-        by_dest: dict[tuple[str, int, bool], RxAction] = {}
+            batch.add(RX_PASS, None, False, view[start:], len(ends))
+            return
+        func = prog.timed_func()
+        add = batch.add
         skb: Any = self._skb  # Any: the program sets fields the loop resets
-        run = prog.verdict_runner()
-        last: RxAction | None = None
-        last_kind = ""
-        last_target: Sock | None = None
-        last_ingress = False
-        passed = redirected = dropped = 0
-        for unit in units:
-            n = unit.nbytes
-            skb.data = unit
-            skb.len = n
+        skb._buf = view
+        sk_pass, ingress_flag = _SK_PASS, BPF_F_INGRESS
+        errors = dead = 0
+        last_error: BaseException | None = None
+        # the current run: the messages view[run_start:off], bound for one place
+        # (a PASS or DROP run has no target; a redirect run has one)
+        run_kind = ""
+        run_target: Sock | None = None
+        run_flags = 0
+        run_start = off = start
+        run_msgs = 0
+        counts = {RX_PASS: [0, 0], RX_REDIRECT: [0, 0], RX_DROP: [0, 0]}  # msgs, bytes
+        for end in ends:
+            skb._off = off
+            skb.len = end - off
+            skb._data = None
             skb.sk_redir = None
             skb.flags = 0
-            verdict = run(skb)
-            target: Sock | None = None
-            ingress = False
-            if verdict is _PASS:
-                kind = RX_PASS
-                passed += n
-            elif verdict is _REDIRECT:
+            try:
+                ret = func(skb)
+            except Exception as exc:
+                ret = None
+                errors += 1
+                last_error = exc
+            if ret is sk_pass or (ret == sk_pass and type(ret) is not bool):
                 target = skb.sk_redir
-                ingress = bool(skb.flags & BPF_F_INGRESS)
-                if (
-                    target is last_target
-                    and last_kind is RX_REDIRECT
-                    and ingress == last_ingress
-                    and last is not None
-                ):
-                    # the same destination as the previous message, checked then
-                    redirected += n
-                    last.bufs.append(unit)
-                    last.nbytes += n
-                    last.msgs += 1
-                    continue
-                tp = target.psock if target is not None else None
-                if target is None or tp is None or target.dead or not tp.tx_enabled:
-                    kind, target, ingress = RX_DROP, None, False
-                    dropped += n
+                if target is None:
+                    if run_kind is RX_PASS:
+                        run_msgs += 1
+                        off = end
+                        continue
+                    kind, flags = RX_PASS, 0
                 else:
-                    kind = RX_REDIRECT
-                    redirected += n
+                    flags = skb.flags & ingress_flag
+                    if target is run_target and flags == run_flags:
+                        # the same destination as the previous message, checked then
+                        run_msgs += 1
+                        off = end
+                        continue
+                    tp = target.psock
+                    if tp is None or target.dead or not tp.tx_enabled:
+                        kind, target, flags = RX_DROP, None, 0
+                        dead += 1
+                    else:
+                        kind = RX_REDIRECT
             else:
-                kind = RX_DROP
-                dropped += n
-            if (
-                last is None
-                or kind is not last_kind
-                or target is not last_target
-                or (ingress != last_ingress)
-            ):
-                dest = (kind, id(target), ingress)
-                last = by_dest.get(dest)
-                if last is None:
-                    last = by_dest[dest] = RxAction(kind, target, ingress, [], 0, 0)
-                    actions.append(last)
-                last_kind, last_target, last_ingress = kind, target, ingress
-            last.bufs.append(unit)
-            last.nbytes += n
-            last.msgs += 1
-        skb.data = _EMPTY_VIEW
-        self.rx_msgs += len(units)
-        self.rx_passed_bytes += passed
-        self.rx_redirected_bytes += redirected
-        self.rx_dropped_bytes += dropped
-        return actions
+                if run_kind is RX_DROP:
+                    run_msgs += 1
+                    off = end
+                    continue
+                kind, target, flags = RX_DROP, None, 0
+            if kind is not run_kind or target is not run_target or flags != run_flags:
+                if run_msgs:
+                    c = counts[run_kind]
+                    c[0] += run_msgs
+                    c[1] += off - run_start
+                    add(run_kind, run_target, bool(run_flags), view[run_start:off], run_msgs)
+                run_kind, run_target, run_flags = kind, target, flags
+                run_start, run_msgs = off, 0
+            run_msgs += 1
+            off = end
+        if run_msgs:
+            c = counts[run_kind]
+            c[0] += run_msgs
+            c[1] += off - run_start
+            add(run_kind, run_target, bool(run_flags), view[run_start:off], run_msgs)
+        skb._buf = skb._data = _EMPTY_VIEW
+        # program counters: a redirect to a target that cannot take it is the
+        # program's REDIRECT and the psock's drop; a raise is a DROP and an error
+        prog.run_cnt += len(ends)
+        prog.passed += counts[RX_PASS][0]
+        prog.redirected += counts[RX_REDIRECT][0] + dead
+        prog.dropped += counts[RX_DROP][0] - dead
+        if errors:
+            prog.errors += errors
+            prog.last_error = last_error
+        self.rx_msgs += len(ends)
+        self.rx_passed_bytes += counts[RX_PASS][1]
+        self.rx_redirected_bytes += counts[RX_REDIRECT][1]
+        self.rx_dropped_bytes += counts[RX_DROP][1]
 
     # -- the ingress queue (psock->ingress_msg) ------------------------------------------
 

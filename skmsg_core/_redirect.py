@@ -4,11 +4,15 @@ They only record a target: nothing moves until the program returns
 ``SK_PASS``. They return ``SK_PASS`` on success and ``SK_DROP`` when the
 flags are bad, the key is empty, or the socket there may not be a target (a
 TCP listener; a non-TCP socket that is not connected).
+
+The four helpers share one body, built once per helper by
+:func:`_redirect_helper`: a redirect runs once per message, so the helper a
+program calls is that body itself, not a wrapper around it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from ._consts import BPF_F_INGRESS, SK_DROP, SK_PASS, SkAction
 from ._maps import SockHash, SockMap, SockMapBase
@@ -17,52 +21,87 @@ from ._skb import SkBuff
 
 __all__ = ["msg_redirect_hash", "msg_redirect_map", "sk_redirect_hash", "sk_redirect_map"]
 
-
-def _redirect(
-    ctx: SkMsg | SkBuff, smap: object, cls: type[SockMapBase], key: Any, flags: int, *, helper: str
-) -> SkAction:
-    """What every redirect helper does: check the map's type (the verifier's
-    job), find an allowed target, record it on the context."""
-    if not isinstance(smap, cls):
-        raise TypeError(f"{helper} takes a {cls.__name__}, not {type(smap).__name__}")
-    if flags & ~BPF_F_INGRESS:
-        return SK_DROP
-    try:
-        sk = smap._slots.get(key)
-    except TypeError:  # an unhashable key holds nothing
-        return SK_DROP
-    if sk is None or sk.dead:
-        return SK_DROP
-    prot = sk.sk_prot
-    if prot is None or not prot.redirect_allowed(sk):
-        return SK_DROP
-    ctx.flags = flags
-    ctx.sk_redir = sk
-    return SK_PASS
+_Ctx_contra = TypeVar("_Ctx_contra", SkMsg, SkBuff, contravariant=True)
+_Map_contra = TypeVar("_Map_contra", SockMap, SockHash, contravariant=True)
+_Key_contra = TypeVar("_Key_contra", contravariant=True)
 
 
-def msg_redirect_map(msg: SkMsg, smap: SockMap, key: int, flags: int = 0) -> SkAction:
-    """``bpf_msg_redirect_map``: send this message to the socket at ``key`` instead,
-    out of its connection, or into its receive queue with ``BPF_F_INGRESS``.
+class RedirectHelper(Protocol, Generic[_Ctx_contra, _Map_contra, _Key_contra]):
+    """The shape of a redirect helper: ``(ctx, map, key, flags=0) -> SK_PASS | SK_DROP``."""
+
+    def __call__(
+        self, ctx: _Ctx_contra, smap: _Map_contra, key: _Key_contra, flags: int = 0
+    ) -> SkAction: ...
+
+
+def _redirect_helper(cls: type[SockMapBase], name: str, doc: str) -> Any:
+    """One redirect helper for maps of type ``cls``: check the map's type (the
+    verifier's job), find an allowed target, record it on the context."""
+    bad_flags = ~BPF_F_INGRESS
+
+    def redirect(ctx: Any, smap: Any, key: Any, flags: int = 0) -> SkAction:
+        if type(smap) is not cls and not isinstance(smap, cls):
+            raise TypeError(f"{name} takes a {cls.__name__}, not {type(smap).__name__}")
+        if flags & bad_flags:
+            return SK_DROP
+        try:
+            sk = smap._slots.get(key)
+        except TypeError:  # an unhashable key holds nothing
+            return SK_DROP
+        if sk is None or sk.dead:
+            return SK_DROP
+        prot = sk.sk_prot
+        if prot is None or not prot.redirect_allowed(sk):
+            return SK_DROP
+        ctx.flags = flags
+        ctx.sk_redir = sk
+        return SK_PASS
+
+    redirect.__name__ = redirect.__qualname__ = name
+    redirect.__doc__ = doc
+    redirect.__module__ = __name__
+    return redirect
+
+
+_RAISES = """
 
     Raises:
-        TypeError: ``smap`` is not a :class:`SockMap` (the verifier's rejection;
+        TypeError: ``smap`` is not a :class:`{cls}` (the verifier's rejection;
             inside a program it becomes a DROP).
     """
-    return _redirect(msg, smap, SockMap, key, flags, helper="msg_redirect_map")
 
+msg_redirect_map: RedirectHelper[SkMsg, SockMap, int] = _redirect_helper(
+    SockMap,
+    "msg_redirect_map",
+    """``bpf_msg_redirect_map(msg, map, key, flags=0)``: send this message to the
+    socket at ``key`` instead, out of its connection, or into its receive queue
+    with ``BPF_F_INGRESS``. Returns ``SK_PASS``, or ``SK_DROP`` when there is no
+    allowed target or ``flags`` has other bits."""
+    + _RAISES.format(cls="SockMap"),
+)
 
-def msg_redirect_hash(msg: SkMsg, smap: SockHash, key: Any, flags: int = 0) -> SkAction:
-    """``bpf_msg_redirect_hash``: as :func:`msg_redirect_map`, on a :class:`SockHash`."""
-    return _redirect(msg, smap, SockHash, key, flags, helper="msg_redirect_hash")
+msg_redirect_hash: RedirectHelper[SkMsg, SockHash, Any] = _redirect_helper(
+    SockHash,
+    "msg_redirect_hash",
+    """``bpf_msg_redirect_hash(msg, hash, key, flags=0)``: as :func:`msg_redirect_map`,
+    on a :class:`SockHash`."""
+    + _RAISES.format(cls="SockHash"),
+)
 
+sk_redirect_map: RedirectHelper[SkBuff, SockMap, int] = _redirect_helper(
+    SockMap,
+    "sk_redirect_map",
+    """``bpf_sk_redirect_map(skb, map, key, flags=0)``: send this received message
+    to the socket at ``key``: out of its connection (a proxy), or into its
+    receive queue with ``BPF_F_INGRESS``. Returns ``SK_PASS`` or ``SK_DROP`` as
+    :func:`msg_redirect_map`."""
+    + _RAISES.format(cls="SockMap"),
+)
 
-def sk_redirect_map(skb: SkBuff, smap: SockMap, key: int, flags: int = 0) -> SkAction:
-    """``bpf_sk_redirect_map``: send this received message to the socket at ``key``:
-    out of its connection (a proxy), or into its receive queue with ``BPF_F_INGRESS``."""
-    return _redirect(skb, smap, SockMap, key, flags, helper="sk_redirect_map")
-
-
-def sk_redirect_hash(skb: SkBuff, smap: SockHash, key: Any, flags: int = 0) -> SkAction:
-    """``bpf_sk_redirect_hash``: as :func:`sk_redirect_map`, on a :class:`SockHash`."""
-    return _redirect(skb, smap, SockHash, key, flags, helper="sk_redirect_hash")
+sk_redirect_hash: RedirectHelper[SkBuff, SockHash, Any] = _redirect_helper(
+    SockHash,
+    "sk_redirect_hash",
+    """``bpf_sk_redirect_hash(skb, hash, key, flags=0)``: as :func:`sk_redirect_map`,
+    on a :class:`SockHash`."""
+    + _RAISES.format(cls="SockHash"),
+)

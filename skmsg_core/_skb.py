@@ -29,17 +29,46 @@ class SkBuff(SkFields):
     on. The redirect helpers set ``sk_redir`` and ``flags``.
     """
 
-    __slots__ = ("data", "flags", "len", "mark", "priority", "sk", "sk_redir", "tc_index")
+    __slots__ = (
+        "_buf",
+        "_data",
+        "_off",
+        "flags",
+        "len",
+        "mark",
+        "priority",
+        "sk",
+        "sk_redir",
+        "tc_index",
+    )
 
     def __init__(self, sk: Sock | None = None) -> None:
         self.sk = sk
-        self.data = _EMPTY
+        # ``data`` is made on first read from the batch buffer ``_buf`` (the
+        # message is ``_buf[_off:_off + len]``): a program that never looks at
+        # the bytes costs no memoryview per message.
+        self._buf = _EMPTY
+        self._off = 0
+        self._data: memoryview | None = _EMPTY
         self.len = 0
         self.sk_redir: Sock | None = None
         self.flags = 0
         self.mark = 0
         self.priority = 0
         self.tc_index = 0
+
+    @property
+    def data(self) -> memoryview:
+        """The message's bytes, a read-only memoryview."""
+        data = self._data
+        if data is None:
+            off = self._off
+            data = self._data = self._buf[off : off + self.len]
+        return data
+
+    @data.setter
+    def data(self, data: memoryview) -> None:
+        self._data = data
 
     def reset(self, data: memoryview) -> SkBuff:
         """Point this context at ``data`` and clear the redirect state; returns self."""

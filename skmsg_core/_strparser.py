@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
@@ -73,7 +74,7 @@ class LengthPrefixParser:
         ValueError: ``size`` is not 1, 2, 4 or 8, or ``byteorder`` is unknown.
     """
 
-    __slots__ = ("byteorder", "size")
+    __slots__ = ("byteorder", "size", "unpack_from")
 
     def __init__(self, size: int = 4, byteorder: str = "big") -> None:
         if size not in (1, 2, 4, 8):
@@ -82,6 +83,9 @@ class LengthPrefixParser:
             raise ValueError(f"byteorder must be 'big' or 'little', not {byteorder!r}")
         self.size = size
         self.byteorder: Literal["big", "little"] = "big" if byteorder == "big" else "little"
+        fmt = (">" if byteorder == "big" else "<") + {1: "B", 2: "H", 4: "I", 8: "Q"}[size]
+        #: ``unpack_from(buffer, offset)``: the prefix at ``offset``, as a 1-tuple.
+        self.unpack_from = struct.Struct(fmt).unpack_from
 
     def __call__(self, skb: SkBuff) -> int:
         if skb.len < self.size:
@@ -108,6 +112,15 @@ class StrParserStats:
     msg_too_big: int
     bad_hdr_len: int
     errors: int
+
+
+def _views(view: memoryview, start: int, ends: list[int]) -> list[memoryview]:
+    """The messages ``view[start:ends[0]]``, ``view[ends[0]:ends[1]]``, ... as views."""
+    out = []
+    for end in ends:
+        out.append(view[start:end])
+        start = end
+    return out
 
 
 class StrParser:
@@ -181,28 +194,55 @@ class StrParser:
                 a repeated raise carries none.
             TypeError: ``data`` is not a C-contiguous bytes-like object.
         """
+        head, view, start, ends = self.feed_spans(data)
+        return head + _views(view, start, ends)
+
+    def feed_spans(
+        self, data: bytes | bytearray | memoryview
+    ) -> tuple[list[memoryview], memoryview, int, list[int]]:
+        """:meth:`feed`, with the messages inside ``data`` as offsets, not views.
+
+        Returns ``(head, view, start, ends)``: ``head``, the message completed
+        from bytes held before (none or one, a view of its own); then the
+        messages ``view[start:ends[0]]``, ``view[ends[0]:ends[1]]``, ... where
+        ``view`` is ``data`` as a read-only byte view. A receive engine walks the
+        offsets and slices only what it must: consecutive messages bound for one
+        place are one slice.
+
+        Raises:
+            StrParserError, TypeError: as :meth:`feed`.
+        """
         if self._error is not None:
             self._error.messages = []
             raise self._error
         view = memoryview(data).cast("B").toreadonly()
-        out: list[memoryview] = []
+        head: list[memoryview] = []
+        ends: list[int] = []
+        start = 0
         try:
-            return self._feed(view, out)
+            if self._acc and view.nbytes:
+                start = self._continue(view, head)
+            if self._native is not None:
+                self._spans_native(self._native, view, start, ends)
+            else:
+                self._spans(view, start, ends)
         except StrParserError as exc:
-            exc.messages = out
-            self._msgs += len(out)
-            self._bytes += sum(m.nbytes for m in out)
+            exc.messages = head + _views(view, start, ends)
+            self._count(exc.messages)
             raise
+        self._msgs += len(head) + len(ends)
+        self._bytes += (head[0].nbytes if head else 0) + (ends[-1] - start if ends else 0)
+        return head, view, start, ends
 
-    def _feed(self, view: memoryview, out: list[memoryview]) -> list[memoryview]:
+    def _count(self, messages: list[memoryview]) -> None:
+        self._msgs += len(messages)
+        self._bytes += sum(m.nbytes for m in messages)
+
+    def _spans(self, view: memoryview, off: int, ends: list[int]) -> None:
+        """Frame the messages of ``view`` from ``off`` with the parse program."""
         n = len(view)
-        off = self._continue(view, out) if self._acc and n else 0
-        nbytes = out[0].nbytes if out else 0  # a message completed in the accumulator
         parse, ctx, max_size = self._parse, self._ctx, self._max
-        append = out.append
-        native = self._native
-        if native is not None:
-            return self._feed_native(native, view, off, out, nbytes)
+        append = ends.append
         while off < n:
             rest = view[off:]
             ctx.data = rest  # SkBuff.reset, inlined: this loop runs per message
@@ -222,50 +262,52 @@ class StrParser:
                 self._acc = bytearray(rest)
                 self._need = length
                 break
-            append(view[off:end])
+            append(end)
             off = end
-            nbytes += length
         self._ctx.reset(_EMPTY)
-        self._msgs += len(out)
-        self._bytes += nbytes
-        return out
 
-    def _feed_native(
-        self,
-        native: LengthPrefixParser,
-        view: memoryview,
-        off: int,
-        out: list[memoryview],
-        nbytes: int,
-    ) -> list[memoryview]:
+    def _spans_native(
+        self, native: LengthPrefixParser, view: memoryview, off: int, ends: list[int]
+    ) -> None:
         """The same framing as running ``native`` per message, without the calls."""
         n = len(view)
-        size, order, max_size = native.size, native.byteorder, self._max
-        from_bytes = int.from_bytes
-        append = out.append
-        runs = 0
-        while off < n:
-            runs += 1
-            if n - off < size:
-                self._check(0, 0)
-                self._check_held(n - off)
-                self._acc = bytearray(view[off:])
-                break
-            length = size + from_bytes(view[off : off + size], order)
+        size, max_size = native.size, self._max
+        unpack_from = native.unpack_from
+        append = ends.append
+        first = len(ends)
+        if max_size >= n - off:
+            # no message inside the chunk can be too big: one check per message
+            last = n - size  # the last offset a whole prefix fits at
+            while off <= last:
+                end = off + size + unpack_from(view, off)[0]
+                if end > n:
+                    break
+                append(end)
+                off = end
+        else:
+            while off <= n - size:
+                end = off + size + unpack_from(view, off)[0]
+                if end - off > max_size:
+                    self._native_runs += len(ends) - first + 1
+                    self._check(end - off, 0)
+                if end > n:
+                    break
+                append(end)
+                off = end
+        self._native_runs += len(ends) - first
+        if off == n:
+            return
+        # a partial message: its prefix (one more program run), or part of it
+        self._native_runs += 1
+        if n - off < size:
+            self._check(0, 0)
+            self._check_held(n - off)
+        else:
+            length = size + unpack_from(view, off)[0]
             if length > max_size:
                 self._check(length, 0)
-            end = off + length
-            if end > n:
-                self._acc = bytearray(view[off:])
-                self._need = length
-                break
-            append(view[off:end])
-            off = end
-            nbytes += length
-        self._native_runs += runs
-        self._msgs += len(out)
-        self._bytes += nbytes
-        return out
+            self._need = length
+        self._acc = bytearray(view[off:])
 
     def take_native_runs(self) -> int:
         """Program runs the native loop stood in for since the last call."""

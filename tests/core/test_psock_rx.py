@@ -252,3 +252,63 @@ def test_alternating_targets_give_one_action_each(net: Net) -> None:
         (a, [0, 2, 4, 6, 8]),
         (b, [1, 3, 5, 7, 9]),
     ]
+
+
+def test_verdict_counters_once_per_message_and_a_raise_is_one_drop(net: Net) -> None:
+    """Counters are summed per batch: each message counts once, in one column;
+    a program that raises counts one error and one drop, not two drops."""
+
+    def verdict(skb: sk.SkBuff) -> int:
+        tag = bytes(skb.data[:1])
+        if tag == b"r":
+            raise RuntimeError("kaboom")
+        return sk.SK_PASS if tag == b"p" else sk.SK_DROP
+
+    m = rx_map(lambda skb: 2, verdict)
+    p = net.sock()
+    m.update(0, p)
+    assert p.psock is not None
+    actions = p.psock.rx_feed(b"p1r2d3p4")
+    assert flat(actions) == [("pass", b"p1p4"), ("drop", b"r2d3")]
+    prog = p.psock.stream_verdict
+    assert prog is not None
+    st = prog.statistics()
+    assert (st.run_cnt, st.passed, st.dropped, st.redirected, st.errors) == (4, 2, 2, 0, 1)
+    assert isinstance(prog.last_error, RuntimeError)
+
+
+def test_consecutive_messages_to_one_place_are_one_zero_copy_slice(net: Net) -> None:
+    """Messages framed inside one read and bound for one destination leave as a
+    single slice of that read (one buffer to write), not one view per message;
+    a message completed from held bytes is its own buffer."""
+    m = sk.SockMap(max_entries=2)
+    m.attach(sk.LengthPrefixParser(1), sk.SK_SKB_STREAM_PARSER)
+    m.attach(lambda skb: sk.sk_redirect_map(skb, m, 1, 0), sk.SK_SKB_STREAM_VERDICT)
+    src, dst = net.sock(), net.sock()
+    m.update(0, src)
+    m.update(1, dst)
+    assert src.psock is not None
+    read = bytearray(b"\x01a\x01b\x01c\x02d")
+    [action] = src.psock.rx_feed(read)
+    assert (action.kind, action.target, action.msgs, action.nbytes) == ("redirect", dst, 3, 6)
+    assert len(action.bufs) == 1 and action.bufs[0].obj is read  # a view of the read itself
+    [action] = src.psock.rx_feed(b"e\x01f")
+    assert [bytes(b) for b in action.bufs] == [b"\x02de", b"\x01f"]
+    assert action.msgs == 2
+
+
+def test_program_reads_the_message_it_is_run_on(net: Net) -> None:
+    """``skb.data`` is made on demand from the batch; it is exactly the message."""
+    seen: list[tuple[int, bytes]] = []
+
+    def verdict(skb: sk.SkBuff) -> int:
+        seen.append((skb.len, bytes(skb.data)))
+        return sk.SK_PASS
+
+    m = rx_map(sk.LengthPrefixParser(2, "little"), verdict)
+    p = net.sock()
+    m.update(0, p)
+    assert p.psock is not None
+    p.psock.rx_feed(b"\x01\x00x\x03\x00yz")
+    p.psock.rx_feed(b"w\x00\x00")
+    assert seen == [(3, b"\x01\x00x"), (5, b"\x03\x00yzw"), (2, b"\x00\x00")]

@@ -431,3 +431,56 @@ def test_psock_counts_native_runs_on_the_program() -> None:
     [action] = s.psock.rx_feed(_framed([b"x", b"yy", b"zzz"], 4, "big"))
     assert action.msgs == 3 and verdict.run_cnt == 3
     assert parser.run_cnt == 3  # the native loop stood in for three runs
+
+
+def test_native_framing_refuses_an_oversized_header_wherever_it_lands() -> None:
+    """EMSGSIZE as soon as a too-big length is read: in a chunk's partial tail
+    (regression: the span fast path once held it as pending), and inside a chunk
+    bigger than max_msg_size; the messages before it are still handed on."""
+    from skmsg_core import LengthPrefixParser
+
+    prog = LengthPrefixParser(2)
+    tail = StrParser(prog, native=prog, max_msg_size=50)
+    with pytest.raises(StrParserError) as info:
+        tail.feed(b"\x00\x01a" + b"\x00\xff" + b"x")  # 2 + 255 > 50, only 1 body byte here
+    assert info.value.errno == errno.EMSGSIZE
+    assert [bytes(m) for m in info.value.messages] == [b"\x00\x01a"]
+    assert tail.pending == 0 and tail.statistics().msg_too_big == 1
+    inside = StrParser(prog, native=prog, max_msg_size=10)
+    with pytest.raises(StrParserError) as info:
+        inside.feed(b"\x00\x01a" + b"\x00\x0c" + bytes(12) + b"\x00\x01b")  # 14 > 10
+    assert info.value.errno == errno.EMSGSIZE
+    assert [bytes(m) for m in info.value.messages] == [b"\x00\x01a"]
+
+
+@given(
+    bodies=st.lists(st.binary(max_size=40), max_size=12),
+    cuts=st.lists(st.integers(min_value=0, max_value=600), max_size=6),
+    max_size=st.integers(min_value=1, max_value=60),
+)
+def test_native_framing_errors_equal_running_the_program(
+    bodies: list[bytes], cuts: list[int], max_size: int
+) -> None:
+    """With any max_msg_size, the native loop hands on the same messages and
+    fails with the same errno on the same chunk as running the program."""
+    from skmsg_core import LengthPrefixParser
+
+    prog = LengthPrefixParser(2)
+    stream = _framed(bodies, 2, "big")
+    points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    chunks = [stream[a:b] for a, b in itertools.pairwise(points)]
+
+    def run(p: StrParser) -> list[object]:
+        seen: list[object] = []
+        for c in chunks:
+            try:
+                seen.append([bytes(m) for m in p.feed(c)])
+            except StrParserError as exc:
+                seen.append((exc.errno, [bytes(m) for m in exc.messages]))
+                break
+        return seen
+
+    native = StrParser(prog, native=prog, max_msg_size=max_size)
+    generic = StrParser(prog, max_msg_size=max_size)
+    assert run(native) == run(generic)
+    assert native.statistics() == generic.statistics()
