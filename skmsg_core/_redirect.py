@@ -45,10 +45,10 @@ def _redirect_helper(cls: type[SockMapBase], name: str, doc: str) -> Any:
         if flags & bad_flags:
             return SK_DROP
         try:
-            sk = smap._slots.get(key)
-        except TypeError:  # an unhashable key holds nothing
+            sk = smap._slots[key]
+        except (KeyError, TypeError):  # an empty or unhashable key holds nothing
             return SK_DROP
-        if sk is None or sk.dead:
+        if sk.dead:
             return SK_DROP
         prot = sk.sk_prot
         if prot is None or not prot.redirect_allowed(sk):
