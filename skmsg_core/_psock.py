@@ -383,6 +383,19 @@ class SkPsock:
             self._verdict_spans(view, 0, [view.nbytes], prog, batch)
         return batch.actions
 
+    def rx_verdict(self, units: list[memoryview]) -> list[RxAction]:
+        """Run the stream verdict once per unit, with no parser: a ULP's RX hook
+        hands over whole records it framed itself (``sk_psock_tls_strp_read``).
+        The verdict is ``SK_SKB_STREAM_VERDICT``, or ``SK_SKB_VERDICT`` when that
+        is the one attached; with neither everything passes. Actions as
+        :meth:`rx_feed`'s."""
+        batch = _RxBatch()
+        prog = self.stream_verdict or self.skb_verdict
+        for unit in units:
+            if unit.nbytes:
+                self._verdict_spans(unit, 0, [unit.nbytes], prog, batch)
+        return batch.actions
+
     def _verdict_spans(
         self,
         view: memoryview,

@@ -312,3 +312,22 @@ def test_program_reads_the_message_it_is_run_on(net: Net) -> None:
     p.psock.rx_feed(b"\x01\x00x\x03\x00yz")
     p.psock.rx_feed(b"w\x00\x00")
     assert seen == [(3, b"\x01\x00x"), (5, b"\x03\x00yzw"), (2, b"\x00\x00")]
+
+
+def test_rx_verdict_runs_once_per_unit_a_ulp_framed(net: Net) -> None:
+    """A ULP (TLS) frames records itself and hands them over: one verdict per
+    record, even with a stream parser attached, actions merged per destination."""
+    lens: list[int] = []
+
+    def verdict(skb: sk.SkBuff) -> int:
+        lens.append(skb.len)
+        return sk.SK_DROP if bytes(skb.data) == b"bad" else sk.SK_PASS
+
+    m = rx_map(lambda skb: 1, verdict)
+    p = net.sock()
+    m.update(0, p)
+    assert p.psock is not None
+    actions = p.psock.rx_verdict([memoryview(b"rec1"), memoryview(b"bad"), memoryview(b"rec22")])
+    assert lens == [4, 3, 5]
+    assert flat(actions) == [("pass", b"rec1rec22"), ("drop", b"bad")]
+    assert [len(a.bufs) for a in actions] == [2, 1]  # separate records stay separate buffers
