@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from typing import Any, Generic, Protocol, TypeVar
 
-from ._consts import BPF_F_INGRESS, SK_DROP, SK_PASS, SkAction
+from ._consts import BPF_F_INGRESS, SK_DROP, SK_PASS, SkAction, TcpState
 from ._maps import SockHash, SockMap, SockMapBase
 from ._ring import SkMsg
 from ._skb import SkBuff
+
+_LISTEN, _ESTABLISHED = int(TcpState.LISTEN), int(TcpState.ESTABLISHED)
 
 __all__ = ["msg_redirect_hash", "msg_redirect_map", "sk_redirect_hash", "sk_redirect_map"]
 
@@ -51,7 +53,16 @@ def _redirect_helper(cls: type[SockMapBase], name: str, doc: str) -> Any:
         if sk.dead:
             return SK_DROP
         prot = sk.sk_prot
-        if prot is None or not prot.redirect_allowed(sk):
+        if prot is None:
+            return SK_DROP
+        try:
+            inline = prot.kernel_redirect_rule  # type: ignore[attr-defined]
+        except AttributeError:  # a protocol table not built on SkProtoBase
+            inline = False
+        if inline:  # sock_map_redirect_allowed, without a call per message
+            if sk.state == _LISTEN if sk.is_tcp else sk.state != _ESTABLISHED:
+                return SK_DROP
+        elif not prot.redirect_allowed(sk):
             return SK_DROP
         ctx.flags = flags
         ctx.sk_redir = sk

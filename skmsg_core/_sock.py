@@ -27,7 +27,7 @@ import os
 import socket
 import stat
 import weakref
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 
@@ -89,6 +89,13 @@ class SkProtoBase:
     """
 
     name = "proto"
+    #: Whether :meth:`redirect_allowed` is the kernel's rule, unchanged by a
+    #: subclass: the redirect helpers (run per message) then apply it inline.
+    kernel_redirect_rule: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.kernel_redirect_rule = cls.redirect_allowed is SkProtoBase.redirect_allowed
 
     def sk_state_allowed(self, sk: Sock) -> bool:
         if sk.is_tcp:

@@ -331,3 +331,59 @@ def test_rx_verdict_runs_once_per_unit_a_ulp_framed(net: Net) -> None:
     assert lens == [4, 3, 5]
     assert flat(actions) == [("pass", b"rec1rec22"), ("drop", b"bad")]
     assert [len(a.bufs) for a in actions] == [2, 1]  # separate records stay separate buffers
+
+
+@pytest.mark.parametrize("kind", ["tcp", "udp"])
+def test_redirect_rule_is_the_kernels_per_socket_kind(net: Net, kind: str) -> None:
+    """``sock_map_redirect_allowed``, applied inline by the helpers: TCP unless
+    LISTEN, any other socket only when ESTABLISHED (connected)."""
+    m = sk.SockMap(max_entries=2)
+    skb = sk.SkBuff()
+    target = net.sock(kind=kind)
+    m.update(0, target)
+    for state, tcp_ok, other_ok in [
+        (sk.TcpState.ESTABLISHED, True, True),
+        (sk.TcpState.LISTEN, False, False),
+        (sk.TcpState.CLOSE, True, False),
+    ]:
+        target.state = int(state)
+        want = tcp_ok if kind == "tcp" else other_ok
+        assert sk.sk_redirect_map(skb, m, 0) == (sk.SK_PASS if want else sk.SK_DROP), state
+        assert net.proto.redirect_allowed(target) is want  # the table says the same
+
+
+def test_a_protocol_that_overrides_the_redirect_rule_is_asked(net: Net) -> None:
+    """A plugin that overrides ``redirect_allowed`` (or does not build on
+    SkProtoBase at all) is asked per redirect instead of the inline rule."""
+
+    class Picky(sk.SkProtoBase):
+        name = "picky"
+
+        def redirect_allowed(self, s: sk.Sock) -> bool:
+            return s.local_addr[1] % 2 == 0
+
+    class Plain:  # the bare protocol, no base class
+        name = "plain"
+
+        def sk_state_allowed(self, s: sk.Sock) -> bool:
+            return True
+
+        def redirect_allowed(self, s: sk.Sock) -> bool:
+            return False
+
+        def psock_update_sk_prot(self, s: sk.Sock, psock: sk.SkPsock, restore: bool) -> int:
+            return 0
+
+    assert sk.SkProtoBase.kernel_redirect_rule and not Picky.kernel_redirect_rule
+    m = sk.SockMap(max_entries=3)
+    skb = sk.SkBuff()
+    socks = [net.sock(), net.sock()]
+    for i, s in enumerate(socks):
+        s.sk_prot = Picky()
+        m.update(i, s)
+    got = [sk.sk_redirect_map(skb, m, i) for i in range(2)]
+    assert got == [sk.SK_PASS if s.local_addr[1] % 2 == 0 else sk.SK_DROP for s in socks]
+    plain = net.sock()
+    plain.sk_prot = Plain()
+    m.update(2, plain)
+    assert sk.sk_redirect_map(skb, m, 2) == sk.SK_DROP
