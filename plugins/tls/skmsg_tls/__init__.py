@@ -39,3 +39,12 @@ from ._codec import TlsCryptoInfo as TlsCryptoInfo  # noqa: E402
 from ._codec import TlsRecordError as TlsRecordError  # noqa: E402
 from ._codec import cipher_name as cipher_name  # noqa: E402
 from ._codec import key_update_message as key_update_message  # noqa: E402
+
+# The key schedule: traffic secrets to crypto infos.
+from ._keys import cipher_for_suite as cipher_for_suite  # noqa: E402
+from ._keys import cipher_hash as cipher_hash  # noqa: E402
+from ._keys import hkdf_expand_label as hkdf_expand_label  # noqa: E402
+from ._keys import tls12_crypto_infos as tls12_crypto_infos  # noqa: E402
+from ._keys import tls12_prf as tls12_prf  # noqa: E402
+from ._keys import tls13_crypto_info as tls13_crypto_info  # noqa: E402
+from ._keys import tls13_next_secret as tls13_next_secret  # noqa: E402
