@@ -139,9 +139,10 @@ class _KeyLog:
         shutil.rmtree(self._dir, ignore_errors=True)
 
     @contextlib.contextmanager
-    def capture(self, ctx: ssl.SSLContext) -> Iterator[None]:
-        """Point ``ctx`` (and any context an SNI callback switches to) at our
-        file for one synchronous step; restore, read and delete on exit."""
+    def capture(self, ctx: ssl.SSLContext, sslobj: ssl.SSLObject) -> Iterator[None]:
+        """Point ``ctx``, the context ``sslobj`` is on now, and any context an
+        SNI callback switches it to at our file for one synchronous step;
+        restore, read and delete on exit."""
         swapped: list[tuple[ssl.SSLContext, Any]] = []
         originals: list[Any] = []
         with _ctx_lock(ctx):
@@ -165,6 +166,7 @@ class _KeyLog:
                 ctx.sni_callback = sni_shim
             try:
                 swap(ctx)
+                swap(sslobj.context)
                 yield
             finally:
                 errors: list[BaseException] = []
@@ -327,7 +329,7 @@ async def tls_handoff(
     try:
         while True:
             try:
-                with keylog.capture(ctx):
+                with keylog.capture(ctx, sslobj):
                     sslobj.do_handshake()
             except ssl.SSLWantReadError:
                 pass
