@@ -9,6 +9,7 @@ ALPN and SNI on both ends, tickets, and (TLS 1.3) a KeyUpdate both ways.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import ssl
 from collections.abc import Iterator
@@ -23,6 +24,10 @@ from skmsg_tls import (
     TLS_CIPHER_AES_GCM_128,
     TLS_CIPHER_AES_GCM_256,
     TLS_CIPHER_CHACHA20_POLY1305,
+    TLS_MAX_PAYLOAD_SIZE,
+    TLS_RECORD_TYPE_DATA,
+    RecordOpener,
+    RecordSealer,
     tls_handoff,
 )
 
@@ -218,3 +223,54 @@ async def test_tls13_every_suite_against_ssl_subprocess(
     else:
         assert summary["has_ticket"] == tickets
         assert (ho.tx.seq, ho.rx.seq) == (2 if tickets else 0, 0)
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+async def test_64_mib_each_way_checked_by_hash(pki: Pki, version: ssl.TLSVersion) -> None:
+    """Our client streams 64 MiB to a trio.SSLStream server, which streams
+    64 MiB back; each side checks the other's SHA-256 (thousands of records,
+    sequence numbers far past the hand-off)."""
+    total = 64 * 1024 * 1024
+    block = os.urandom(1 << 20)
+    expected = hashlib.sha256(block * 64).hexdigest()
+    sctx = server_context(pki, version, tickets=True)
+    cctx = client_context(pki, version)
+    peer_digest: list[str] = []
+    async with tcp_pair() as (client_sock, server_sock), trio.open_nursery() as nursery:
+        peer = trio.SSLStream(server_sock, sctx, server_side=True)
+
+        async def run_peer() -> None:
+            await peer.do_handshake()
+            h, n = hashlib.sha256(), 0
+            while n < total:
+                data = await peer.receive_some(1 << 18)
+                assert data
+                h.update(data)
+                n += len(data)
+            peer_digest.append(h.hexdigest())
+            for _ in range(64):
+                await peer.send_all(block)
+
+        nursery.start_soon(run_peer)
+        ho = await tls_handoff(client_sock.send_all, client_sock.receive_some, cctx,
+                               server_side=False, server_hostname="localhost")
+        sealer, opener = RecordSealer(ho.tx), RecordOpener(ho.rx)
+        opener.feed(ho.unconsumed)
+        view = memoryview(block)
+        for _ in range(64):
+            out = bytearray()
+            for off in range(0, len(block), TLS_MAX_PAYLOAD_SIZE):
+                sealer.seal_into(out, view[off : off + TLS_MAX_PAYLOAD_SIZE])
+            await client_sock.send_all(out)
+        h, n = hashlib.sha256(), 0
+        while n < total:
+            rec = opener.next_record()
+            if rec is None:
+                opener.feed(await client_sock.receive_some(1 << 18))
+                continue
+            if rec[0] == TLS_RECORD_TYPE_DATA:
+                h.update(rec[1])
+                n += len(rec[1])
+        assert h.hexdigest() == expected
+    assert peer_digest == [expected]
+    assert sealer.seq == ho.tx.seq + 64 * 64
