@@ -369,3 +369,74 @@ async def test_unsupported_suite_is_refused_by_name(pki: Pki, ours: str) -> None
             assert exc.value.errno == errno.EPROTONOSUPPORT
         await mine.aclose()
         assert peer_saw == [b""]
+
+
+async def test_old_version_is_refused_by_name(pki: Pki) -> None:
+    """TLS 1.1 (possible at OpenSSL security level 0): refused after the
+    handshake, naming the version and the suite."""
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    pki.cert.configure_cert(sctx)
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    pki.ca.configure_trust(cctx)
+    for ctx in (sctx, cctx):
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        with pytest.warns(DeprecationWarning):
+            ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    async with tcp_pair() as (client_sock, server_sock), trio.open_nursery() as nursery:
+        peer = trio.SSLStream(server_sock, sctx, server_side=True)
+        nursery.start_soon(peer.do_handshake)
+        with pytest.raises(TlsHandoffError, match=r"TLSv1\.1 \(ECDHE-ECDSA-AES256-SHA\)") as exc:
+            await tls_handoff(client_sock.send_all, client_sock.receive_some, cctx,
+                              server_side=False, server_hostname="localhost")
+        assert exc.value.errno == errno.EPROTONOSUPPORT
+
+
+@pytest.mark.parametrize("ours", ["client", "server"])
+async def test_hello_retry_request(pki: Pki, ours: str) -> None:
+    """A server that accepts only secp384r1 makes OpenSSL's client (which sends
+    an x25519 key share) retry: two ClientHellos, the same client random, the
+    keys still found and the records still flow."""
+    sctx = server_context(pki, ssl.TLSVersion.TLSv1_3, tickets=True)
+    sctx.set_ecdh_curve("secp384r1")
+    cctx = client_context(pki, ssl.TLSVersion.TLSv1_3)
+    client_flights: list[bytes] = []
+    async with tcp_pair() as (client_sock, server_sock), trio.open_nursery() as nursery:
+        if ours == "client":
+            peer = trio.SSLStream(server_sock, sctx, server_side=True)
+            mine, ctx = client_sock, cctx
+
+            async def send_all(data: bytes) -> None:
+                client_flights.append(data)
+                await mine.send_all(data)
+
+            async def receive_some() -> bytes:
+                return await mine.receive_some()
+
+        else:
+            peer = trio.SSLStream(client_sock, cctx, server_hostname="localhost")
+            mine, ctx = server_sock, sctx
+
+            async def send_all(data: bytes) -> None:
+                await mine.send_all(data)
+
+            async def receive_some() -> bytes:
+                data = await mine.receive_some()
+                client_flights.append(data)
+                return data
+
+        nursery.start_soon(trio_echo_peer, peer)
+        ho = await tls_handoff(send_all, receive_some, ctx, server_side=ours == "server",
+                               server_hostname="localhost" if ours == "client" else None)
+        ex = await records_exchange(mine, ho, PAYLOAD_SMALL, key_update=True)
+        await mine.aclose()
+    stream = b"".join(client_flights)
+    hellos = []
+    pos = 0
+    while pos + 5 <= len(stream):
+        end = pos + 5 + int.from_bytes(stream[pos + 3 : pos + 5], "big")
+        if stream[pos] == 22 and stream[pos + 5] == 1:  # plaintext ClientHello
+            hellos.append(stream[pos + 11 : pos + 43])  # its random
+        pos = end
+    assert len(hellos) == 2 and hellos[0] == hellos[1]
+    assert ex.echoed_sha256 == sha256(PAYLOAD_SMALL)
+    assert ex.key_updates_received == 1

@@ -33,7 +33,12 @@ one context, in one trio run or in several threads; the context is modified
 only inside a synchronous call and restored before it returns. Threads that
 use the same context for ordinary ``ssl`` handshakes at the same moment may
 see their key lines routed through our file (forwarded to the original key
-log if there is one, dropped otherwise, as without a key log).
+log if there is one, dropped otherwise, as without a key log). Not
+guaranteed: CPython does not guard a change of ``keylog_filename`` against a
+handshake running in another thread on that context at the same instant (it
+frees the old log while the other thread may write to it), so a context used
+by tls_handoff should not at the same time serve plain ``ssl`` handshakes in
+other threads. Tasks of one trio run (trio.SSLStream included) are safe.
 """
 
 from __future__ import annotations
