@@ -440,3 +440,19 @@ async def test_hello_retry_request(pki: Pki, ours: str) -> None:
     assert len(hellos) == 2 and hellos[0] == hellos[1]
     assert ex.echoed_sha256 == sha256(PAYLOAD_SMALL)
     assert ex.key_updates_received == 1
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
+@pytest.mark.parametrize("ours", ["client", "server"])
+async def test_client_certificates(pki: Pki, ours: str, version: ssl.TLSVersion) -> None:
+    """Mutual TLS: the client's Certificate/CertificateVerify flight under the
+    handshake key; our server sees the peer certificate on ssl_object."""
+    sctx = server_context(pki, version, tickets=True)
+    sctx.verify_mode = ssl.CERT_REQUIRED
+    pki.ca.configure_trust(sctx)
+    cctx = client_context(pki, version)
+    pki.ca.issue_cert("client.example").configure_cert(cctx)
+    ho, digest = await handoff_vs_trio(ours, sctx, cctx)
+    assert digest == sha256(PAYLOAD_SMALL)
+    if ours == "server":
+        assert ho.ssl_object.getpeercert()["subjectAltName"] == (("DNS", "client.example"),)
