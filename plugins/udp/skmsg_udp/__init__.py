@@ -23,6 +23,7 @@ from ._socket import UdpSocket as UdpSocket
 from ._socket import UdpStats as UdpStats
 from ._socket import adopt_fd as adopt_fd
 from ._socket import open_udp_socket as open_udp_socket
+from ._socket import udp_socket_pair as udp_socket_pair
 
 
 @hookimpl

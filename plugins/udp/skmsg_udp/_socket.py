@@ -58,7 +58,7 @@ from skmsg_core.runtime import Runtime, current_runtime, ingress_try, tx_redirec
 
 from ._proto import UDP_PROTO
 
-__all__ = ["SendError", "UdpSocket", "UdpStats", "adopt_fd", "open_udp_socket"]
+__all__ = ["SendError", "UdpSocket", "UdpStats", "adopt_fd", "open_udp_socket", "udp_socket_pair"]
 
 #: The largest UDP payload (IPv4: 65535 - 20 - 8); receive buffers are this big.
 MAX_DATAGRAM = 65507
@@ -840,3 +840,28 @@ def adopt_fd(fd: int) -> sk.Sock | None:
     sock = UdpSocket(raw, _adopted_fd=fd)
     _adopted[fd] = sock
     return sock.sk
+
+
+async def udp_socket_pair(host: str = "127.0.0.1") -> tuple[UdpSocket, UdpSocket]:
+    """Two new :class:`UdpSocket` on ``host`` (``"::1"`` for IPv6), each bound to
+    a free port and connected to the other: the datagram counterpart of
+    :func:`skmsg_core.testing.tcp_stream_pair`, and the pair maker the UDP
+    plugin's conformance check runs on.
+
+    Raises:
+        OSError: ``host`` cannot be bound.
+    """
+    a = await open_udp_socket((host, 0))
+    try:
+        b = await open_udp_socket((host, 0))
+    except BaseException:
+        await a.aclose()
+        raise
+    try:
+        await a.connect(b.getsockname())
+        await b.connect(a.getsockname())
+    except BaseException:
+        await a.aclose()
+        await b.aclose()
+        raise
+    return a, b
