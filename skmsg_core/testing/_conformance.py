@@ -663,7 +663,9 @@ async def _check_datagram_msg_verdict(run: _Run) -> None:
                 await _send_datagram(a, d)
             except PermissionError as exc:
                 if d[:1] != b"x":
-                    raise AssertionError(f"send({d!r}) failed though the program passed it") from exc
+                    raise AssertionError(
+                        f"send({d!r}) failed though the program passed it"
+                    ) from exc
                 if exc.errno != errno.EACCES:
                     raise AssertionError(
                         f"send raised PermissionError with errno {exc.errno}, not EACCES"

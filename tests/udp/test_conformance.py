@@ -42,7 +42,7 @@ class _MergingSocket(skmsg_udp.UdpSocket):
 
     def queue_datagram(self, data: bytes | memoryview, address: Any) -> bool:
         if self._rxq:
-            old, addr = self._rxq.pop()
+            old, _ = self._rxq.pop()
             self._rxq_bytes -= len(old)
             data = bytes(old) + bytes(data)
         return super().queue_datagram(data, address)

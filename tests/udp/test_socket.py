@@ -81,12 +81,16 @@ async def test_bad_calls_fail_clearly() -> None:
 
 
 def test_only_udp_sockets_are_taken() -> None:
-    with stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_STREAM) as tcp:
-        with pytest.raises(ValueError, match="UDP"):
-            skmsg_udp.UdpSocket(tcp)
-    with stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_DGRAM) as unix:
-        with pytest.raises(ValueError, match="AF_INET"):
-            skmsg_udp.UdpSocket(unix)
+    with (
+        stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_STREAM) as tcp,
+        pytest.raises(ValueError, match="UDP"),
+    ):
+        skmsg_udp.UdpSocket(tcp)
+    with (
+        stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_DGRAM) as unix,
+        pytest.raises(ValueError, match="AF_INET"),
+    ):
+        skmsg_udp.UdpSocket(unix)
     with pytest.raises(TypeError, match="socket object"):
         skmsg_udp.UdpSocket(3)  # type: ignore[arg-type]
 
