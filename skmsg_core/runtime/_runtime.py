@@ -132,10 +132,12 @@ class DatagramEndpoint(Endpoint, Protocol):
         the datagram was dropped (and counted in ``sk.drops``). Never waits."""
         ...
 
-    async def rx_datagrams(self, rt: Runtime, psock: SkPsock) -> bool:
-        """One burst: read datagrams and run the receive verdict on each, until
-        the socket would block (return True) or a fairness budget is spent
-        (return False; the runtime checkpoints and calls again).
+    async def rx_datagrams(self, rt: Runtime, psock: SkPsock) -> int:
+        """One round of a burst: read datagrams and run the receive verdict on
+        each, until the socket would block or a fairness budget is spent.
+        Returns how many it handled, negated (``-n - 1``) when it stopped
+        because the socket would block; the runtime checkpoints and calls
+        again, or, once a round found nothing, re-arms the socket.
 
         Raises:
             OSError: the socket failed for good (the pump stops; ``rx_failed``).
@@ -383,7 +385,11 @@ class Runtime:
                         self.stop_pump(endpoint)
                         return
                     if rx_datagrams is not None:  # a datagram socket's own loop
-                        if await rx_datagrams(self, psock):
+                        # A round that would block ends the burst only when it found
+                        # nothing: a busy sender's next datagram is usually one
+                        # scheduler pass away, and looking once more is far cheaper
+                        # than re-arming the socket and starting a new burst.
+                        if await rx_datagrams(self, psock) == -1:
                             if not pump.stopped:
                                 self._arm(pump)
                             return

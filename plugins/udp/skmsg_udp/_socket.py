@@ -425,10 +425,12 @@ class UdpSocket(trio.abc.AsyncResource):
             scope.cancel()
         return True
 
-    async def rx_datagrams(self, rt: Runtime, psock: sk.SkPsock) -> bool:
-        """One burst of the receive path: ``recvfrom`` until the socket would
-        block (True) or :data:`RX_BURST` datagrams were handled (False), running
-        the verdict once per datagram and carrying out its decision.
+    async def rx_datagrams(self, rt: Runtime, psock: sk.SkPsock) -> int:
+        """One round of the receive path: ``recvfrom`` until the socket would
+        block or :data:`RX_BURST` datagrams were handled, running the verdict
+        once per datagram and carrying out its decision. Returns the count
+        handled, as ``-count - 1`` when the socket would block
+        (:meth:`skmsg_core.runtime.DatagramEndpoint.rx_datagrams`).
 
         Raises:
             OSError: the socket failed for good.
@@ -445,7 +447,7 @@ class UdpSocket(trio.abc.AsyncResource):
                 try:
                     data, addr = recvfrom(MAX_DATAGRAM, _DONTWAIT)
                 except BlockingIOError:
-                    return True
+                    return -count - 1
                 except OSError as exc:
                     if exc.errno in _SOFT_ERRORS:
                         self.rx_failed(exc)  # reported once by the next receive
@@ -490,7 +492,7 @@ class UdpSocket(trio.abc.AsyncResource):
                         rt.redirect_errors += 1
                 else:
                     dropped += n
-            return False
+            return count
         finally:
             skb.data = _EMPTY
             self.datagrams_received += count
