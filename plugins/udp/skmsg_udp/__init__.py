@@ -15,15 +15,15 @@ from collections.abc import Sequence
 
 from skmsg_core import SkProto, Sock, hookimpl
 
+from ._open import adopt_fd as adopt_fd
+from ._open import open_udp_socket as open_udp_socket
+from ._open import udp_socket_pair as udp_socket_pair
 from ._proto import UDP_PROTO as UDP_PROTO
 from ._proto import UdpProto as UdpProto
 from ._socket import MAX_DATAGRAM as MAX_DATAGRAM
 from ._socket import SendError as SendError
 from ._socket import UdpSocket as UdpSocket
 from ._socket import UdpStats as UdpStats
-from ._socket import adopt_fd as adopt_fd
-from ._socket import open_udp_socket as open_udp_socket
-from ._socket import udp_socket_pair as udp_socket_pair
 
 
 @hookimpl

@@ -34,7 +34,7 @@ either: a send that would block drops the datagram (``tx_drops``).
 
 All I/O is on the stdlib socket with ``MSG_DONTWAIT``, waiting with trio's
 ``wait_readable``/``wait_writable``, so a socket adopted from a user's file
-descriptor (:func:`adopt_fd`, a map update by fd) never changes that fd's
+descriptor (:func:`skmsg_udp.adopt_fd`, a map update by fd) never changes that fd's
 blocking mode.
 """
 
@@ -43,22 +43,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
-import os
-import select
 import socket as stdsocket
-import struct
 from collections import deque
 from typing import Any
 
-import attrs
 import trio
 
 import skmsg_core as sk
 from skmsg_core.runtime import Runtime, current_runtime, ingress_try, tx_redirect
 
 from ._proto import UDP_PROTO
+from ._util import SendError, UdpStats, _is_udp, _name, _writable_now, cookie_of
 
-__all__ = ["SendError", "UdpSocket", "UdpStats", "adopt_fd", "open_udp_socket", "udp_socket_pair"]
+__all__ = ["SendError", "UdpSocket", "UdpStats"]
 
 #: The largest UDP payload (IPv4: 65535 - 20 - 8); receive buffers are this big.
 MAX_DATAGRAM = 65507
@@ -66,7 +63,6 @@ MAX_DATAGRAM = 65507
 DEFAULT_QUEUE_BYTES = 212992
 #: Datagrams one burst handles before it lets other tasks run.
 RX_BURST = 64
-SO_COOKIE = getattr(stdsocket, "SO_COOKIE", 57)
 _DONTWAIT = stdsocket.MSG_DONTWAIT
 _CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK}
 #: Errors a UDP socket reports once from an earlier ICMP message (``sk_err``):
@@ -81,71 +77,9 @@ _SOFT_ERRORS = {
 _PASS, _REDIRECT, _NONE = sk.Verdict.PASS, sk.Verdict.REDIRECT, sk.Verdict.NONE
 _EMPTY = memoryview(b"")
 
-#: Sockets adopted from a user's fd, by that fd: the maps hold them, as the kernel's do.
+#: Sockets adopted from a user's fd (:func:`skmsg_udp.adopt_fd`), by that fd: the
+#: maps hold them, as the kernel's do.
 _adopted: dict[int, UdpSocket] = {}
-
-
-class SendError(PermissionError):
-    """A datagram ``send``/``sendto`` ended by the SK_MSG program: a DROP
-    (``errno`` EACCES) or a redirect whose target failed (EPIPE). Nothing of
-    the datagram was sent (``accepted`` is 0)."""
-
-    accepted: int = 0
-
-
-@attrs.frozen
-class UdpStats:
-    """What a UDP socket did.
-
-    ``datagrams_*``/``bytes_*``: through its own transport; ``drops``: datagrams
-    that found its receive queue full (``sk.drops``); ``tx_drops``: datagrams a
-    redirect could not send out of it without waiting; ``queued``/
-    ``queued_bytes``: on its receive queue now; ``psock``: the psock's counters
-    while it is in a map.
-    """
-
-    datagrams_sent: int
-    bytes_sent: int
-    datagrams_received: int
-    bytes_received: int
-    drops: int
-    tx_drops: int
-    queued: int
-    queued_bytes: int
-    psock: sk.PsockStats | None
-
-
-def cookie_of(sock: stdsocket.socket) -> int:
-    """The kernel's socket cookie (``SO_COOKIE``), or a fresh one where unsupported."""
-    try:
-        raw = sock.getsockopt(stdsocket.SOL_SOCKET, SO_COOKIE, 8)
-    except OSError:
-        return sk.next_cookie()
-    return int(struct.unpack("=Q", raw)[0])
-
-
-def _is_udp(sock: stdsocket.socket) -> bool:
-    return (
-        sock.family in (stdsocket.AF_INET, stdsocket.AF_INET6)
-        and sock.type == stdsocket.SOCK_DGRAM
-        and sock.proto in (0, stdsocket.IPPROTO_UDP)
-    )
-
-
-def _name(get: Any) -> tuple[Any, ...] | None:
-    try:
-        addr = get()
-    except OSError:
-        return None
-    return tuple(addr) if isinstance(addr, tuple) else None
-
-
-def _writable_now(fd: int) -> bool:
-    try:
-        _, w, _ = select.select([], [fd], [], 0)
-    except (OSError, ValueError):
-        return False
-    return bool(w)
 
 
 class UdpSocket(trio.abc.AsyncResource):
@@ -775,95 +709,3 @@ class UdpSocket(trio.abc.AsyncResource):
 
     def __repr__(self) -> str:
         return f"<UdpSocket {self.sk.describe()}>"
-
-
-async def open_udp_socket(
-    local_address: Any = None,
-    remote_address: Any = None,
-    *,
-    family: int | None = None,
-) -> UdpSocket:
-    """A new :class:`UdpSocket`, bound to ``local_address`` and connected to
-    ``remote_address`` when given (``(host, port)``; port 0 binds any free
-    port). ``family`` defaults to the one the addresses name (IPv6 for an
-    address with a ``:``), else ``AF_INET``.
-
-    Raises:
-        OSError: the bind or connect failed.
-        ValueError: an address that is not a tuple.
-    """
-    if family is None:
-        family = stdsocket.AF_INET
-        for addr in (local_address, remote_address):
-            if isinstance(addr, tuple) and addr and ":" in str(addr[0]):
-                family = stdsocket.AF_INET6
-    raw = stdsocket.socket(family, stdsocket.SOCK_DGRAM, stdsocket.IPPROTO_UDP)
-    try:
-        sock = UdpSocket(raw)
-    except BaseException:
-        raw.close()
-        raise
-    try:
-        if local_address is not None:
-            await sock.bind(local_address)
-        if remote_address is not None:
-            await sock.connect(remote_address)
-    except BaseException:
-        await sock.aclose()
-        raise
-    return sock
-
-
-def adopt_fd(fd: int) -> sk.Sock | None:
-    """The :class:`Sock` of a UDP socket the user holds only as an fd, for a map
-    update by fd (``skmsg_sock_from_fd``): ``None`` if ``fd`` is not a UDP
-    socket. The socket is served through a duplicate of ``fd`` (its blocking
-    mode untouched) and kept alive while it sits in maps; closing ``fd`` takes
-    it out of every map at the next map operation on it."""
-    try:
-        probe = stdsocket.socket(fileno=fd)
-    except OSError:
-        return None
-    try:
-        if not _is_udp(probe):
-            return None
-        family, proto = probe.family, probe.proto
-    finally:
-        probe.detach()
-    old = _adopted.pop(fd, None)
-    if old is not None:
-        old._close_now()
-    dup = os.dup(fd)
-    try:
-        raw = stdsocket.socket(family, stdsocket.SOCK_DGRAM, proto, fileno=dup)
-    except OSError:
-        os.close(dup)
-        raise
-    sock = UdpSocket(raw, _adopted_fd=fd)
-    _adopted[fd] = sock
-    return sock.sk
-
-
-async def udp_socket_pair(host: str = "127.0.0.1") -> tuple[UdpSocket, UdpSocket]:
-    """Two new :class:`UdpSocket` on ``host`` (``"::1"`` for IPv6), each bound to
-    a free port and connected to the other: the datagram counterpart of
-    :func:`skmsg_core.testing.tcp_stream_pair`, and the pair maker the UDP
-    plugin's conformance check runs on.
-
-    Raises:
-        OSError: ``host`` cannot be bound.
-    """
-    a = await open_udp_socket((host, 0))
-    try:
-        b = await open_udp_socket((host, 0))
-    except BaseException:
-        await a.aclose()
-        raise
-    try:
-        await a.connect(b.getsockname())
-        await b.connect(a.getsockname())
-    except BaseException:
-        await a.aclose()
-        await b.aclose()
-        raise
-    return a, b
