@@ -12,7 +12,9 @@ function) that returns ``sk_redirect_map(skb, map, 1, 0)``: the runtime reads
 the proxy-side socket in bursts (nonblocking ``recvfrom`` until it would
 block), runs the verdict once per datagram and sends each one out of the
 backend-side socket, connected to the sink. The client and the sink are
-plain trio sockets, the same on both sides.
+the same on both sides and as cheap as can be, so the relay's cost shows:
+plain nonblocking sockets, the client sending a window's worth at a time and
+the sink reading until its socket would block, each waiting through trio.
 
 Baseline: the same four sockets as plain trio sockets and a bare trio relay
 task between the middle two: ``recv(65536)`` -> ``send``, one datagram at a
@@ -77,12 +79,21 @@ async def _trio_socket(peer: tuple[str, int] | None = None) -> trio.socket.Socke
     return s
 
 
+def _end(peer: tuple[str, int]) -> stdsocket.socket:
+    """A client or sink socket: plain, nonblocking, connected to ``peer``."""
+    s = stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    s.setblocking(False)
+    s.bind((HOST, 0))
+    s.connect(peer)
+    return s
+
+
 @attrs.define(eq=False)
 class Side:
     """One side's topology: where the client sends, where the sink receives."""
 
-    client: trio.socket.SocketType
-    sink: trio.socket.SocketType
+    client: stdsocket.socket
+    sink: stdsocket.socket
     proxy: skmsg_udp.UdpSocket | None = None
     smap: sk.SockMap | None = None
 
@@ -91,9 +102,9 @@ async def skmsg_side() -> Side:
     """The skmsg relay (module docstring); call inside ``open_runtime``."""
     proxy = await skmsg_udp.open_udp_socket((HOST, 0))
     backend = await skmsg_udp.open_udp_socket((HOST, 0))
-    sink = await _trio_socket(backend.getsockname())
+    sink = _end(backend.getsockname())
     await backend.connect(sink.getsockname())
-    client = await _trio_socket(proxy.getsockname())
+    client = _end(proxy.getsockname())
     await proxy.connect(client.getsockname())
     smap = sk.SockMap(2, name="bench.udp")
 
@@ -117,9 +128,9 @@ async def trio_side(nursery: trio.Nursery) -> Side:
     """The baseline topology, its relay task started in ``nursery``."""
     proxy = await _trio_socket()
     backend = await _trio_socket()
-    sink = await _trio_socket(backend.getsockname())
+    sink = _end(backend.getsockname())
     await backend.connect(sink.getsockname())
-    client = await _trio_socket(proxy.getsockname())
+    client = _end(proxy.getsockname())
     await proxy.connect(client.getsockname())
     nursery.start_soon(trio_relay, proxy, backend)
     return Side(client, sink)
@@ -134,20 +145,33 @@ class _Gate:
         self.event = trio.Event()
 
 
-async def _client(sock: trio.socket.SocketType, payloads: list[bytes], gate: _Gate) -> None:
+async def _client(sock: stdsocket.socket, payloads: list[bytes], gate: _Gate) -> None:
+    """Send a window's worth at a time (plain nonblocking sends, one scheduler
+    pass per window), then wait for the sink to take half of it."""
+    send = sock.send
     for sent, p in enumerate(payloads):
         if sent - gate.received >= WINDOW:
             gate.event = trio.Event()
             gate.wake_at = sent - WINDOW // 2
             await gate.event.wait()
-        await sock.send(p)
+        while True:
+            try:
+                send(p)
+                break
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
 
 
-async def _sink(sock: trio.socket.SocketType, n: int, gate: _Gate,
-                keep: list[bytes] | None) -> None:
+async def _sink(sock: stdsocket.socket, n: int, gate: _Gate, keep: list[bytes] | None) -> None:
+    """Read until the socket would block, then wait for it (one scheduler pass
+    per batch)."""
     recv = sock.recv
     while gate.received < n:
-        data = await recv(65536)
+        try:
+            data = recv(65536)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            continue
         if keep is not None:
             keep.append(data)
         gate.received += 1
