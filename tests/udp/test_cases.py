@@ -198,3 +198,25 @@ async def test_an_adopted_fd_in_a_map_with_a_verdict_is_served(rt: Runtime) -> N
     m.close()
     user.close()
     await peer.aclose()
+
+
+def test_a_failed_update_by_fd_holds_no_socket_for_long() -> None:
+    """The update fails after adoption (bad flags): the adopted duplicate is let
+    go at the next adoption, and the user's fd is untouched."""
+    from skmsg_udp._socket import _adopted
+
+    m = sk.SockMap(1)
+    with (
+        stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM) as s,
+        stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM) as t,
+    ):
+        with pytest.raises(OSError) as info:
+            m.update(0, s.fileno(), 7)
+        assert info.value.errno == errno.EINVAL
+        stale = _adopted.get(s.fileno())
+        assert stale is not None and stale.sk.psock is None
+        m.update(0, t.fileno())
+        assert s.fileno() not in _adopted and stale.sk.dead
+        assert t.fileno() in _adopted
+        s.bind(("127.0.0.1", 0))  # still the user's, working socket
+    m.close()

@@ -56,7 +56,11 @@ def adopt_fd(fd: int) -> sk.Sock | None:
     update by fd (``skmsg_sock_from_fd``): ``None`` if ``fd`` is not a UDP
     socket. The socket is served through a duplicate of ``fd`` (its blocking
     mode untouched) and kept alive while it sits in maps; closing ``fd`` takes
-    it out of every map at the next map operation on it."""
+    it out of every map at the next map operation on it. A socket adopted for
+    an update that then failed (it never entered a map) is let go here, at the
+    next adoption."""
+    for other in [s for s in _adopted.values() if s.sk.psock is None]:
+        other._close_adopted()
     try:
         probe = stdsocket.socket(fileno=fd)
     except OSError:
