@@ -348,3 +348,41 @@ async def test_a_stalled_tcp_target_drops_the_datagram_not_the_loop(rt: Runtime)
         assert await b.receive() == b"p-still-flowing"
     for s in (a, b, t1, t2):
         await s.aclose()
+
+
+class _FailingPump(skmsg_udp.UdpSocket):
+    """A socket whose receive loop fails for good on its first datagram."""
+
+    async def rx_datagrams(self, rt: Runtime, psock: sk.SkPsock) -> int:
+        got = await super().rx_datagrams(rt, psock)
+        if got != -1:
+            raise OSError(errno.EIO, "the device went away")
+        return got
+
+
+async def test_a_failed_pump_fails_receive_closed_never_around_the_verdict(
+    rt: Runtime,
+) -> None:
+    a = await skmsg_udp.open_udp_socket(("127.0.0.1", 0))
+    raw = stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    raw.bind(("127.0.0.1", 0))
+    raw.connect(a.getsockname())
+    b = _FailingPump(raw)
+    await a.connect(b.getsockname())
+    m = sk.SockMap(1)
+    m.attach(lambda skb: sk.SK_DROP, sk.SK_SKB_VERDICT)
+    m.update(0, b)
+    await a.send(b"dropped by the verdict")
+    await a.send(b"never read around it")
+    with trio.fail_after(TIMEOUT), pytest.raises(trio.BrokenResourceError) as info:
+        await b.receive()
+    assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.EIO
+    with pytest.raises(trio.BrokenResourceError):  # and again: it does not go away
+        await b.receive()
+    m.delete(0)  # leaving the map gives plain reading back
+    await a.send(b"plain")
+    with trio.fail_after(TIMEOUT):
+        got = await b.receive()
+    assert got in (b"never read around it", b"plain")
+    for s in (a, b):
+        await s.aclose()

@@ -142,6 +142,7 @@ class UdpSocket(trio.abc.AsyncResource):
         self._send_lock = trio.Lock()
         self._runtime: Runtime | None = current_runtime()
         self._pending_error: OSError | None = None
+        self._rx_error: BaseException | None = None
         self._closed = False
         self.datagrams_sent = 0
         self.bytes_sent = 0
@@ -276,6 +277,8 @@ class UdpSocket(trio.abc.AsyncResource):
                 "(async with skmsg_core.runtime.open_runtime(): ...)",
             )
         self._runtime = rt
+        if not rt.pumping(self):
+            self._rx_error = None
         self.wake_readers()  # a reader blocked on the socket must let the pump read it
         rt.start_pump(self)
         return 0
@@ -329,7 +332,15 @@ class UdpSocket(trio.abc.AsyncResource):
         return True
 
     def rx_failed(self, exc: BaseException) -> None:
-        if isinstance(exc, OSError) and self._pending_error is None:
+        """The receive pump stopped on ``exc``: while receive programs are
+        installed, ``receive`` fails with it (reading around the verdict would
+        bypass the policy); leaving the map gives plain reading back."""
+        self._rx_error = exc
+        self.wake_readers()
+
+    def _soft_error(self, exc: OSError) -> None:
+        """An error an earlier ICMP message left: the next receive reports it once."""
+        if self._pending_error is None:
             self._pending_error = exc
         self.wake_readers()
 
@@ -384,7 +395,7 @@ class UdpSocket(trio.abc.AsyncResource):
                     return -count - 1
                 except OSError as exc:
                     if exc.errno in _SOFT_ERRORS:
-                        self.rx_failed(exc)  # reported once by the next receive
+                        self._soft_error(exc)
                         continue
                     raise
                 n = len(data)
@@ -577,6 +588,8 @@ class UdpSocket(trio.abc.AsyncResource):
             ValueError: ``max_bytes`` < 1.
             trio.BusyResourceError: another task is receiving on this socket.
             trio.ClosedResourceError: the socket was closed.
+            trio.BrokenResourceError: the receive pump failed while the socket
+                has receive programs (the ``__cause__`` says why).
             OSError: an error an earlier ICMP message left (``ECONNREFUSED`` ...),
                 reported once.
         """
@@ -617,6 +630,12 @@ class UdpSocket(trio.abc.AsyncResource):
             psock = self.sk.psock
             rt = self._runtime
             pumping = psock is not None and rt is not None and rt.pumping(self)
+            if not pumping and psock is not None and psock.rx_mode is not None:
+                # the pump stopped on an error: fail closed, never read around it
+                await trio.lowlevel.checkpoint()
+                raise trio.BrokenResourceError(
+                    f"{self.sk.describe()}: the receive pump stopped: {self._rx_error}"
+                ) from self._rx_error
             if not pumping:
                 await trio.lowlevel.checkpoint_if_cancelled()
                 got = self._try_recvfrom(max_bytes)
