@@ -238,10 +238,11 @@ async def test_the_example_policy_routes_in_the_command_too() -> None:
         await nursery.start(public.serve)
         proc = await nursery.start(lambda task_status: trio.run_process(
             command("proxy", "--udp", "--listen", "127.0.0.1:0", "--policy", POLICY,
-                    "--backend", str(internal.where), "--backend", str(public.where)),
+                    "--backend", str(internal.where), "--backend", str(public.where),
+                    "--stats-interval", "0.05"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False,
             task_status=task_status))
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
         out = b""
         with trio.fail_after(TIMEOUT):
             while (m := re.search(rb"listening on 127\.0\.0\.1:(\d+)\n", out)) is None:
@@ -253,7 +254,19 @@ async def test_the_example_policy_routes_in_the_command_too() -> None:
         assert await resolve(sock, 9, "vpn.corp.example") == "10.0.0.1"
         assert await resolve(sock, 10, "python.org") == "192.0.2.7"
         sock.close()
+        err = b""
+        with trio.fail_after(TIMEOUT):
+            while not re.search(rb"all clients +2 ", err):  # the live counters saw both
+                chunk = await proc.stderr.receive_some()
+                assert chunk, err
+                err += chunk
         proc.terminate()
         with trio.fail_after(TIMEOUT):
+            while chunk := await proc.stderr.receive_some():
+                err += chunk
             assert await proc.wait() == 0
         nursery.cancel_scope.cancel()
+    tail = err[err.index(b"SIGTERM"):]
+    assert b"Traceback" not in err
+    assert re.search(rb"clients 0 open, 1 total", tail)
+    assert re.search(rb"all clients +2 +\d+ +0 +0 +2 ", tail)
