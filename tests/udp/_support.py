@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import trio
+import trio.testing
 
 import skmsg_udp
 
@@ -11,11 +12,7 @@ TIMEOUT = 5.0
 
 async def udp_pair(host: str = "127.0.0.1") -> tuple[skmsg_udp.UdpSocket, skmsg_udp.UdpSocket]:
     """Two UdpSockets on ``host``, bound and connected to each other."""
-    a = await skmsg_udp.open_udp_socket((host, 0))
-    b = await skmsg_udp.open_udp_socket((host, 0))
-    await a.connect(b.getsockname())
-    await b.connect(a.getsockname())
-    return a, b
+    return await skmsg_udp.udp_socket_pair(host)
 
 
 async def receive_n(sock: skmsg_udp.UdpSocket, n: int, timeout: float = TIMEOUT) -> list[bytes]:
@@ -29,8 +26,6 @@ async def receive_n(sock: skmsg_udp.UdpSocket, n: int, timeout: float = TIMEOUT)
 
 async def nothing_arrives(sock: skmsg_udp.UdpSocket, wait: float = 0.2) -> None:
     """Assert ``sock`` receives nothing within ``wait`` seconds (after all tasks settled)."""
-    import trio.testing
-
     await trio.testing.wait_all_tasks_blocked(cushion=0.02)
     with trio.move_on_after(wait):
         data = await sock.receive()
