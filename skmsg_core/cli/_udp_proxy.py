@@ -86,6 +86,7 @@ class _Session:
     conns: list[skmsg_udp.UdpSocket]
     backends: sk.SockMap
     activity: int = 0
+    last_active: float = attrs.field(factory=trio.current_time)
 
 
 class UdpProxy:
@@ -244,11 +245,11 @@ class UdpProxy:
             log.warning("client %s refused: %s", label, exc.strerror or exc)
             if client is not None:
                 self.sessions.pop(client.sk.cookie, None)
-                client._close_now()
+                client.close()
             for conn in conns:
                 self._owner.pop(conn.sk.cookie, None)
                 self._index.pop(conn.sk.cookie, None)
-                conn._close_now()
+                conn.close()
             if backends is not None:
                 backends.close()
             return None
@@ -287,18 +288,20 @@ class UdpProxy:
         log.info("client %s: session closed", _fmt(session.peer))
 
     async def expire(self) -> None:
-        """Close sessions idle for ``idle_timeout`` seconds, until cancelled."""
-        period = max(self.config.idle_timeout / 2, 0.01)
+        """Close sessions with no datagram either way for ``idle_timeout``
+        seconds (give or take a quarter of it), until cancelled."""
+        timeout = self.config.idle_timeout
         while True:
-            await trio.sleep(period)
+            await trio.sleep(max(timeout / 4, 0.01))
+            now = trio.current_time()
             for session in list(self.sessions.values()):
                 activity = sum(
                     s.statistics().datagrams_received for s in (session.client, *session.conns)
                 )
-                if activity == session.activity:
+                if activity != session.activity:
+                    session.activity, session.last_active = activity, now
+                elif now - session.last_active >= timeout:
                     await self._close_session(session)
-                else:
-                    session.activity = activity
 
 
 def _reuseport_socket(listener: skmsg_udp.UdpSocket, peer: Any) -> socket.socket:

@@ -689,13 +689,17 @@ class UdpSocket(trio.abc.AsyncResource):
             trio.lowlevel.notify_closing(self._raw)
         self._raw.close()
 
-    async def aclose(self) -> None:
-        """Close the socket: it leaves every map (queued datagrams are discarded),
-        then the OS socket closes. Idempotent."""
+    def close(self) -> None:
+        """Close the socket now, as trio's socket's ``close``: it leaves every map
+        (queued datagrams are discarded), then the OS socket closes. Idempotent."""
         if self._adopted_fd >= 0:
             self._close_adopted()
         else:
             self._close_now()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, and a checkpoint."""
+        self.close()
         await trio.lowlevel.checkpoint()
 
     # -- extras ----------------------------------------------------------------------------
