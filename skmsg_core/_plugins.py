@@ -84,6 +84,12 @@ class Plugins:
         except KeyError:
             raise kernel_error(errno.ENOENT, f"no skmsg plugin offers ULP {name!r}") from None
 
+    def sock_from_fd(self, fd: int) -> Sock | None:
+        """The :class:`Sock` a plugin makes for the unregistered socket ``fd``, or
+        ``None`` when no plugin serves it (``skmsg_sock_from_fd``)."""
+        sk: Sock | None = self.pm.hook.skmsg_sock_from_fd(fd=fd)
+        return sk
+
     # -- observers: called at set-up, keyword-only, never per message ---------------
 
     def sock_created(self, sk: Sock) -> None:

@@ -157,6 +157,9 @@ class Sock:
     #: An ``SO_REUSEPORT`` group this socket listens in, if any.
     reuseport_group: object | None = None
     dead: bool = False
+    #: ``sk_drops``: messages (datagrams) dropped because this socket's receive
+    #: queue was full when they arrived (UDP's contract: drop and count).
+    drops: int = 0
     psock: SkPsock | None = None
     #: Set by :meth:`SkProtoBase.psock_update_sk_prot`: the psock whose ops are installed.
     ops_psock: SkPsock | None = None
@@ -196,7 +199,10 @@ def sock_from(value: object) -> Sock:
     """Resolve what a map update was handed to a :class:`Sock`.
 
     Accepts a :class:`Sock`, an object with an ``sk`` attribute holding one, or
-    an ``int`` file descriptor (the kernel's value).
+    an ``int`` file descriptor (the kernel's value). An fd no plugin registered
+    is offered to the plugins (``skmsg_sock_from_fd``): a protocol that can
+    serve a socket nobody wrapped (UDP: any state, as in the kernel) adopts it.
+    A registered socket whose fd was closed or reused is looked at afresh.
 
     Raises:
         OSError(EINVAL): an int fd below 0 or above ``S32_MAX``.
@@ -212,16 +218,26 @@ def sock_from(value: object) -> Sock:
         if value < 0 or value > S32_MAX:
             raise kernel_error(errno.EINVAL, f"socket fd {value} out of range 0..S32_MAX")
         found = _by_fd.get(value)
+        if found is not None:
+            refresh(found)  # a plugin may find its fd closed or reused (then it is dead)
+            if found.dead:
+                found = None
         if found is None:
             try:
                 mode = os.fstat(value).st_mode
             except OSError as exc:
                 raise kernel_error(errno.EBADF, f"fd {value} is not open") from exc
-            if stat.S_ISSOCK(mode):
+            if not stat.S_ISSOCK(mode):
+                raise kernel_error(errno.ENOTSOCK, f"fd {value} is not a socket")
+            # here, not at the top: _plugins imports this module, and plain calls
+            # never load the plugins
+            from ._plugins import plugins  # noqa: PLC0415
+
+            found = plugins().sock_from_fd(value)
+            if found is None:
                 raise kernel_error(
                     errno.EOPNOTSUPP, f"fd {value} is a socket no skmsg protocol serves"
                 )
-            raise kernel_error(errno.ENOTSOCK, f"fd {value} is not a socket")
         sk = found
     else:
         raise kernel_error(errno.ENOTSOCK, f"{type(value).__name__} object is not a socket")

@@ -37,6 +37,14 @@ def skmsg_ulps() -> Sequence[Any]:
     raise NotImplementedError
 
 
+@hookspec(firstresult=True)
+def skmsg_sock_from_fd(fd: int) -> Sock | None:
+    """A socket file descriptor no plugin registered was handed to a map: return
+    a :class:`Sock` for it if this plugin serves that kind of socket (and keep
+    the socket alive while it sits in maps), else ``None``. The first plugin to
+    answer wins. Called at map updates only (the kernel's ``sockfd_lookup``)."""
+
+
 @hookspec
 def skmsg_sock_created(sk: Sock) -> None:
     """Observer: a protocol built ``sk`` (plugins call

@@ -25,6 +25,7 @@ from ._demo import run_demo
 from ._parsers import FRAMINGS
 from ._proxy import Address, Proxy, ProxyConfig, ProxyError, run_proxy
 from ._stats import format_table
+from ._udp_proxy import UdpProxy, UdpProxyConfig, run_udp_demo, run_udp_proxy, udp_config
 
 __all__ = ["build_parser", "main"]
 
@@ -167,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run a demo client: send a few messages, print the replies, exit",
     )
     proxy.add_argument(
+        "--udp", action="store_true",
+        help="proxy UDP datagrams instead of TCP streams: each datagram is one message "
+        "(no --parser), replies go back to the client that sent it; a client's session "
+        "ends after 30s without a datagram",
+    )
+    proxy.add_argument(
         "-v", "--verbose", action="store_true", help="log each client connecting and closing"
     )
     return parser
@@ -194,13 +201,15 @@ def _tell(text: str) -> None:
 def _proxy_command(args: argparse.Namespace) -> int:
     listen = args.listen or Address.parse("127.0.0.1:0" if args.demo else DEFAULT_LISTEN,
                                           listen=True)
-    config = ProxyConfig(
+    config: ProxyConfig | UdpProxyConfig = ProxyConfig(
         listen=listen,
         backends=tuple(args.backend),
         parser=args.parser,
         policy=args.policy,
         max_clients=args.max_clients,
     )
+    if args.udp:
+        config = udp_config(args, listen)
     interval = args.stats_interval
     if interval is None:
         interval = DEFAULT_STATS_INTERVAL if sys.stdout.isatty() and sys.stderr.isatty() else 0.0
@@ -217,14 +226,15 @@ def _proxy_command(args: argparse.Namespace) -> int:
         logger.setLevel(saved_level)
 
 
-async def _run(config: ProxyConfig, interval: float, demo: bool) -> int:
+async def _run(config: ProxyConfig | UdpProxyConfig, interval: float, demo: bool) -> int:
     status = 0
-    proxy: Proxy | None = None
+    proxy: Proxy | UdpProxy | None = None
+    udp = isinstance(config, UdpProxyConfig)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
             try:
-                proxy = await nursery.start(run_proxy, config)
+                proxy = await nursery.start(run_udp_proxy if udp else run_proxy, config)
             except ProxyError as exc:
                 _tell(f"skmsg proxy: error: {exc}")
                 status = 2
@@ -234,14 +244,15 @@ async def _run(config: ProxyConfig, interval: float, demo: bool) -> int:
                 if interval > 0:
                     nursery.start_soon(_show_counters, proxy, interval)
                 if demo:
-                    status = await run_demo(proxy, _say)
+                    status = await (run_udp_demo(proxy, _say) if isinstance(proxy, UdpProxy)
+                                    else run_demo(proxy, _say))
                     nursery.cancel_scope.cancel()
     if proxy is not None:
         _tell(format_table(proxy.statistics()))
     return status
 
 
-def _announce(proxy: Proxy) -> None:
+def _announce(proxy: Proxy | UdpProxy) -> None:
     _say(f"skmsg proxy: listening on {', '.join(str(a) for a in proxy.listen)}")
     kind = " (embedded echo)" if proxy.embedded else ""
     _say("skmsg proxy: backends " + ", ".join(
@@ -257,7 +268,7 @@ async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) 
         return
 
 
-async def _show_counters(proxy: Proxy, interval: float) -> None:
+async def _show_counters(proxy: Proxy | UdpProxy, interval: float) -> None:
     while True:
         await trio.sleep(interval)
         _tell(format_table(proxy.statistics()) + "\n")

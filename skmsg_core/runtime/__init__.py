@@ -6,11 +6,13 @@ nursery the application owns. This module only re-exports.
 
 from __future__ import annotations
 
+from ._runtime import DatagramEndpoint as DatagramEndpoint
 from ._runtime import Endpoint as Endpoint
 from ._runtime import Runtime as Runtime
 from ._runtime import current_runtime as current_runtime
 from ._runtime import data_ready as data_ready
 from ._runtime import ingress_put as ingress_put
+from ._runtime import ingress_try as ingress_try
 from ._runtime import open_runtime as open_runtime
 from ._runtime import space_freed as space_freed
 from ._runtime import tx_redirect as tx_redirect

@@ -22,6 +22,16 @@ connection (a parse error, a reset) is that stream's error, raised by its
 receive call, and does not take the runtime down.
 
 A stream plugs in by implementing :class:`Endpoint`.
+
+Datagrams
+---------
+A datagram socket (UDP) implements :class:`DatagramEndpoint` as well: its
+burst is its own loop (:meth:`DatagramEndpoint.rx_datagrams`, a verdict per
+datagram, read until the socket would block), a message redirected to it
+stays one datagram (fragments of one SK_MSG message are joined; each message
+of a receive batch is one datagram), and its receive queue never makes a
+sender wait: a full queue drops the datagram and counts it in the target's
+``sk.drops`` (UDP's contract), as :func:`ingress_try` does for any target.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ import select
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
@@ -49,9 +59,11 @@ if TYPE_CHECKING:
 __all__ = [
     "Endpoint",
     "Runtime",
+    "DatagramEndpoint",
     "current_runtime",
     "data_ready",
     "ingress_put",
+    "ingress_try",
     "open_runtime",
     "space_freed",
     "tx_redirect",
@@ -106,6 +118,64 @@ class Endpoint(Protocol):
         """Wake every task blocked in this stream's receive call, so it looks
         again at the ingress queue, the pump and the socket."""
         ...
+
+
+class DatagramEndpoint(Endpoint, Protocol):
+    """What a datagram socket offers the runtime on top of :class:`Endpoint`.
+
+    ``egress_write`` sends each buffer it is given as one datagram.
+    """
+
+    def queue_datagram(self, data: bytes | memoryview, address: object) -> bool:
+        """Put one datagram on this socket's receive queue (``address``: its
+        source, ``None`` for a redirected one); False if the queue was full and
+        the datagram was dropped (and counted in ``sk.drops``). Never waits."""
+        ...
+
+    async def rx_datagrams(self, rt: Runtime, psock: SkPsock) -> int:
+        """One round of a burst: read datagrams and run the receive verdict on
+        each, until the socket would block or a fairness budget is spent.
+        Returns how many it handled, negated (``-n - 1``) when it stopped
+        because the socket would block; the runtime checkpoints and calls
+        again, or, once a round found nothing, re-arms the socket.
+
+        Raises:
+            OSError: the socket failed for good (the pump stops; ``rx_failed``).
+        """
+        ...
+
+
+def _queue_datagram(target: Sock) -> Any:
+    """The target's ``queue_datagram`` if it is a datagram socket, else None."""
+    return getattr(target.owner, "queue_datagram", None)
+
+
+def _joined(bufs: list[memoryview]) -> memoryview:
+    return bufs[0] if len(bufs) == 1 else memoryview(b"".join(bufs))
+
+
+def ingress_try(target: Sock, data: memoryview) -> bool:
+    """Queue one message on ``target``'s receive queue now, or drop it.
+
+    For a sender that must never wait (a datagram socket's receive loop): a
+    datagram target's own queue, or a stream target's psock ingress queue if it
+    has room (a message larger than the whole queue goes into an empty one).
+    A full queue, or a target whose psock stopped, drops the message and counts
+    it in ``target.drops``. Returns whether it was queued.
+    """
+    queue = _queue_datagram(target)
+    if queue is not None:
+        return bool(queue(data, None))
+    psock = target.psock
+    n = data.nbytes
+    if psock is None or not psock.tx_enabled or (
+        psock.ingress_bytes and psock.ingress_space < n
+    ):
+        target.drops += 1
+        return False
+    psock.queue_msg([data])
+    data_ready(psock)
+    return True
 
 
 _writable: weakref.WeakKeyDictionary[SkPsock, trio.lowlevel.ParkingLot] = (
@@ -163,15 +233,21 @@ async def tx_redirect(action: TxAction) -> None:
     assert target is not None
     if target.psock is None or target.dead:
         raise kernel_error(errno.EPIPE, f"redirect target {target.describe()} is gone")
+    dgram = _queue_datagram(target)
     if action.ingress:
+        if dgram is not None:  # one message, one datagram; a full queue drops it (counted)
+            dgram(_joined(action.bufs), None)
+            await trio.lowlevel.checkpoint()
+            return
         if not await ingress_put(target, action.bufs, action.nbytes):
             raise kernel_error(errno.EPIPE, f"redirect target {target.describe()} is gone")
         return
     endpoint: Endpoint | None = target.owner
     if endpoint is None:
         raise kernel_error(errno.EPIPE, f"redirect target {target.describe()} has no stream")
+    bufs = [_joined(action.bufs)] if dgram is not None and action.bufs else action.bufs
     try:
-        await endpoint.egress_write(action.bufs, action.more)
+        await endpoint.egress_write(bufs, action.more)
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         raise kernel_error(errno.EPIPE, f"redirect to {target.describe()} failed") from exc
 
@@ -206,6 +282,10 @@ class Runtime:
         assert target is not None
         try:
             if action.ingress:
+                if _queue_datagram(target) is not None:  # one datagram per message
+                    for buf in action.bufs:
+                        ingress_try(target, buf)
+                    return
                 await ingress_put(target, action.bufs, action.nbytes)
             else:
                 endpoint: Endpoint | None = target.owner
@@ -296,6 +376,7 @@ class Runtime:
         endpoint = pump.endpoint
         scope = pump.scope = trio.CancelScope()
         reads = 0
+        rx_datagrams = getattr(endpoint, "rx_datagrams", None)
         with scope:
             try:
                 while True:
@@ -303,6 +384,17 @@ class Runtime:
                     if psock is None:  # gone without the seam saying so: stop for good
                         self.stop_pump(endpoint)
                         return
+                    if rx_datagrams is not None:  # a datagram socket's own loop
+                        # A round that would block ends the burst only when it found
+                        # nothing: a busy sender's next datagram is usually one
+                        # scheduler pass away, and looking once more is far cheaper
+                        # than re-arming the socket and starting a new burst.
+                        if await rx_datagrams(self, psock) == -1:
+                            if not pump.stopped:
+                                self._arm(pump)
+                            return
+                        await trio.lowlevel.checkpoint()
+                        continue
                     data = endpoint.transport_recv_nowait(65536)
                     if data is None:
                         if not pump.stopped:

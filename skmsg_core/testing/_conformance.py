@@ -34,6 +34,22 @@ state cannot hide another's bug. The steps, in order:
    its name, and the plugin that serves it was loaded from the ``skmsg``
    entry-point group, as a third-party plugin would be.
 
+Datagram plugins (``kind="datagram"``) are held to the same steps 1-3, 7 and
+8 (their pairs connected, so ESTABLISHED too), and in place of 4-6 to the
+datagram contract, on their sockets' ``send(data)`` and ``receive()``:
+
+D1. **Boundaries**: datagrams sent one by one arrive one
+    per ``receive``, whole and in order (loopback keeps order), plain and in
+    maps with pass programs (SK_MSG verdict; SK_SKB verdict; both), and each
+    program runs exactly once per datagram. The seam step (3) shows receive
+    programs take over reading and give it back, with datagrams.
+D2. **SK_MSG verdict per datagram**: a program that drops some datagrams fails
+    those sends with ``EACCES`` and passes the others: the peer gets exactly
+    the passed ones (a DROP does not stick, unlike TCP's).
+D3. **SK_SKB redirect, one datagram each**: between two connections, to the
+    target's egress (its peer receives each datagram whole) and, with
+    ``BPF_F_INGRESS``, into its receive queue.
+
 Every failure is an ``AssertionError`` whose message names the protocol, the
 step and what is wrong.
 """
@@ -82,9 +98,10 @@ async def check_protocol_plugin(
     ``make_pair`` is called many times; each call returns a new connected pair
     of the plugin's streams (``trio.abc.Stream`` objects with ``.sk``), in no
     map. ``proto`` is the plugin's protocol table (default: the first stream's
-    ``sk.sk_prot``); every stream must carry it. ``kind="datagram"`` runs only
-    the socket-level steps (1-3 without I/O, 7, 8) for datagram plugins, whose
-    I/O steps come with the datagram plugin. ``clog``, an async function that
+    ``sk.sk_prot``); every stream must carry it. ``kind="datagram"`` checks a
+    datagram plugin instead: ``make_pair`` returns two connected datagram
+    sockets (``async send(data)``, ``async receive()`` returning one datagram,
+    ``aclose()``, ``.sk``), held to steps 1-3, 7, 8 and D1-D3. ``clog``, an async function that
     clogs a connected pair both ways (:func:`clog_tcp_pair` for TCP-like
     streams), turns on trio's clogged-stream tests in step 4; pairs in maps are
     clogged after they entered them. ``timeout`` bounds each wait for bytes on
@@ -107,8 +124,8 @@ async def check_protocol_plugin(
         try:
             a, b = await run.pair("make a pair")
             with run.step("the socket (.sk)"):
-                proto = _check_sock(a, proto, "first", connected=run.stream)
-                _check_sock(b, proto, "second", connected=run.stream)
+                proto = _check_sock(a, proto, "first", connected=True)
+                _check_sock(b, proto, "second", connected=True)
                 if a.sk.cookie == b.sk.cookie:
                     raise AssertionError(f"both streams have cookie {a.sk.cookie}")
             run.label = f"protocol plugin {getattr(proto, 'name', proto)!r}"
@@ -119,6 +136,10 @@ async def check_protocol_plugin(
                 await _check_trio_streams(run)
                 await _check_msg_drop(run)
                 await _check_skb_redirect(run)
+            else:
+                await _check_datagrams(run)
+                await _check_datagram_msg_verdict(run)
+                await _check_datagram_redirect(run)
             await _check_close(run, proto)
             with run.step("registration through the 'skmsg' entry-point group"):
                 _check_entry_point(proto)
@@ -377,6 +398,7 @@ async def _check_seam(run: _Run, proto: sk.SkProto) -> None:
                 "SkProtoBase.psock_update_sk_prot on restore too)"
             )
     if not run.stream:
+        await _check_datagram_seam(run, proto)
         return
     with run.step("the seam: receive programs take over reading, and give it back"):
         seen = trio.Event()
@@ -519,6 +541,170 @@ async def _check_skb_redirect(run: _Run) -> None:
         )
         if got != b"ingress":
             raise AssertionError(f"the target received {got!r}, not b'ingress'")
+
+
+# -- D1-D3: datagrams ------------------------------------------------------------------------
+
+
+async def _send_datagram(sock: Any, data: bytes) -> None:
+    send = getattr(sock, "send", None)
+    if send is None or not callable(send):
+        raise AssertionError(f"{sock!r} has no send(data) method (a datagram socket's)")
+    await send(data)
+
+
+async def _receive_datagrams(sock: Any, n: int, timeout: float, what: str) -> list[bytes]:
+    receive = getattr(sock, "receive", None)
+    if receive is None or not callable(receive):
+        raise AssertionError(f"{sock!r} has no receive() method (a datagram socket's)")
+    got: list[bytes] = []
+    with trio.move_on_after(timeout):
+        while len(got) < n:
+            got.append(bytes(await receive()))
+    if len(got) < n:
+        raise AssertionError(f"{what}: {len(got)} of {n} datagrams arrived within {timeout}s "
+                             f"({got!r})")
+    return got
+
+
+async def _nothing_more(sock: Any, what: str) -> None:
+    """Assert nothing more arrives at ``sock`` once every task went quiet."""
+    await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+    with trio.move_on_after(0.2):
+        extra = await sock.receive()
+        raise AssertionError(f"{what}: an unexpected datagram arrived: {bytes(extra)!r}")
+
+
+_DATAGRAMS = (b"a", b"bb", b"ccc", b"d" * 1200)
+_IN_MAPS_DGRAM: tuple[tuple[str, dict[str, Callable[[Any], Any]]], ...] = (
+    ("an SK_MSG pass verdict", {"msg_verdict": _pass}),
+    ("an SK_SKB pass verdict", {"skb_verdict": _pass}),
+    ("SK_MSG and SK_SKB pass verdicts", {"msg_verdict": _pass, "skb_verdict": _pass}),
+)
+
+
+async def _check_datagram_seam(run: _Run, proto: sk.SkProto) -> None:
+    a, b = await run.pair("the seam: make a pair")
+    with run.step("the seam: receive programs take over reading, and give it back"):
+        smap = run.new_map({"skb_verdict": _drop})
+        with _recording(b, proto) as rec:
+            smap.update(0, b)
+            await _send_datagram(a, b"dropped")
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            prog = smap.progs["skb_verdict"]
+            assert prog is not None
+            with trio.move_on_after(run.timeout):
+                while prog.run_cnt < 1:
+                    await trio.sleep(0.005)
+            if prog.run_cnt != 1:
+                raise AssertionError(
+                    f"the SK_SKB verdict ran {prog.run_cnt} times on one datagram: the "
+                    "protocol did not install receive processing when the socket entered a map"
+                )
+            smap.delete(0)
+            if rec.restores() != 1:
+                raise AssertionError(f"leaving the map did not restore (calls: {rec.calls})")
+        await trio.testing.wait_all_tasks_blocked()
+        await _send_datagram(a, b"after")
+        got = await _receive_datagrams(
+            b, 1, run.timeout, "after the socket left its last map, plain receive"
+        )
+        if got != [b"after"]:
+            raise AssertionError(
+                f"after leaving its last map the socket received {got!r}, not [b'after'] "
+                "(the datagram the verdict dropped came through?)"
+            )
+
+
+async def _check_datagrams(run: _Run) -> None:
+    a, b = await run.pair("datagram boundaries: make a pair")
+    with run.step("datagram boundaries on a plain socket"):
+        for d in _DATAGRAMS:
+            await _send_datagram(a, d)
+        got = await _receive_datagrams(b, len(_DATAGRAMS), run.timeout, "plain datagrams")
+        if got != list(_DATAGRAMS):
+            raise AssertionError(f"sent {list(_DATAGRAMS)!r}, received {got!r}")
+    for label, progs in _IN_MAPS_DGRAM:
+        x, y = await run.pair("make a pair")
+        with run.step(f"datagram boundaries in a map with {label}, one run per datagram"):
+            smap = run.new_map(progs)
+            smap.update(0, x)
+            smap.update(1, y)
+            for d in _DATAGRAMS:
+                await _send_datagram(x, d)
+            got = await _receive_datagrams(y, len(_DATAGRAMS), run.timeout, "datagrams")
+            if got != list(_DATAGRAMS):
+                raise AssertionError(f"sent {list(_DATAGRAMS)!r}, received {got!r}")
+            for slot in progs:
+                prog = smap.progs[_SLOT_OF[slot]]
+                assert prog is not None
+                if prog.run_cnt != len(_DATAGRAMS):
+                    raise AssertionError(
+                        f"the {slot} program ran {prog.run_cnt} times for "
+                        f"{len(_DATAGRAMS)} datagrams, not once each"
+                    )
+
+
+_SLOT_OF = {"msg_verdict": "msg_parser", "skb_verdict": "skb_verdict",
+            "stream_verdict": "stream_verdict", "stream_parser": "stream_parser"}
+
+
+def _drop_x(msg: Any) -> int:
+    return sk.SK_DROP if bytes(msg.data[:1]) == b"x" else sk.SK_PASS
+
+
+async def _check_datagram_msg_verdict(run: _Run) -> None:
+    a, b = await run.pair("SK_MSG verdict per datagram: make a pair")
+    with run.step("SK_MSG verdict per datagram: DROP fails that send with EACCES only"):
+        smap = run.new_map({"msg_verdict": _drop_x})
+        smap.update(0, a)
+        for d in (b"x1", b"ok1", b"x2", b"ok2"):
+            try:
+                await _send_datagram(a, d)
+            except PermissionError as exc:
+                if d[:1] != b"x":
+                    raise AssertionError(
+                        f"send({d!r}) failed though the program passed it"
+                    ) from exc
+                if exc.errno != errno.EACCES:
+                    raise AssertionError(
+                        f"send raised PermissionError with errno {exc.errno}, not EACCES"
+                    ) from exc
+            else:
+                if d[:1] == b"x":
+                    raise AssertionError(f"send({d!r}) did not fail when the program dropped it")
+        got = await _receive_datagrams(b, 2, run.timeout, "the passed datagrams")
+        if got != [b"ok1", b"ok2"]:
+            raise AssertionError(f"the peer received {got!r}, not [b'ok1', b'ok2']")
+        await _nothing_more(b, "after the passed datagrams")
+
+
+async def _check_datagram_redirect(run: _Run) -> None:
+    a1, b1 = await run.pair("SK_SKB redirect: make a pair")
+    a2, b2 = await run.pair("SK_SKB redirect: make a pair")
+    with run.step("SK_SKB redirect to another connection, one datagram each"):
+        targets = run.new_map()
+        targets.update(0, a2)
+        assert isinstance(targets, sk.SockMap)
+
+        def route(skb: sk.SkBuff) -> int:
+            ingress = bytes(skb.data[:1]) == b"i"
+            return sk.sk_redirect_map(skb, targets, 0, sk.BPF_F_INGRESS if ingress else 0)
+
+        rx = run.new_map({"skb_verdict": route})
+        rx.update(0, b1)
+        for d in (b"egress-1", b"egress-22"):
+            await _send_datagram(a1, d)
+        got = await _receive_datagrams(b2, 2, run.timeout, "datagrams redirected to egress")
+        if got != [b"egress-1", b"egress-22"]:
+            raise AssertionError(f"the target's peer received {got!r}")
+        for d in (b"ingress-1", b"ingress-22"):
+            await _send_datagram(a1, d)
+        got = await _receive_datagrams(
+            a2, 2, run.timeout, "datagrams redirected into the target's receive queue"
+        )
+        if got != [b"ingress-1", b"ingress-22"]:
+            raise AssertionError(f"the target received {got!r}")
 
 
 # -- 7: close ------------------------------------------------------------------------------

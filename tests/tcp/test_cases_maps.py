@@ -96,19 +96,31 @@ async def test_case_45_fresh_tcp_socket_is_eopnotsupp(make: Callable[[], sk.Sock
         m.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason="the kernel accepts an unbound UDP socket (case 45); skmsg's UDP plugin "
-    "serves no protocol yet (plugins/udp), so its fd is refused EOPNOTSUPP",
-)
-def test_case_45_fresh_udp_socket_is_accepted() -> None:
-    m = sk.SockMap(max_entries=1)
+@pytest.mark.parametrize("make", MAPS, ids=MAP_IDS)
+def test_case_45_fresh_udp_socket_is_accepted(make: Callable[[], sk.SockMapBase]) -> None:
+    """The kernel accepts an unbound, unconnected UDP socket by its fd (case 45);
+    the UDP plugin adopts it. It sits in the map (a cookie to look up, the
+    kernel's ``SO_COOKIE``) but, unconnected, is no redirect target; closing
+    the fd takes it out of the map."""
+    m = make()
     with stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM) as fresh:
         try:
-            m.update(0, fresh.fileno())
-        finally:
+            m.update(key(m, 0), fresh.fileno())
+            assert len(m) == 1
+            held = m.get(key(m, 0))
+            assert held is not None and held.sk_prot is not None
+            assert held.sk_prot.name == "udp"
+            assert held.state == sk.TcpState.CLOSE
+            assert not held.sk_prot.redirect_allowed(held)
+            cookie = struct.unpack("=Q", fresh.getsockopt(stdsocket.SOL_SOCKET, 57, 8))[0]
+            assert m.lookup(key(m, 0)) == cookie
+            assert fresh.getblocking()  # the user's fd keeps its blocking mode
+        except BaseException:
             m.close()
+            raise
+    with raises(errno.EINVAL if isinstance(m, sk.SockMap) else errno.ENOENT):
+        m.delete(key(m, 0))  # closing the fd took it out
+    m.close()
 
 
 @pytest.mark.parametrize("make", MAPS, ids=MAP_IDS)

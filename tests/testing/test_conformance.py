@@ -54,8 +54,11 @@ async def test_skmsg_tcp_passes_under_the_callers_runtime(skmsg_runtime: Runtime
     assert current_runtime() is skmsg_runtime
 
 
-async def test_the_datagram_subset_runs_on_its_own() -> None:
-    await check_protocol_plugin(tcp_stream_pair, kind="datagram")
+async def test_the_datagram_check_refuses_stream_sockets_by_name() -> None:
+    """kind="datagram" holds a plugin to datagram I/O (send/receive one datagram,
+    tests/udp runs it on skmsg_udp): TCP streams fail it, naming the step."""
+    with pytest.raises(AssertionError, match=r"protocol plugin 'tcp': .*no send\(data\)"):
+        await check_protocol_plugin(tcp_stream_pair, kind="datagram")
 
 
 async def test_an_unknown_kind_is_a_value_error() -> None:
