@@ -24,6 +24,7 @@ read from the transport into :class:`RxAction` values, and the ingress queue
 from __future__ import annotations
 
 import errno
+import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ __all__ = ["PsockStats", "RxAction", "SkPsock"]
 
 _PASS, _REDIRECT = Verdict.PASS, Verdict.REDIRECT
 _SK_PASS = SK_PASS
+_SOCK_STREAM = socket.SOCK_STREAM
 _EMPTY_VIEW = memoryview(b"")
 
 #: What :meth:`SkPsock.rx_feed` asks the I/O layer to do with received bytes.
@@ -463,6 +465,23 @@ class SkPsock:
                     if tp is None or target.dead or not tp.tx_enabled:
                         kind, target, flags = RX_DROP, None, 0
                         dead += 1
+                    elif target.type != _SOCK_STREAM:
+                        # a datagram socket: each message stays one datagram,
+                        # its own buffer (the run before it ends here)
+                        if run_msgs:
+                            c = counts[run_kind]
+                            c[0] += run_msgs
+                            c[1] += off - run_start
+                            add(
+                                run_kind, run_target, bool(run_flags), view[run_start:off], run_msgs
+                            )
+                        c = counts[RX_REDIRECT]
+                        c[0] += 1
+                        c[1] += end - off
+                        add(RX_REDIRECT, target, bool(flags), view[off:end], 1)
+                        run_kind, run_target, run_flags, run_msgs = "", None, 0, 0
+                        run_start = off = end
+                        continue
                     else:
                         kind = RX_REDIRECT
             else:

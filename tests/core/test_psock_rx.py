@@ -387,3 +387,28 @@ def test_a_protocol_that_overrides_the_redirect_rule_is_asked(net: Net) -> None:
     plain.sk_prot = Plain()
     m.update(2, plain)
     assert sk.sk_redirect_map(skb, m, 2) == sk.SK_DROP
+
+
+def test_messages_redirected_to_a_datagram_socket_keep_their_boundaries(net: Net) -> None:
+    """A run of messages to a stream target is one slice; to a datagram target
+    each message stays its own buffer, because each becomes one datagram
+    (regression: the run merging once fused them into one datagram)."""
+    m, targets = sk.SockMap(max_entries=1), sk.SockMap(max_entries=2)
+    m.attach(sk.LengthPrefixParser(1), sk.SK_SKB_STREAM_PARSER)
+    m.attach(
+        lambda skb: sk.sk_redirect_map(skb, targets, 0 if bytes(skb.data[1:2]) == b"u" else 1),
+        sk.SK_SKB_STREAM_VERDICT,
+    )
+    src, udp, tcp = net.sock(), net.sock(kind="udp"), net.sock()
+    m.update(0, src)
+    targets.update(0, udp)
+    targets.update(1, tcp)
+    assert src.psock is not None
+    stream = b"".join(bytes([len(x)]) + x for x in [b"u1", b"u2", b"t3", b"t4", b"u5"])
+    actions = src.psock.rx_feed(stream)
+    assert [(a.target, a.msgs, [bytes(b) for b in a.bufs]) for a in actions] == [
+        (udp, 3, [b"\x02u1", b"\x02u2", b"\x02u5"]),
+        (tcp, 2, [b"\x02t3\x02t4"]),
+    ]
+    st = src.psock.statistics()
+    assert (st.rx_msgs, st.rx_redirected_bytes) == (5, 15)
