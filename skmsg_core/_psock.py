@@ -423,7 +423,7 @@ class SkPsock:
         add = batch.add
         skb: Any = self._skb  # Any: the program sets fields the loop resets
         skb._buf = view
-        sk_pass, ingress_flag = _SK_PASS, BPF_F_INGRESS
+        sk_pass = _SK_PASS
         errors = dead = 0
         last_error: BaseException | None = None
         # the current run: the messages view[run_start:off], bound for one place
@@ -438,8 +438,7 @@ class SkPsock:
             skb._off = off
             skb.len = end - off
             skb._data = None
-            skb.sk_redir = None
-            skb.flags = 0
+            skb.sk_redir = None  # flags mean something only with sk_redir: both set together
             try:
                 ret = func(skb)
             except Exception as exc:
@@ -455,7 +454,7 @@ class SkPsock:
                         continue
                     kind, flags = RX_PASS, 0
                 else:
-                    flags = skb.flags & ingress_flag
+                    flags = skb.flags  # the helpers set only BPF_F_INGRESS
                     if target is run_target and flags == run_flags:
                         # the same destination as the previous message, checked then
                         run_msgs += 1
