@@ -349,6 +349,13 @@ class SkPsock:
             prog = None
         return self._verdict_units(units, prog)
 
+    def rx_verdict(self, units: list[memoryview]) -> list[RxAction]:
+        """Run the stream verdict once per unit, with no parser: a ULP's RX hook
+        hands over whole records it framed itself (``sk_psock_tls_strp_read``).
+        The verdict is ``SK_SKB_STREAM_VERDICT``, or ``SK_SKB_VERDICT`` when that
+        is the one attached; with neither everything passes."""
+        return self._verdict_units(units, self.stream_verdict or self.skb_verdict)
+
     def _verdict_units(self, units: list[memoryview], prog: Program | None) -> list[RxAction]:
         # The per-message hot path: locals for everything, counters summed once.
         if prog is None:

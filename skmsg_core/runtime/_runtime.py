@@ -350,8 +350,9 @@ class Runtime:
         if not data:
             endpoint.rx_eof()
             return False
+        ulp = endpoint.sk.ulp_data  # the ULP's RX hook (TLS opens records) replaces rx_feed
         try:
-            actions = psock.rx_feed(data)
+            actions = psock.rx_feed(data) if ulp is None else ulp.rx_feed(psock, data)
         except StrParserError as exc:
             for action in exc.actions:
                 await self.rx_action(endpoint, action)
@@ -359,6 +360,9 @@ class Runtime:
             return False
         for action in actions:
             await self.rx_action(endpoint, action)
+        if ulp is not None and ulp.rx_ended:  # e.g. TLS close_notify: EOF before TCP's
+            endpoint.rx_eof()
+            return False
         return True
 
 

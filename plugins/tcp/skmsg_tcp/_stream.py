@@ -51,6 +51,9 @@ _PASS_BATCH = 65536
 _IOV_MAX = 1024
 #: Join more than this many buffers into one write.
 _JOIN_ABOVE = 8
+#: With a ULP (TLS) and no receive pump, ``receive_some`` reads this much at once:
+#: whole records are opened, whatever ``max_bytes`` asked for.
+_ULP_RECEIVE_SIZE = 262144
 
 
 class SendError(PermissionError):
@@ -72,6 +75,8 @@ class StreamStats:
     bytes_sent: int
     bytes_received: int
     psock: sk.PsockStats | None
+    #: The ULP's counters (TLS: ``skmsg_tls.TlsStats``) when one is installed.
+    ulp: Any = None
 
 
 class _Conflict:
@@ -149,6 +154,12 @@ class SkStream(trio.abc.HalfCloseableStream):
         self._rx_error: BaseException | None = None
         self._rx_eof = False
         self._closed = False
+        #: The ULP serving this stream (TLS: ``skmsg_tls.TlsSocket``): send_all,
+        #: receive_some and redirects to this egress go through it.
+        self._ulp: Any = None
+        #: A ULP is being set up (a handshake is running): no receive pump may
+        #: start, so it cannot take the handshake's bytes.
+        self._ulp_pending = False
         self.bytes_sent = 0
         self.bytes_received = 0
         sk.plugins().sock_created(self.sk)
@@ -170,7 +181,8 @@ class SkStream(trio.abc.HalfCloseableStream):
             )
         self._runtime = rt
         self.wake_readers()  # a reader blocked on the socket must let the pump read it
-        rt.start_pump(self)
+        if not self._ulp_pending:  # else the ULP starts it once set up
+            rt.start_pump(self)
         return 0
 
     # -- Endpoint: what the runtime calls ------------------------------------------------
@@ -200,6 +212,10 @@ class SkStream(trio.abc.HalfCloseableStream):
         return self.socket.fileno() if self._raw is not None else -1
 
     async def egress_write(self, bufs: list[memoryview], more: bool) -> None:
+        ulp = self._ulp
+        if ulp is not None:  # e.g. TLS seals them with this stream's keys
+            await ulp.egress_write(bufs, more)
+            return
         await self._locked_send(bufs, more)
 
     def rx_failed(self, exc: BaseException) -> None:
@@ -207,6 +223,11 @@ class SkStream(trio.abc.HalfCloseableStream):
         self.wake_readers()
 
     def rx_eof(self) -> None:
+        ulp = self._ulp
+        if ulp is not None:
+            ulp.transport_eof()
+            if ulp.rx.error is not None and self._rx_error is None:
+                self._rx_error = ulp.rx.error  # e.g. the connection ended inside a record
         self._rx_eof = True
         self.sk.state = sk.TcpState.CLOSE_WAIT
         self.wake_readers()
@@ -289,6 +310,9 @@ class SkStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("can't send data after sending EOF or closing")
         with self._send_conflict:
             view = memoryview(data).cast("B")
+            if self._ulp is not None:
+                await self._ulp.sendmsg(view, more)
+                return
             psock = self.sk.psock
             if psock is None or (psock.msg_parser is None and psock.cork is None):
                 if not view.nbytes:
@@ -355,6 +379,8 @@ class SkStream(trio.abc.HalfCloseableStream):
                 raise trio.ClosedResourceError
             if self.socket.did_shutdown_SHUT_WR:
                 return
+            if self._ulp is not None:
+                await self._ulp.send_close_notify()
             try:
                 self.socket.shutdown(stdsocket.SHUT_WR)
             except OSError as exc:
@@ -384,6 +410,11 @@ class SkStream(trio.abc.HalfCloseableStream):
                 psock = self.sk.psock
                 rt = self._runtime
                 pumping = psock is not None and rt is not None and rt.pumping(self)
+                ulp = self._ulp
+                if ulp is not None:
+                    got = await self._ulp_receive(ulp, max_bytes, pumping)
+                    if got is not None:
+                        return got
                 if psock is not None and psock.ingress_bytes:
                     await trio.lowlevel.checkpoint()
                     data = psock.recvmsg(max_bytes)  # after the checkpoint: nothing lost
@@ -398,12 +429,13 @@ class SkStream(trio.abc.HalfCloseableStream):
                     await trio.lowlevel.checkpoint()
                     return b""
                 raw = self._raw
+                want = max_bytes if ulp is None else _ULP_RECEIVE_SIZE
                 if not pumping and raw is not None:
                     # trio's recv, unrolled: try first, and only make the wake-up
                     # scope below when the socket would block.
                     await trio.lowlevel.checkpoint_if_cancelled()
                     try:
-                        data = raw.recv(max_bytes)
+                        data = raw.recv(want)
                     except BlockingIOError:
                         pass
                     except OSError as exc:
@@ -411,30 +443,67 @@ class SkStream(trio.abc.HalfCloseableStream):
                     else:
                         await trio.lowlevel.cancel_shielded_checkpoint()
                         self.bytes_received += len(data)
+                        if ulp is not None:
+                            self._ulp_transport(ulp, data)
+                            continue
                         return data
                 # Wait in a scope that any change cancels (wake_readers): a
                 # cancelled trio recv has consumed nothing, so looking again is safe.
+                got: bytes | None = None
                 with trio.CancelScope() as scope:
                     self._recv_scope = scope
                     try:
                         if pumping:
                             await trio.sleep_forever()
                         else:
-                            data = await self.socket.recv(max_bytes)
-                            self.bytes_received += len(data)
-                            return data
+                            got = await self.socket.recv(want)
+                            self.bytes_received += len(got)
+                            if ulp is None:
+                                return got
                     except OSError as exc:
                         if self._closed:
                             raise trio.ClosedResourceError("this stream was closed") from None
                         raise _translate(exc) from exc
                     finally:
                         self._recv_scope = None
+                if got is not None:
+                    self._ulp_transport(ulp, got)
+
+    def _ulp_transport(self, ulp: Any, data: bytes) -> None:
+        """Hand bytes read from the socket (no receive pump) to the ULP; b"" is EOF."""
+        if data:
+            ulp.rx_transport(data)
+        else:
+            ulp.transport_eof()
+            self._rx_eof = True
+
+    async def _ulp_receive(self, ulp: Any, max_bytes: int, pumping: bool) -> bytes | None:
+        """What the ULP has for ``receive_some``: plaintext it opened without a
+        pump, then (no pump) its error or its EOF; ``None`` to look further."""
+        if ulp.plain_bytes:
+            await trio.lowlevel.checkpoint()
+            return bytes(ulp.take_plain(max_bytes))
+        psock = self.sk.psock
+        if pumping or (psock is not None and psock.ingress_bytes):
+            return None  # the pump's queue, or redirected bytes first
+        err = ulp.rx.error
+        if err is not None:
+            await trio.lowlevel.checkpoint()
+            raise trio.BrokenResourceError(f"{self.sk.describe()}: {err}") from err
+        if ulp.rx.eof or self._rx_eof:
+            await trio.lowlevel.checkpoint()
+            return b""
+        return None
 
     async def aclose(self) -> None:
         """Close the stream: it leaves every map (unread redirected bytes are
         discarded), then the socket closes. Idempotent."""
         if not self._closed:
             self._closed = True
+            ulp = self._ulp
+            if ulp is not None:  # best effort: close_notify if the socket takes it now
+                ulp.close_notify_nowait()
+                ulp.release()
             self.sk.close()
             self.wake_readers()
             self.socket.close()
@@ -460,7 +529,10 @@ class SkStream(trio.abc.HalfCloseableStream):
         """Bytes through the transport, and the psock's counters when in a map."""
         psock = self.sk.psock
         return StreamStats(
-            self.bytes_sent, self.bytes_received, psock.statistics() if psock else None
+            self.bytes_sent,
+            self.bytes_received,
+            psock.statistics() if psock else None,
+            self._ulp.statistics() if self._ulp is not None else None,
         )
 
     def __repr__(self) -> str:

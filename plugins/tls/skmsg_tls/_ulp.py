@@ -1,0 +1,519 @@
+"""``TlsSocket``: the TLS ULP on an :class:`skmsg_tcp.SkStream` (``tls_context``).
+
+Theory of operation
+-------------------
+:func:`skmsg_tls.start_tls` runs the handshake in OpenSSL and installs one
+``TlsSocket`` on the stream (``stream._ulp``, and ``sk.ulp = "tls"`` with the
+RX hook as ``sk.ulp_data``). From then on the stream's operations call it:
+
+- ``send_all`` → :meth:`TlsSocket.sendmsg`: without an SK_MSG program the
+  plaintext is cut into records and sealed; with one, the TLS TX verdict
+  engine (:class:`._tx.TlsSendOp`) runs the program once per record and the
+  records it passes are sealed. Records are sealed into one ``bytearray`` per
+  batch and written with one socket write (``_TX_BATCH`` bytes at most);
+  sealing and writing happen under the stream's write lock, so record
+  sequence numbers follow wire order whoever writes (the stream's own sends,
+  redirects into it, control records).
+- a redirect to this stream's egress (``egress_write``) is sealed with this
+  stream's keys without a verdict (the kernel's ``MSG_SENDPAGE_NOPOLICY``);
+- receiving: with receive programs the runtime's pump calls :meth:`rx_feed`
+  (the ULP RX hook, in place of ``psock.rx_feed``): records are opened, the
+  stream verdict runs on each data record's plaintext
+  (:meth:`skmsg_core.SkPsock.rx_verdict`), control records are queued here.
+  Without receive programs ``receive_some`` reads the socket and hands the
+  bytes to :meth:`rx_transport`; opened plaintext waits in this object until
+  read.
+
+Control records: :meth:`receive_control` / :meth:`send_control`. EOF:
+``close_notify`` from the peer; :meth:`send_close_notify` (``send_eof``
+sends it, then half-closes the TCP stream).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+import skmsg_core as sk
+from skmsg_core.runtime import tx_redirect
+
+from . import _stats
+from ._codec import (
+    TLS_1_3_VERSION,
+    TLS_MAX_PAYLOAD_SIZE,
+    TLS_RECORD_TYPE_ALERT,
+    TLS_RECORD_TYPE_DATA,
+    TLS_RECORD_TYPE_HANDSHAKE,
+    RecordSealer,
+    key_update_message,
+)
+from ._keys import tls13_crypto_info, tls13_next_secret
+from ._rx import ALERT_CLOSE_NOTIFY, ControlRecord, TlsRx, TlsRxError
+from ._stats import TlsStats
+from ._tx import OpenRecord, TlsSendOp
+
+if TYPE_CHECKING:
+    import ssl
+
+    from skmsg_tcp import SkStream
+
+    from ._handoff import TlsHandoff
+
+__all__ = ["TlsSocket"]
+
+log = logging.getLogger(__name__)
+
+#: Sealed records are written together up to about this many bytes.
+_TX_BATCH = 262144
+_WARNING = 1
+
+
+class TlsSocket:
+    """The TLS layer of one stream: what :func:`~skmsg_tls.start_tls` returns.
+
+    Application data still goes through the stream's own ``send_all`` and
+    ``receive_some``; this object adds what TLS has beyond a byte stream:
+    control records, key updates, the handshake's outcome (``ssl_object``:
+    peer certificate, ALPN, cipher) and counters.
+    """
+
+    def __init__(self, stream: SkStream, hand: TlsHandoff) -> None:
+        self.stream = stream
+        self.version: int = hand.version
+        self.cipher_type: int = hand.cipher_type
+        self.ssl_object: ssl.SSLObject = hand.ssl_object
+        self._sealer = RecordSealer(hand.tx)
+        self._tx_secret: bytes | None = hand.tx_secret
+        self.rx = TlsRx(hand.rx, hand.rx_secret)
+        self._open = OpenRecord()  # open record under an SK_MSG program
+        self._plain_open = bytearray()  # open record without a program
+        self._control_lot = trio.lowlevel.ParkingLot()
+        self._plain: deque[memoryview] = deque()
+        self._plain_bytes = 0
+        self._tx_closed = False
+        self.active = True
+        self.tx_records = 0
+        self.tx_bytes = 0
+        self.tx_control_records = 0
+        self.tx_rekeys = 0
+
+    # -- TX ---------------------------------------------------------------------------------
+
+    def _seal_locked(self, out: bytearray, records: list[Any], ctype: int) -> None:
+        """Seal ``records`` (each one record's plaintext) into ``out``, after the
+        KeyUpdate the peer asked for if one is owed. Call under the write lock."""
+        if self.rx.key_update_requested:
+            self.rx.key_update_requested = False
+            self._key_update_locked(out, update_requested=False)
+        seal_into = self._sealer.seal_into
+        n = 0
+        for rec in records:
+            n += len(rec)
+            seal_into(out, rec, ctype)
+        if ctype == TLS_RECORD_TYPE_DATA:
+            self.tx_records += len(records)
+            self.tx_bytes += n
+        else:
+            self.tx_control_records += len(records)
+
+    def _key_update_locked(self, out: bytearray, *, update_requested: bool) -> None:
+        """Seal a KeyUpdate under the current key, then move the TX key on."""
+        if self.version != TLS_1_3_VERSION or self._tx_secret is None:
+            _stats.count("TlsTxRekeyError")
+            raise sk.kernel_error(errno.EINVAL, "KeyUpdate needs TLS 1.3 and its traffic secret")
+        self._sealer.seal_into(
+            out, key_update_message(update_requested), TLS_RECORD_TYPE_HANDSHAKE
+        )
+        self.tx_control_records += 1
+        self._tx_secret = tls13_next_secret(self._tx_secret, self.cipher_type)
+        self._sealer.rekey(tls13_crypto_info(self._tx_secret, self.cipher_type, rec_seq=0))
+        self.tx_rekeys += 1
+        _stats.count("TlsTxRekeyOk")
+
+    async def _write_records(self, records: list[Any], more: bool, ctype: int) -> None:
+        """Seal ``records`` and write them with one socket write, under the
+        stream's write lock (sequence numbers follow wire order)."""
+        stream = self.stream
+        lock = stream._write_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            out = bytearray()
+            self._seal_locked(out, records, ctype)
+            if out:
+                await stream._send_bufs([memoryview(out)], more)
+        finally:
+            lock.release()
+
+    async def sendmsg(self, view: memoryview, more: bool) -> None:
+        """``tls_sw_sendmsg``: the stream's ``send_all`` on a TLS stream.
+
+        Raises:
+            skmsg_tcp.SendError: DROP (EACCES) or a failed redirect, with
+                ``accepted`` as on plain TCP.
+            trio.BrokenResourceError, trio.ClosedResourceError: the transport.
+        """
+        if self._tx_closed:
+            raise trio.ClosedResourceError("can't send data after close_notify")
+        psock = self.stream.sk.psock
+        if psock is None or psock.msg_parser is None:
+            await self._send_plain(view, more)
+            return
+        if self._plain_open:  # entered a map with bytes left open: they join the record
+            msg = self._open.msg = psock.new_msg()
+            msg.append_copy(psock.frag, (bytes(self._plain_open),))
+            self._plain_open.clear()
+        op = TlsSendOp(psock, self._open, view, more=more)
+        batch: list[Any] = []
+        held = 0
+        for action in op:
+            try:
+                if action.kind == "pass":
+                    bufs = action.bufs
+                    batch.append(bufs[0] if len(bufs) == 1 else b"".join(bufs))
+                    held += action.nbytes
+                    if action.more and held < _TX_BATCH:
+                        continue
+                    await self._write_records(batch, action.more, TLS_RECORD_TYPE_DATA)
+                    batch, held = [], 0
+                else:
+                    if batch:
+                        await self._write_records(batch, True, TLS_RECORD_TYPE_DATA)
+                        batch, held = [], 0
+                    await tx_redirect(action)
+            except OSError as exc:
+                op.fail(exc.errno or errno.EIO)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                op.fail(errno.EPIPE)
+                raise
+        if batch:
+            await self._write_records(batch, more, TLS_RECORD_TYPE_DATA)
+        result = op.result()
+        if result.err:
+            from skmsg_tcp import SendError
+
+            what = (
+                "the SK_MSG program dropped the record"
+                if result.err == errno.EACCES
+                else f"redirect failed ({errno.errorcode.get(result.err, result.err)})"
+            )
+            err = SendError(
+                result.err,
+                f"send_all on TLS {self.stream.sk.describe()}: {what}; "
+                f"{result.passed} of {view.nbytes} bytes had been accepted",
+            )
+            err.accepted, err.copied = result.passed, max(result.copied, 0)
+            raise err
+
+    async def _send_plain(self, view: memoryview, more: bool) -> None:
+        """No SK_MSG program: cut into records, seal, write in batches."""
+        if self._open.size:  # left a map with bytes open: they lead
+            assert self._open.msg is not None
+            self._plain_open += b"".join(self._open.msg.frags())
+            self._open.msg.free()
+            self._open.msg = None
+        records: list[Any] = []
+        pending = self._plain_open
+        if pending:
+            take = min(view.nbytes, TLS_MAX_PAYLOAD_SIZE - len(pending))
+            pending += view[:take]
+            view = view[take:]
+            if len(pending) >= TLS_MAX_PAYLOAD_SIZE or (not more and not view.nbytes):
+                records.append(bytes(pending))
+                pending.clear()
+        size = view.nbytes
+        pos = 0
+        limit = TLS_MAX_PAYLOAD_SIZE
+        while size - pos >= limit or (pos < size and not more):
+            records.append(view[pos : pos + limit])
+            pos += limit
+        if pos < size:
+            pending += view[pos:]
+        if not records:
+            await trio.lowlevel.checkpoint()
+            return
+        per_batch = max(1, _TX_BATCH // limit)
+        for i in range(0, len(records), per_batch):
+            last = i + per_batch >= len(records)
+            await self._write_records(
+                records[i : i + per_batch], more or not last, TLS_RECORD_TYPE_DATA
+            )
+
+    async def egress_write(self, bufs: list[memoryview], more: bool) -> None:
+        """Bytes redirected to this stream's egress: sealed with this stream's
+        keys, no verdict (``MSG_SENDPAGE_NOPOLICY``).
+
+        Raises:
+            OSError(EPIPE): TLS was closed for sending (close_notify sent).
+            trio.BrokenResourceError, trio.ClosedResourceError: the transport.
+        """
+        if self._tx_closed:
+            raise sk.kernel_error(errno.EPIPE, f"TLS {self.stream.sk.describe()} sent close_notify")
+        data = bufs[0] if len(bufs) == 1 else memoryview(b"".join(bufs))
+        limit = TLS_MAX_PAYLOAD_SIZE
+        records = [data[i : i + limit] for i in range(0, data.nbytes, limit)]
+        per_batch = max(1, _TX_BATCH // limit)
+        for i in range(0, len(records), per_batch):
+            last = i + per_batch >= len(records)
+            await self._write_records(
+                records[i : i + per_batch], more or not last, TLS_RECORD_TYPE_DATA
+            )
+
+    async def send_control(self, content_type: int, data: bytes | bytearray | memoryview) -> None:
+        """Send one record of ``content_type`` (``TLS_SET_RECORD_TYPE``), e.g. an
+        alert (21). A record left open by ``send_all(..., more=True)`` goes first,
+        through its verdict as an end of record would send it. Control records
+        are not verdicted (the program sees application data only).
+
+        Raises:
+            ValueError: ``content_type`` is application data (23) or not 1..255,
+                or ``data`` is longer than ``TLS_MAX_PAYLOAD_SIZE``.
+            trio.ClosedResourceError: close_notify was sent already.
+            skmsg_tcp.SendError: the open record's verdict dropped it.
+            trio.BusyResourceError: another task is sending on the stream.
+        """
+        if content_type == TLS_RECORD_TYPE_DATA or not 0 < content_type < 256:
+            raise ValueError(
+                f"send_control: content type {content_type} is not a control record type "
+                "(use send_all for application data, 23)"
+            )
+        if len(data) > TLS_MAX_PAYLOAD_SIZE:
+            raise ValueError(
+                f"send_control: {len(data)} bytes exceed TLS_MAX_PAYLOAD_SIZE "
+                f"({TLS_MAX_PAYLOAD_SIZE})"
+            )
+        stream = self.stream
+        with stream._send_conflict:
+            if self._tx_closed:
+                raise trio.ClosedResourceError("can't send after close_notify")
+            await self._flush_open()
+            await self._write_records([bytes(data)], False, content_type)
+            if content_type == TLS_RECORD_TYPE_ALERT and bytes(data[1:2]) == b"\0":
+                self._tx_closed = True
+
+    async def _flush_open(self) -> None:
+        """Close a record left open by ``more=True`` (its verdict runs)."""
+        if self._open.size or self._plain_open:
+            await self.sendmsg(memoryview(b""), False)
+
+    async def update_keys(self, *, request_peer: bool = True) -> None:
+        """Send a TLS 1.3 KeyUpdate and move the TX key on (RFC 8446 §4.6.3);
+        with ``request_peer`` the peer is asked to update its keys too (its
+        KeyUpdate is then handled on receipt, like any).
+
+        Raises:
+            OSError(EINVAL): the connection is not TLS 1.3.
+            trio.BusyResourceError: another task is sending on the stream.
+        """
+        stream = self.stream
+        with stream._send_conflict:
+            if self._tx_closed:
+                raise trio.ClosedResourceError("can't send after close_notify")
+            await self._flush_open()
+            lock = stream._write_lock
+            async with lock:
+                out = bytearray()
+                if self.rx.key_update_requested:  # one KeyUpdate answers it too
+                    self.rx.key_update_requested = False
+                self._key_update_locked(out, update_requested=request_peer)
+                await stream._send_bufs([memoryview(out)], False)
+
+    async def send_close_notify(self) -> None:
+        """Send the ``close_notify`` alert (once); sending ends after it.
+
+        Raises:
+            trio.BrokenResourceError, trio.ClosedResourceError: the transport.
+        """
+        if self._tx_closed:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._flush_open()
+        self._tx_closed = True
+        await self._write_records([bytes((_WARNING, ALERT_CLOSE_NOTIFY))], False, TLS_RECORD_TYPE_ALERT)
+
+    def close_notify_nowait(self) -> None:
+        """Best effort, for ``aclose``: seal close_notify and write it only if the
+        socket takes it at once and no write is in progress."""
+        if self._tx_closed or self.stream._write_lock.locked():
+            return
+        self._tx_closed = True
+        raw = self.stream._raw
+        if raw is None:
+            return
+        out = bytearray()
+        try:
+            self._sealer.seal_into(
+                out, bytes((_WARNING, ALERT_CLOSE_NOTIFY)), TLS_RECORD_TYPE_ALERT
+            )
+            raw.send(out)
+        except (OSError, ValueError):
+            return
+
+    # -- RX ---------------------------------------------------------------------------------
+
+    def rx_feed(self, psock: sk.SkPsock, data: bytes | bytearray | memoryview) -> list[sk.RxAction]:
+        """The ULP RX hook the runtime's pump calls in place of ``psock.rx_feed``:
+        open records, run the stream verdict on each data record.
+
+        Raises:
+            TlsRxError: a record failed (a ``StrParserError``: its ``actions``
+                are those of the records opened before it).
+        """
+        before = len(self.rx.controls)
+        try:
+            units = self.rx.open_records(data)
+        except TlsRxError as exc:
+            exc.actions = psock.rx_verdict(exc.messages)
+            self._control_lot.unpark_all()
+            raise
+        if len(self.rx.controls) != before or self.rx.eof:
+            self._control_lot.unpark_all()
+        return psock.rx_verdict(units) if units else []
+
+    @property
+    def rx_ended(self) -> bool:
+        """The peer's close_notify arrived: no data follows (the pump stops)."""
+        return self.rx.eof
+
+    def rx_transport(self, data: bytes) -> None:
+        """Bytes ``receive_some`` read from the socket with no receive program:
+        opened data waits here for :meth:`take_plain`; an error is kept for
+        after the data before it (:attr:`rx.error`)."""
+        before = len(self.rx.controls)
+        try:
+            units = self.rx.open_records(data)
+        except TlsRxError as exc:
+            units = exc.messages
+        for u in units:
+            self._plain.append(u)
+            self._plain_bytes += u.nbytes
+        if len(self.rx.controls) != before or self.rx.eof or self.rx.error is not None:
+            self._control_lot.unpark_all()
+
+    def transport_eof(self) -> None:
+        """The TCP stream ended. Inside a record that is an error (``EPROTO``)."""
+        if self.rx.error is None and not self.rx.eof and self.rx.opener.has_partial():
+            err = TlsRxError(
+                errno.EPROTO,
+                f"TLS {self.stream.sk.describe()}: the connection ended inside a record "
+                f"({self.rx.opener.buffered} bytes of it arrived)",
+            )
+            self.rx.error = err
+        self._tcp_eof = True
+        self._control_lot.unpark_all()
+
+    _tcp_eof = False
+
+    @property
+    def plain_bytes(self) -> int:
+        """Opened plaintext waiting for ``receive_some`` (no receive program)."""
+        return self._plain_bytes
+
+    def take_plain(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of the waiting plaintext, across records."""
+        q = self._plain
+        out: list[memoryview] = []
+        want = max_bytes
+        while q and want > 0:
+            b = q[0]
+            if b.nbytes <= want:
+                out.append(q.popleft())
+                want -= b.nbytes
+            else:
+                out.append(b[:want])
+                q[0] = b[want:]
+                want = 0
+        got = max_bytes - want
+        self._plain_bytes -= got
+        return out[0].tobytes() if len(out) == 1 else b"".join(out)
+
+    def receive_control_nowait(self) -> ControlRecord:
+        """The oldest control record received and not yet taken.
+
+        Raises:
+            trio.WouldBlock: none is waiting.
+        """
+        if self.rx.controls:
+            return self.rx.controls.popleft()
+        raise trio.WouldBlock
+
+    async def receive_control(self) -> ControlRecord:
+        """Wait for the next control record (alert, post-handshake handshake
+        message, ...) in arrival order. Without receive programs, and when no
+        other task is in ``receive_some``, this reads the socket itself (data
+        records met meanwhile wait for ``receive_some``).
+
+        Raises:
+            trio.EndOfChannel: the peer's close_notify or the TCP EOF came and
+                every control record before it was taken.
+            trio.BrokenResourceError: receiving failed (bad record, fatal alert);
+                ``__cause__`` carries the errno.
+            trio.ClosedResourceError: the stream was closed.
+        """
+        stream = self.stream
+        while True:
+            if self.rx.controls:
+                await trio.lowlevel.checkpoint()
+                return self.rx.controls.popleft()
+            if stream._closed:
+                raise trio.ClosedResourceError("this stream was closed")
+            if self.rx.error is not None:
+                await trio.lowlevel.checkpoint()
+                raise trio.BrokenResourceError(f"TLS receive failed: {self.rx.error}") from (
+                    self.rx.error
+                )
+            if self.rx.eof or self._tcp_eof or stream._rx_eof:
+                await trio.lowlevel.checkpoint()
+                raise trio.EndOfChannel("the peer ended the TLS stream")
+            rt = stream._runtime
+            pumping = stream.sk.psock is not None and rt is not None and rt.pumping(stream)
+            if pumping or stream._receive_conflict._held:
+                await self._control_lot.park()
+                continue
+            with stream._receive_conflict:
+                data = await stream.transport_recv(65536)
+                if not data:
+                    self.transport_eof()
+                else:
+                    self.rx_transport(data)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def statistics(self) -> TlsStats:
+        """A snapshot of this stream's TLS counters."""
+        return TlsStats(
+            self.version,
+            self.cipher_type,
+            self.tx_records,
+            self.tx_bytes,
+            self.tx_control_records,
+            self.rx.records,
+            self.rx.bytes,
+            self.rx.control_records,
+            self.rx.control_dropped,
+            self.rx.decrypt_errors,
+            self.tx_rekeys,
+            self.rx.rekeys,
+            self.rx.key_updates_received,
+            self._open.size + len(self._plain_open),
+        )
+
+    def release(self) -> None:
+        """The stream closed: the TLS contexts go (``TlsCurr*Sw`` drop)."""
+        if self.active:
+            self.active = False
+            _stats.count("TlsCurrTxSw", -1)
+            _stats.count("TlsCurrRxSw", -1)
+            self._control_lot.unpark_all()
+            if self._open.msg is not None:
+                self._open.msg.free()
+                self._open.msg = None
+
+    def __repr__(self) -> str:
+        return f"<TlsSocket {self.version:#06x} cipher {self.cipher_type} on {self.stream!r}>"
