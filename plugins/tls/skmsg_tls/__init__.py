@@ -18,3 +18,33 @@ __all__ = ["skmsg_protocols"]
 def skmsg_protocols() -> Sequence[SkProto]:
     """No TLS protocol table yet."""
     return ()
+
+# The record codec (issue 4, deliverable 1): sans-I/O, re-exported only.
+from ._codec import TLS_1_2_VERSION as TLS_1_2_VERSION  # noqa: E402
+from ._codec import TLS_1_3_VERSION as TLS_1_3_VERSION  # noqa: E402
+from ._codec import TLS_CIPHER_AES_GCM_128 as TLS_CIPHER_AES_GCM_128  # noqa: E402
+from ._codec import TLS_CIPHER_AES_GCM_256 as TLS_CIPHER_AES_GCM_256  # noqa: E402
+from ._codec import TLS_CIPHER_CHACHA20_POLY1305 as TLS_CIPHER_CHACHA20_POLY1305  # noqa: E402
+from ._codec import TLS_HANDSHAKE_KEY_UPDATE as TLS_HANDSHAKE_KEY_UPDATE  # noqa: E402
+from ._codec import TLS_MAX_PAYLOAD_SIZE as TLS_MAX_PAYLOAD_SIZE  # noqa: E402
+from ._codec import TLS_RECORD_TYPE_ALERT as TLS_RECORD_TYPE_ALERT  # noqa: E402
+from ._codec import (  # noqa: E402
+    TLS_RECORD_TYPE_CHANGE_CIPHER_SPEC as TLS_RECORD_TYPE_CHANGE_CIPHER_SPEC,
+)
+from ._codec import TLS_RECORD_TYPE_DATA as TLS_RECORD_TYPE_DATA  # noqa: E402
+from ._codec import TLS_RECORD_TYPE_HANDSHAKE as TLS_RECORD_TYPE_HANDSHAKE  # noqa: E402
+from ._codec import RecordOpener as RecordOpener  # noqa: E402
+from ._codec import RecordSealer as RecordSealer  # noqa: E402
+from ._codec import TlsCryptoInfo as TlsCryptoInfo  # noqa: E402
+from ._codec import TlsRecordError as TlsRecordError  # noqa: E402
+from ._codec import cipher_name as cipher_name  # noqa: E402
+from ._codec import key_update_message as key_update_message  # noqa: E402
+
+# The key schedule: traffic secrets to crypto infos.
+from ._keys import cipher_for_suite as cipher_for_suite  # noqa: E402
+from ._keys import cipher_hash as cipher_hash  # noqa: E402
+from ._keys import hkdf_expand_label as hkdf_expand_label  # noqa: E402
+from ._keys import tls12_crypto_infos as tls12_crypto_infos  # noqa: E402
+from ._keys import tls12_prf as tls12_prf  # noqa: E402
+from ._keys import tls13_crypto_info as tls13_crypto_info  # noqa: E402
+from ._keys import tls13_next_secret as tls13_next_secret  # noqa: E402

@@ -1,0 +1,598 @@
+"""The TLS record layer, sans-I/O: seal plaintext into records, open records.
+
+Mirrors the software record path of Linux kTLS (``net/tls/tls_sw.c``,
+``tls_main.c``): a direction is configured with a crypto info shaped like the
+kernel's ``tls12_crypto_info_*`` (version, cipher type, key, iv, salt,
+record sequence), TX and RX independently, and only the record layer runs
+here; the handshake stays in a TLS library.
+
+Rules, as the kernel applies them:
+
+- A record carries at most ``TLS_MAX_PAYLOAD_SIZE`` (2^14) bytes of plaintext.
+- TLS 1.3 (RFC 8446 §5.2): outer type 23, legacy version 0x0303, the header is
+  the AAD; the plaintext is ``content || inner type || zero padding``; the
+  nonce is ``iv XOR seq``. A plaintext of only zeros (no inner type) is
+  ``EBADMSG``.
+- TLS 1.2 GCM (RFC 5288): nonce ``salt || explicit``, the 8-byte explicit part
+  sent in clear after the header. The sender's explicit nonce is a counter
+  that starts at ``info.iv`` and steps by one per record, as the kernel's TX
+  does; the receiver takes it from the wire. AAD ``seq || type || version ||
+  plaintext length``.
+- TLS 1.2 ChaCha20-Poly1305 (RFC 7905): nonce ``iv XOR seq``, no explicit part.
+- A sequence number never wraps: after record 2^64-1 a direction is exhausted
+  and every further record fails (``EBADMSG``, as ``tls_advance_record_sn``);
+  TLS 1.3 may rekey, which restarts the sequence.
+- Receive errors follow ``tls_rx_msg_size`` and ``tls_decrypt_sg``: a legacy
+  version other than 0x0303 is ``EINVAL``, a record longer than the largest
+  allowed is ``EMSGSIZE``, one shorter than the cipher overhead or failing
+  authentication is ``EBADMSG``. After an error the opener is poisoned: no
+  byte of the bad record is released and every further call raises the same
+  error, as a kTLS socket stays in error.
+- TLS 1.3 KeyUpdate received: once a record whose last handshake message is a
+  KeyUpdate has been returned, reads fail ``EKEYEXPIRED`` (without poisoning)
+  until :meth:`RecordOpener.rekey` installs the next key, as newer kernels do.
+
+Theory of operation: :class:`RecordSealer` turns one plaintext into one record
+(``bytes`` in, ``bytes`` out); :class:`RecordOpener` takes raw bytes in any
+split (:meth:`~RecordOpener.feed`) and hands out whole records in order
+(:meth:`~RecordOpener.next_record`). Neither does I/O. The AEAD objects are
+built once per key; nonces are built with an int XOR.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from collections.abc import Callable
+from typing import Final
+
+import attrs
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+
+from skmsg_core import TLS_MAX_PAYLOAD_SIZE
+
+__all__ = [
+    "TLS_1_2_VERSION",
+    "TLS_1_3_VERSION",
+    "TLS_CIPHER_AES_GCM_128",
+    "TLS_CIPHER_AES_GCM_256",
+    "TLS_CIPHER_CHACHA20_POLY1305",
+    "TLS_HANDSHAKE_KEY_UPDATE",
+    "TLS_MAX_PAYLOAD_SIZE",
+    "TLS_RECORD_TYPE_ALERT",
+    "TLS_RECORD_TYPE_CHANGE_CIPHER_SPEC",
+    "TLS_RECORD_TYPE_DATA",
+    "TLS_RECORD_TYPE_HANDSHAKE",
+    "RecordOpener",
+    "RecordSealer",
+    "TlsCryptoInfo",
+    "TlsRecordError",
+    "key_update_message",
+]
+
+# include/uapi/linux/tls.h
+TLS_1_2_VERSION: Final = 0x0303
+TLS_1_3_VERSION: Final = 0x0304
+TLS_CIPHER_AES_GCM_128: Final = 51
+TLS_CIPHER_AES_GCM_256: Final = 52
+TLS_CIPHER_CHACHA20_POLY1305: Final = 54
+
+# include/net/tls.h
+TLS_RECORD_TYPE_CHANGE_CIPHER_SPEC: Final = 20
+TLS_RECORD_TYPE_ALERT: Final = 21
+TLS_RECORD_TYPE_HANDSHAKE: Final = 22
+TLS_RECORD_TYPE_DATA: Final = 23
+
+#: Handshake message type of a TLS 1.3 KeyUpdate (RFC 8446 §4.6.3).
+TLS_HANDSHAKE_KEY_UPDATE: Final = 24
+
+TLS_HEADER_SIZE: Final = 5
+TLS_TAG_SIZE: Final = 16
+_LEGACY_VERSION: Final = 0x0303
+_MAX_SEQ: Final = (1 << 64) - 1
+_MASK64: Final = (1 << 64) - 1
+
+_VERSION_NAMES: Final = {TLS_1_2_VERSION: "TLS 1.2", TLS_1_3_VERSION: "TLS 1.3"}
+
+
+@attrs.frozen
+class _CipherSpec:
+    name: str
+    key_size: int
+    iv_size: int
+    salt_size: int
+    aead: type[AESGCM] | type[ChaCha20Poly1305]
+
+
+_CIPHERS: Final[dict[int, _CipherSpec]] = {
+    TLS_CIPHER_AES_GCM_128: _CipherSpec("AES_GCM_128", 16, 8, 4, AESGCM),
+    TLS_CIPHER_AES_GCM_256: _CipherSpec("AES_GCM_256", 32, 8, 4, AESGCM),
+    TLS_CIPHER_CHACHA20_POLY1305: _CipherSpec("CHACHA20_POLY1305", 32, 12, 0, ChaCha20Poly1305),
+}
+_REC_SEQ_SIZE: Final = 8
+
+
+def cipher_name(cipher_type: int) -> str:
+    """The kernel's name for ``cipher_type`` (``AES_GCM_128``...), or its number."""
+    spec = _CIPHERS.get(cipher_type)
+    return spec.name if spec is not None else str(cipher_type)
+
+
+def _as_bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"expected bytes, got {type(value).__name__}")
+
+
+def _check_version(inst: TlsCryptoInfo, attr: attrs.Attribute[int], value: int) -> None:
+    if value not in _VERSION_NAMES:
+        raise ValueError(
+            f"TlsCryptoInfo.version: {value:#06x} is not TLS_1_2_VERSION (0x0303) "
+            "or TLS_1_3_VERSION (0x0304)"
+        )
+
+
+def _check_cipher(inst: TlsCryptoInfo, attr: attrs.Attribute[int], value: int) -> None:
+    if value not in _CIPHERS:
+        raise ValueError(
+            f"TlsCryptoInfo.cipher_type: {value} is not one of TLS_CIPHER_AES_GCM_128 (51), "
+            "TLS_CIPHER_AES_GCM_256 (52), TLS_CIPHER_CHACHA20_POLY1305 (54)"
+        )
+
+
+def _size_checker(field: str) -> Callable[[TlsCryptoInfo, attrs.Attribute[bytes], bytes], None]:
+    def check(inst: TlsCryptoInfo, attr: attrs.Attribute[bytes], value: bytes) -> None:
+        spec = _CIPHERS[inst.cipher_type]
+        want = _REC_SEQ_SIZE if field == "rec_seq" else getattr(spec, f"{field}_size")
+        if len(value) != want:
+            raise ValueError(
+                f"TlsCryptoInfo.{field}: {len(value)} bytes, {spec.name} needs {want}"
+            )
+
+    return check
+
+
+@attrs.frozen
+class TlsCryptoInfo:
+    """One direction's record-layer keys, shaped like ``struct tls12_crypto_info_*``.
+
+    ``version`` is ``TLS_1_2_VERSION`` or ``TLS_1_3_VERSION``; ``cipher_type``
+    one of the ``TLS_CIPHER_*`` numbers. Sizes as in the kernel: AES-GCM
+    ``iv`` 8, ``key`` 16 or 32, ``salt`` 4; ChaCha20-Poly1305 ``iv`` 12,
+    ``key`` 32, ``salt`` empty; ``rec_seq`` 8 (big-endian sequence number of
+    the next record). For TLS 1.3 GCM the 12-byte write IV is ``salt || iv``;
+    for TLS 1.2 GCM ``salt`` is the implicit nonce and ``iv`` the first
+    explicit nonce the sender uses.
+
+    Raises:
+        ValueError: a field has a wrong value or size; the message names it.
+        TypeError: a byte field is not bytes-like.
+    """
+
+    version: int = attrs.field(validator=_check_version)
+    cipher_type: int = attrs.field(validator=_check_cipher)
+    key: bytes = attrs.field(converter=_as_bytes, validator=_size_checker("key"), repr=False)
+    iv: bytes = attrs.field(converter=_as_bytes, validator=_size_checker("iv"), repr=False)
+    salt: bytes = attrs.field(converter=_as_bytes, validator=_size_checker("salt"), repr=False)
+    rec_seq: bytes = attrs.field(converter=_as_bytes, validator=_size_checker("rec_seq"))
+
+    @property
+    def seq(self) -> int:
+        """``rec_seq`` as an int."""
+        return int.from_bytes(self.rec_seq, "big")
+
+    def with_seq(self, seq: int) -> TlsCryptoInfo:
+        """The same keys starting at record ``seq``.
+
+        Raises:
+            ValueError: ``seq`` is not in 0..2^64-1.
+        """
+        if not 0 <= seq <= _MAX_SEQ:
+            raise ValueError(f"TlsCryptoInfo.rec_seq: {seq} does not fit 64 bits")
+        return attrs.evolve(self, rec_seq=seq.to_bytes(8, "big"))
+
+
+class TlsRecordError(OSError):
+    """A TLS record could not be sealed or opened; ``.errno`` says why.
+
+    ``EBADMSG``: authentication failed, a record shorter than the cipher
+    overhead, a TLS 1.3 plaintext without an inner content type, or the
+    sequence numbers exhausted. ``EINVAL``: a malformed header (legacy version,
+    outer type). ``EMSGSIZE``: a record longer than allowed. ``EPROTO``: the
+    stream ended inside a record. ``EKEYEXPIRED``: a KeyUpdate was received and
+    the next key is not installed yet. These are faults of the remote peer's
+    bytes (or of the keys given); local misuse raises ``ValueError``.
+    """
+
+    @classmethod
+    def of(cls, err: int, what: str) -> TlsRecordError:
+        """Build one in :func:`skmsg_core.kernel_error`'s style: ``what`` names the
+        record at fault, the errno's name follows."""
+        name = errno.errorcode.get(err, str(err))
+        return cls(err, f"{what}: {name} ({os.strerror(err)})")
+
+
+def key_update_message(update_requested: bool) -> bytes:
+    """The handshake message of a TLS 1.3 KeyUpdate (RFC 8446 §4.6.3), to be
+    sealed as a ``TLS_RECORD_TYPE_HANDSHAKE`` record under the old key."""
+    return bytes((TLS_HANDSHAKE_KEY_UPDATE, 0, 0, 1, 1 if update_requested else 0))
+
+
+_HEADER = struct.Struct(">BHH")
+_pack_header = _HEADER.pack
+_TYPE_BYTE: Final = tuple(bytes((i,)) for i in range(256))
+
+
+class _Direction:
+    """What sealer and opener share: the key state of one direction."""
+
+    __slots__ = ("_aead", "_explicit", "_info", "_iv", "_salt", "_seq", "_tls13")
+
+    def __init__(self, info: TlsCryptoInfo) -> None:
+        self._install(info)
+
+    def _install(self, info: TlsCryptoInfo) -> None:
+        if not isinstance(info, TlsCryptoInfo):
+            raise TypeError(f"expected TlsCryptoInfo, got {type(info).__name__}")
+        self._info = info
+        self._aead = _CIPHERS[info.cipher_type].aead(info.key)
+        self._tls13 = info.version == TLS_1_3_VERSION
+        self._seq = info.seq
+        # explicit nonce only for TLS 1.2 GCM; otherwise nonce = iv XOR seq
+        self._explicit: int | None = None
+        self._salt = info.salt
+        if not self._tls13 and info.cipher_type != TLS_CIPHER_CHACHA20_POLY1305:
+            self._explicit = int.from_bytes(info.iv, "big")
+        self._iv = int.from_bytes(info.salt + info.iv, "big")
+
+    def _check_rekey(self, info: TlsCryptoInfo) -> None:
+        old = self._info
+        if not isinstance(info, TlsCryptoInfo):
+            raise TypeError(f"expected TlsCryptoInfo, got {type(info).__name__}")
+        if old.version != TLS_1_3_VERSION:
+            raise ValueError("rekey: only TLS 1.3 can rekey (the kernel answers EINVAL)")
+        if info.version != old.version:
+            raise ValueError(
+                f"rekey: version {info.version:#06x} differs from the current "
+                f"{old.version:#06x} (the kernel answers EINVAL)"
+            )
+        if info.cipher_type != old.cipher_type:
+            raise ValueError(
+                f"rekey: cipher {cipher_name(info.cipher_type)} differs from the current "
+                f"{cipher_name(old.cipher_type)} (the kernel answers EINVAL)"
+            )
+
+    @property
+    def seq(self) -> int:
+        """The sequence number of the next record (2^64 once exhausted)."""
+        return self._seq
+
+    @property
+    def version(self) -> int:
+        """``TLS_1_2_VERSION`` or ``TLS_1_3_VERSION``."""
+        return self._info.version
+
+    @property
+    def cipher_type(self) -> int:
+        """The ``TLS_CIPHER_*`` in use."""
+        return self._info.cipher_type
+
+
+class RecordSealer(_Direction):
+    """Seals plaintext into TLS records: the TX half of ``tls_sw``.
+
+    ``seq`` is the next record's sequence number. Not thread-safe; one task
+    owns it.
+    """
+
+    __slots__ = ()
+
+    def seal(
+        self,
+        plaintext: bytes | bytearray | memoryview,
+        content_type: int = TLS_RECORD_TYPE_DATA,
+        *,
+        padding: int = 0,
+    ) -> bytes:
+        """Seal ``plaintext`` into exactly one record and return its wire bytes.
+
+        ``padding`` (TLS 1.3 only) appends that many zero bytes to the inner
+        plaintext; ``len(plaintext) + padding`` may not exceed 2^14.
+
+        Raises:
+            ValueError: the plaintext is longer than ``TLS_MAX_PAYLOAD_SIZE``,
+                ``content_type`` is not 1..255, or padding is not allowed.
+            TlsRecordError: ``EBADMSG``, the sequence numbers are exhausted
+                (rekey under TLS 1.3, else close); nothing is sealed.
+        """
+        out = bytearray()
+        self.seal_into(out, plaintext, content_type, padding=padding)
+        return bytes(out)
+
+    def seal_into(
+        self,
+        out: bytearray,
+        plaintext: bytes | bytearray | memoryview,
+        content_type: int = TLS_RECORD_TYPE_DATA,
+        *,
+        padding: int = 0,
+    ) -> int:
+        """Append one sealed record to ``out``; return the number of bytes appended.
+
+        Same rules and errors as :meth:`seal`; on an error ``out`` is unchanged.
+        """
+        n = len(plaintext)
+        if n + padding > TLS_MAX_PAYLOAD_SIZE or padding < 0:
+            raise ValueError(
+                f"seal: {n} bytes of plaintext + {padding} of padding exceed "
+                f"TLS_MAX_PAYLOAD_SIZE ({TLS_MAX_PAYLOAD_SIZE})"
+                if padding >= 0
+                else f"seal: negative padding {padding}"
+            )
+        if not 0 < content_type < 256:
+            raise ValueError(f"seal: content type {content_type} is not 1..255")
+        seq = self._seq
+        if seq > _MAX_SEQ:
+            raise TlsRecordError.of(
+                errno.EBADMSG,
+                "seal: TX sequence numbers exhausted (2^64 records); rekey or close",
+            )
+        if self._tls13:
+            length = n + 1 + padding + TLS_TAG_SIZE
+            header = _pack_header(TLS_RECORD_TYPE_DATA, _LEGACY_VERSION, length)
+            if padding:
+                inner = b"".join((plaintext, _TYPE_BYTE[content_type], bytes(padding)))
+            else:
+                inner = b"".join((plaintext, _TYPE_BYTE[content_type]))
+            sealed = self._aead.encrypt((self._iv ^ seq).to_bytes(12, "big"), inner, header)
+            self._seq = seq + 1
+            out += header
+            out += sealed
+            return TLS_HEADER_SIZE + length
+        if padding:
+            raise ValueError("seal: padding exists only in TLS 1.3")
+        aad = seq.to_bytes(8, "big") + _pack_header(content_type, _LEGACY_VERSION, n)
+        explicit = self._explicit
+        if explicit is None:  # TLS 1.2 ChaCha20-Poly1305
+            length = n + TLS_TAG_SIZE
+            sealed = self._aead.encrypt((self._iv ^ seq).to_bytes(12, "big"), plaintext, aad)
+            self._seq = seq + 1
+            out += _pack_header(content_type, _LEGACY_VERSION, length)
+            out += sealed
+            return TLS_HEADER_SIZE + length
+        length = 8 + n + TLS_TAG_SIZE
+        nonce_explicit = explicit.to_bytes(8, "big")
+        sealed = self._aead.encrypt(self._salt + nonce_explicit, plaintext, aad)
+        self._seq = seq + 1
+        self._explicit = (explicit + 1) & _MASK64
+        out += _pack_header(content_type, _LEGACY_VERSION, length)
+        out += nonce_explicit
+        out += sealed
+        return TLS_HEADER_SIZE + length
+
+    def rekey(self, info: TlsCryptoInfo) -> None:
+        """Install the next TX key (TLS 1.3 KeyUpdate); the sequence restarts at
+        ``info.rec_seq``. Seal the KeyUpdate message under the old key first.
+
+        Raises:
+            ValueError: the current version is not TLS 1.3, or ``info`` changes
+                the version or cipher (the kernel's ``EINVAL``); nothing changes.
+        """
+        self._check_rekey(info)
+        self._install(info)
+
+
+class RecordOpener(_Direction):
+    """Frames and opens TLS records from a byte stream: the RX half of ``tls_sw``.
+
+    Feed raw bytes in any split; :meth:`next_record` returns whole records in
+    order. ``seq`` is the sequence number of the next record to open. Not
+    thread-safe; one task owns it.
+    """
+
+    __slots__ = ("_buf", "_error", "_hs_partial", "_key_expired")
+
+    def __init__(self, info: TlsCryptoInfo) -> None:
+        super().__init__(info)
+        self._buf = bytearray()
+        self._error: TlsRecordError | None = None
+        self._key_expired = False
+        # TLS 1.3: handshake bytes of a message not yet complete (KeyUpdate watch)
+        self._hs_partial = b""
+
+    @property
+    def buffered(self) -> int:
+        """Raw bytes held that no :meth:`next_record` call has returned yet."""
+        return len(self._buf)
+
+    @property
+    def key_expired(self) -> bool:
+        """True after a KeyUpdate was returned and before :meth:`rekey`."""
+        return self._key_expired
+
+    @property
+    def error(self) -> TlsRecordError | None:
+        """The error that poisoned this opener, or None."""
+        return self._error
+
+    def has_partial(self) -> bool:
+        """Whether the held bytes end inside a record (bytes that are not a
+        whole record). Whole records not yet taken do not count."""
+        buf = self._buf
+        pos = 0
+        end = len(buf)
+        while end - pos >= TLS_HEADER_SIZE:
+            pos += TLS_HEADER_SIZE + ((buf[pos + 3] << 8) | buf[pos + 4])
+        return pos != end
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append raw bytes received from the peer.
+
+        Raises:
+            TlsRecordError: the opener is poisoned; that error again.
+        """
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        self._buf += data
+
+    def eof(self) -> None:
+        """Check that the stream may end here: no partial record is held.
+
+        Raises:
+            TlsRecordError: ``EPROTO``, the stream ended inside a record (the
+                message says how much of it arrived); or the poisoning error.
+        """
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        if self.has_partial():
+            raise TlsRecordError.of(
+                errno.EPROTO,
+                f"TLS record seq {self._seq}: stream ended inside a record "
+                f"({len(self._buf)} raw bytes held)",
+            )
+
+    def _fail(self, err: int, what: str) -> TlsRecordError:
+        exc = TlsRecordError.of(err, f"TLS record seq {self._seq}: {what}")
+        self._error = exc
+        return exc
+
+    def next_record(self) -> tuple[int, bytes] | None:
+        """Open the next whole record: ``(content_type, plaintext)``, or None if
+        no whole record is held yet.
+
+        For TLS 1.3 the content type is the inner one and the padding is gone.
+
+        Raises:
+            TlsRecordError: ``EINVAL`` legacy version not 0x0303 or (TLS 1.3)
+                outer type not 23; ``EMSGSIZE`` record too long; ``EBADMSG``
+                record too short, authentication failed, no inner type, or
+                sequence numbers exhausted. These poison the opener (the error
+                repeats; no byte of the record is released). ``EKEYEXPIRED``:
+                a KeyUpdate was returned and :meth:`rekey` has not been called;
+                not poisoning.
+        """
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        buf = self._buf
+        avail = len(buf)
+        if avail < TLS_HEADER_SIZE:
+            return None
+        if self._key_expired:
+            raise TlsRecordError.of(
+                errno.EKEYEXPIRED,
+                f"TLS record seq {self._seq}: KeyUpdate received, the next RX key is "
+                "not installed (call rekey)",
+            )
+        outer_type = buf[0]
+        version = (buf[1] << 8) | buf[2]
+        length = (buf[3] << 8) | buf[4]
+        if version != _LEGACY_VERSION:
+            raise self._fail(
+                errno.EINVAL, f"legacy record version {version:#06x} is not 0x0303"
+            )
+        tls13 = self._tls13
+        explicit = self._explicit
+        if tls13:
+            overhead = TLS_TAG_SIZE
+            limit = TLS_MAX_PAYLOAD_SIZE + TLS_TAG_SIZE + 1
+            if outer_type != TLS_RECORD_TYPE_DATA:
+                raise self._fail(
+                    errno.EINVAL,
+                    f"outer content type {outer_type} (TLS 1.3 records carry 23)",
+                )
+        else:
+            overhead = TLS_TAG_SIZE if explicit is None else TLS_TAG_SIZE + 8
+            limit = TLS_MAX_PAYLOAD_SIZE + overhead
+            if outer_type == 0:
+                raise self._fail(errno.EINVAL, "content type 0")
+        if length > limit:
+            raise self._fail(
+                errno.EMSGSIZE, f"record length {length} exceeds the maximum {limit}"
+            )
+        if length < overhead:
+            raise self._fail(
+                errno.EBADMSG, f"record length {length} is below the cipher overhead {overhead}"
+            )
+        end = TLS_HEADER_SIZE + length
+        if avail < end:
+            return None
+        seq = self._seq
+        if seq > _MAX_SEQ:
+            raise self._fail(errno.EBADMSG, "RX sequence numbers exhausted (2^64 records)")
+        view = memoryview(buf)
+        try:
+            if tls13:
+                header = bytes(view[:TLS_HEADER_SIZE])
+                nonce = (self._iv ^ seq).to_bytes(12, "big")
+                inner = self._aead.decrypt(nonce, view[TLS_HEADER_SIZE:end], header)
+            elif explicit is None:
+                nonce = (self._iv ^ seq).to_bytes(12, "big")
+                aad = seq.to_bytes(8, "big") + _pack_header(
+                    outer_type, _LEGACY_VERSION, length - TLS_TAG_SIZE
+                )
+                inner = self._aead.decrypt(nonce, view[TLS_HEADER_SIZE:end], aad)
+            else:
+                nonce = self._salt + bytes(view[TLS_HEADER_SIZE : TLS_HEADER_SIZE + 8])
+                aad = seq.to_bytes(8, "big") + _pack_header(
+                    outer_type, _LEGACY_VERSION, length - overhead
+                )
+                inner = self._aead.decrypt(nonce, view[TLS_HEADER_SIZE + 8 : end], aad)
+        except InvalidTag:
+            raise self._fail(errno.EBADMSG, "authentication failed") from None
+        finally:
+            view.release()
+        if tls13:
+            if inner and inner[-1]:
+                content_type = inner[-1]
+                plaintext = inner[:-1]
+            else:
+                stripped = inner.rstrip(b"\0")
+                if not stripped:
+                    raise self._fail(
+                        errno.EBADMSG, "plaintext is all zeros (no inner content type)"
+                    )
+                content_type = stripped[-1]
+                plaintext = stripped[:-1]
+        else:
+            content_type = outer_type
+            plaintext = inner
+        del buf[:end]
+        self._seq = seq + 1
+        if tls13 and content_type == TLS_RECORD_TYPE_HANDSHAKE:
+            self._watch_handshake(plaintext)
+        return content_type, plaintext
+
+    def _watch_handshake(self, plaintext: bytes) -> None:
+        """Track TLS 1.3 handshake messages across records to spot a KeyUpdate
+        (which RFC 8446 §5.1 requires to end its record)."""
+        data = self._hs_partial + plaintext
+        pos = 0
+        last_type = -1
+        while len(data) - pos >= 4:
+            size = int.from_bytes(data[pos + 1 : pos + 4], "big")
+            if len(data) - pos - 4 < size:
+                break
+            last_type = data[pos]
+            pos += 4 + size
+        self._hs_partial = data[pos:]
+        if last_type == TLS_HANDSHAKE_KEY_UPDATE and not self._hs_partial:
+            self._key_expired = True
+
+    def rekey(self, info: TlsCryptoInfo) -> None:
+        """Install the next RX key (after the peer's KeyUpdate); records still
+        held are opened with it, from ``info.rec_seq``.
+
+        Raises:
+            ValueError: the current version is not TLS 1.3, or ``info`` changes
+                the version or cipher (the kernel's ``EINVAL``); nothing changes.
+            TlsRecordError: the opener is poisoned; that error again.
+        """
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        self._check_rekey(info)
+        self._install(info)
+        self._key_expired = False
