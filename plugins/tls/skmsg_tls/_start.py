@@ -40,11 +40,24 @@ import skmsg_core as sk
 from skmsg_tcp import SkStream
 
 from . import _stats
-from ._handoff import tls_handoff
+from ._codec import TlsCryptoInfo
 from ._rx import TlsRxError
 from ._ulp import TlsSocket
 
-__all__ = ["start_tls"]
+__all__ = ["enable_tls", "start_tls"]
+
+
+def _check(stream: object) -> SkStream:
+    if not isinstance(stream, SkStream):
+        raise TypeError(f"TLS needs an skmsg_tcp.SkStream, not {type(stream).__name__}")
+    s = stream.sk
+    if stream._closed:
+        raise trio.ClosedResourceError("this stream was closed")
+    if s.ulp is not None or stream._ulp is not None or stream._ulp_pending:
+        raise sk.kernel_error(errno.EEXIST, f"{s.describe()} already has the {s.ulp!r} ULP")
+    if stream.socket.did_shutdown_SHUT_WR or stream._rx_eof:
+        raise sk.kernel_error(errno.ENOTCONN, f"{s.describe()} has sent or received EOF")
+    return stream
 
 
 async def start_tls(
@@ -62,7 +75,7 @@ async def start_tls(
     stream's ``send_all``/``receive_some`` carry application data, sealed and
     opened by skmsg, with the stream's SK_MSG / SK_SKB programs seeing the
     plaintext. The returned :class:`TlsSocket` gives control records, key
-    updates and counters.
+    updates, the ``ssl_object`` and counters.
 
     Raises:
         TypeError: ``stream`` is not an :class:`skmsg_tcp.SkStream`.
@@ -75,15 +88,10 @@ async def start_tls(
 
     Cancellation during the handshake leaves the stream unusable.
     """
-    if not isinstance(stream, SkStream):
-        raise TypeError(f"start_tls needs an skmsg_tcp.SkStream, not {type(stream).__name__}")
+    from ._handoff import tls_handoff
+
+    stream = _check(stream)
     s = stream.sk
-    if stream._closed:
-        raise trio.ClosedResourceError("this stream was closed")
-    if s.ulp is not None or stream._ulp is not None or stream._ulp_pending:
-        raise sk.kernel_error(errno.EEXIST, f"{s.describe()} already has the {s.ulp!r} ULP")
-    if stream.socket.did_shutdown_SHUT_WR or stream._rx_eof:
-        raise sk.kernel_error(errno.ENOTCONN, f"{s.describe()} has sent or received EOF")
     with stream._send_conflict, stream._receive_conflict:
         stream._ulp_pending = True
         rt = stream._runtime
@@ -112,34 +120,79 @@ async def start_tls(
             stream._ulp_pending = False
             _restart_pump(stream)
             raise
-        tls = TlsSocket(stream, hand)
-        s.ulp = "tls"
-        s.ulp_data = tls
-        stream._ulp = tls
-        stream._ulp_pending = False
-        for name in ("TlsCurrTxSw", "TlsCurrRxSw", "TlsTxSw", "TlsRxSw"):
-            _stats.count(name)
-        psock = s.psock
-        pump = psock is not None and psock.rx_mode is not None and rt is not None
-        if hand.unconsumed:
-            if pump:
-                assert psock is not None and rt is not None
-                try:
-                    actions = tls.rx_feed(psock, hand.unconsumed)
-                except TlsRxError as exc:
-                    for action in exc.actions:
-                        await rt.rx_action(stream, action)
-                    stream.rx_failed(exc)
-                    return tls
-                for action in actions:
-                    await rt.rx_action(stream, action)
-                if tls.rx_ended:
-                    stream.rx_eof()
-                    return tls
-            else:
-                tls.rx_transport(bytes(hand.unconsumed))
-        _restart_pump(stream)
+        tls = TlsSocket(
+            stream,
+            hand.tx,
+            hand.rx,
+            tx_secret=hand.tx_secret,
+            rx_secret=hand.rx_secret,
+            ssl_object=hand.ssl_object,
+        )
+        await _install(stream, tls, bytes(hand.unconsumed))
     return tls
+
+
+async def enable_tls(
+    stream: SkStream,
+    tx: TlsCryptoInfo,
+    rx: TlsCryptoInfo,
+    *,
+    tx_secret: bytes | None = None,
+    rx_secret: bytes | None = None,
+    received: bytes = b"",
+) -> TlsSocket:
+    """Install the TLS ULP with keys from a handshake done elsewhere: the
+    kernel's ``setsockopt(TCP_ULP, "tls")`` then ``TLS_TX`` and ``TLS_RX``.
+
+    ``tx_secret``/``rx_secret`` (TLS 1.3 traffic secrets) enable KeyUpdate;
+    ``received``: bytes already read from the peer past the handshake, opened
+    first.
+
+    Raises:
+        TypeError, FileExistsError, trio.BusyResourceError,
+        trio.ClosedResourceError, OSError(ENOTCONN): as :func:`start_tls`.
+        ValueError: ``tx`` and ``rx`` differ in version or cipher.
+    """
+    stream = _check(stream)
+    tls = TlsSocket(stream, tx, rx, tx_secret=tx_secret, rx_secret=rx_secret)
+    with stream._send_conflict, stream._receive_conflict:
+        rt = stream._runtime
+        if rt is not None:
+            rt.stop_pump(stream)
+        await _install(stream, tls, received)
+    return tls
+
+
+async def _install(stream: SkStream, tls: TlsSocket, received: bytes) -> None:
+    """Make ``tls`` the stream's ULP, open ``received``, restart the pump."""
+    s = stream.sk
+    s.ulp = "tls"
+    s.ulp_data = tls
+    stream._ulp = tls
+    stream._ulp_pending = False
+    for name in ("TlsCurrTxSw", "TlsCurrRxSw", "TlsTxSw", "TlsRxSw"):
+        _stats.count(name)
+    psock = s.psock
+    rt = stream._runtime
+    if received:
+        if psock is not None and psock.rx_mode is not None and rt is not None:
+            try:
+                actions = tls.rx_feed(psock, received)
+            except TlsRxError as exc:
+                for action in exc.actions:
+                    await rt.rx_action(stream, action)
+                stream.rx_failed(exc)
+                return
+            for action in actions:
+                await rt.rx_action(stream, action)
+            if tls.rx_ended:
+                stream.rx_eof()
+                return
+        else:
+            tls.rx_transport(received)
+    else:
+        await trio.lowlevel.checkpoint()
+    _restart_pump(stream)
 
 
 def _restart_pump(stream: SkStream) -> None:

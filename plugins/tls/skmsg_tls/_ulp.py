@@ -40,6 +40,7 @@ import trio
 
 import skmsg_core as sk
 from skmsg_core.runtime import tx_redirect
+from skmsg_tcp import SendError
 
 from . import _stats
 from ._codec import (
@@ -49,6 +50,7 @@ from ._codec import (
     TLS_RECORD_TYPE_DATA,
     TLS_RECORD_TYPE_HANDSHAKE,
     RecordSealer,
+    TlsCryptoInfo,
     key_update_message,
 )
 from ._keys import tls13_crypto_info, tls13_next_secret
@@ -60,8 +62,6 @@ if TYPE_CHECKING:
     import ssl
 
     from skmsg_tcp import SkStream
-
-    from ._handoff import TlsHandoff
 
 __all__ = ["TlsSocket"]
 
@@ -81,14 +81,29 @@ class TlsSocket:
     peer certificate, ALPN, cipher) and counters.
     """
 
-    def __init__(self, stream: SkStream, hand: TlsHandoff) -> None:
+    def __init__(
+        self,
+        stream: SkStream,
+        tx: TlsCryptoInfo,
+        rx: TlsCryptoInfo,
+        *,
+        tx_secret: bytes | None = None,
+        rx_secret: bytes | None = None,
+        ssl_object: ssl.SSLObject | None = None,
+    ) -> None:
+        if tx.version != rx.version or tx.cipher_type != rx.cipher_type:
+            raise ValueError(
+                f"TLS_TX ({tx.version:#06x}, cipher {tx.cipher_type}) and TLS_RX "
+                f"({rx.version:#06x}, cipher {rx.cipher_type}) must agree"
+            )
         self.stream = stream
-        self.version: int = hand.version
-        self.cipher_type: int = hand.cipher_type
-        self.ssl_object: ssl.SSLObject = hand.ssl_object
-        self._sealer = RecordSealer(hand.tx)
-        self._tx_secret: bytes | None = hand.tx_secret
-        self.rx = TlsRx(hand.rx, hand.rx_secret)
+        self.version: int = tx.version
+        self.cipher_type: int = tx.cipher_type
+        #: The handshake's ``ssl.SSLObject`` (peer certificate, ALPN, cipher), if any.
+        self.ssl_object = ssl_object
+        self._sealer = RecordSealer(tx)
+        self._tx_secret = tx_secret
+        self.rx = TlsRx(rx, rx_secret)
         self._open = OpenRecord()  # open record under an SK_MSG program
         self._plain_open = bytearray()  # open record without a program
         self._control_lot = trio.lowlevel.ParkingLot()
@@ -196,8 +211,6 @@ class TlsSocket:
             await self._write_records(batch, more, TLS_RECORD_TYPE_DATA)
         result = op.result()
         if result.err:
-            from skmsg_tcp import SendError
-
             what = (
                 "the SK_MSG program dropped the record"
                 if result.err == errno.EACCES
@@ -335,7 +348,8 @@ class TlsSocket:
             return
         await self._flush_open()
         self._tx_closed = True
-        await self._write_records([bytes((_WARNING, ALERT_CLOSE_NOTIFY))], False, TLS_RECORD_TYPE_ALERT)
+        alert = bytes((_WARNING, ALERT_CLOSE_NOTIFY))
+        await self._write_records([alert], False, TLS_RECORD_TYPE_ALERT)
 
     def close_notify_nowait(self) -> None:
         """Best effort, for ``aclose``: seal close_notify and write it only if the
