@@ -64,7 +64,9 @@ async def read_exactly(stream: SkStream, n: int) -> bytes:
     return bytes(got)
 
 
-async def read_records(stream: SkStream, opener: tls.RecordOpener, n: int) -> list[tuple[int, bytes]]:
+async def read_records(
+    stream: SkStream, opener: tls.RecordOpener, n: int
+) -> list[tuple[int, bytes]]:
     """Read raw bytes from a stream without TLS and open ``n`` records."""
     out: list[tuple[int, bytes]] = []
     while len(out) < n:

@@ -449,25 +449,25 @@ class SkStream(trio.abc.HalfCloseableStream):
                         return data
                 # Wait in a scope that any change cancels (wake_readers): a
                 # cancelled trio recv has consumed nothing, so looking again is safe.
-                got: bytes | None = None
+                received: bytes | None = None
                 with trio.CancelScope() as scope:
                     self._recv_scope = scope
                     try:
                         if pumping:
                             await trio.sleep_forever()
                         else:
-                            got = await self.socket.recv(want)
-                            self.bytes_received += len(got)
+                            received = await self.socket.recv(want)
+                            self.bytes_received += len(received)
                             if ulp is None:
-                                return got
+                                return received
                     except OSError as exc:
                         if self._closed:
                             raise trio.ClosedResourceError("this stream was closed") from None
                         raise _translate(exc) from exc
                     finally:
                         self._recv_scope = None
-                if got is not None:
-                    self._ulp_transport(ulp, got)
+                if received is not None:
+                    self._ulp_transport(ulp, received)
 
     def _ulp_transport(self, ulp: Any, data: bytes) -> None:
         """Hand bytes read from the socket (no receive pump) to the ULP; b"" is EOF."""

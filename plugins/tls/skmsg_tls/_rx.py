@@ -186,9 +186,8 @@ class TlsRx:
                         units.append(memoryview(plaintext))
                         nbytes += len(plaintext)
                     continue
-                self._control(ctype, bytes(plaintext))
-                if self.eof:
-                    break
+                if self._control(ctype, bytes(plaintext)):
+                    break  # close_notify: the rest is ignored
         except TlsRecordError as exc:
             if exc.errno == errno.EBADMSG:
                 self.decrypt_errors += 1
@@ -211,7 +210,8 @@ class TlsRx:
 
     # -- control records -------------------------------------------------------------------
 
-    def _control(self, ctype: int, data: bytes) -> None:
+    def _control(self, ctype: int, data: bytes) -> bool:
+        """Queue a control record and act on it; True if it ended the stream."""
         self.control_records += 1
         self.controls.append(ControlRecord(ctype, data))
         if len(self.controls) > CONTROL_QUEUE_RECORDS:
@@ -221,6 +221,7 @@ class TlsRx:
             self._alert(data)
         elif ctype == TLS_RECORD_TYPE_HANDSHAKE and self.version == TLS_1_3_VERSION:
             self._handshake(data)
+        return self.eof
 
     def _alert(self, data: bytes) -> None:
         if len(data) != 2:
