@@ -40,6 +40,11 @@ from ._codec import TlsRecordError as TlsRecordError  # noqa: E402
 from ._codec import cipher_name as cipher_name  # noqa: E402
 from ._codec import key_update_message as key_update_message  # noqa: E402
 
+# The key hand-off from a real handshake (OpenSSL through ssl.SSLObject).
+from ._handoff import TlsHandoff as TlsHandoff  # noqa: E402
+from ._handoff import TlsHandoffError as TlsHandoffError  # noqa: E402
+from ._handoff import tls_handoff as tls_handoff  # noqa: E402
+
 # The key schedule: traffic secrets to crypto infos.
 from ._keys import cipher_for_suite as cipher_for_suite  # noqa: E402
 from ._keys import cipher_hash as cipher_hash  # noqa: E402
