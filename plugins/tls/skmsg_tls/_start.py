@@ -41,6 +41,7 @@ from skmsg_tcp import SkStream
 
 from . import _stats
 from ._codec import TlsCryptoInfo
+from ._handoff import tls_handoff
 from ._rx import TlsRxError
 from ._ulp import TlsSocket
 
@@ -88,8 +89,6 @@ async def start_tls(
 
     Cancellation during the handshake leaves the stream unusable.
     """
-    from ._handoff import tls_handoff
-
     stream = _check(stream)
     s = stream.sk
     with stream._send_conflict, stream._receive_conflict:
