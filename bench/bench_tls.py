@@ -45,6 +45,7 @@ import os
 import ssl
 import time
 from collections.abc import Callable
+from functools import partial
 
 import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -99,7 +100,7 @@ async def _ours(
     smap.update(0, client)  # the kernel's order: into the map, then TLS
     smap.update(1, server)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(skmsg_tls.start_tls, server, sctx, True)
+        nursery.start_soon(partial(skmsg_tls.start_tls, server, sctx, server_side=True))
         await skmsg_tls.start_tls(client, cctx, server_hostname="127.0.0.1")
     return client, server
 

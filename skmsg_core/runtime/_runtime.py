@@ -59,6 +59,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Bytes a receive pump reads at once (unless the socket's ULP says otherwise).
+_READ_SIZE = 65536
+
 _current: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
     "skmsg_runtime", default=None
 )
@@ -296,6 +299,8 @@ class Runtime:
         endpoint = pump.endpoint
         scope = pump.scope = trio.CancelScope()
         reads = 0
+        # a ULP may read more at once (TLS: several whole records per read)
+        size = getattr(endpoint.sk.ulp_data, "rx_read_size", _READ_SIZE)
         with scope:
             try:
                 while True:
@@ -303,7 +308,7 @@ class Runtime:
                     if psock is None:  # gone without the seam saying so: stop for good
                         self.stop_pump(endpoint)
                         return
-                    data = endpoint.transport_recv_nowait(65536)
+                    data = endpoint.transport_recv_nowait(size)
                     if data is None:
                         if not pump.stopped:
                             self._arm(pump)

@@ -10,9 +10,12 @@ ring is full, or at the end of a send without ``more`` (``MSG_MORE``). So
 sends with ``more=True`` accumulate into one verdict unit, unlike plain TCP.
 
 One send is one :class:`TlsSendOp`, iterated for :class:`skmsg_core.TxAction`
-values as the core's :class:`skmsg_core.SendOp` is: ``"pass"`` actions carry
-the plaintext of exactly one record to seal (the I/O layer seals and writes
-it), ``"redirect"`` actions plaintext for another socket. The core's message
+values as the core's :class:`skmsg_core.SendOp` is: a ``"pass"`` action
+carries the plaintext of one or more records, *one element of ``bufs`` per
+record* (the I/O layer seals each element as one record and writes them with
+one socket write; consecutive passed records are batched up to
+:data:`PASS_BATCH` bytes, so a bulk send costs one action per batch, not per
+record), ``"redirect"`` actions plaintext for another socket. The core's message
 ring, page frag, program runner and action/result types are reused; what
 differs from ``tcp_bpf_send_verdict`` is the kernel's own TLS rules:
 
@@ -40,7 +43,10 @@ from collections.abc import Generator, Iterator
 
 from skmsg_core import TLS_MAX_PAYLOAD_SIZE, SendResult, SkMsg, SkPsock, Sock, TxAction, Verdict
 
-__all__ = ["OpenRecord", "TlsSendOp"]
+__all__ = ["PASS_BATCH", "OpenRecord", "TlsSendOp"]
+
+#: Passed records are handed on together up to this many plaintext bytes.
+PASS_BATCH = 262144
 
 _NONE, _PASS, _DROP, _REDIRECT = Verdict.NONE, Verdict.PASS, Verdict.DROP, Verdict.REDIRECT
 
@@ -65,14 +71,14 @@ class TlsSendOp:
     ::
 
         op = TlsSendOp(psock, open_rec, data, more=False)
-        for action in op:           # "pass": seal action.bufs as ONE record
+        for action in op:           # "pass": seal each of action.bufs as one record
             try:
                 carry_out(action)
             except OSError as exc:
                 op.fail(exc.errno)
         result = op.result()
 
-    ``flush=True`` with empty ``data`` closes a record left open by an earlier
+    An empty ``data`` without ``more`` closes a record left open by an earlier
     ``more=True`` send (the end of a ``send_all`` without ``more``).
     """
 
@@ -95,6 +101,8 @@ class TlsSendOp:
         self.passed = 0
         self.err = 0
         self._failure: tuple[int, int] | None = None
+        self._batch: list[bytes | memoryview] = []
+        self._batch_bytes = 0
         self._gen = self._sendmsg()
         self._done = False
 
@@ -126,6 +134,13 @@ class TlsSendOp:
     # -- tls_sw_sendmsg_locked --------------------------------------------------------------
 
     def _sendmsg(self) -> Generator[TxAction, None, None]:
+        err = yield from self._records()
+        if not err:
+            err = yield from self._flush()
+        if err:
+            self.err = err
+
+    def _records(self) -> Generator[TxAction, None, int]:
         psock = self.psock
         src = self._src
         size = src.nbytes
@@ -134,28 +149,54 @@ class TlsSendOp:
         holder = self.open_rec
         while True:
             if not psock.tx_enabled:
-                self.err = errno.EPIPE
-                return
+                return errno.EPIPE
             rec = holder.msg
             full_record = False
-            if self._pos < size:
+            pos = self._pos
+            if pos < size:
                 if rec is None:
-                    rec = holder.msg = psock.new_msg()
-                room = limit - rec.size
-                want = min(size - self._pos, room)
-                taken = rec.append_copy(psock.frag, (src[self._pos : self._pos + want],))
-                self._pos += taken
+                    # a new record: its plaintext is one private element
+                    # (sk_msg_alloc + memcopy_from_iter, in one C-level copy)
+                    want = min(size - pos, limit)
+                    rec = holder.msg = SkMsg.from_frags(
+                        (bytearray(src[pos : pos + want]),), max_frags=psock.max_frags
+                    )
+                    taken = want
+                else:
+                    want = min(size - pos, limit - rec.size)
+                    taken = rec.append_copy(psock.frag, (src[pos : pos + want],))
+                self._pos = pos + taken
                 self.copied += taken
                 full_record = rec.size >= limit or rec.full
             elif rec is None or not rec.size:
-                return
+                return 0
             if full_record or (eor and self._pos >= size):
                 err = yield from self._exec_verdict(rec, full_record)
                 if err:
-                    self.err = err
-                    return
+                    return err
             if self._pos >= size:
-                return
+                return 0
+
+    def _flush(self) -> Generator[TxAction, None, int]:
+        """Hand on the batch of passed records (one ``"pass"`` action)."""
+        batch = self._batch
+        if not batch:
+            return 0
+        nbytes = self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
+        held = self.open_rec.msg
+        more = self._more or (held is not None and held.size > 0) or self._pos < self._src.nbytes
+        yield TxAction("pass", None, False, batch, nbytes, more)
+        if self._failure is not None:
+            err, delivered = self._failure
+            self._failure = None
+            self.passed += delivered
+            self.copied -= nbytes - delivered
+            self.psock.tx_passed_bytes += delivered
+            return err
+        self.passed += nbytes
+        self.psock.tx_passed_bytes += nbytes
+        return 0
 
     # -- bpf_exec_tx_verdict --------------------------------------------------------------
 
@@ -180,40 +221,53 @@ class TlsSendOp:
             if msg.apply_bytes and msg.apply_bytes < send:
                 send = msg.apply_bytes
             verdict = psock.eval
-            if verdict is _PASS or verdict is _REDIRECT:
-                target: Sock | None = None
-                ingress = False
-                if verdict is _REDIRECT:
-                    target, ingress = psock.sk_redir, psock.redir_ingress
-                msg.apply_bytes = 0
+            msg.apply_bytes = 0
+            if verdict is _PASS:
+                bufs = msg.consume(send)
+                self._batch.append(bufs[0] if len(bufs) == 1 else b"".join(bufs))
+                self._batch_bytes += send
+                if not msg.size:
+                    holder.msg = None
+                if self._batch_bytes >= PASS_BATCH:
+                    err = yield from self._flush()
+                    if err:
+                        self._discard(msg)
+                        return err
+            elif verdict is _REDIRECT:
+                err = yield from self._flush()  # records passed before go first
+                if err:
+                    self._discard(msg)
+                    return err
+                target, ingress = psock.sk_redir, psock.redir_ingress
                 bufs = msg.consume(send)
                 more = self._more or msg.size > 0 or self._pos < self._src.nbytes
-                yield TxAction(
-                    "redirect" if target is not None else "pass", target, ingress, bufs, send, more
-                )
+                yield TxAction("redirect", target, ingress, bufs, send, more)
                 if self._failure is not None:
                     err, delivered = self._failure
                     self._failure = None
                     self.passed += delivered
-                    self.copied -= (send - delivered) + msg.free()
-                    holder.msg = None
+                    self.copied -= send - delivered
+                    self._discard(msg)
                     return err
                 self.passed += send
-                if target is None:
-                    psock.tx_passed_bytes += send
-                else:
-                    psock.tx_redirected_bytes += send
+                psock.tx_redirected_bytes += send
+                if not msg.size:
+                    holder.msg = None
             else:
                 dropped = msg.free()
                 psock.tx_dropped_bytes += dropped
                 holder.msg = None
                 self.copied -= send + delta
-                return errno.EACCES
-            if not msg.size:
-                holder.msg = None
+                err = yield from self._flush()  # records passed before this one still go
+                return err or errno.EACCES
             # the remainder of a split record has apply 0: its verdict runs again
             psock.eval = _NONE
             psock.sk_redir = None
             if holder.msg is None:
                 return 0
             full_record = False
+
+    def _discard(self, msg: SkMsg) -> None:
+        """A hand-off failed: the rest of the open record goes (``msg->sg.size = 0``)."""
+        self.copied -= msg.free()
+        self.open_rec.msg = None

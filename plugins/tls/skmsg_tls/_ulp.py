@@ -81,6 +81,9 @@ class TlsSocket:
     peer certificate, ALPN, cipher) and counters.
     """
 
+    #: The runtime's pump reads this much at once: many whole records per read.
+    rx_read_size = 262144
+
     def __init__(
         self,
         stream: SkStream,
@@ -185,30 +188,17 @@ class TlsSocket:
             msg.append_copy(psock.frag, (bytes(self._plain_open),))
             self._plain_open.clear()
         op = TlsSendOp(psock, self._open, view, more=more)
-        batch: list[Any] = []
-        held = 0
         for action in op:
             try:
-                if action.kind == "pass":
-                    bufs = action.bufs
-                    batch.append(bufs[0] if len(bufs) == 1 else b"".join(bufs))
-                    held += action.nbytes
-                    if action.more and held < _TX_BATCH:
-                        continue
-                    await self._write_records(batch, action.more, TLS_RECORD_TYPE_DATA)
-                    batch, held = [], 0
+                if action.kind == "pass":  # one element of bufs per record
+                    await self._write_records(action.bufs, action.more, TLS_RECORD_TYPE_DATA)
                 else:
-                    if batch:
-                        await self._write_records(batch, True, TLS_RECORD_TYPE_DATA)
-                        batch, held = [], 0
                     await tx_redirect(action)
             except OSError as exc:
                 op.fail(exc.errno or errno.EIO)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 op.fail(errno.EPIPE)
                 raise
-        if batch:
-            await self._write_records(batch, more, TLS_RECORD_TYPE_DATA)
         result = op.result()
         if result.err:
             what = (
