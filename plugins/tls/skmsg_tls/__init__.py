@@ -63,3 +63,4 @@ from ._stats import TLS_STAT_NAMES as TLS_STAT_NAMES  # noqa: E402
 from ._stats import TlsStats as TlsStats  # noqa: E402
 from ._stats import tls_stat as tls_stat  # noqa: E402
 from ._ulp import TlsSocket as TlsSocket  # noqa: E402
+from ._policy import PatternGuard as PatternGuard  # noqa: E402
