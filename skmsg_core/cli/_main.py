@@ -25,6 +25,7 @@ from ._demo import run_demo
 from ._parsers import FRAMINGS
 from ._proxy import Address, Proxy, ProxyConfig, ProxyError, run_proxy
 from ._stats import format_table
+from ._tls import add_tls_arguments, tls_options
 
 __all__ = ["build_parser", "main"]
 
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument(
         "-v", "--verbose", action="store_true", help="log each client connecting and closing"
     )
+    add_tls_arguments(proxy)
     return parser
 
 
@@ -194,12 +196,18 @@ def _tell(text: str) -> None:
 def _proxy_command(args: argparse.Namespace) -> int:
     listen = args.listen or Address.parse("127.0.0.1:0" if args.demo else DEFAULT_LISTEN,
                                           listen=True)
+    try:
+        tls = tls_options(args, listen.host, have_backends=bool(args.backend))
+    except ValueError as exc:
+        _tell(f"skmsg proxy: error: {exc}")
+        return 2
     config = ProxyConfig(
         listen=listen,
         backends=tuple(args.backend),
         parser=args.parser,
         policy=args.policy,
         max_clients=args.max_clients,
+        tls=tls,
     )
     interval = args.stats_interval
     if interval is None:
@@ -247,6 +255,11 @@ def _announce(proxy: Proxy) -> None:
     _say("skmsg proxy: backends " + ", ".join(
         f"[{i}] {addr}{kind}" for i, addr in enumerate(proxy.backends)))
     parser = "the policy's parse" if proxy.policy.parse else proxy.framing.name
+    tls = proxy.config.tls
+    if tls is not None:
+        _say("skmsg proxy: TLS " + ", ".join(
+            ([f"from clients (certificate {tls.cert_path or 'from --cert'})"] if tls.server else [])
+            + (["to backends"] if tls.client else [])))
     _say(f"skmsg proxy: parser {parser}, policy {proxy.policy.name}; Ctrl-C stops")
 
 

@@ -134,11 +134,12 @@ async def runtime() -> AsyncIterator[object]:
 
 
 @pytest.mark.parametrize("tickets", [True, False], ids=["tickets", "no-tickets"])
-@pytest.mark.parametrize(("version", "suite"), SUITES, ids=[s for _, s in SUITES])
+@pytest.mark.parametrize("vs", SUITES, ids=[s for _, s in SUITES])
 @pytest.mark.parametrize("ours", ["client", "server"])
 async def test_interop(
-    runtime: object, ca: trustme.CA, ours: str, version: str, suite: str, tickets: bool
+    runtime: object, ca: trustme.CA, ours: str, vs: tuple[str, str], tickets: bool
 ) -> None:
+    version, suite = vs
     sctx, cctx = contexts(ca, version, suite, tickets=tickets)
     mine, peer, t = await connect(ours, sctx, cctx)
     try:

@@ -21,6 +21,7 @@ from skmsg_tcp import SendError, SkStream
 from ._ulp_helpers import enable_both
 
 SECRET = b"SECRET"
+Case = tuple[bytes, list[tuple[bytes, bool]]]
 FILLER = st.binary(max_size=40).map(lambda b: b.replace(b"S", b"s"))
 
 
@@ -59,7 +60,7 @@ SETTINGS = settings(
 
 @SETTINGS
 @given(case=split_payloads())
-async def test_egress_guard_stops_a_split_secret(case: tuple[bytes, list[tuple[bytes, bool]]]) -> None:
+async def test_egress_guard_stops_a_split_secret(case: Case) -> None:
     payload, sends = case
     guard = tls.PatternGuard(SECRET)
 
@@ -97,7 +98,7 @@ async def test_egress_guard_stops_a_split_secret(case: tuple[bytes, list[tuple[b
 
 @SETTINGS
 @given(case=split_payloads())
-async def test_ingress_guard_stops_a_split_secret(case: tuple[bytes, list[tuple[bytes, bool]]]) -> None:
+async def test_ingress_guard_stops_a_split_secret(case: Case) -> None:
     payload, sends = case
     guard = tls.PatternGuard(SECRET)
 

@@ -269,3 +269,24 @@ async def test_key_update_is_refused_on_tls12(tcp_stream_pair: Pair) -> None:
     with pytest.raises(OSError, match=r"TLS 1\.3") as info:
         await ta.update_keys()
     assert info.value.errno == errno.EINVAL
+
+
+async def test_strparser_option_frames_the_plaintext_into_messages(
+    tcp_stream_pair: Pair, sockmap: sk.SockMap
+) -> None:
+    a, b = tcp_stream_pair
+    seen: list[bytes] = []
+
+    def verdict(skb: sk.SkBuff) -> int:
+        seen.append(bytes(skb.data))
+        return sk.SK_PASS
+
+    sockmap.attach(sk.LengthPrefixParser(1), sk.SK_SKB_STREAM_PARSER)
+    pump_verdict(sockmap, b, verdict)
+    keys = make_keys()
+    await tls.enable_tls(b, keys.b2a, keys.a2b, strparser=True)
+    sealer = tls.RecordSealer(keys.a2b)
+    # three messages over two records, the second message cut between them
+    await a.send_all(sealer.seal(b"\x02hi\x05wor") + sealer.seal(b"ld\x01!"))
+    assert await read_exactly(b, 11) == b"\x02hi\x05world\x01!"
+    assert seen == [b"\x02hi", b"\x05world", b"\x01!"]

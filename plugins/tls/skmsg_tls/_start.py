@@ -42,7 +42,6 @@ from skmsg_tcp import SkStream
 from . import _stats
 from ._codec import TlsCryptoInfo
 from ._handoff import tls_handoff
-from ._rx import TlsRxError
 from ._ulp import TlsSocket
 
 __all__ = ["enable_tls", "start_tls"]
@@ -67,6 +66,7 @@ async def start_tls(
     *,
     server_side: bool = False,
     server_hostname: str | None = None,
+    strparser: bool = False,
 ) -> TlsSocket:
     """Run a TLS handshake with ``ctx`` on ``stream``, then take over its record layer.
 
@@ -77,6 +77,13 @@ async def start_tls(
     opened by skmsg, with the stream's SK_MSG / SK_SKB programs seeing the
     plaintext. The returned :class:`TlsSocket` gives control records, key
     updates, the ``ssl_object`` and counters.
+
+    Receive programs see one decrypted *record* per verdict run, as in the
+    kernel, whose kTLS frames records itself and bypasses a sockmap stream
+    parser. ``strparser=True`` is an extension for message-based protocols:
+    if the socket's map has a stream parser, it frames the decrypted
+    plaintext and the verdict runs once per message, whatever the records
+    (``skmsg proxy --tls`` uses it).
 
     Raises:
         TypeError: ``stream`` is not an :class:`skmsg_tcp.SkStream`.
@@ -126,6 +133,7 @@ async def start_tls(
             tx_secret=hand.tx_secret,
             rx_secret=hand.rx_secret,
             ssl_object=hand.ssl_object,
+            strparser=strparser,
         )
         await _install(stream, tls, bytes(hand.unconsumed))
     return tls
@@ -139,13 +147,14 @@ async def enable_tls(
     tx_secret: bytes | None = None,
     rx_secret: bytes | None = None,
     received: bytes = b"",
+    strparser: bool = False,
 ) -> TlsSocket:
     """Install the TLS ULP with keys from a handshake done elsewhere: the
     kernel's ``setsockopt(TCP_ULP, "tls")`` then ``TLS_TX`` and ``TLS_RX``.
 
     ``tx_secret``/``rx_secret`` (TLS 1.3 traffic secrets) enable KeyUpdate;
     ``received``: bytes already read from the peer past the handshake, opened
-    first.
+    first. ``strparser``: as :func:`start_tls`.
 
     Raises:
         TypeError, FileExistsError, trio.BusyResourceError,
@@ -153,7 +162,9 @@ async def enable_tls(
         ValueError: ``tx`` and ``rx`` differ in version or cipher.
     """
     stream = _check(stream)
-    tls = TlsSocket(stream, tx, rx, tx_secret=tx_secret, rx_secret=rx_secret)
+    tls = TlsSocket(
+        stream, tx, rx, tx_secret=tx_secret, rx_secret=rx_secret, strparser=strparser
+    )
     with stream._send_conflict, stream._receive_conflict:
         rt = stream._runtime
         if rt is not None:
@@ -177,7 +188,7 @@ async def _install(stream: SkStream, tls: TlsSocket, received: bytes) -> None:
         if psock is not None and psock.rx_mode is not None and rt is not None:
             try:
                 actions = tls.rx_feed(psock, received)
-            except TlsRxError as exc:
+            except sk.StrParserError as exc:  # a TlsRxError, or the parser's
                 for action in exc.actions:
                     await rt.rx_action(stream, action)
                 stream.rx_failed(exc)

@@ -41,7 +41,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Generator, Iterator
 
-from skmsg_core import TLS_MAX_PAYLOAD_SIZE, SendResult, SkMsg, SkPsock, Sock, TxAction, Verdict
+from skmsg_core import TLS_MAX_PAYLOAD_SIZE, SendResult, SkMsg, SkPsock, TxAction, Verdict
 
 __all__ = ["PASS_BATCH", "OpenRecord", "TlsSendOp"]
 
@@ -101,7 +101,7 @@ class TlsSendOp:
         self.passed = 0
         self.err = 0
         self._failure: tuple[int, int] | None = None
-        self._batch: list[bytes | memoryview] = []
+        self._batch: list[memoryview] = []
         self._batch_bytes = 0
         self._gen = self._sendmsg()
         self._done = False
@@ -224,7 +224,7 @@ class TlsSendOp:
             msg.apply_bytes = 0
             if verdict is _PASS:
                 bufs = msg.consume(send)
-                self._batch.append(bufs[0] if len(bufs) == 1 else b"".join(bufs))
+                self._batch.append(bufs[0] if len(bufs) == 1 else memoryview(b"".join(bufs)))
                 self._batch_bytes += send
                 if not msg.size:
                     holder.msg = None

@@ -93,6 +93,7 @@ class TlsSocket:
         tx_secret: bytes | None = None,
         rx_secret: bytes | None = None,
         ssl_object: ssl.SSLObject | None = None,
+        strparser: bool = False,
     ) -> None:
         if tx.version != rx.version or tx.cipher_type != rx.cipher_type:
             raise ValueError(
@@ -100,6 +101,8 @@ class TlsSocket:
                 f"({rx.version:#06x}, cipher {rx.cipher_type}) must agree"
             )
         self.stream = stream
+        #: Frame opened plaintext with the psock's stream parser (an extension).
+        self.strparser = strparser
         self.version: int = tx.version
         self.cipher_type: int = tx.cipher_type
         #: The handshake's ``ssl.SSLObject`` (peer certificate, ALPN, cipher), if any.
@@ -368,17 +371,30 @@ class TlsSocket:
         Raises:
             TlsRxError: a record failed (a ``StrParserError``: its ``actions``
                 are those of the records opened before it).
+        With ``strparser`` (see :func:`~skmsg_tls.start_tls`) and a stream
+        parser attached, the opened plaintext is framed by the parser and the
+        verdict runs once per message instead.
+
+        Raises:
+            TlsRxError: a record failed (a ``StrParserError``: its ``actions``
+                are those of the records opened before it).
+            skmsg_core.StrParserError: the stream parser failed (``strparser``).
         """
         before = len(self.rx.controls)
         try:
             units = self.rx.open_records(data)
         except TlsRxError as exc:
-            exc.actions = psock.rx_verdict(exc.messages)
+            exc.actions = self._verdict(psock, exc.messages)
             self._control_lot.unpark_all()
             raise
         if len(self.rx.controls) != before or self.rx.eof:
             self._control_lot.unpark_all()
-        return psock.rx_verdict(units) if units else []
+        return self._verdict(psock, units) if units else []
+
+    def _verdict(self, psock: sk.SkPsock, units: list[memoryview]) -> list[sk.RxAction]:
+        if self.strparser and psock.rx_mode == "strp" and units:
+            return psock.rx_feed(units[0] if len(units) == 1 else b"".join(units))
+        return psock.rx_verdict(units)
 
     @property
     def rx_ended(self) -> bool:
