@@ -144,7 +144,7 @@ async def test_tls_both_hops_policy_sees_plaintext(ca: trustme.CA, tmp_path: pat
 
 
 async def test_bulk_through_both_tls_hops_is_intact(ca: trustme.CA, tmp_path: pathlib.Path) -> None:
-    async with running(ca, tmp_path) as (proxy, (b0, _), cert):
+    async with running(ca, tmp_path) as (proxy, _, cert):
         client = await tls_client(proxy, cert)
         try:
             payloads = [bytes([65 + i % 13]) * (1000 + 997 * i) for i in range(40)]
@@ -178,7 +178,7 @@ async def test_a_plain_client_on_a_tls_proxy_is_refused(
 def test_cli_tls_demo_makes_a_certificate_and_runs() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "skmsg_core.cli", "proxy", "--demo", "--tls"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, check=False,
     )
     assert done.returncode == 0, done.stderr
     assert "skmsg proxy: TLS from clients (certificate /" in done.stdout
