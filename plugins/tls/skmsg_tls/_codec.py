@@ -224,6 +224,7 @@ def key_update_message(update_requested: bool) -> bytes:
 
 _HEADER = struct.Struct(">BHH")
 _pack_header = _HEADER.pack
+_unpack_header = _HEADER.unpack_from
 _TYPE_BYTE: Final = tuple(bytes((i,)) for i in range(256))
 
 
@@ -309,9 +310,8 @@ class RecordSealer(_Direction):
             TlsRecordError: ``EBADMSG``, the sequence numbers are exhausted
                 (rekey under TLS 1.3, else close); nothing is sealed.
         """
-        out = bytearray()
-        self.seal_into(out, plaintext, content_type, padding=padding)
-        return bytes(out)
+        prefix, sealed = self._seal(plaintext, content_type, padding)
+        return prefix + sealed
 
     def seal_into(
         self,
@@ -325,6 +325,15 @@ class RecordSealer(_Direction):
 
         Same rules and errors as :meth:`seal`; on an error ``out`` is unchanged.
         """
+        prefix, sealed = self._seal(plaintext, content_type, padding)
+        out += prefix
+        out += sealed
+        return len(prefix) + len(sealed)
+
+    def _seal(
+        self, plaintext: bytes | bytearray | memoryview, content_type: int, padding: int
+    ) -> tuple[bytes, bytes]:
+        """(header [+ explicit nonce], ciphertext + tag) of the next record."""
         n = len(plaintext)
         if n + padding > TLS_MAX_PAYLOAD_SIZE or padding < 0:
             raise ValueError(
@@ -342,37 +351,30 @@ class RecordSealer(_Direction):
                 "seal: TX sequence numbers exhausted (2^64 records); rekey or close",
             )
         if self._tls13:
-            length = n + 1 + padding + TLS_TAG_SIZE
-            header = _pack_header(TLS_RECORD_TYPE_DATA, _LEGACY_VERSION, length)
+            header = _pack_header(
+                TLS_RECORD_TYPE_DATA, _LEGACY_VERSION, n + 1 + padding + TLS_TAG_SIZE
+            )
             if padding:
                 inner = b"".join((plaintext, _TYPE_BYTE[content_type], bytes(padding)))
             else:
                 inner = b"".join((plaintext, _TYPE_BYTE[content_type]))
             sealed = self._aead.encrypt((self._iv ^ seq).to_bytes(12, "big"), inner, header)
             self._seq = seq + 1
-            out += header
-            out += sealed
-            return TLS_HEADER_SIZE + length
+            return header, sealed
         if padding:
             raise ValueError("seal: padding exists only in TLS 1.3")
         aad = seq.to_bytes(8, "big") + _pack_header(content_type, _LEGACY_VERSION, n)
         explicit = self._explicit
         if explicit is None:  # TLS 1.2 ChaCha20-Poly1305
-            length = n + TLS_TAG_SIZE
             sealed = self._aead.encrypt((self._iv ^ seq).to_bytes(12, "big"), plaintext, aad)
             self._seq = seq + 1
-            out += _pack_header(content_type, _LEGACY_VERSION, length)
-            out += sealed
-            return TLS_HEADER_SIZE + length
-        length = 8 + n + TLS_TAG_SIZE
+            return _pack_header(content_type, _LEGACY_VERSION, n + TLS_TAG_SIZE), sealed
         nonce_explicit = explicit.to_bytes(8, "big")
         sealed = self._aead.encrypt(self._salt + nonce_explicit, plaintext, aad)
         self._seq = seq + 1
         self._explicit = (explicit + 1) & _MASK64
-        out += _pack_header(content_type, _LEGACY_VERSION, length)
-        out += nonce_explicit
-        out += sealed
-        return TLS_HEADER_SIZE + length
+        header = _pack_header(content_type, _LEGACY_VERSION, 8 + n + TLS_TAG_SIZE)
+        return header + nonce_explicit, sealed
 
     def rekey(self, info: TlsCryptoInfo) -> None:
         """Install the next TX key (TLS 1.3 KeyUpdate); the sequence restarts at
@@ -394,20 +396,35 @@ class RecordOpener(_Direction):
     thread-safe; one task owns it.
     """
 
-    __slots__ = ("_buf", "_error", "_hs_partial", "_key_expired")
+    __slots__ = ("_buf", "_error", "_hs_partial", "_key_expired", "_limit", "_overhead", "_pos")
+
+    #: Consumed bytes at the front of the buffer are dropped once there are
+    #: this many and they are more than half of it (amortised compaction).
+    _COMPACT: Final = 1 << 18
 
     def __init__(self, info: TlsCryptoInfo) -> None:
         super().__init__(info)
         self._buf = bytearray()
+        self._pos = 0  # start of the first record not yet returned
         self._error: TlsRecordError | None = None
         self._key_expired = False
         # TLS 1.3: handshake bytes of a message not yet complete (KeyUpdate watch)
         self._hs_partial = b""
 
+    def _install(self, info: TlsCryptoInfo) -> None:
+        super()._install(info)
+        # tls_rx_msg_size: the cipher overhead and the longest record allowed
+        if self._tls13:
+            self._overhead = TLS_TAG_SIZE
+            self._limit = TLS_MAX_PAYLOAD_SIZE + TLS_TAG_SIZE + 1
+        else:
+            self._overhead = TLS_TAG_SIZE + (0 if self._explicit is None else 8)
+            self._limit = TLS_MAX_PAYLOAD_SIZE + self._overhead
+
     @property
     def buffered(self) -> int:
         """Raw bytes held that no :meth:`next_record` call has returned yet."""
-        return len(self._buf)
+        return len(self._buf) - self._pos
 
     @property
     def key_expired(self) -> bool:
@@ -423,7 +440,7 @@ class RecordOpener(_Direction):
         """Whether the held bytes end inside a record (bytes that are not a
         whole record). Whole records not yet taken do not count."""
         buf = self._buf
-        pos = 0
+        pos = self._pos
         end = len(buf)
         while end - pos >= TLS_HEADER_SIZE:
             pos += TLS_HEADER_SIZE + ((buf[pos + 3] << 8) | buf[pos + 4])
@@ -452,7 +469,7 @@ class RecordOpener(_Direction):
             raise TlsRecordError.of(
                 errno.EPROTO,
                 f"TLS record seq {self._seq}: stream ended inside a record "
-                f"({len(self._buf)} raw bytes held)",
+                f"({self.buffered} raw bytes held)",
             )
 
     def _fail(self, err: int, what: str) -> TlsRecordError:
@@ -478,7 +495,8 @@ class RecordOpener(_Direction):
         if self._error is not None:
             raise self._error.with_traceback(None)
         buf = self._buf
-        avail = len(buf)
+        pos = self._pos
+        avail = len(buf) - pos
         if avail < TLS_HEADER_SIZE:
             return None
         if self._key_expired:
@@ -487,60 +505,58 @@ class RecordOpener(_Direction):
                 f"TLS record seq {self._seq}: KeyUpdate received, the next RX key is "
                 "not installed (call rekey)",
             )
-        outer_type = buf[0]
-        version = (buf[1] << 8) | buf[2]
-        length = (buf[3] << 8) | buf[4]
+        outer_type, version, length = _unpack_header(buf, pos)
         if version != _LEGACY_VERSION:
             raise self._fail(
                 errno.EINVAL, f"legacy record version {version:#06x} is not 0x0303"
             )
         tls13 = self._tls13
-        explicit = self._explicit
         if tls13:
-            overhead = TLS_TAG_SIZE
-            limit = TLS_MAX_PAYLOAD_SIZE + TLS_TAG_SIZE + 1
             if outer_type != TLS_RECORD_TYPE_DATA:
                 raise self._fail(
                     errno.EINVAL,
                     f"outer content type {outer_type} (TLS 1.3 records carry 23)",
                 )
-        else:
-            overhead = TLS_TAG_SIZE if explicit is None else TLS_TAG_SIZE + 8
-            limit = TLS_MAX_PAYLOAD_SIZE + overhead
-            if outer_type == 0:
-                raise self._fail(errno.EINVAL, "content type 0")
-        if length > limit:
+        elif outer_type == 0:
+            raise self._fail(errno.EINVAL, "content type 0")
+        if length > self._limit:
             raise self._fail(
-                errno.EMSGSIZE, f"record length {length} exceeds the maximum {limit}"
+                errno.EMSGSIZE, f"record length {length} exceeds the maximum {self._limit}"
             )
-        if length < overhead:
+        if length < self._overhead:
             raise self._fail(
-                errno.EBADMSG, f"record length {length} is below the cipher overhead {overhead}"
+                errno.EBADMSG,
+                f"record length {length} is below the cipher overhead {self._overhead}",
             )
-        end = TLS_HEADER_SIZE + length
-        if avail < end:
+        if avail < TLS_HEADER_SIZE + length:
             return None
         seq = self._seq
         if seq > _MAX_SEQ:
             raise self._fail(errno.EBADMSG, "RX sequence numbers exhausted (2^64 records)")
+        body = pos + TLS_HEADER_SIZE
+        end = body + length
         view = memoryview(buf)
         try:
             if tls13:
-                header = bytes(view[:TLS_HEADER_SIZE])
-                nonce = (self._iv ^ seq).to_bytes(12, "big")
-                inner = self._aead.decrypt(nonce, view[TLS_HEADER_SIZE:end], header)
-            elif explicit is None:
-                nonce = (self._iv ^ seq).to_bytes(12, "big")
-                aad = seq.to_bytes(8, "big") + _pack_header(
-                    outer_type, _LEGACY_VERSION, length - TLS_TAG_SIZE
+                inner = self._aead.decrypt(
+                    (self._iv ^ seq).to_bytes(12, "big"),
+                    view[body:end],
+                    _pack_header(TLS_RECORD_TYPE_DATA, _LEGACY_VERSION, length),
                 )
-                inner = self._aead.decrypt(nonce, view[TLS_HEADER_SIZE:end], aad)
-            else:
-                nonce = self._salt + bytes(view[TLS_HEADER_SIZE : TLS_HEADER_SIZE + 8])
-                aad = seq.to_bytes(8, "big") + _pack_header(
-                    outer_type, _LEGACY_VERSION, length - overhead
+            elif self._explicit is None:  # TLS 1.2 ChaCha20-Poly1305
+                inner = self._aead.decrypt(
+                    (self._iv ^ seq).to_bytes(12, "big"),
+                    view[body:end],
+                    seq.to_bytes(8, "big")
+                    + _pack_header(outer_type, _LEGACY_VERSION, length - TLS_TAG_SIZE),
                 )
-                inner = self._aead.decrypt(nonce, view[TLS_HEADER_SIZE + 8 : end], aad)
+            else:  # TLS 1.2 GCM: salt || explicit nonce from the wire
+                inner = self._aead.decrypt(
+                    self._salt + bytes(view[body : body + 8]),
+                    view[body + 8 : end],
+                    seq.to_bytes(8, "big")
+                    + _pack_header(outer_type, _LEGACY_VERSION, length - self._overhead),
+                )
         except InvalidTag:
             raise self._fail(errno.EBADMSG, "authentication failed") from None
         finally:
@@ -560,8 +576,15 @@ class RecordOpener(_Direction):
         else:
             content_type = outer_type
             plaintext = inner
-        del buf[:end]
         self._seq = seq + 1
+        if end == len(buf):
+            buf.clear()
+            self._pos = 0
+        elif end >= self._COMPACT and end > len(buf) >> 1:
+            del buf[:end]
+            self._pos = 0
+        else:
+            self._pos = end
         if tls13 and content_type == TLS_RECORD_TYPE_HANDSHAKE:
             self._watch_handshake(plaintext)
         return content_type, plaintext

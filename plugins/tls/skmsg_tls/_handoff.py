@@ -33,7 +33,12 @@ one context, in one trio run or in several threads; the context is modified
 only inside a synchronous call and restored before it returns. Threads that
 use the same context for ordinary ``ssl`` handshakes at the same moment may
 see their key lines routed through our file (forwarded to the original key
-log if there is one, dropped otherwise, as without a key log).
+log if there is one, dropped otherwise, as without a key log). Not
+guaranteed: CPython does not guard a change of ``keylog_filename`` against a
+handshake running in another thread on that context at the same instant (it
+frees the old log while the other thread may write to it), so a context used
+by tls_handoff should not at the same time serve plain ``ssl`` handshakes in
+other threads. Tasks of one trio run (trio.SSLStream included) are safe.
 """
 
 from __future__ import annotations
@@ -139,9 +144,10 @@ class _KeyLog:
         shutil.rmtree(self._dir, ignore_errors=True)
 
     @contextlib.contextmanager
-    def capture(self, ctx: ssl.SSLContext) -> Iterator[None]:
-        """Point ``ctx`` (and any context an SNI callback switches to) at our
-        file for one synchronous step; restore, read and delete on exit."""
+    def capture(self, ctx: ssl.SSLContext, sslobj: ssl.SSLObject) -> Iterator[None]:
+        """Point ``ctx``, the context ``sslobj`` is on now, and any context an
+        SNI callback switches it to at our file for one synchronous step;
+        restore, read and delete on exit."""
         swapped: list[tuple[ssl.SSLContext, Any]] = []
         originals: list[Any] = []
         with _ctx_lock(ctx):
@@ -165,6 +171,7 @@ class _KeyLog:
                 ctx.sni_callback = sni_shim
             try:
                 swap(ctx)
+                swap(sslobj.context)
                 yield
             finally:
                 errors: list[BaseException] = []
@@ -327,7 +334,7 @@ async def tls_handoff(
     try:
         while True:
             try:
-                with keylog.capture(ctx):
+                with keylog.capture(ctx, sslobj):
                     sslobj.do_handshake()
             except ssl.SSLWantReadError:
                 pass
