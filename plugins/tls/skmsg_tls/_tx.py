@@ -41,7 +41,15 @@ from __future__ import annotations
 import errno
 from collections.abc import Generator, Iterator
 
-from skmsg_core import TLS_MAX_PAYLOAD_SIZE, SendResult, SkMsg, SkPsock, TxAction, Verdict
+from skmsg_core import (
+    BPF_F_INGRESS,
+    TLS_MAX_PAYLOAD_SIZE,
+    SendResult,
+    SkMsg,
+    SkPsock,
+    TxAction,
+    Verdict,
+)
 
 __all__ = ["PASS_BATCH", "OpenRecord", "TlsSendOp"]
 
@@ -103,6 +111,9 @@ class TlsSendOp:
         self._failure: tuple[int, int] | None = None
         self._batch: list[memoryview] = []
         self._batch_bytes = 0
+        prog = psock.msg_parser
+        # the program's runner, bound once per send (sk_psock_msg_verdict's body)
+        self._run = prog.verdict_runner() if prog is not None else None
         self._gen = self._sendmsg()
         self._done = False
 
@@ -208,7 +219,7 @@ class TlsSendOp:
             enospc = msg.full
             if psock.eval is _NONE:
                 delta = msg.size
-                psock.eval = psock.msg_verdict(msg)
+                psock.eval = self._msg_verdict(msg)
                 psock.tx_msgs += 1
                 delta -= msg.size
                 if psock.eval is _REDIRECT and psock.sk_redir is None:
@@ -266,6 +277,22 @@ class TlsSendOp:
             if holder.msg is None:
                 return 0
             full_record = False
+
+    def _msg_verdict(self, msg: SkMsg) -> Verdict:
+        """``sk_psock_msg_verdict`` (as :meth:`skmsg_core.SkPsock.msg_verdict`),
+        with the runner bound once per send."""
+        run = self._run
+        if run is None:
+            return _PASS
+        psock = self.psock
+        msg.compute_data_pointers()
+        msg.sk = psock.sk
+        ret = run(msg)
+        psock.apply_bytes = msg.apply_bytes
+        if ret is _REDIRECT:
+            psock.sk_redir = msg.sk_redir
+            psock.redir_ingress = bool(msg.flags & BPF_F_INGRESS)
+        return ret
 
     def _discard(self, msg: SkMsg) -> None:
         """A hand-off failed: the rest of the open record goes (``msg->sg.size = 0``)."""
