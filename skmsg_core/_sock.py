@@ -145,11 +145,6 @@ class Sock:
     owner: Any = None
     #: A ULP installed on the socket (``"tls"``), which forbids creating a psock.
     ulp: str | None = None
-    #: The ULP's per-socket context (``icsk_ulp_data``), or ``None``. When set,
-    #: the runtime's receive pump calls its ``rx_feed(psock, data)`` in place of
-    #: ``psock.rx_feed(data)`` (the ULP RX hook, e.g. TLS opening records), and
-    #: stops at EOF once its ``rx_ended`` is true.
-    ulp_data: Any = None
     #: Someone else's use of ``sk_user_data``: a psock cannot be created (EBUSY).
     user_data: object | None = None
     #: An ``SO_REUSEPORT`` group this socket listens in, if any.

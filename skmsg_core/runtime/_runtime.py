@@ -59,9 +59,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Bytes a receive pump reads at once (unless the socket's ULP says otherwise).
-_READ_SIZE = 65536
-
 _current: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
     "skmsg_runtime", default=None
 )
@@ -299,8 +296,6 @@ class Runtime:
         endpoint = pump.endpoint
         scope = pump.scope = trio.CancelScope()
         reads = 0
-        # a ULP may read more at once (TLS: several whole records per read)
-        size = getattr(endpoint.sk.ulp_data, "rx_read_size", _READ_SIZE)
         with scope:
             try:
                 while True:
@@ -308,7 +303,7 @@ class Runtime:
                     if psock is None:  # gone without the seam saying so: stop for good
                         self.stop_pump(endpoint)
                         return
-                    data = endpoint.transport_recv_nowait(size)
+                    data = endpoint.transport_recv_nowait(65536)
                     if data is None:
                         if not pump.stopped:
                             self._arm(pump)
@@ -355,9 +350,8 @@ class Runtime:
         if not data:
             endpoint.rx_eof()
             return False
-        ulp = endpoint.sk.ulp_data  # the ULP's RX hook (TLS opens records) replaces rx_feed
         try:
-            actions = psock.rx_feed(data) if ulp is None else ulp.rx_feed(psock, data)
+            actions = psock.rx_feed(data)
         except StrParserError as exc:
             for action in exc.actions:
                 await self.rx_action(endpoint, action)
@@ -365,9 +359,6 @@ class Runtime:
             return False
         for action in actions:
             await self.rx_action(endpoint, action)
-        if ulp is not None and ulp.rx_ended:  # e.g. TLS close_notify: EOF before TCP's
-            endpoint.rx_eof()
-            return False
         return True
 
 

@@ -32,7 +32,7 @@ def pump_verdict(smap: sk.SockMap, stream: SkStream, prog: object) -> None:
     smap.update(0, stream)
 
 
-@pytest.fixture(params=["no-program", "pump"])
+@pytest.fixture(params=["no-program", "verdict"])
 def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -41,7 +41,7 @@ async def setup(
     mode: str, pair: Pair, smap: sk.SockMap
 ) -> tuple[tls.TlsSocket, tls.RecordSealer, tls.RecordOpener]:
     _, b = pair
-    if mode == "pump":
+    if mode == "verdict":
         pump_verdict(smap, b, lambda skb: sk.SK_PASS)
     return await raw_to_tls(b)
 
@@ -227,7 +227,7 @@ async def test_peer_key_update_requested_is_answered_before_our_next_record(
 ) -> None:
     a, b = tcp_stream_pair
     keys = make_keys()
-    if mode == "pump":
+    if mode == "verdict":
         pump_verdict(sockmap, b, lambda skb: sk.SK_PASS)
     tb = await tls.enable_tls(
         b, keys.b2a, keys.a2b, tx_secret=keys.b2a_secret, rx_secret=keys.a2b_secret

@@ -181,7 +181,7 @@ class SkStream(trio.abc.HalfCloseableStream):
             )
         self._runtime = rt
         self.wake_readers()  # a reader blocked on the socket must let the pump read it
-        if not self._ulp_pending:  # else the ULP starts it once set up
+        if self._ulp is None and not self._ulp_pending:  # a ULP receives in the reader
             rt.start_pump(self)
         return 0
 
@@ -223,11 +223,6 @@ class SkStream(trio.abc.HalfCloseableStream):
         self.wake_readers()
 
     def rx_eof(self) -> None:
-        ulp = self._ulp
-        if ulp is not None:
-            ulp.transport_eof()
-            if ulp.rx.error is not None and self._rx_error is None:
-                self._rx_error = ulp.rx.error  # e.g. the connection ended inside a record
         self._rx_eof = True
         self.sk.state = sk.TcpState.CLOSE_WAIT
         self.wake_readers()
@@ -412,7 +407,7 @@ class SkStream(trio.abc.HalfCloseableStream):
                 pumping = psock is not None and rt is not None and rt.pumping(self)
                 ulp = self._ulp
                 if ulp is not None:
-                    got = await self._ulp_receive(ulp, max_bytes, pumping)
+                    got = await self._ulp_receive(ulp, max_bytes)
                     if got is not None:
                         return got
                 if psock is not None and psock.ingress_bytes:
@@ -444,7 +439,7 @@ class SkStream(trio.abc.HalfCloseableStream):
                         await trio.lowlevel.cancel_shielded_checkpoint()
                         self.bytes_received += len(data)
                         if ulp is not None:
-                            self._ulp_transport(ulp, data)
+                            await self._ulp_transport(ulp, data)
                             continue
                         return data
                 # Wait in a scope that any change cancels (wake_readers): a
@@ -467,26 +462,27 @@ class SkStream(trio.abc.HalfCloseableStream):
                     finally:
                         self._recv_scope = None
                 if received is not None:
-                    self._ulp_transport(ulp, received)
+                    await self._ulp_transport(ulp, received)
 
-    def _ulp_transport(self, ulp: Any, data: bytes) -> None:
-        """Hand bytes read from the socket (no receive pump) to the ULP; b"" is EOF."""
+    async def _ulp_transport(self, ulp: Any, data: bytes) -> None:
+        """Hand bytes read from the socket to the ULP (which runs the receive
+        verdict in this, the reader's, context); b"" is EOF."""
         if data:
-            ulp.rx_transport(data)
+            await ulp.rx_input(data)
         else:
             ulp.transport_eof()
             self._rx_eof = True
 
-    async def _ulp_receive(self, ulp: Any, max_bytes: int, pumping: bool) -> bytes | None:
-        """What the ULP has for ``receive_some``: plaintext it opened without a
-        pump, then (no pump) its error or its EOF; ``None`` to look further."""
+    async def _ulp_receive(self, ulp: Any, max_bytes: int) -> bytes | None:
+        """What the ULP has for ``receive_some``: plaintext it opened (and the
+        verdict passed), then its error or its EOF; ``None`` to look further."""
         if ulp.plain_bytes:
             await trio.lowlevel.checkpoint()
             return bytes(ulp.take_plain(max_bytes))
         psock = self.sk.psock
-        if pumping or (psock is not None and psock.ingress_bytes):
-            return None  # the pump's queue, or redirected bytes first
-        err = ulp.rx.error
+        if psock is not None and psock.ingress_bytes:
+            return None  # bytes other sockets redirected here
+        err = ulp.rx_error
         if err is not None:
             await trio.lowlevel.checkpoint()
             raise trio.BrokenResourceError(f"{self.sk.describe()}: {err}") from err

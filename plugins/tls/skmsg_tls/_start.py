@@ -18,15 +18,16 @@ match) would only misread it. While ``start_tls`` runs:
 
 - ``send_all`` and ``receive_some`` from other tasks fail with
   ``trio.BusyResourceError`` (the handshake holds both directions);
-- the receive pump is stopped, and no new one starts (``_ulp_pending``), so
-  it cannot take the handshake's bytes; bytes a pump had already queued for
+- the receive pump is stopped, and no new one starts (``_ulp_pending``, then
+  the ULP), so it cannot take the handshake's bytes; bytes a pump had already queued for
   this socket before ``start_tls`` (only if the application awaited between
   the map update and ``start_tls``) were verdicted as ordinary bytes, as in
   the kernel, and are given to the handshake.
 
-When the handshake is done the ULP is installed: the bytes OpenSSL did not
-consume are opened first (through the receive verdict when there is one),
-and the pump restarts with the ULP's RX hook.
+When the handshake is done the ULP is installed and the bytes OpenSSL did
+not consume are opened first (through the receive verdict when there is
+one). From then on the stream receives in the reader, as kTLS does in
+``tls_sw_recvmsg``: no receive pump runs for a TLS stream.
 """
 
 from __future__ import annotations
@@ -174,38 +175,21 @@ async def enable_tls(
 
 
 async def _install(stream: SkStream, tls: TlsSocket, received: bytes) -> None:
-    """Make ``tls`` the stream's ULP, open ``received``, restart the pump."""
-    s = stream.sk
-    s.ulp = "tls"
-    s.ulp_data = tls
+    """Make ``tls`` the stream's ULP (it receives in the reader from now on:
+    no pump restarts) and open ``received``."""
+    stream.sk.ulp = "tls"
     stream._ulp = tls
     stream._ulp_pending = False
     for name in ("TlsCurrTxSw", "TlsCurrRxSw", "TlsTxSw", "TlsRxSw"):
         _stats.count(name)
-    psock = s.psock
-    rt = stream._runtime
     if received:
-        if psock is not None and psock.rx_mode is not None and rt is not None:
-            try:
-                actions = tls.rx_feed(psock, received)
-            except sk.StrParserError as exc:  # a TlsRxError, or the parser's
-                for action in exc.actions:
-                    await rt.rx_action(stream, action)
-                stream.rx_failed(exc)
-                return
-            for action in actions:
-                await rt.rx_action(stream, action)
-            if tls.rx_ended:
-                stream.rx_eof()
-                return
-        else:
-            tls.rx_transport(received)
+        await tls.rx_input(received)
     else:
         await trio.lowlevel.checkpoint()
-    _restart_pump(stream)
 
 
 def _restart_pump(stream: SkStream) -> None:
+    """The handshake failed: the stream is plain TCP again, with its pump."""
     psock = stream.sk.psock
     rt = stream._runtime
     if psock is not None and psock.rx_mode is not None and rt is not None and not stream._closed:

@@ -169,8 +169,8 @@ class TlsSendOp:
                     # a new record: its plaintext is one private element
                     # (sk_msg_alloc + memcopy_from_iter, in one C-level copy)
                     want = min(size - pos, limit)
-                    rec = holder.msg = SkMsg.from_frags(
-                        (bytearray(src[pos : pos + want]),), max_frags=psock.max_frags
+                    rec = holder.msg = SkMsg.of_private(
+                        bytearray(src[pos : pos + want]), max_frags=psock.max_frags
                     )
                     taken = want
                 else:
@@ -182,7 +182,34 @@ class TlsSendOp:
             elif rec is None or not rec.size:
                 return 0
             if full_record or (eor and self._pos >= size):
-                err = yield from self._exec_verdict(rec, full_record)
+                delta = 0
+                if psock.eval is _NONE and rec.size:
+                    # the common case inline: run the program; a plain PASS of the
+                    # whole record (no apply, no cork) joins the batch at once
+                    delta = rec.size
+                    verdict = psock.eval = self._msg_verdict(rec)
+                    psock.tx_msgs += 1
+                    delta -= rec.size
+                    if verdict is _PASS and not rec.apply_bytes and not rec.cork_bytes:
+                        n = rec.size
+                        bufs = rec.consume(n)
+                        self._batch.append(
+                            bufs[0] if len(bufs) == 1 else memoryview(b"".join(bufs))
+                        )
+                        self._batch_bytes += n
+                        holder.msg = None
+                        psock.eval = _NONE
+                        psock.sk_redir = None
+                        if self._batch_bytes >= PASS_BATCH:
+                            err = yield from self._flush()
+                            if err:
+                                return err
+                        if self._pos >= size:
+                            return 0
+                        continue
+                    if verdict is _REDIRECT and psock.sk_redir is None:
+                        psock.eval = _DROP
+                err = yield from self._exec_verdict(rec, full_record, delta)
                 if err:
                     return err
             if self._pos >= size:
@@ -211,10 +238,13 @@ class TlsSendOp:
 
     # -- bpf_exec_tx_verdict --------------------------------------------------------------
 
-    def _exec_verdict(self, msg: SkMsg, full_record: bool) -> Generator[TxAction, None, int]:
+    def _exec_verdict(
+        self, msg: SkMsg, full_record: bool, delta: int = 0
+    ) -> Generator[TxAction, None, int]:
+        """``bpf_exec_tx_verdict`` on the closed record ``msg``; ``delta``: bytes
+        the program already run on it removed."""
         psock = self.psock
         holder = self.open_rec
-        delta = 0
         while True:
             enospc = msg.full
             if psock.eval is _NONE:

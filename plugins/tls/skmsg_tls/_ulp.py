@@ -16,13 +16,14 @@ RX hook as ``sk.ulp_data``). From then on the stream's operations call it:
   redirects into it, control records).
 - a redirect to this stream's egress (``egress_write``) is sealed with this
   stream's keys without a verdict (the kernel's ``MSG_SENDPAGE_NOPOLICY``);
-- receiving: with receive programs the runtime's pump calls :meth:`rx_feed`
-  (the ULP RX hook, in place of ``psock.rx_feed``): records are opened, the
-  stream verdict runs on each data record's plaintext
-  (:meth:`skmsg_core.SkPsock.rx_verdict`), control records are queued here.
-  Without receive programs ``receive_some`` reads the socket and hands the
-  bytes to :meth:`rx_transport`; opened plaintext waits in this object until
-  read.
+- receiving runs in the reader, as kTLS's ``tls_sw_recvmsg`` does (no
+  receive pump is started for a TLS stream): ``receive_some`` reads the
+  socket and hands the bytes to :meth:`rx_input`, which opens the records,
+  runs the stream verdict on each data record's plaintext
+  (:meth:`skmsg_core.SkPsock.rx_verdict`) when the psock has one, and carries
+  out its actions; passed plaintext waits in this object until read, control
+  records are queued here. So, as in the kernel, a TLS socket nobody reads
+  runs no receive verdict (a proxy keeps reading its clients).
 
 Control records: :meth:`receive_control` / :meth:`send_control`. EOF:
 ``close_notify`` from the peer; :meth:`send_close_notify` (``send_eof``
@@ -31,6 +32,7 @@ sends it, then half-closes the TCP stream).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 from collections import deque
@@ -39,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 import skmsg_core as sk
-from skmsg_core.runtime import tx_redirect
+from skmsg_core.runtime import ingress_put, tx_redirect
 from skmsg_tcp import SendError
 
 from . import _stats
@@ -81,9 +83,6 @@ class TlsSocket:
     peer certificate, ALPN, cipher) and counters.
     """
 
-    #: The runtime's pump reads this much at once: many whole records per read.
-    rx_read_size = 262144
-
     def __init__(
         self,
         stream: SkStream,
@@ -115,6 +114,7 @@ class TlsSocket:
         self._control_lot = trio.lowlevel.ParkingLot()
         self._plain: deque[memoryview] = deque()
         self._plain_bytes = 0
+        self._parse_error: sk.StrParserError | None = None
         self._tx_closed = False
         self.active = True
         self.tx_records = 0
@@ -364,57 +364,70 @@ class TlsSocket:
 
     # -- RX ---------------------------------------------------------------------------------
 
-    def rx_feed(self, psock: sk.SkPsock, data: bytes | bytearray | memoryview) -> list[sk.RxAction]:
-        """The ULP RX hook the runtime's pump calls in place of ``psock.rx_feed``:
-        open records, run the stream verdict on each data record.
+    async def rx_input(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes the reader read from the socket: open the records, run the
+        receive verdict on each data record if the socket's psock has one, and
+        carry out its actions: passed plaintext waits here for
+        :meth:`take_plain`, redirects go to their target (``tls_sw_recvmsg``
+        → ``sk_psock_tls_strp_read``: in the kernel too the verdict runs in
+        the reader's ``recvmsg``). With ``strparser`` and a stream parser
+        attached, the plaintext is framed into messages first.
 
-        Raises:
-            TlsRxError: a record failed (a ``StrParserError``: its ``actions``
-                are those of the records opened before it).
-        With ``strparser`` (see :func:`~skmsg_tls.start_tls`) and a stream
-        parser attached, the opened plaintext is framed by the parser and the
-        verdict runs once per message instead.
-
-        Raises:
-            TlsRxError: a record failed (a ``StrParserError``: its ``actions``
-                are those of the records opened before it).
-            skmsg_core.StrParserError: the stream parser failed (``strparser``).
+        An error (a bad record; a parser failure) is kept in
+        :attr:`rx_error` for after the data before it; it is not raised.
         """
         before = len(self.rx.controls)
         try:
             units = self.rx.open_records(data)
         except TlsRxError as exc:
-            exc.actions = self._verdict(psock, exc.messages)
+            units = exc.messages
+        psock = self.stream.sk.psock
+        if psock is None or psock.rx_mode is None:
+            self._queue_plain(units)
+        elif units:
+            try:
+                if self.strparser and psock.rx_mode == "strp":
+                    actions = psock.rx_feed(units[0] if len(units) == 1 else b"".join(units))
+                else:
+                    actions = psock.rx_verdict(units)
+            except sk.StrParserError as exc:
+                actions = exc.actions
+                if self._parse_error is None:
+                    self._parse_error = exc
+            for action in actions:
+                if action.kind == "pass":
+                    self._queue_plain(action.bufs)
+                elif action.kind == "redirect":
+                    await self._redirect(action)
+        if len(self.rx.controls) != before or self.rx.eof or self.rx_error is not None:
             self._control_lot.unpark_all()
-            raise
-        if len(self.rx.controls) != before or self.rx.eof:
-            self._control_lot.unpark_all()
-        return self._verdict(psock, units) if units else []
 
-    def _verdict(self, psock: sk.SkPsock, units: list[memoryview]) -> list[sk.RxAction]:
-        if self.strparser and psock.rx_mode == "strp" and units:
-            return psock.rx_feed(units[0] if len(units) == 1 else b"".join(units))
-        return psock.rx_verdict(units)
+    def _queue_plain(self, units: list[memoryview]) -> None:
+        for u in units:
+            if u.nbytes:
+                self._plain.append(u)
+                self._plain_bytes += u.nbytes
+
+    async def _redirect(self, action: sk.RxAction) -> None:
+        """A receive verdict's redirect, carried out as the runtime does (a
+        failed target drops the bytes and is counted, never failing us)."""
+        rt = self.stream._runtime
+        if rt is not None:
+            await rt.rx_action(self.stream, action)
+            return
+        target = action.target
+        assert target is not None
+        with contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            if action.ingress:
+                await ingress_put(target, action.bufs, action.nbytes)
+            elif target.owner is not None and target.psock is not None:
+                await target.owner.egress_write(action.bufs, False)
 
     @property
-    def rx_ended(self) -> bool:
-        """The peer's close_notify arrived: no data follows (the pump stops)."""
-        return self.rx.eof
-
-    def rx_transport(self, data: bytes) -> None:
-        """Bytes ``receive_some`` read from the socket with no receive program:
-        opened data waits here for :meth:`take_plain`; an error is kept for
-        after the data before it (:attr:`rx.error`)."""
-        before = len(self.rx.controls)
-        try:
-            units = self.rx.open_records(data)
-        except TlsRxError as exc:
-            units = exc.messages
-        for u in units:
-            self._plain.append(u)
-            self._plain_bytes += u.nbytes
-        if len(self.rx.controls) != before or self.rx.eof or self.rx.error is not None:
-            self._control_lot.unpark_all()
+    def rx_error(self) -> BaseException | None:
+        """Why receiving ended in error (a ``TlsRxError``, or the stream parser's
+        ``StrParserError``), once it did."""
+        return self.rx.error or self._parse_error
 
     def transport_eof(self) -> None:
         """The TCP stream ended. Inside a record that is an error (``EPROTO``)."""
@@ -483,25 +496,23 @@ class TlsSocket:
                 return self.rx.controls.popleft()
             if stream._closed:
                 raise trio.ClosedResourceError("this stream was closed")
-            if self.rx.error is not None:
+            err = self.rx_error
+            if err is not None:
                 await trio.lowlevel.checkpoint()
-                raise trio.BrokenResourceError(f"TLS receive failed: {self.rx.error}") from (
-                    self.rx.error
-                )
+                raise trio.BrokenResourceError(f"TLS receive failed: {err}") from err
             if self.rx.eof or self._tcp_eof or stream._rx_eof:
                 await trio.lowlevel.checkpoint()
                 raise trio.EndOfChannel("the peer ended the TLS stream")
-            rt = stream._runtime
-            pumping = stream.sk.psock is not None and rt is not None and rt.pumping(stream)
-            if pumping or stream._receive_conflict._held:
+            if stream._receive_conflict._held:  # a reader is at work: it will wake us
                 await self._control_lot.park()
                 continue
             with stream._receive_conflict:
                 data = await stream.transport_recv(65536)
                 if not data:
                     self.transport_eof()
+                    stream._rx_eof = True
                 else:
-                    self.rx_transport(data)
+                    await self.rx_input(data)
 
     # -- lifecycle --------------------------------------------------------------------------
 
