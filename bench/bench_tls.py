@@ -12,8 +12,10 @@ in one ``SockMap`` with an ``SK_MSG_VERDICT`` program and an
 ``SK_SKB_STREAM_VERDICT`` program that both return ``SK_PASS``, then TLS 1.3
 TLS_AES_256_GCM_SHA384 on both through :func:`skmsg_tls.start_tls` (a real
 handshake with Python's ``ssl``; the record layer is then ours). So every
-16 KiB record is verdicted before it is sealed, and opened then verdicted by
-the receiver's pump.
+16 KiB record is verdicted before it is sealed, and opened then verdicted in
+the receiver's ``receive_some`` (as kTLS's ``tls_sw_recvmsg``).
+``tls.bulk_no_program`` is the same with no programs in the map: the record
+layer alone (report only).
 
 Baseline: ``trio.SSLStream`` on both ends of a plain ``trio.SocketStream``
 loopback connection, the same suite (OpenSSL's default).
@@ -159,12 +161,16 @@ async def _run(total: int, rounds: int, nsmall: int) -> dict[str, Throughput]:
             oc.statistics().ulp.cipher_type == skmsg_tls.TLS_CIPHER_AES_GCM_256,
             "the candidate did not negotiate AES-256-GCM",
         )
+        bare = sk.SockMap(max_entries=2)  # no programs: the record layer alone
+        nc, ns = await _ours(listener, bare, sctx, cctx)
         sc, ss = await _ssl(listener, sctx, cctx)
         await _check_intact(oc, os_, "skmsg_tls")
+        await _check_intact(nc, ns, "skmsg_tls (no programs)")
         await _check_intact(sc, ss, "trio.SSLStream")
         bulk = await interleaved(
             {
                 "ours": lambda: timed_transfer(oc, os_, chunk, repeat=repeat, deadline=DEADLINE),
+                "bare": lambda: timed_transfer(nc, ns, chunk, repeat=repeat, deadline=DEADLINE),
                 "ssl": lambda: timed_transfer(sc, ss, chunk, repeat=repeat, deadline=DEADLINE),
             },
             rounds,
@@ -181,12 +187,15 @@ async def _run(total: int, rounds: int, nsmall: int) -> dict[str, Throughput]:
         _check(msg_prog.run_cnt >= records, "the SK_MSG verdict did not run per record")
         _check(skb_prog.run_cnt >= records, "the SK_SKB verdict did not run per record")
         _check(msg_prog.dropped == 0 and skb_prog.dropped == 0, "a verdict dropped")
-        for s in (oc, os_, sc, ss):
+        for s in (oc, os_, nc, ns, sc, ss):
             await trio.aclose_forcefully(s)
         listener.close()
+        bare.close()
+        smap.close()
     return {
         "bulk_ours": Throughput.of(repeat * CHUNK / MIB, bulk["ours"]),
         "bulk_ssl": Throughput.of(repeat * CHUNK / MIB, bulk["ssl"]),
+        "bulk_bare": Throughput.of(repeat * CHUNK / MIB, bulk["bare"]),
         "small_ours": Throughput.of(nsmall, small["ours"]),
         "small_ssl": Throughput.of(nsmall, small["ssl"]),
     }
@@ -228,6 +237,13 @@ def bench_tls(quick: bool) -> list[Figure]:
             unit="us/MiB",
             baseline="trio.SSLStream (CPU)",
             baseline_value=cpu["bulk_ssl"],
+        ),
+        Figure.speedup(
+            "tls.bulk_no_program",
+            value=us["bulk_bare"],
+            unit="us/MiB",
+            baseline="trio.SSLStream",
+            baseline_value=us["bulk_ssl"],
         ),
         Figure.cost_ratio(
             "tls.bulk_vs_aead",
