@@ -17,6 +17,11 @@ kernel's ``tcp_bpf_update_proto`` swaps ``sk_prot``:
 - with a psock but no receive programs, ``receive_some`` reads the ingress
   queue first (bytes other sockets redirected here) and the socket otherwise.
 
+A ULP (TLS, :mod:`skmsg_tls`) installed on the stream takes its sends,
+redirects to its egress and its receives: it seals records after the SK_MSG
+verdict, and opens records and runs the receive verdict in ``receive_some``
+itself (as kTLS does in ``tls_sw_recvmsg``), so no receive pump runs for it.
+
 Leaving the last map restores plain operation. A task blocked in
 ``receive_some`` waits inside a cancel scope that every change cancels, so
 it always looks again at the queue, the pump and the socket.
