@@ -34,7 +34,7 @@ import errno
 import operator
 import socket as stdsocket
 import struct
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -44,7 +44,7 @@ from skmsg_core.runtime import Runtime, current_runtime, space_freed, tx_redirec
 
 from ._proto import TCP_PROTO
 
-__all__ = ["SendError", "SkStream", "StreamStats"]
+__all__ = ["SendError", "SkStream", "StreamStats", "StreamUlp"]
 
 DEFAULT_RECEIVE_SIZE = 65536
 SO_COOKIE = getattr(stdsocket, "SO_COOKIE", 57)
@@ -82,6 +82,63 @@ class StreamStats:
     psock: sk.PsockStats | None
     #: The ULP's counters (TLS: ``skmsg_tls.TlsStats``) when one is installed.
     ulp: Any = None
+
+
+class StreamUlp(Protocol):
+    """What an upper-layer protocol installed on an :class:`SkStream` provides
+    (``stream._ulp``; TLS's is ``skmsg_tls.TlsSocket``): the stream hands it
+    its sends, redirects to its egress, the bytes its reader reads, and its
+    shutdown, as the kernel's ``sk_prot`` swap hands them to a ULP."""
+
+    async def sendmsg(self, view: memoryview, more: bool) -> None:
+        """``send_all`` (raises as ``send_all`` does)."""
+        ...
+
+    async def egress_write(self, bufs: list[memoryview], more: bool) -> None:
+        """A redirect to this stream's egress (no verdict)."""
+        ...
+
+    async def rx_input(self, data: bytes) -> None:
+        """Bytes read from the socket by the reader; the ULP keeps what is
+        for the application (:attr:`plain_bytes`, :meth:`take_plain`) and its
+        error (:attr:`rx_error`) for after it."""
+        ...
+
+    def transport_eof(self) -> None:
+        """The socket reached EOF."""
+        ...
+
+    @property
+    def plain_bytes(self) -> int:
+        """Bytes waiting for ``receive_some``."""
+        ...
+
+    def take_plain(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of them."""
+        ...
+
+    @property
+    def rx_error(self) -> BaseException | None:
+        """Why receiving failed, once it did."""
+        ...
+
+    @property
+    def rx_ended(self) -> bool:
+        """The ULP's own end of stream came (TLS ``close_notify``)."""
+        ...
+
+    async def ulp_send_eof(self) -> None:
+        """Before ``send_eof`` half-closes the socket (TLS: ``close_notify``)."""
+        ...
+
+    def ulp_close(self) -> None:
+        """The stream is closing: a best-effort goodbye that never blocks, then
+        release everything."""
+        ...
+
+    def statistics(self) -> Any:
+        """The ULP's counters, for ``StreamStats.ulp``."""
+        ...
 
 
 class _Conflict:
@@ -161,7 +218,7 @@ class SkStream(trio.abc.HalfCloseableStream):
         self._closed = False
         #: The ULP serving this stream (TLS: ``skmsg_tls.TlsSocket``): send_all,
         #: receive_some and redirects to this egress go through it.
-        self._ulp: Any = None
+        self._ulp: StreamUlp | None = None
         #: A ULP is being set up (a handshake is running): no receive pump may
         #: start, so it cannot take the handshake's bytes.
         self._ulp_pending = False
@@ -380,7 +437,7 @@ class SkStream(trio.abc.HalfCloseableStream):
             if self.socket.did_shutdown_SHUT_WR:
                 return
             if self._ulp is not None:
-                await self._ulp.send_close_notify()
+                await self._ulp.ulp_send_eof()
             try:
                 self.socket.shutdown(stdsocket.SHUT_WR)
             except OSError as exc:
@@ -466,10 +523,10 @@ class SkStream(trio.abc.HalfCloseableStream):
                         raise _translate(exc) from exc
                     finally:
                         self._recv_scope = None
-                if received is not None:
+                if received is not None and ulp is not None:
                     await self._ulp_transport(ulp, received)
 
-    async def _ulp_transport(self, ulp: Any, data: bytes) -> None:
+    async def _ulp_transport(self, ulp: StreamUlp, data: bytes) -> None:
         """Hand bytes read from the socket to the ULP (which runs the receive
         verdict in this, the reader's, context); b"" is EOF."""
         if data:
@@ -478,7 +535,7 @@ class SkStream(trio.abc.HalfCloseableStream):
             ulp.transport_eof()
             self._rx_eof = True
 
-    async def _ulp_receive(self, ulp: Any, max_bytes: int) -> bytes | None:
+    async def _ulp_receive(self, ulp: StreamUlp, max_bytes: int) -> bytes | None:
         """What the ULP has for ``receive_some``: plaintext it opened (and the
         verdict passed), then its error or its EOF; ``None`` to look further."""
         if ulp.plain_bytes:
@@ -491,7 +548,7 @@ class SkStream(trio.abc.HalfCloseableStream):
         if err is not None:
             await trio.lowlevel.checkpoint()
             raise trio.BrokenResourceError(f"{self.sk.describe()}: {err}") from err
-        if ulp.rx.eof or self._rx_eof:
+        if ulp.rx_ended or self._rx_eof:
             await trio.lowlevel.checkpoint()
             return b""
         return None
@@ -503,8 +560,7 @@ class SkStream(trio.abc.HalfCloseableStream):
             self._closed = True
             ulp = self._ulp
             if ulp is not None:  # best effort: close_notify if the socket takes it now
-                ulp.close_notify_nowait()
-                ulp.release()
+                ulp.ulp_close()
             self.sk.close()
             self.wake_readers()
             self.socket.close()

@@ -344,6 +344,21 @@ class TlsSocket:
         alert = bytes((_WARNING, ALERT_CLOSE_NOTIFY))
         await self._write_records([alert], False, TLS_RECORD_TYPE_ALERT)
 
+    async def ulp_send_eof(self) -> None:
+        """The stream's ``send_eof``: ``close_notify`` first."""
+        await self.send_close_notify()
+
+    def ulp_close(self) -> None:
+        """The stream's ``aclose``: ``close_notify`` if the socket takes it at
+        once, then the TLS context goes."""
+        self.close_notify_nowait()
+        self.release()
+
+    @property
+    def rx_ended(self) -> bool:
+        """The peer's ``close_notify`` came: EOF once the data before it is read."""
+        return self.rx.eof
+
     def close_notify_nowait(self) -> None:
         """Best effort, for ``aclose``: seal close_notify and write it only if the
         socket takes it at once and no write is in progress."""
