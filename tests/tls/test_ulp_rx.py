@@ -290,3 +290,60 @@ async def test_strparser_option_frames_the_plaintext_into_messages(
     await a.send_all(sealer.seal(b"\x02hi\x05wor") + sealer.seal(b"ld\x01!"))
     assert await read_exactly(b, 11) == b"\x02hi\x05world\x01!"
     assert seen == [b"\x02hi", b"\x05world", b"\x01!"]
+
+
+async def test_receive_verdict_redirects_plaintext_out_of_another_socket(
+    skmsg_runtime: object, sockmap: sk.SockMap
+) -> None:
+    from skmsg_core.testing import aclose_all, tcp_stream_pair
+
+    a, b = await tcp_stream_pair()
+    c, c_peer = await tcp_stream_pair()
+    try:
+        sockmap.update(1, c)  # plain TCP: the decrypted bytes leave in clear
+
+        def verdict(skb: sk.SkBuff) -> int:
+            return sk.sk_redirect_map(skb, sockmap, 1, 0)
+
+        sockmap.attach(verdict, sk.SK_SKB_STREAM_VERDICT)
+        sockmap.update(0, b)
+        _, sealer, _ = await raw_to_tls(b)
+        await a.send_all(sealer.seal(b"decrypted, then ") + sealer.seal(b"redirected"))
+        a_done = trio.Event()
+
+        async def reader() -> None:  # as kTLS: the verdict runs when b is read
+            with trio.move_on_after(10):
+                await b.receive_some()
+            a_done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            assert await read_exactly(c_peer, 26) == b"decrypted, then redirected"
+            nursery.cancel_scope.cancel()
+        assert b.sk.psock is not None and b.sk.psock.rx_redirected_bytes == 26
+    finally:
+        await aclose_all((a, b, c, c_peer))
+
+
+async def test_bytes_redirected_into_a_tls_socket_with_ingress_are_read_as_plaintext(
+    skmsg_runtime: object, sockmap: sk.SockMap
+) -> None:
+    from skmsg_core.testing import aclose_all, tcp_stream_pair
+
+    a, b = await tcp_stream_pair()
+    x, _x_peer = await tcp_stream_pair()
+    try:
+        sockmap.update(1, b)
+
+        def egress(msg: sk.SkMsg) -> int:
+            return sk.msg_redirect_map(msg, sockmap, 1, sk.BPF_F_INGRESS)
+
+        sockmap.attach(egress, sk.SK_MSG_VERDICT)
+        sockmap.update(0, x)
+        _, sealer, _ = await raw_to_tls(b)
+        await x.send_all(b"from x, into b's receive queue")
+        assert await read_exactly(b, 30) == b"from x, into b's receive queue"
+        await a.send_all(sealer.seal(b"and a record"))
+        assert await read_exactly(b, 12) == b"and a record"
+    finally:
+        await aclose_all((a, b, x, _x_peer))
