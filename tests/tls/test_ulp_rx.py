@@ -347,3 +347,28 @@ async def test_bytes_redirected_into_a_tls_socket_with_ingress_are_read_as_plain
         assert await read_exactly(b, 12) == b"and a record"
     finally:
         await aclose_all((a, b, x, _x_peer))
+
+
+async def test_receive_control_stops_reading_while_much_data_waits(tcp_stream_pair: Pair) -> None:
+    from trio.testing import wait_all_tasks_blocked
+
+    from skmsg_tls._ulp import PLAIN_LIMIT
+
+    a, b = tcp_stream_pair
+    tb, sealer, _ = await raw_to_tls(b)
+    data = bytes(range(256)) * (PLAIN_LIMIT * 2 // 256)
+    wire = b"".join(sealer.seal(data[i : i + 16384]) for i in range(0, len(data), 16384))
+    wire += sealer.seal(b"\x01\x5a", tls.TLS_RECORD_TYPE_ALERT)
+    got: list[tls.ControlRecord] = []
+
+    async def control() -> None:
+        got.append(await tb.receive_control())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.send_all, wire)
+        nursery.start_soon(control)
+        await wait_all_tasks_blocked(0.05)
+        assert got == []  # the alert sits behind data nobody has read
+        assert PLAIN_LIMIT <= tb.plain_bytes < len(data)  # bounded: it stopped reading
+        assert await read_exactly(b, len(data)) == data
+    assert got == [tls.ControlRecord(21, b"\x01\x5a")]

@@ -71,6 +71,9 @@ log = logging.getLogger(__name__)
 
 #: Sealed records are written together up to about this many bytes.
 _TX_BATCH = 262144
+#: ``receive_control`` reads the socket only while less opened data than this
+#: waits for ``receive_some``.
+PLAIN_LIMIT = 1 << 20
 _WARNING = 1
 
 
@@ -115,6 +118,7 @@ class TlsSocket:
         self._plain: deque[memoryview] = deque()
         self._plain_bytes = 0
         self._parse_error: sk.StrParserError | None = None
+        self._tcp_eof = False
         self._tx_closed = False
         self.active = True
         self.tx_records = 0
@@ -456,8 +460,6 @@ class TlsSocket:
         self._tcp_eof = True
         self._control_lot.unpark_all()
 
-    _tcp_eof = False
-
     @property
     def plain_bytes(self) -> int:
         """Opened plaintext waiting for ``receive_some`` (no receive program)."""
@@ -479,6 +481,8 @@ class TlsSocket:
                 want = 0
         got = max_bytes - want
         self._plain_bytes -= got
+        if self._plain_bytes < PLAIN_LIMIT <= self._plain_bytes + got:
+            self._control_lot.unpark_all()  # receive_control may read again
         return out[0].tobytes() if len(out) == 1 else b"".join(out)
 
     def receive_control_nowait(self) -> ControlRecord:
@@ -493,9 +497,11 @@ class TlsSocket:
 
     async def receive_control(self) -> ControlRecord:
         """Wait for the next control record (alert, post-handshake handshake
-        message, ...) in arrival order. Without receive programs, and when no
-        other task is in ``receive_some``, this reads the socket itself (data
-        records met meanwhile wait for ``receive_some``).
+        message, ...) in arrival order. When no other task is in
+        ``receive_some`` this reads the socket itself (data records met
+        meanwhile are verdicted and wait for ``receive_some``; with
+        :data:`PLAIN_LIMIT` bytes waiting it stops reading until they are
+        taken, as kTLS keeps control records behind unread data).
 
         Raises:
             trio.EndOfChannel: the peer's close_notify or the TCP EOF came and
@@ -518,7 +524,9 @@ class TlsSocket:
             if self.rx.eof or self._tcp_eof or stream._rx_eof:
                 await trio.lowlevel.checkpoint()
                 raise trio.EndOfChannel("the peer ended the TLS stream")
-            if stream._receive_conflict._held:  # a reader is at work: it will wake us
+            if stream._receive_conflict._held or self._plain_bytes >= PLAIN_LIMIT:
+                # a reader is at work (it will wake us), or data waits for one:
+                # stop reading the socket (bounded memory, TCP flow control)
                 await self._control_lot.park()
                 continue
             with stream._receive_conflict:
