@@ -152,64 +152,81 @@ class TlsSendOp:
             self.err = err
 
     def _records(self) -> Generator[TxAction, None, int]:
+        # The per-record hot path: locals for everything the loop touches.
         psock = self.psock
         src = self._src
         size = src.nbytes
         eor = not self._more
         limit = self._record_size
         holder = self.open_rec
+        run = self._run
+        batch = self._batch
+        max_frags = psock.max_frags
+        sock = psock.sk
+        of_private = SkMsg.of_private
         while True:
             if not psock.tx_enabled:
                 return errno.EPIPE
             rec = holder.msg
-            full_record = False
+            full_record = fresh = False
             pos = self._pos
             if pos < size:
                 if rec is None:
                     # a new record: its plaintext is one private element
                     # (sk_msg_alloc + memcopy_from_iter, in one C-level copy)
-                    want = min(size - pos, limit)
-                    rec = holder.msg = SkMsg.of_private(
-                        bytearray(src[pos : pos + want]), max_frags=psock.max_frags
+                    want = size - pos
+                    want = min(want, limit)
+                    rec = holder.msg = of_private(
+                        bytearray(src[pos : pos + want]), max_frags=max_frags
                     )
-                    taken = want
+                    full_record = want >= limit or max_frags <= 1
+                    fresh = True  # of_private set the program's window already
                 else:
                     want = min(size - pos, limit - rec.size)
-                    taken = rec.append_copy(psock.frag, (src[pos : pos + want],))
-                self._pos = pos + taken
-                self.copied += taken
-                full_record = rec.size >= limit or rec.full
+                    want = rec.append_copy(psock.frag, (src[pos : pos + want],))
+                    full_record = rec.size >= limit or rec.full
+                self._pos = pos = pos + want
+                self.copied += want
             elif rec is None or not rec.size:
                 return 0
-            if full_record or (eor and self._pos >= size):
+            if full_record or (eor and pos >= size):
                 delta = 0
-                if psock.eval is _NONE and rec.size:
-                    # the common case inline: run the program; a plain PASS of the
-                    # whole record (no apply, no cork) joins the batch at once
+                if psock.eval is _NONE and run is not None and rec.size:
+                    # the common case inline (sk_psock_msg_verdict): run the
+                    # program; a plain PASS of the whole record (no apply, no
+                    # cork) joins the batch at once
                     delta = rec.size
-                    verdict = psock.eval = self._msg_verdict(rec)
+                    if not fresh:
+                        rec.compute_data_pointers()
+                    rec.sk = sock
+                    verdict = psock.eval = run(rec)
                     psock.tx_msgs += 1
+                    psock.apply_bytes = rec.apply_bytes
                     delta -= rec.size
                     if verdict is _PASS and not rec.apply_bytes and not rec.cork_bytes:
                         n = rec.size
-                        bufs = rec.consume(n)
-                        self._batch.append(
-                            bufs[0] if len(bufs) == 1 else memoryview(b"".join(bufs))
+                        frags = rec.frags()  # the record is done with: no consume
+                        batch.append(
+                            frags[0] if len(frags) == 1 else memoryview(b"".join(frags))
                         )
                         self._batch_bytes += n
                         holder.msg = None
                         psock.eval = _NONE
-                        psock.sk_redir = None
                         if self._batch_bytes >= PASS_BATCH:
                             err = yield from self._flush()
+                            batch = self._batch
                             if err:
                                 return err
-                        if self._pos >= size:
+                        if pos >= size:
                             return 0
                         continue
-                    if verdict is _REDIRECT and psock.sk_redir is None:
-                        psock.eval = _DROP
+                    if verdict is _REDIRECT:
+                        psock.sk_redir = rec.sk_redir
+                        psock.redir_ingress = bool(rec.flags & BPF_F_INGRESS)
+                        if psock.sk_redir is None:
+                            psock.eval = _DROP
                 err = yield from self._exec_verdict(rec, full_record, delta)
+                batch = self._batch
                 if err:
                     return err
             if self._pos >= size:
