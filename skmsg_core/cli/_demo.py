@@ -23,6 +23,7 @@ import trio
 import skmsg_core as sk
 
 from ._parsers import Framing
+from ._tls import client_context
 
 if TYPE_CHECKING:
     from ._proxy import Proxy
@@ -80,7 +81,13 @@ async def run_demo(proxy: Proxy, say: Callable[[str], None]) -> int:
     parser = sk.StrParser(framing.parse)
     replies: deque[bytes] = deque()
     missing = 0
-    stream = await trio.open_tcp_stream(addr.host, addr.port)
+    stream: trio.abc.Stream = await trio.open_tcp_stream(addr.host, addr.port)
+    tls = proxy.config.tls
+    if tls is not None and tls.server is not None:  # --tls: the demo client speaks TLS
+        stream = trio.SSLStream(
+            stream, client_context(tls.cert_path, verify=tls.cert_path is not None),
+            server_hostname=addr.host,
+        )
     async with stream:
         for payload in DEMO_PAYLOADS:
             message = framing.frame(payload)

@@ -25,6 +25,7 @@ from ._demo import run_demo
 from ._parsers import FRAMINGS
 from ._proxy import Address, Proxy, ProxyConfig, ProxyError, run_proxy
 from ._stats import format_table
+from ._tls import add_tls_arguments, tls_options
 from ._udp_proxy import UdpProxy, UdpProxyConfig, run_udp_demo, run_udp_proxy, udp_config
 
 __all__ = ["build_parser", "main"]
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument(
         "-v", "--verbose", action="store_true", help="log each client connecting and closing"
     )
+    add_tls_arguments(proxy)
     return parser
 
 
@@ -201,12 +203,21 @@ def _tell(text: str) -> None:
 def _proxy_command(args: argparse.Namespace) -> int:
     listen = args.listen or Address.parse("127.0.0.1:0" if args.demo else DEFAULT_LISTEN,
                                           listen=True)
+    if args.udp and (args.tls or args.backend_tls):
+        _tell("skmsg proxy: error: --tls/--backend-tls need TCP; --udp carries datagrams as they are")
+        return 2
+    try:
+        tls = tls_options(args, listen.host, have_backends=bool(args.backend))
+    except ValueError as exc:
+        _tell(f"skmsg proxy: error: {exc}")
+        return 2
     config: ProxyConfig | UdpProxyConfig = ProxyConfig(
         listen=listen,
         backends=tuple(args.backend),
         parser=args.parser,
         policy=args.policy,
         max_clients=args.max_clients,
+        tls=tls,
     )
     if args.udp:
         config = udp_config(args, listen)
@@ -258,6 +269,11 @@ def _announce(proxy: Proxy | UdpProxy) -> None:
     _say("skmsg proxy: backends " + ", ".join(
         f"[{i}] {addr}{kind}" for i, addr in enumerate(proxy.backends)))
     parser = "the policy's parse" if proxy.policy.parse else proxy.framing.name
+    tls = proxy.config.tls
+    if tls is not None:
+        _say("skmsg proxy: TLS " + ", ".join(
+            ([f"from clients (certificate {tls.cert_path or 'from --cert'})"] if tls.server else [])
+            + (["to backends"] if tls.client else [])))
     _say(f"skmsg proxy: parser {parser}, policy {proxy.policy.name}; Ctrl-C stops")
 
 

@@ -71,6 +71,7 @@ from ._demo import serve_echo
 from ._parsers import FRAMINGS, Framing, FramingError
 from ._policy import Policy, PolicyError
 from ._stats import ProxyCounters, ProxyStats
+from ._tls import TlsOptions, originate, terminate
 
 __all__ = ["Address", "Proxy", "ProxyConfig", "ProxyError", "run_proxy"]
 
@@ -130,6 +131,8 @@ class ProxyConfig:
     echo_backends: int = 2
     connect_timeout: float = 5.0
     drain_timeout: float = 5.0
+    #: ``--tls`` / ``--backend-tls``: see :mod:`._tls` (None: plain TCP both ways).
+    tls: TlsOptions | None = None
 
 
 class Proxy:
@@ -288,6 +291,11 @@ class Proxy:
                 except OSError as exc:  # it closed at once (not ESTABLISHED any more)
                     log.info("client %s: backend %s: %s", peer, self.backends[i], exc.strerror)
                     continue
+                tls = self.config.tls  # the kernel's order: into the map, then TLS
+                if tls is not None and tls.client is not None and not await originate(
+                    conn, tls, self.backends[i].host, self.config.connect_timeout
+                ):
+                    continue
                 live.append(conn)
             if not live:
                 c.connect_errors += 1
@@ -296,6 +304,11 @@ class Proxy:
             self.sessions[key] = backends
             in_map = self._insert(client, key, peer)
             if in_map is None:
+                return
+            tls = self.config.tls  # the kernel's order: into the map, then TLS
+            if tls is not None and tls.server is not None and not await terminate(
+                client, tls, self.config.connect_timeout
+            ):
                 return
             log.info("client %s connected%s", peer,
                      "" if in_map else " (half-closed already: carried in user space)")

@@ -572,3 +572,14 @@ def test_set_window_and_repr() -> None:
     assert "size=7" in repr(msg) and "length=3" in repr(msg.elements()[0])
     clone = msg.elements()[1].clone()
     assert clone.buf is msg.elements()[1].buf and bytes(clone.view()) == b"defg"
+
+
+def test_of_private_wraps_one_fresh_buffer_without_copying() -> None:
+    buf = bytearray(b"record plaintext")
+    msg = SkMsg.of_private(buf, max_frags=4)
+    assert (msg.size, len(msg), msg.max_frags, msg.sg_copy(0)) == (16, 1, 4, False)
+    assert bytes(msg.data) == b"record plaintext"
+    msg.data[0:1] = b"R"  # the window is the caller's buffer itself
+    assert buf.startswith(b"Record")
+    with pytest.raises(ValueError, match="empty"):
+        SkMsg.of_private(bytearray())

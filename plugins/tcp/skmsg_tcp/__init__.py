@@ -23,6 +23,7 @@ from ._reuseport import open_reuseport_group as open_reuseport_group
 from ._stream import SendError as SendError
 from ._stream import SkStream as SkStream
 from ._stream import StreamStats as StreamStats
+from ._stream import StreamUlp as StreamUlp
 
 
 @hookimpl

@@ -17,6 +17,11 @@ kernel's ``tcp_bpf_update_proto`` swaps ``sk_prot``:
 - with a psock but no receive programs, ``receive_some`` reads the ingress
   queue first (bytes other sockets redirected here) and the socket otherwise.
 
+A ULP (TLS, :mod:`skmsg_tls`) installed on the stream takes its sends,
+redirects to its egress and its receives: it seals records after the SK_MSG
+verdict, and opens records and runs the receive verdict in ``receive_some``
+itself (as kTLS does in ``tls_sw_recvmsg``), so no receive pump runs for it.
+
 Leaving the last map restores plain operation. A task blocked in
 ``receive_some`` waits inside a cancel scope that every change cancels, so
 it always looks again at the queue, the pump and the socket.
@@ -29,7 +34,7 @@ import errno
 import operator
 import socket as stdsocket
 import struct
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -39,7 +44,7 @@ from skmsg_core.runtime import Runtime, current_runtime, space_freed, tx_redirec
 
 from ._proto import TCP_PROTO
 
-__all__ = ["SendError", "SkStream", "StreamStats"]
+__all__ = ["SendError", "SkStream", "StreamStats", "StreamUlp"]
 
 DEFAULT_RECEIVE_SIZE = 65536
 SO_COOKIE = getattr(stdsocket, "SO_COOKIE", 57)
@@ -51,6 +56,9 @@ _PASS_BATCH = 65536
 _IOV_MAX = 1024
 #: Join more than this many buffers into one write.
 _JOIN_ABOVE = 8
+#: With a ULP (TLS) and no receive pump, ``receive_some`` reads this much at once:
+#: whole records are opened, whatever ``max_bytes`` asked for.
+_ULP_RECEIVE_SIZE = 262144
 
 
 class SendError(PermissionError):
@@ -72,6 +80,65 @@ class StreamStats:
     bytes_sent: int
     bytes_received: int
     psock: sk.PsockStats | None
+    #: The ULP's counters (TLS: ``skmsg_tls.TlsStats``) when one is installed.
+    ulp: Any = None
+
+
+class StreamUlp(Protocol):
+    """What an upper-layer protocol installed on an :class:`SkStream` provides
+    (``stream._ulp``; TLS's is ``skmsg_tls.TlsSocket``): the stream hands it
+    its sends, redirects to its egress, the bytes its reader reads, and its
+    shutdown, as the kernel's ``sk_prot`` swap hands them to a ULP."""
+
+    async def sendmsg(self, view: memoryview, more: bool) -> None:
+        """``send_all`` (raises as ``send_all`` does)."""
+        ...
+
+    async def egress_write(self, bufs: list[memoryview], more: bool) -> None:
+        """A redirect to this stream's egress (no verdict)."""
+        ...
+
+    async def rx_input(self, data: bytes) -> None:
+        """Bytes read from the socket by the reader; the ULP keeps what is
+        for the application (:attr:`plain_bytes`, :meth:`take_plain`) and its
+        error (:attr:`rx_error`) for after it."""
+        ...
+
+    def transport_eof(self) -> None:
+        """The socket reached EOF."""
+        ...
+
+    @property
+    def plain_bytes(self) -> int:
+        """Bytes waiting for ``receive_some``."""
+        ...
+
+    def take_plain(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of them."""
+        ...
+
+    @property
+    def rx_error(self) -> BaseException | None:
+        """Why receiving failed, once it did."""
+        ...
+
+    @property
+    def rx_ended(self) -> bool:
+        """The ULP's own end of stream came (TLS ``close_notify``)."""
+        ...
+
+    async def ulp_send_eof(self) -> None:
+        """Before ``send_eof`` half-closes the socket (TLS: ``close_notify``)."""
+        ...
+
+    def ulp_close(self) -> None:
+        """The stream is closing: a best-effort goodbye that never blocks, then
+        release everything."""
+        ...
+
+    def statistics(self) -> Any:
+        """The ULP's counters, for ``StreamStats.ulp``."""
+        ...
 
 
 class _Conflict:
@@ -149,6 +216,12 @@ class SkStream(trio.abc.HalfCloseableStream):
         self._rx_error: BaseException | None = None
         self._rx_eof = False
         self._closed = False
+        #: The ULP serving this stream (TLS: ``skmsg_tls.TlsSocket``): send_all,
+        #: receive_some and redirects to this egress go through it.
+        self._ulp: StreamUlp | None = None
+        #: A ULP is being set up (a handshake is running): no receive pump may
+        #: start, so it cannot take the handshake's bytes.
+        self._ulp_pending = False
         self.bytes_sent = 0
         self.bytes_received = 0
         sk.plugins().sock_created(self.sk)
@@ -170,7 +243,8 @@ class SkStream(trio.abc.HalfCloseableStream):
             )
         self._runtime = rt
         self.wake_readers()  # a reader blocked on the socket must let the pump read it
-        rt.start_pump(self)
+        if self._ulp is None and not self._ulp_pending:  # a ULP receives in the reader
+            rt.start_pump(self)
         return 0
 
     # -- Endpoint: what the runtime calls ------------------------------------------------
@@ -200,6 +274,10 @@ class SkStream(trio.abc.HalfCloseableStream):
         return self.socket.fileno() if self._raw is not None else -1
 
     async def egress_write(self, bufs: list[memoryview], more: bool) -> None:
+        ulp = self._ulp
+        if ulp is not None:  # e.g. TLS seals them with this stream's keys
+            await ulp.egress_write(bufs, more)
+            return
         await self._locked_send(bufs, more)
 
     def rx_failed(self, exc: BaseException) -> None:
@@ -289,6 +367,9 @@ class SkStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("can't send data after sending EOF or closing")
         with self._send_conflict:
             view = memoryview(data).cast("B")
+            if self._ulp is not None:
+                await self._ulp.sendmsg(view, more)
+                return
             psock = self.sk.psock
             if psock is None or (psock.msg_parser is None and psock.cork is None):
                 if not view.nbytes:
@@ -355,6 +436,8 @@ class SkStream(trio.abc.HalfCloseableStream):
                 raise trio.ClosedResourceError
             if self.socket.did_shutdown_SHUT_WR:
                 return
+            if self._ulp is not None:
+                await self._ulp.ulp_send_eof()
             try:
                 self.socket.shutdown(stdsocket.SHUT_WR)
             except OSError as exc:
@@ -384,6 +467,11 @@ class SkStream(trio.abc.HalfCloseableStream):
                 psock = self.sk.psock
                 rt = self._runtime
                 pumping = psock is not None and rt is not None and rt.pumping(self)
+                ulp = self._ulp
+                if ulp is not None:
+                    got = await self._ulp_receive(ulp, max_bytes)
+                    if got is not None:
+                        return got
                 if psock is not None and psock.ingress_bytes:
                     await trio.lowlevel.checkpoint()
                     data = psock.recvmsg(max_bytes)  # after the checkpoint: nothing lost
@@ -398,12 +486,13 @@ class SkStream(trio.abc.HalfCloseableStream):
                     await trio.lowlevel.checkpoint()
                     return b""
                 raw = self._raw
+                want = max_bytes if ulp is None else _ULP_RECEIVE_SIZE
                 if not pumping and raw is not None:
                     # trio's recv, unrolled: try first, and only make the wake-up
                     # scope below when the socket would block.
                     await trio.lowlevel.checkpoint_if_cancelled()
                     try:
-                        data = raw.recv(max_bytes)
+                        data = raw.recv(want)
                     except BlockingIOError:
                         pass
                     except OSError as exc:
@@ -411,30 +500,67 @@ class SkStream(trio.abc.HalfCloseableStream):
                     else:
                         await trio.lowlevel.cancel_shielded_checkpoint()
                         self.bytes_received += len(data)
+                        if ulp is not None:
+                            await self._ulp_transport(ulp, data)
+                            continue
                         return data
                 # Wait in a scope that any change cancels (wake_readers): a
                 # cancelled trio recv has consumed nothing, so looking again is safe.
+                received: bytes | None = None
                 with trio.CancelScope() as scope:
                     self._recv_scope = scope
                     try:
                         if pumping:
                             await trio.sleep_forever()
                         else:
-                            data = await self.socket.recv(max_bytes)
-                            self.bytes_received += len(data)
-                            return data
+                            received = await self.socket.recv(want)
+                            self.bytes_received += len(received)
+                            if ulp is None:
+                                return received
                     except OSError as exc:
                         if self._closed:
                             raise trio.ClosedResourceError("this stream was closed") from None
                         raise _translate(exc) from exc
                     finally:
                         self._recv_scope = None
+                if received is not None and ulp is not None:
+                    await self._ulp_transport(ulp, received)
+
+    async def _ulp_transport(self, ulp: StreamUlp, data: bytes) -> None:
+        """Hand bytes read from the socket to the ULP (which runs the receive
+        verdict in this, the reader's, context); b"" is EOF."""
+        if data:
+            await ulp.rx_input(data)
+        else:
+            ulp.transport_eof()
+            self._rx_eof = True
+
+    async def _ulp_receive(self, ulp: StreamUlp, max_bytes: int) -> bytes | None:
+        """What the ULP has for ``receive_some``: plaintext it opened (and the
+        verdict passed), then its error or its EOF; ``None`` to look further."""
+        if ulp.plain_bytes:
+            await trio.lowlevel.checkpoint()
+            return bytes(ulp.take_plain(max_bytes))
+        psock = self.sk.psock
+        if psock is not None and psock.ingress_bytes:
+            return None  # bytes other sockets redirected here
+        err = ulp.rx_error
+        if err is not None:
+            await trio.lowlevel.checkpoint()
+            raise trio.BrokenResourceError(f"{self.sk.describe()}: {err}") from err
+        if ulp.rx_ended or self._rx_eof:
+            await trio.lowlevel.checkpoint()
+            return b""
+        return None
 
     async def aclose(self) -> None:
         """Close the stream: it leaves every map (unread redirected bytes are
         discarded), then the socket closes. Idempotent."""
         if not self._closed:
             self._closed = True
+            ulp = self._ulp
+            if ulp is not None:  # best effort: close_notify if the socket takes it now
+                ulp.ulp_close()
             self.sk.close()
             self.wake_readers()
             self.socket.close()
@@ -460,7 +586,10 @@ class SkStream(trio.abc.HalfCloseableStream):
         """Bytes through the transport, and the psock's counters when in a map."""
         psock = self.sk.psock
         return StreamStats(
-            self.bytes_sent, self.bytes_received, psock.statistics() if psock else None
+            self.bytes_sent,
+            self.bytes_received,
+            psock.statistics() if psock else None,
+            self._ulp.statistics() if self._ulp is not None else None,
         )
 
     def __repr__(self) -> str:

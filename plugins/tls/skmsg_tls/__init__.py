@@ -53,3 +53,14 @@ from ._keys import tls12_crypto_infos as tls12_crypto_infos  # noqa: E402
 from ._keys import tls12_prf as tls12_prf  # noqa: E402
 from ._keys import tls13_crypto_info as tls13_crypto_info  # noqa: E402
 from ._keys import tls13_next_secret as tls13_next_secret  # noqa: E402
+from ._policy import PatternGuard as PatternGuard  # noqa: E402
+
+# The ULP on skmsg_tcp streams (issue 4, deliverables 3 and 4).
+from ._rx import ControlRecord as ControlRecord  # noqa: E402
+from ._rx import TlsRxError as TlsRxError  # noqa: E402
+from ._start import enable_tls as enable_tls  # noqa: E402
+from ._start import start_tls as start_tls  # noqa: E402
+from ._stats import TLS_STAT_NAMES as TLS_STAT_NAMES  # noqa: E402
+from ._stats import TlsStats as TlsStats  # noqa: E402
+from ._stats import tls_stat as tls_stat  # noqa: E402
+from ._ulp import TlsSocket as TlsSocket  # noqa: E402

@@ -1,0 +1,196 @@
+"""``start_tls``: a real handshake in OpenSSL, then the record layer is ours.
+
+Theory of operation
+-------------------
+The kernel's order is kept: a stream enters its socket maps first, then TLS
+is enabled (``setsockopt(TCP_ULP, "tls")`` + ``TLS_TX``/``TLS_RX``). After
+that the stream cannot enter another map (``EBUSY``), and a stream that got
+TLS outside any map cannot enter one at all (``EINVAL``): the core's map
+update enforces both from ``sk.ulp``.
+
+The handshake runs in Python's ``ssl`` (OpenSSL) over memory BIOs
+(:func:`._handoff.tls_handoff`), reading and writing the stream's transport
+directly. **Policy and the handshake**: the kernel would run the socket's
+programs on the handshake's bytes, which are ordinary TCP bytes before the
+ULP is set; skmsg deliberately does not. The handshake is the TLS library's
+business, and a policy written for the plaintext (an HTTP parser, a pattern
+match) would only misread it. While ``start_tls`` runs:
+
+- ``send_all`` and ``receive_some`` from other tasks fail with
+  ``trio.BusyResourceError`` (the handshake holds both directions);
+- the receive pump is stopped, and no new one starts (``_ulp_pending``, then
+  the ULP), so it cannot take the handshake's bytes; bytes a pump had already queued for
+  this socket before ``start_tls`` (only if the application awaited between
+  the map update and ``start_tls``) were verdicted as ordinary bytes, as in
+  the kernel, and are given to the handshake.
+
+When the handshake is done the ULP is installed and the bytes OpenSSL did
+not consume are opened first (through the receive verdict when there is
+one). From then on the stream receives in the reader, as kTLS does in
+``tls_sw_recvmsg``: no receive pump runs for a TLS stream.
+"""
+
+from __future__ import annotations
+
+import errno
+import ssl
+
+import trio
+
+import skmsg_core as sk
+from skmsg_tcp import SkStream
+
+from . import _stats
+from ._codec import TlsCryptoInfo
+from ._handoff import tls_handoff
+from ._ulp import TlsSocket
+
+__all__ = ["enable_tls", "start_tls"]
+
+
+def _check(stream: object) -> SkStream:
+    if not isinstance(stream, SkStream):
+        raise TypeError(f"TLS needs an skmsg_tcp.SkStream, not {type(stream).__name__}")
+    s = stream.sk
+    if stream._closed:
+        raise trio.ClosedResourceError("this stream was closed")
+    if s.ulp is not None or stream._ulp is not None or stream._ulp_pending:
+        raise sk.kernel_error(errno.EEXIST, f"{s.describe()} already has the {s.ulp!r} ULP")
+    if stream.socket.did_shutdown_SHUT_WR or stream._rx_eof:
+        raise sk.kernel_error(errno.ENOTCONN, f"{s.describe()} has sent or received EOF")
+    return stream
+
+
+async def start_tls(
+    stream: SkStream,
+    ctx: ssl.SSLContext,
+    *,
+    server_side: bool = False,
+    server_hostname: str | None = None,
+    strparser: bool = False,
+) -> TlsSocket:
+    """Run a TLS handshake with ``ctx`` on ``stream``, then take over its record layer.
+
+    ``server_hostname`` (client side) is used for SNI and certificate checks,
+    as with ``ssl.SSLContext.wrap_socket``. Everything the context configures
+    (certificates, verification, ALPN, tickets) applies. Afterwards the
+    stream's ``send_all``/``receive_some`` carry application data, sealed and
+    opened by skmsg, with the stream's SK_MSG / SK_SKB programs seeing the
+    plaintext. The returned :class:`TlsSocket` gives control records, key
+    updates, the ``ssl_object`` and counters.
+
+    Receive programs see one decrypted *record* per verdict run, as in the
+    kernel, whose kTLS frames records itself and bypasses a sockmap stream
+    parser. ``strparser=True`` is an extension for message-based protocols:
+    if the socket's map has a stream parser, it frames the decrypted
+    plaintext and the verdict runs once per message, whatever the records
+    (``skmsg proxy --tls`` uses it).
+
+    Raises:
+        TypeError: ``stream`` is not an :class:`skmsg_tcp.SkStream`.
+        FileExistsError: (``EEXIST``) the stream already has a ULP (TLS).
+        trio.BusyResourceError: another task is sending or receiving on it.
+        trio.ClosedResourceError: the stream is closed.
+        OSError(ENOTCONN): the stream has sent or received EOF.
+        ssl.SSLError, trio.BrokenResourceError: the handshake failed (the
+            stream is then unusable, as with ``trio.SSLStream``).
+
+    Cancellation during the handshake leaves the stream unusable.
+    """
+    stream = _check(stream)
+    s = stream.sk
+    with stream._send_conflict, stream._receive_conflict:
+        stream._ulp_pending = True
+        rt = stream._runtime
+        if rt is not None:
+            rt.stop_pump(stream)  # synchronously: the pump never sees the handshake
+
+        async def send_raw(data: bytes | bytearray | memoryview) -> None:
+            await stream._locked_send([memoryview(data).cast("B")], False)
+
+        async def receive_raw(max_bytes: int | None = None) -> bytes:
+            psock = s.psock
+            if psock is not None and psock.ingress_bytes:
+                await trio.lowlevel.checkpoint()
+                return psock.recvmsg(max_bytes or 65536)
+            return await stream.transport_recv(max_bytes or 65536)
+
+        try:
+            hand = await tls_handoff(
+                send_raw,
+                receive_raw,
+                ctx,
+                server_side=server_side,
+                server_hostname=server_hostname,
+            )
+        except BaseException:
+            stream._ulp_pending = False
+            _restart_pump(stream)
+            raise
+        tls = TlsSocket(
+            stream,
+            hand.tx,
+            hand.rx,
+            tx_secret=hand.tx_secret,
+            rx_secret=hand.rx_secret,
+            ssl_object=hand.ssl_object,
+            strparser=strparser,
+        )
+        await _install(stream, tls, bytes(hand.unconsumed))
+    return tls
+
+
+async def enable_tls(
+    stream: SkStream,
+    tx: TlsCryptoInfo,
+    rx: TlsCryptoInfo,
+    *,
+    tx_secret: bytes | None = None,
+    rx_secret: bytes | None = None,
+    received: bytes = b"",
+    strparser: bool = False,
+) -> TlsSocket:
+    """Install the TLS ULP with keys from a handshake done elsewhere: the
+    kernel's ``setsockopt(TCP_ULP, "tls")`` then ``TLS_TX`` and ``TLS_RX``.
+
+    ``tx_secret``/``rx_secret`` (TLS 1.3 traffic secrets) enable KeyUpdate;
+    ``received``: bytes already read from the peer past the handshake, opened
+    first. ``strparser``: as :func:`start_tls`.
+
+    Raises:
+        TypeError, FileExistsError, trio.BusyResourceError,
+        trio.ClosedResourceError, OSError(ENOTCONN): as :func:`start_tls`.
+        ValueError: ``tx`` and ``rx`` differ in version or cipher.
+    """
+    stream = _check(stream)
+    tls = TlsSocket(
+        stream, tx, rx, tx_secret=tx_secret, rx_secret=rx_secret, strparser=strparser
+    )
+    with stream._send_conflict, stream._receive_conflict:
+        rt = stream._runtime
+        if rt is not None:
+            rt.stop_pump(stream)
+        await _install(stream, tls, received)
+    return tls
+
+
+async def _install(stream: SkStream, tls: TlsSocket, received: bytes) -> None:
+    """Make ``tls`` the stream's ULP (it receives in the reader from now on:
+    no pump restarts) and open ``received``."""
+    stream.sk.ulp = "tls"
+    stream._ulp = tls
+    stream._ulp_pending = False
+    for name in ("TlsCurrTxSw", "TlsCurrRxSw", "TlsTxSw", "TlsRxSw"):
+        _stats.count(name)
+    if received:
+        await tls.rx_input(received)
+    else:
+        await trio.lowlevel.checkpoint()
+
+
+def _restart_pump(stream: SkStream) -> None:
+    """The handshake failed: the stream is plain TCP again, with its pump."""
+    psock = stream.sk.psock
+    rt = stream._runtime
+    if psock is not None and psock.rx_mode is not None and rt is not None and not stream._closed:
+        rt.start_pump(stream)

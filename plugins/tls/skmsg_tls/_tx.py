@@ -1,0 +1,347 @@
+"""The TLS TX verdict engine: ``tls_sw_sendmsg`` and ``bpf_exec_tx_verdict``, sans-I/O.
+
+Theory of operation
+-------------------
+On a TLS socket the SK_MSG verdict unit is the *record*, not the send.
+Plaintext goes into the open record (``ctx->open_rec``, an
+:class:`skmsg_core.SkMsg` on the psock's page frag); the program runs when the
+record closes: when it holds ``TLS_MAX_PAYLOAD_SIZE`` (16384) bytes, when its
+ring is full, or at the end of a send without ``more`` (``MSG_MORE``). So
+sends with ``more=True`` accumulate into one verdict unit, unlike plain TCP.
+
+One send is one :class:`TlsSendOp`, iterated for :class:`skmsg_core.TxAction`
+values as the core's :class:`skmsg_core.SendOp` is: a ``"pass"`` action
+carries the plaintext of one or more records, *one element of ``bufs`` per
+record* (the I/O layer seals each element as one record and writes them with
+one socket write; consecutive passed records are batched up to
+:data:`PASS_BATCH` bytes, so a bulk send costs one action per batch, not per
+record), ``"redirect"`` actions plaintext for another socket. The core's message
+ring, page frag, program runner and action/result types are reused; what
+differs from ``tcp_bpf_send_verdict`` is the kernel's own TLS rules:
+
+- ``cork_bytes``: a run that corks above the record's size leaves the record
+  open (the send succeeds, ``-ENOSPC`` inside the kernel) unless the record is
+  full; the program runs again on the whole record when it closes next
+  (*deliberate difference*: the kernel keeps the corking run's verdict; we
+  re-run, as ``tcp_bpf`` does, so a cork that waits for a whole pattern gets to
+  see it);
+- ``apply_bytes`` splits the record: on PASS the first ``apply_bytes`` bytes
+  are sealed as a record of their own and the rest stays open and is verdicted
+  again at once (``tls_push_record``'s split; the window does not carry over
+  to later records, because it belongs to the record, ``msg->apply_bytes``);
+  on REDIRECT that many bytes go to the target, the rest likewise;
+- DROP frees the open record and the send fails with ``EACCES``; as in the
+  kernel (and the core's TCP engine) the DROP verdict sticks;
+- a REDIRECT whose target fails discards the rest of the record
+  (``msg->sg.size = 0``) and ends the send with the error.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Generator, Iterator
+
+from skmsg_core import (
+    BPF_F_INGRESS,
+    TLS_MAX_PAYLOAD_SIZE,
+    SendResult,
+    SkMsg,
+    SkPsock,
+    TxAction,
+    Verdict,
+)
+
+__all__ = ["PASS_BATCH", "OpenRecord", "TlsSendOp"]
+
+#: Passed records are handed on together up to this many plaintext bytes.
+PASS_BATCH = 262144
+
+_NONE, _PASS, _DROP, _REDIRECT = Verdict.NONE, Verdict.PASS, Verdict.DROP, Verdict.REDIRECT
+
+
+class OpenRecord:
+    """The TLS context's open record (``ctx->open_rec``), kept across sends."""
+
+    __slots__ = ("msg",)
+
+    def __init__(self) -> None:
+        self.msg: SkMsg | None = None
+
+    @property
+    def size(self) -> int:
+        """Plaintext bytes waiting in the open record."""
+        return self.msg.size if self.msg is not None else 0
+
+
+class TlsSendOp:
+    """One ``sendmsg`` on a TLS socket with an SK_MSG program: iterate it for actions.
+
+    ::
+
+        op = TlsSendOp(psock, open_rec, data, more=False)
+        for action in op:           # "pass": seal each of action.bufs as one record
+            try:
+                carry_out(action)
+            except OSError as exc:
+                op.fail(exc.errno)
+        result = op.result()
+
+    An empty ``data`` without ``more`` closes a record left open by an earlier
+    ``more=True`` send (the end of a ``send_all`` without ``more``).
+    """
+
+    def __init__(
+        self,
+        psock: SkPsock,
+        open_rec: OpenRecord,
+        data: memoryview,
+        *,
+        more: bool = False,
+        record_size: int = TLS_MAX_PAYLOAD_SIZE,
+    ) -> None:
+        self.psock = psock
+        self.open_rec = open_rec
+        self._src = data
+        self._more = more
+        self._record_size = record_size
+        self._pos = 0
+        self.copied = 0
+        self.passed = 0
+        self.err = 0
+        self._failure: tuple[int, int] | None = None
+        self._batch: list[memoryview] = []
+        self._batch_bytes = 0
+        prog = psock.msg_parser
+        # the program's runner, bound once per send (sk_psock_msg_verdict's body)
+        self._run = prog.verdict_runner() if prog is not None else None
+        self._gen = self._sendmsg()
+        self._done = False
+
+    def __iter__(self) -> Iterator[TxAction]:
+        return self
+
+    def __next__(self) -> TxAction:
+        try:
+            return next(self._gen)
+        except StopIteration:
+            self._done = True
+            raise
+
+    def fail(self, err: int, delivered: int = 0) -> None:
+        """The last action failed with errno ``err`` after ``delivered`` bytes;
+        the send ends with ``err``."""
+        self._failure = (err or errno.EIO, delivered)
+
+    def result(self) -> SendResult:
+        """How the send ended (``corked``: bytes wait in the open record).
+
+        Raises:
+            RuntimeError: the actions have not all been taken yet.
+        """
+        if not self._done:
+            raise RuntimeError("TlsSendOp.result() before its actions were all taken")
+        return SendResult(self.copied, self.err, self.passed, self.open_rec.size > 0)
+
+    # -- tls_sw_sendmsg_locked --------------------------------------------------------------
+
+    def _sendmsg(self) -> Generator[TxAction, None, None]:
+        err = yield from self._records()
+        if not err:
+            err = yield from self._flush()
+        if err:
+            self.err = err
+
+    def _records(self) -> Generator[TxAction, None, int]:
+        # The per-record hot path: locals for everything the loop touches.
+        psock = self.psock
+        src = self._src
+        size = src.nbytes
+        eor = not self._more
+        limit = self._record_size
+        holder = self.open_rec
+        run = self._run
+        batch = self._batch
+        max_frags = psock.max_frags
+        sock = psock.sk
+        of_private = SkMsg.of_private
+        while True:
+            if not psock.tx_enabled:
+                return errno.EPIPE
+            rec = holder.msg
+            full_record = fresh = False
+            pos = self._pos
+            if pos < size:
+                if rec is None:
+                    # a new record: its plaintext is one private element
+                    # (sk_msg_alloc + memcopy_from_iter, in one C-level copy)
+                    want = size - pos
+                    want = min(want, limit)
+                    rec = holder.msg = of_private(
+                        bytearray(src[pos : pos + want]), max_frags=max_frags
+                    )
+                    full_record = want >= limit or max_frags <= 1
+                    fresh = True  # of_private set the program's window already
+                else:
+                    want = min(size - pos, limit - rec.size)
+                    want = rec.append_copy(psock.frag, (src[pos : pos + want],))
+                    full_record = rec.size >= limit or rec.full
+                self._pos = pos = pos + want
+                self.copied += want
+            elif rec is None or not rec.size:
+                return 0
+            if full_record or (eor and pos >= size):
+                delta = 0
+                if psock.eval is _NONE and run is not None and rec.size:
+                    # the common case inline (sk_psock_msg_verdict): run the
+                    # program; a plain PASS of the whole record (no apply, no
+                    # cork) joins the batch at once
+                    delta = rec.size
+                    if not fresh:
+                        rec.compute_data_pointers()
+                    rec.sk = sock
+                    verdict = psock.eval = run(rec)
+                    psock.tx_msgs += 1
+                    psock.apply_bytes = rec.apply_bytes
+                    delta -= rec.size
+                    if verdict is _PASS and not rec.apply_bytes and not rec.cork_bytes:
+                        n = rec.size
+                        frags = rec.frags()  # the record is done with: no consume
+                        batch.append(
+                            frags[0] if len(frags) == 1 else memoryview(b"".join(frags))
+                        )
+                        self._batch_bytes += n
+                        holder.msg = None
+                        psock.eval = _NONE
+                        if self._batch_bytes >= PASS_BATCH:
+                            err = yield from self._flush()
+                            batch = self._batch
+                            if err:
+                                return err
+                        if pos >= size:
+                            return 0
+                        continue
+                    if verdict is _REDIRECT:
+                        psock.sk_redir = rec.sk_redir
+                        psock.redir_ingress = bool(rec.flags & BPF_F_INGRESS)
+                        if psock.sk_redir is None:
+                            psock.eval = _DROP
+                err = yield from self._exec_verdict(rec, full_record, delta)
+                batch = self._batch
+                if err:
+                    return err
+            if self._pos >= size:
+                return 0
+
+    def _flush(self) -> Generator[TxAction, None, int]:
+        """Hand on the batch of passed records (one ``"pass"`` action)."""
+        batch = self._batch
+        if not batch:
+            return 0
+        nbytes = self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
+        held = self.open_rec.msg
+        more = self._more or (held is not None and held.size > 0) or self._pos < self._src.nbytes
+        yield TxAction("pass", None, False, batch, nbytes, more)
+        if self._failure is not None:
+            err, delivered = self._failure
+            self._failure = None
+            self.passed += delivered
+            self.copied -= nbytes - delivered
+            self.psock.tx_passed_bytes += delivered
+            return err
+        self.passed += nbytes
+        self.psock.tx_passed_bytes += nbytes
+        return 0
+
+    # -- bpf_exec_tx_verdict --------------------------------------------------------------
+
+    def _exec_verdict(
+        self, msg: SkMsg, full_record: bool, delta: int = 0
+    ) -> Generator[TxAction, None, int]:
+        """``bpf_exec_tx_verdict`` on the closed record ``msg``; ``delta``: bytes
+        the program already run on it removed."""
+        psock = self.psock
+        holder = self.open_rec
+        while True:
+            enospc = msg.full
+            if psock.eval is _NONE:
+                delta = msg.size
+                psock.eval = self._msg_verdict(msg)
+                psock.tx_msgs += 1
+                delta -= msg.size
+                if psock.eval is _REDIRECT and psock.sk_redir is None:
+                    psock.eval = _DROP
+            if msg.cork_bytes and msg.cork_bytes > msg.size and not enospc and not full_record:
+                psock.eval = _NONE  # deliberate: re-run on the whole record (module doc)
+                return 0
+            msg.cork_bytes = 0
+            send = msg.size
+            if msg.apply_bytes and msg.apply_bytes < send:
+                send = msg.apply_bytes
+            verdict = psock.eval
+            msg.apply_bytes = 0
+            if verdict is _PASS:
+                bufs = msg.consume(send)
+                self._batch.append(bufs[0] if len(bufs) == 1 else memoryview(b"".join(bufs)))
+                self._batch_bytes += send
+                if not msg.size:
+                    holder.msg = None
+                if self._batch_bytes >= PASS_BATCH:
+                    err = yield from self._flush()
+                    if err:
+                        self._discard(msg)
+                        return err
+            elif verdict is _REDIRECT:
+                err = yield from self._flush()  # records passed before go first
+                if err:
+                    self._discard(msg)
+                    return err
+                target, ingress = psock.sk_redir, psock.redir_ingress
+                bufs = msg.consume(send)
+                more = self._more or msg.size > 0 or self._pos < self._src.nbytes
+                yield TxAction("redirect", target, ingress, bufs, send, more)
+                if self._failure is not None:
+                    err, delivered = self._failure
+                    self._failure = None
+                    self.passed += delivered
+                    self.copied -= send - delivered
+                    self._discard(msg)
+                    return err
+                self.passed += send
+                psock.tx_redirected_bytes += send
+                if not msg.size:
+                    holder.msg = None
+            else:
+                dropped = msg.free()
+                psock.tx_dropped_bytes += dropped
+                holder.msg = None
+                self.copied -= send + delta
+                err = yield from self._flush()  # records passed before this one still go
+                return err or errno.EACCES
+            # the remainder of a split record has apply 0: its verdict runs again
+            psock.eval = _NONE
+            psock.sk_redir = None
+            if holder.msg is None:
+                return 0
+            full_record = False
+
+    def _msg_verdict(self, msg: SkMsg) -> Verdict:
+        """``sk_psock_msg_verdict`` (as :meth:`skmsg_core.SkPsock.msg_verdict`),
+        with the runner bound once per send."""
+        run = self._run
+        if run is None:
+            return _PASS
+        psock = self.psock
+        msg.compute_data_pointers()
+        msg.sk = psock.sk
+        ret = run(msg)
+        psock.apply_bytes = msg.apply_bytes
+        if ret is _REDIRECT:
+            psock.sk_redir = msg.sk_redir
+            psock.redir_ingress = bool(msg.flags & BPF_F_INGRESS)
+        return ret
+
+    def _discard(self, msg: SkMsg) -> None:
+        """A hand-off failed: the rest of the open record goes (``msg->sg.size = 0``)."""
+        self.copied -= msg.free()
+        self.open_rec.msg = None

@@ -1,0 +1,573 @@
+"""``TlsSocket``: the TLS ULP on an :class:`skmsg_tcp.SkStream` (``tls_context``).
+
+Theory of operation
+-------------------
+:func:`skmsg_tls.start_tls` runs the handshake in OpenSSL and installs one
+``TlsSocket`` on the stream (``stream._ulp``, and ``sk.ulp = "tls"`` with the
+RX hook as ``sk.ulp_data``). From then on the stream's operations call it:
+
+- ``send_all`` → :meth:`TlsSocket.sendmsg`: without an SK_MSG program the
+  plaintext is cut into records and sealed; with one, the TLS TX verdict
+  engine (:class:`._tx.TlsSendOp`) runs the program once per record and the
+  records it passes are sealed. Records are sealed into one ``bytearray`` per
+  batch and written with one socket write (``_TX_BATCH`` bytes at most);
+  sealing and writing happen under the stream's write lock, so record
+  sequence numbers follow wire order whoever writes (the stream's own sends,
+  redirects into it, control records).
+- a redirect to this stream's egress (``egress_write``) is sealed with this
+  stream's keys without a verdict (the kernel's ``MSG_SENDPAGE_NOPOLICY``);
+- receiving runs in the reader, as kTLS's ``tls_sw_recvmsg`` does (no
+  receive pump is started for a TLS stream): ``receive_some`` reads the
+  socket and hands the bytes to :meth:`rx_input`, which opens the records,
+  runs the stream verdict on each data record's plaintext
+  (:meth:`skmsg_core.SkPsock.rx_verdict`) when the psock has one, and carries
+  out its actions; passed plaintext waits in this object until read, control
+  records are queued here. So, as in the kernel, a TLS socket nobody reads
+  runs no receive verdict (a proxy keeps reading its clients).
+
+Control records: :meth:`receive_control` / :meth:`send_control`. EOF:
+``close_notify`` from the peer; :meth:`send_close_notify` (``send_eof``
+sends it, then half-closes the TCP stream).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+import skmsg_core as sk
+from skmsg_core.runtime import ingress_put, tx_redirect
+from skmsg_tcp import SendError
+
+from . import _stats
+from ._codec import (
+    TLS_1_3_VERSION,
+    TLS_MAX_PAYLOAD_SIZE,
+    TLS_RECORD_TYPE_ALERT,
+    TLS_RECORD_TYPE_DATA,
+    TLS_RECORD_TYPE_HANDSHAKE,
+    RecordSealer,
+    TlsCryptoInfo,
+    key_update_message,
+)
+from ._keys import tls13_crypto_info, tls13_next_secret
+from ._rx import ALERT_CLOSE_NOTIFY, ControlRecord, TlsRx, TlsRxError
+from ._stats import TlsStats
+from ._tx import OpenRecord, TlsSendOp
+
+if TYPE_CHECKING:
+    import ssl
+
+    from skmsg_tcp import SkStream
+
+__all__ = ["TlsSocket"]
+
+log = logging.getLogger(__name__)
+
+#: Sealed records are written together up to about this many bytes.
+_TX_BATCH = 262144
+#: ``receive_control`` reads the socket only while less opened data than this
+#: waits for ``receive_some``.
+PLAIN_LIMIT = 1 << 20
+_WARNING = 1
+
+
+class TlsSocket:
+    """The TLS layer of one stream: what :func:`~skmsg_tls.start_tls` returns.
+
+    Application data still goes through the stream's own ``send_all`` and
+    ``receive_some``; this object adds what TLS has beyond a byte stream:
+    control records, key updates, the handshake's outcome (``ssl_object``:
+    peer certificate, ALPN, cipher) and counters.
+    """
+
+    def __init__(
+        self,
+        stream: SkStream,
+        tx: TlsCryptoInfo,
+        rx: TlsCryptoInfo,
+        *,
+        tx_secret: bytes | None = None,
+        rx_secret: bytes | None = None,
+        ssl_object: ssl.SSLObject | None = None,
+        strparser: bool = False,
+    ) -> None:
+        if tx.version != rx.version or tx.cipher_type != rx.cipher_type:
+            raise ValueError(
+                f"TLS_TX ({tx.version:#06x}, cipher {tx.cipher_type}) and TLS_RX "
+                f"({rx.version:#06x}, cipher {rx.cipher_type}) must agree"
+            )
+        self.stream = stream
+        #: Frame opened plaintext with the psock's stream parser (an extension).
+        self.strparser = strparser
+        self.version: int = tx.version
+        self.cipher_type: int = tx.cipher_type
+        #: The handshake's ``ssl.SSLObject`` (peer certificate, ALPN, cipher), if any.
+        self.ssl_object = ssl_object
+        self._sealer = RecordSealer(tx)
+        self._tx_secret = tx_secret
+        self.rx = TlsRx(rx, rx_secret)
+        self._open = OpenRecord()  # open record under an SK_MSG program
+        self._plain_open = bytearray()  # open record without a program
+        self._control_lot = trio.lowlevel.ParkingLot()
+        self._plain: deque[memoryview] = deque()
+        self._plain_bytes = 0
+        self._parse_error: sk.StrParserError | None = None
+        self._tcp_eof = False
+        self._tx_closed = False
+        self.active = True
+        self.tx_records = 0
+        self.tx_bytes = 0
+        self.tx_control_records = 0
+        self.tx_rekeys = 0
+
+    # -- TX ---------------------------------------------------------------------------------
+
+    def _seal_locked(self, out: bytearray, records: list[Any], ctype: int) -> None:
+        """Seal ``records`` (each one record's plaintext) into ``out``, after the
+        KeyUpdate the peer asked for if one is owed. Call under the write lock."""
+        if self.rx.key_update_requested:
+            self.rx.key_update_requested = False
+            self._key_update_locked(out, update_requested=False)
+        seal_into = self._sealer.seal_into
+        n = 0
+        for rec in records:
+            n += len(rec)
+            seal_into(out, rec, ctype)
+        if ctype == TLS_RECORD_TYPE_DATA:
+            self.tx_records += len(records)
+            self.tx_bytes += n
+        else:
+            self.tx_control_records += len(records)
+
+    def _key_update_locked(self, out: bytearray, *, update_requested: bool) -> None:
+        """Seal a KeyUpdate under the current key, then move the TX key on."""
+        if self.version != TLS_1_3_VERSION or self._tx_secret is None:
+            _stats.count("TlsTxRekeyError")
+            raise sk.kernel_error(errno.EINVAL, "KeyUpdate needs TLS 1.3 and its traffic secret")
+        self._sealer.seal_into(
+            out, key_update_message(update_requested), TLS_RECORD_TYPE_HANDSHAKE
+        )
+        self.tx_control_records += 1
+        self._tx_secret = tls13_next_secret(self._tx_secret, self.cipher_type)
+        self._sealer.rekey(tls13_crypto_info(self._tx_secret, self.cipher_type, rec_seq=0))
+        self.tx_rekeys += 1
+        _stats.count("TlsTxRekeyOk")
+
+    async def _write_records(self, records: list[Any], more: bool, ctype: int) -> None:
+        """Seal ``records`` and write them with one socket write, under the
+        stream's write lock (sequence numbers follow wire order)."""
+        stream = self.stream
+        lock = stream._write_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            out = bytearray()
+            self._seal_locked(out, records, ctype)
+            if out:
+                await stream._send_bufs([memoryview(out)], more)
+        finally:
+            lock.release()
+
+    async def sendmsg(self, view: memoryview, more: bool) -> None:
+        """``tls_sw_sendmsg``: the stream's ``send_all`` on a TLS stream.
+
+        Raises:
+            skmsg_tcp.SendError: DROP (EACCES) or a failed redirect, with
+                ``accepted`` as on plain TCP.
+            trio.BrokenResourceError, trio.ClosedResourceError: the transport.
+        """
+        if self._tx_closed:
+            raise trio.ClosedResourceError("can't send data after close_notify")
+        psock = self.stream.sk.psock
+        if psock is None or psock.msg_parser is None:
+            await self._send_plain(view, more)
+            return
+        if self._plain_open:  # entered a map with bytes left open: they join the record
+            msg = self._open.msg = psock.new_msg()
+            msg.append_copy(psock.frag, (bytes(self._plain_open),))
+            self._plain_open.clear()
+        op = TlsSendOp(psock, self._open, view, more=more)
+        for action in op:
+            try:
+                if action.kind == "pass":  # one element of bufs per record
+                    await self._write_records(action.bufs, action.more, TLS_RECORD_TYPE_DATA)
+                else:
+                    await tx_redirect(action)
+            except OSError as exc:
+                op.fail(exc.errno or errno.EIO)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                op.fail(errno.EPIPE)
+                raise
+        result = op.result()
+        if result.err:
+            what = (
+                "the SK_MSG program dropped the record"
+                if result.err == errno.EACCES
+                else f"redirect failed ({errno.errorcode.get(result.err, result.err)})"
+            )
+            err = SendError(
+                result.err,
+                f"send_all on TLS {self.stream.sk.describe()}: {what}; "
+                f"{result.passed} of {view.nbytes} bytes had been accepted",
+            )
+            err.accepted, err.copied = result.passed, max(result.copied, 0)
+            raise err
+
+    async def _send_plain(self, view: memoryview, more: bool) -> None:
+        """No SK_MSG program: cut into records, seal, write in batches."""
+        if self._open.size:  # left a map with bytes open: they lead
+            assert self._open.msg is not None
+            self._plain_open += b"".join(self._open.msg.frags())
+            self._open.msg.free()
+            self._open.msg = None
+        records: list[Any] = []
+        pending = self._plain_open
+        if pending:
+            take = min(view.nbytes, TLS_MAX_PAYLOAD_SIZE - len(pending))
+            pending += view[:take]
+            view = view[take:]
+            if len(pending) >= TLS_MAX_PAYLOAD_SIZE or (not more and not view.nbytes):
+                records.append(bytes(pending))
+                pending.clear()
+        size = view.nbytes
+        pos = 0
+        limit = TLS_MAX_PAYLOAD_SIZE
+        while size - pos >= limit or (pos < size and not more):
+            records.append(view[pos : pos + limit])
+            pos += limit
+        if pos < size:
+            pending += view[pos:]
+        if not records:
+            await trio.lowlevel.checkpoint()
+            return
+        per_batch = max(1, _TX_BATCH // limit)
+        for i in range(0, len(records), per_batch):
+            last = i + per_batch >= len(records)
+            await self._write_records(
+                records[i : i + per_batch], more or not last, TLS_RECORD_TYPE_DATA
+            )
+
+    async def egress_write(self, bufs: list[memoryview], more: bool) -> None:
+        """Bytes redirected to this stream's egress: sealed with this stream's
+        keys, no verdict (``MSG_SENDPAGE_NOPOLICY``).
+
+        Raises:
+            OSError(EPIPE): TLS was closed for sending (close_notify sent).
+            trio.BrokenResourceError, trio.ClosedResourceError: the transport.
+        """
+        if self._tx_closed:
+            raise sk.kernel_error(errno.EPIPE, f"TLS {self.stream.sk.describe()} sent close_notify")
+        data = bufs[0] if len(bufs) == 1 else memoryview(b"".join(bufs))
+        limit = TLS_MAX_PAYLOAD_SIZE
+        records = [data[i : i + limit] for i in range(0, data.nbytes, limit)]
+        per_batch = max(1, _TX_BATCH // limit)
+        for i in range(0, len(records), per_batch):
+            last = i + per_batch >= len(records)
+            await self._write_records(
+                records[i : i + per_batch], more or not last, TLS_RECORD_TYPE_DATA
+            )
+
+    async def send_control(self, content_type: int, data: bytes | bytearray | memoryview) -> None:
+        """Send one record of ``content_type`` (``TLS_SET_RECORD_TYPE``), e.g. an
+        alert (21). A record left open by ``send_all(..., more=True)`` goes first,
+        through its verdict as an end of record would send it. Control records
+        are not verdicted (the program sees application data only).
+
+        Raises:
+            ValueError: ``content_type`` is application data (23) or not 1..255,
+                or ``data`` is longer than ``TLS_MAX_PAYLOAD_SIZE``.
+            trio.ClosedResourceError: close_notify was sent already.
+            skmsg_tcp.SendError: the open record's verdict dropped it.
+            trio.BusyResourceError: another task is sending on the stream.
+        """
+        if content_type == TLS_RECORD_TYPE_DATA or not 0 < content_type < 256:
+            raise ValueError(
+                f"send_control: content type {content_type} is not a control record type "
+                "(use send_all for application data, 23)"
+            )
+        if len(data) > TLS_MAX_PAYLOAD_SIZE:
+            raise ValueError(
+                f"send_control: {len(data)} bytes exceed TLS_MAX_PAYLOAD_SIZE "
+                f"({TLS_MAX_PAYLOAD_SIZE})"
+            )
+        stream = self.stream
+        with stream._send_conflict:
+            if self._tx_closed:
+                raise trio.ClosedResourceError("can't send after close_notify")
+            await self._flush_open()
+            await self._write_records([bytes(data)], False, content_type)
+            if content_type == TLS_RECORD_TYPE_ALERT and bytes(data[1:2]) == b"\0":
+                self._tx_closed = True
+
+    async def _flush_open(self) -> None:
+        """Close a record left open by ``more=True`` (its verdict runs)."""
+        if self._open.size or self._plain_open:
+            await self.sendmsg(memoryview(b""), False)
+
+    async def update_keys(self, *, request_peer: bool = True) -> None:
+        """Send a TLS 1.3 KeyUpdate and move the TX key on (RFC 8446 §4.6.3);
+        with ``request_peer`` the peer is asked to update its keys too (its
+        KeyUpdate is then handled on receipt, like any).
+
+        Raises:
+            OSError(EINVAL): the connection is not TLS 1.3.
+            trio.BusyResourceError: another task is sending on the stream.
+        """
+        stream = self.stream
+        with stream._send_conflict:
+            if self._tx_closed:
+                raise trio.ClosedResourceError("can't send after close_notify")
+            await self._flush_open()
+            lock = stream._write_lock
+            async with lock:
+                out = bytearray()
+                if self.rx.key_update_requested:  # one KeyUpdate answers it too
+                    self.rx.key_update_requested = False
+                self._key_update_locked(out, update_requested=request_peer)
+                await stream._send_bufs([memoryview(out)], False)
+
+    async def send_close_notify(self) -> None:
+        """Send the ``close_notify`` alert (once); sending ends after it.
+
+        Raises:
+            trio.BrokenResourceError, trio.ClosedResourceError: the transport.
+        """
+        if self._tx_closed:
+            await trio.lowlevel.checkpoint()
+            return
+        await self._flush_open()
+        self._tx_closed = True
+        alert = bytes((_WARNING, ALERT_CLOSE_NOTIFY))
+        await self._write_records([alert], False, TLS_RECORD_TYPE_ALERT)
+
+    async def ulp_send_eof(self) -> None:
+        """The stream's ``send_eof``: ``close_notify`` first."""
+        await self.send_close_notify()
+
+    def ulp_close(self) -> None:
+        """The stream's ``aclose``: ``close_notify`` if the socket takes it at
+        once, then the TLS context goes."""
+        self.close_notify_nowait()
+        self.release()
+
+    @property
+    def rx_ended(self) -> bool:
+        """The peer's ``close_notify`` came: EOF once the data before it is read."""
+        return self.rx.eof
+
+    def close_notify_nowait(self) -> None:
+        """Best effort, for ``aclose``: seal close_notify and write it only if the
+        socket takes it at once and no write is in progress."""
+        if self._tx_closed or self.stream._write_lock.locked():
+            return
+        self._tx_closed = True
+        raw = self.stream._raw
+        if raw is None:
+            return
+        out = bytearray()
+        try:
+            self._sealer.seal_into(
+                out, bytes((_WARNING, ALERT_CLOSE_NOTIFY)), TLS_RECORD_TYPE_ALERT
+            )
+            raw.send(out)
+        except (OSError, ValueError):
+            return
+
+    # -- RX ---------------------------------------------------------------------------------
+
+    async def rx_input(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes the reader read from the socket: open the records, run the
+        receive verdict on each data record if the socket's psock has one, and
+        carry out its actions: passed plaintext waits here for
+        :meth:`take_plain`, redirects go to their target (``tls_sw_recvmsg``
+        → ``sk_psock_tls_strp_read``: in the kernel too the verdict runs in
+        the reader's ``recvmsg``). With ``strparser`` and a stream parser
+        attached, the plaintext is framed into messages first.
+
+        An error (a bad record; a parser failure) is kept in
+        :attr:`rx_error` for after the data before it; it is not raised.
+        """
+        before = len(self.rx.controls)
+        try:
+            units = self.rx.open_records(data)
+        except TlsRxError as exc:
+            units = exc.messages
+        psock = self.stream.sk.psock
+        if psock is None or psock.rx_mode is None:
+            self._queue_plain(units)
+        elif units:
+            try:
+                if self.strparser and psock.rx_mode == "strp":
+                    actions = psock.rx_feed(units[0] if len(units) == 1 else b"".join(units))
+                else:
+                    actions = psock.rx_verdict(units)
+            except sk.StrParserError as exc:
+                actions = exc.actions
+                if self._parse_error is None:
+                    self._parse_error = exc
+            for action in actions:
+                if action.kind == "pass":
+                    self._queue_plain(action.bufs)
+                elif action.kind == "redirect":
+                    await self._redirect(action)
+        if len(self.rx.controls) != before or self.rx.eof or self.rx_error is not None:
+            self._control_lot.unpark_all()
+
+    def _queue_plain(self, units: list[memoryview]) -> None:
+        for u in units:
+            if u.nbytes:
+                self._plain.append(u)
+                self._plain_bytes += u.nbytes
+
+    async def _redirect(self, action: sk.RxAction) -> None:
+        """A receive verdict's redirect, carried out as the runtime does (a
+        failed target drops the bytes and is counted, never failing us)."""
+        rt = self.stream._runtime
+        if rt is not None:
+            await rt.rx_action(self.stream, action)
+            return
+        target = action.target
+        assert target is not None
+        with contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            if action.ingress:
+                await ingress_put(target, action.bufs, action.nbytes)
+            elif target.owner is not None and target.psock is not None:
+                await target.owner.egress_write(action.bufs, False)
+
+    @property
+    def rx_error(self) -> BaseException | None:
+        """Why receiving ended in error (a ``TlsRxError``, or the stream parser's
+        ``StrParserError``), once it did."""
+        return self.rx.error or self._parse_error
+
+    def transport_eof(self) -> None:
+        """The TCP stream ended. Inside a record that is an error (``EPROTO``)."""
+        if self.rx.error is None and not self.rx.eof and self.rx.opener.has_partial():
+            err = TlsRxError(
+                errno.EPROTO,
+                f"TLS {self.stream.sk.describe()}: the connection ended inside a record "
+                f"({self.rx.opener.buffered} bytes of it arrived)",
+            )
+            self.rx.error = err
+        self._tcp_eof = True
+        self._control_lot.unpark_all()
+
+    @property
+    def plain_bytes(self) -> int:
+        """Opened plaintext waiting for ``receive_some`` (no receive program)."""
+        return self._plain_bytes
+
+    def take_plain(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of the waiting plaintext, across records."""
+        q = self._plain
+        out: list[memoryview] = []
+        want = max_bytes
+        while q and want > 0:
+            b = q[0]
+            if b.nbytes <= want:
+                out.append(q.popleft())
+                want -= b.nbytes
+            else:
+                out.append(b[:want])
+                q[0] = b[want:]
+                want = 0
+        got = max_bytes - want
+        self._plain_bytes -= got
+        if self._plain_bytes < PLAIN_LIMIT <= self._plain_bytes + got:
+            self._control_lot.unpark_all()  # receive_control may read again
+        return out[0].tobytes() if len(out) == 1 else b"".join(out)
+
+    def receive_control_nowait(self) -> ControlRecord:
+        """The oldest control record received and not yet taken.
+
+        Raises:
+            trio.WouldBlock: none is waiting.
+        """
+        if self.rx.controls:
+            return self.rx.controls.popleft()
+        raise trio.WouldBlock
+
+    async def receive_control(self) -> ControlRecord:
+        """Wait for the next control record (alert, post-handshake handshake
+        message, ...) in arrival order. When no other task is in
+        ``receive_some`` this reads the socket itself (data records met
+        meanwhile are verdicted and wait for ``receive_some``; with
+        :data:`PLAIN_LIMIT` bytes waiting it stops reading until they are
+        taken, as kTLS keeps control records behind unread data).
+
+        Raises:
+            trio.EndOfChannel: the peer's close_notify or the TCP EOF came and
+                every control record before it was taken.
+            trio.BrokenResourceError: receiving failed (bad record, fatal alert);
+                ``__cause__`` carries the errno.
+            trio.ClosedResourceError: the stream was closed.
+        """
+        stream = self.stream
+        while True:
+            if self.rx.controls:
+                await trio.lowlevel.checkpoint()
+                return self.rx.controls.popleft()
+            if stream._closed:
+                raise trio.ClosedResourceError("this stream was closed")
+            err = self.rx_error
+            if err is not None:
+                await trio.lowlevel.checkpoint()
+                raise trio.BrokenResourceError(f"TLS receive failed: {err}") from err
+            if self.rx.eof or self._tcp_eof or stream._rx_eof:
+                await trio.lowlevel.checkpoint()
+                raise trio.EndOfChannel("the peer ended the TLS stream")
+            if stream._receive_conflict._held or self._plain_bytes >= PLAIN_LIMIT:
+                # a reader is at work (it will wake us), or data waits for one:
+                # stop reading the socket (bounded memory, TCP flow control)
+                await self._control_lot.park()
+                continue
+            with stream._receive_conflict:
+                data = await stream.transport_recv(65536)
+                if not data:
+                    self.transport_eof()
+                    stream._rx_eof = True
+                else:
+                    await self.rx_input(data)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def statistics(self) -> TlsStats:
+        """A snapshot of this stream's TLS counters."""
+        return TlsStats(
+            self.version,
+            self.cipher_type,
+            self.tx_records,
+            self.tx_bytes,
+            self.tx_control_records,
+            self.rx.records,
+            self.rx.bytes,
+            self.rx.control_records,
+            self.rx.control_dropped,
+            self.rx.decrypt_errors,
+            self.tx_rekeys,
+            self.rx.rekeys,
+            self.rx.key_updates_received,
+            self._open.size + len(self._plain_open),
+        )
+
+    def release(self) -> None:
+        """The stream closed: the TLS contexts go (``TlsCurr*Sw`` drop)."""
+        if self.active:
+            self.active = False
+            _stats.count("TlsCurrTxSw", -1)
+            _stats.count("TlsCurrRxSw", -1)
+            self._control_lot.unpark_all()
+            if self._open.msg is not None:
+                self._open.msg.free()
+                self._open.msg = None
+
+    def __repr__(self) -> str:
+        return f"<TlsSocket {self.version:#06x} cipher {self.cipher_type} on {self.stream!r}>"

@@ -1,0 +1,203 @@
+"""The TLS ULP's TX side on real loopback: the verdict per record, apply, cork,
+drop, redirect, and the records on the wire (opened by the codec on a raw peer)."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+import trio
+
+import skmsg_core as sk
+import skmsg_tls as tls
+from skmsg_tcp import SendError, SkStream
+
+from ._ulp_helpers import enable_both, make_keys, read_exactly, read_records
+
+Pair = tuple[SkStream, SkStream]
+
+
+async def tls_to_raw(a: SkStream) -> tuple[tls.TlsSocket, tls.RecordOpener]:
+    """TLS on ``a`` only; the test opens what it sends with its own opener."""
+    keys = make_keys()
+    ta = await tls.enable_tls(a, keys.a2b, keys.b2a)
+    return ta, tls.RecordOpener(keys.a2b)
+
+
+def recording(sizes: list[bytes], verdict: object = sk.SK_PASS):
+    def prog(msg: sk.SkMsg) -> object:
+        sizes.append(bytes(msg.data))
+        return verdict
+
+    return prog
+
+
+async def test_no_program_records_are_whole_sends_cut_at_16k(tcp_stream_pair: Pair) -> None:
+    a, b = tcp_stream_pair
+    _, opener = await tls_to_raw(a)
+    await a.send_all(b"x" * 40000)
+    await a.send_all(b"tail")
+    recs = await read_records(b, opener, 4)
+    assert [len(p) for _, p in recs] == [16384, 16384, 7232, 4]
+    assert {t for t, _ in recs} == {tls.TLS_RECORD_TYPE_DATA}
+
+
+async def test_more_holds_the_open_record_until_a_send_without_it(tcp_stream_pair: Pair) -> None:
+    a, b = tcp_stream_pair
+    _, opener = await tls_to_raw(a)
+    await a.send_all(b"GET ", more=True)
+    await a.send_all(b"/ HTTP/1.1\r\n", more=True)
+    assert a.statistics().ulp.open_record_bytes == 16
+    await a.send_all(b"\r\n")
+    [(_, plain)] = await read_records(b, opener, 1)
+    assert plain == b"GET / HTTP/1.1\r\n\r\n"
+    assert a.statistics().ulp.tx_records == 1
+
+
+async def test_verdict_runs_once_per_record_on_plaintext(
+    tcp_stream_pair: Pair, sockmap: sk.SockMap
+) -> None:
+    a, b = tcp_stream_pair
+    seen: list[int] = []
+
+    def prog(msg: sk.SkMsg) -> int:
+        seen.append(msg.size)
+        return sk.SK_PASS
+
+    sockmap.attach(prog, sk.SK_MSG_VERDICT)
+    sockmap.update(0, a)
+    _, opener = await tls_to_raw(a)
+    data = os.urandom(40000)
+    await a.send_all(data)
+    await a.send_all(b"one", more=True)
+    await a.send_all(b"two")
+    recs = await read_records(b, opener, 4)
+    assert seen == [16384, 16384, 7232, 6]  # more=True sends form one verdict unit
+    assert b"".join(p for _, p in recs) == data + b"onetwo"
+
+
+async def test_drop_is_eacces_with_accepted_bytes(
+    tcp_stream_pair: Pair, sockmap: sk.SockMap
+) -> None:
+    a, b = tcp_stream_pair
+
+    def prog(msg: sk.SkMsg) -> int:
+        return sk.SK_DROP if b"SECRET" in bytes(msg.data) else sk.SK_PASS
+
+    sockmap.attach(prog, sk.SK_MSG_VERDICT)
+    sockmap.update(0, a)
+    _, opener = await tls_to_raw(a)
+    await a.send_all(b"hello")
+    payload = b"a" * 16384 + b"SECRET plans"
+    with pytest.raises(SendError) as info:
+        await a.send_all(payload)
+    assert info.value.errno == errno.EACCES
+    assert info.value.accepted == 16384  # the first record passed, the second dropped
+    recs = await read_records(b, opener, 2)
+    assert [p for _, p in recs] == [b"hello", b"a" * 16384]
+    assert a.statistics().ulp.open_record_bytes == 0
+    assert a.sk.psock is not None and a.sk.psock.tx_dropped_bytes == 12
+
+
+async def test_apply_bytes_splits_the_record_and_reruns_on_the_rest(
+    tcp_stream_pair: Pair, sockmap: sk.SockMap
+) -> None:
+    a, b = tcp_stream_pair
+    runs: list[bytes] = []
+
+    def prog(msg: sk.SkMsg) -> int:
+        runs.append(bytes(msg.data))
+        if bytes(msg.data).startswith(b"HDR:"):
+            sk.msg_apply_bytes(msg, 4)
+        return sk.SK_PASS
+
+    sockmap.attach(prog, sk.SK_MSG_VERDICT)
+    sockmap.update(0, a)
+    _, opener = await tls_to_raw(a)
+    await a.send_all(b"HDR:body bytes")
+    recs = await read_records(b, opener, 2)
+    assert [p for _, p in recs] == [b"HDR:", b"body bytes"]
+    assert runs == [b"HDR:body bytes", b"body bytes"]
+
+
+async def test_cork_holds_the_record_until_the_bytes_come(
+    tcp_stream_pair: Pair, sockmap: sk.SockMap
+) -> None:
+    a, b = tcp_stream_pair
+    runs: list[int] = []
+
+    def prog(msg: sk.SkMsg) -> int:
+        runs.append(msg.size)
+        if msg.size < 10:
+            sk.msg_cork_bytes(msg, 10)
+        return sk.SK_PASS
+
+    sockmap.attach(prog, sk.SK_MSG_VERDICT)
+    sockmap.update(0, a)
+    ta, opener = await tls_to_raw(a)
+    await a.send_all(b"12345")  # corked: the send succeeds, nothing on the wire
+    assert ta.statistics().open_record_bytes == 5
+    assert ta.statistics().tx_records == 0
+    await a.send_all(b"67890")
+    [(_, plain)] = await read_records(b, opener, 1)
+    assert plain == b"1234567890"
+    assert runs == [5, 10]  # the program saw the whole corked record
+
+
+async def test_redirect_hands_plaintext_to_the_targets_own_tls(
+    skmsg_runtime: object, sockmap: sk.SockMap
+) -> None:
+    from skmsg_core.testing import aclose_all, tcp_stream_pair
+
+    a, a_peer = await tcp_stream_pair()
+    c, c_peer = await tcp_stream_pair()
+    try:
+        sockmap.update(1, c)
+
+        def prog(msg: sk.SkMsg) -> int:
+            return sk.msg_redirect_map(msg, sockmap, 1, 0)
+
+        sockmap.attach(prog, sk.SK_MSG_VERDICT)
+        sockmap.update(0, a)
+        ka, kc = make_keys(), make_keys(cipher=tls.TLS_CIPHER_CHACHA20_POLY1305)
+        await tls.enable_tls(a, ka.a2b, ka.b2a)
+        tc = await tls.enable_tls(c, kc.a2b, kc.b2a)
+        await a.send_all(b"to c, sealed with c's keys")
+        [(_, plain)] = await read_records(c_peer, tls.RecordOpener(kc.a2b), 1)
+        assert plain == b"to c, sealed with c's keys"
+        assert tc.statistics().tx_records == 1
+        assert a.statistics().bytes_sent == 0  # nothing left a's own connection
+    finally:
+        await aclose_all((a, a_peer, c, c_peer))
+
+
+async def test_send_all_empty_closes_an_open_record(tcp_stream_pair: Pair) -> None:
+    a, b = tcp_stream_pair
+    _, opener = await tls_to_raw(a)
+    await a.send_all(b"held", more=True)
+    await a.send_all(b"")
+    [(_, plain)] = await read_records(b, opener, 1)
+    assert plain == b"held"
+
+
+@pytest.mark.parametrize(
+    ("version", "cipher"),
+    [
+        (tls.TLS_1_3_VERSION, tls.TLS_CIPHER_AES_GCM_128),
+        (tls.TLS_1_3_VERSION, tls.TLS_CIPHER_AES_GCM_256),
+        (tls.TLS_1_3_VERSION, tls.TLS_CIPHER_CHACHA20_POLY1305),
+        (tls.TLS_1_2_VERSION, tls.TLS_CIPHER_AES_GCM_128),
+        (tls.TLS_1_2_VERSION, tls.TLS_CIPHER_AES_GCM_256),
+        (tls.TLS_1_2_VERSION, tls.TLS_CIPHER_CHACHA20_POLY1305),
+    ],
+)
+async def test_both_ways_every_cipher(tcp_stream_pair: Pair, version: int, cipher: int) -> None:
+    a, b = tcp_stream_pair
+    await enable_both(a, b, make_keys(version, cipher))
+    data = os.urandom(100_000)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(a.send_all, data)
+        assert await read_exactly(b, len(data)) == data
+    await b.send_all(b"back")
+    assert await read_exactly(a, 4) == b"back"
