@@ -204,7 +204,7 @@ def _proxy_command(args: argparse.Namespace) -> int:
     listen = args.listen or Address.parse("127.0.0.1:0" if args.demo else DEFAULT_LISTEN,
                                           listen=True)
     if args.udp and (args.tls or args.backend_tls):
-        _tell("skmsg proxy: error: --tls/--backend-tls need TCP; --udp carries datagrams as they are")
+        _tell("skmsg proxy: error: --tls/--backend-tls need TCP; --udp relays datagrams as is")
         return 2
     try:
         tls = tls_options(args, listen.host, have_backends=bool(args.backend))
@@ -269,7 +269,7 @@ def _announce(proxy: Proxy | UdpProxy) -> None:
     _say("skmsg proxy: backends " + ", ".join(
         f"[{i}] {addr}{kind}" for i, addr in enumerate(proxy.backends)))
     parser = "the policy's parse" if proxy.policy.parse else proxy.framing.name
-    tls = proxy.config.tls
+    tls = proxy.config.tls if isinstance(proxy, Proxy) else None
     if tls is not None:
         _say("skmsg proxy: TLS " + ", ".join(
             ([f"from clients (certificate {tls.cert_path or 'from --cert'})"] if tls.server else [])

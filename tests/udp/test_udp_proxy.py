@@ -231,6 +231,17 @@ def test_udp_with_a_policy_that_parses_exits_2_with_one_line(tmp_path: pathlib.P
     assert "every datagram is one message" in done.stderr
 
 
+@pytest.mark.parametrize("flag", ["--tls", "--backend-tls"])
+def test_udp_with_tls_options_exits_2_with_one_line(flag: str) -> None:
+    """The TLS options need a stream; with --udp they are refused, not ignored."""
+    backend = ["--backend", "127.0.0.1:9"] if flag == "--backend-tls" else []
+    args = ["proxy", "--udp", flag, *backend]
+    done = subprocess.run(command(*args), capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "--tls/--backend-tls need TCP" in done.stderr
+
+
 async def test_the_example_policy_routes_in_the_command_too() -> None:
     internal, public = DnsBackend("10.0.0.1"), DnsBackend("192.0.2.7")
     async with trio.open_nursery() as nursery:
