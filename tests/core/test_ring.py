@@ -572,3 +572,15 @@ def test_set_window_and_repr() -> None:
     assert "size=7" in repr(msg) and "length=3" in repr(msg.elements()[0])
     clone = msg.elements()[1].clone()
     assert clone.buf is msg.elements()[1].buf and bytes(clone.view()) == b"defg"
+
+
+def test_free_reinitialises_the_helper_fields() -> None:
+    """``sk_msg_free`` ends with ``sk_msg_init``: apply, cork, flags and the redirect
+    target are cleared with the bytes (a consume of every byte keeps them)."""
+    msg = SkMsg.from_bytes(b"abcdef")
+    msg.apply_bytes, msg.cork_bytes, msg.flags = 3, 10, 1
+    msg.consume(6)
+    assert (msg.apply_bytes, msg.cork_bytes, msg.flags) == (3, 10, 1)
+    msg.append_copy(PageFrag(64), [b"xyz"])
+    assert msg.free() == 3
+    assert (msg.apply_bytes, msg.cork_bytes, msg.flags, msg.sk_redir) == (0, 0, 0, None)
