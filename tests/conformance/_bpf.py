@@ -133,9 +133,13 @@ def compile_object() -> Path:
         raise BpfError(errno.ENOENT, "clang is not installed")
     out_dir = Path(tempfile.mkdtemp(prefix="skmsg-conf-bpf-"))
     obj = out_dir / "sockmap_conf.bpf.o"
-    multiarch = subprocess.run(
-        ["gcc", "-dumpmachine"], capture_output=True, text=True, check=False
-    ).stdout.strip() if shutil.which("gcc") else ""
+    multiarch = (
+        subprocess.run(
+            ["gcc", "-dumpmachine"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        if shutil.which("gcc")
+        else ""
+    )
     cmd = [clang, "-O2", "-g", "-target", "bpf", "-mcpu=v3"]
     if multiarch and Path(f"/usr/include/{multiarch}").is_dir():
         cmd.append(f"-I/usr/include/{multiarch}")  # asm/types.h for linux/bpf.h
@@ -232,11 +236,18 @@ class BpfObject:
         return ctypes.create_string_buffer(struct.pack("<I", key & 0xFFFFFFFF), 4)
 
     def update(self, map_name: str, key: int, fd: int, flags: int) -> int:
-        """``bpf_map_update_elem(map, &key, &fd, flags)`` with the map's value size; 0 or ``-errno``."""
+        """``bpf_map_update_elem(map, &key, &fd, flags)``, value sized as the map's;
+        0 or ``-errno``."""
         size = VALUE_SIZE[map_name]
-        value = struct.pack("<Q" if size == 8 else "<I", fd & (2**64 - 1 if size == 8 else 2**32 - 1))
+        value = struct.pack(
+            "<Q" if size == 8 else "<I", fd & (2**64 - 1 if size == 8 else 2**32 - 1)
+        )
         buf = ctypes.create_string_buffer(value, size)
-        return int(self._lib.bpf_map_update_elem(self.map_fd(map_name), self._key(map_name, key), buf, flags))
+        return int(
+            self._lib.bpf_map_update_elem(
+                self.map_fd(map_name), self._key(map_name, key), buf, flags
+            )
+        )
 
     def delete(self, map_name: str, key: int) -> int:
         return int(self._lib.bpf_map_delete_elem(self.map_fd(map_name), self._key(map_name, key)))
@@ -245,14 +256,18 @@ class BpfObject:
         """``(0, cookie)`` or ``(-errno, 0)``."""
         size = VALUE_SIZE[map_name]
         buf = ctypes.create_string_buffer(max(size, 8))
-        err = int(self._lib.bpf_map_lookup_elem(self.map_fd(map_name), self._key(map_name, key), buf))
+        err = int(
+            self._lib.bpf_map_lookup_elem(self.map_fd(map_name), self._key(map_name, key), buf)
+        )
         if err:
             return err, 0
         return 0, int(struct.unpack_from("<Q" if size == 8 else "<I", buf.raw)[0])
 
     def set_array(self, map_name: str, index: int, value: bytes) -> None:
         buf = ctypes.create_string_buffer(value, len(value))
-        err = self._lib.bpf_map_update_elem(self.map_fd(map_name), self._key(map_name, index), buf, 0)
+        err = self._lib.bpf_map_update_elem(
+            self.map_fd(map_name), self._key(map_name, index), buf, 0
+        )
         if err:
             raise BpfError(-err, f"cannot set {map_name}[{index}]: {errno_name(err)}")
 
@@ -270,7 +285,9 @@ class BpfObject:
         """The SK_MSG program's log of its first runs (at most ``LOG_RUNS``)."""
         out = []
         for run in range(min(runs, LOG_RUNS)):
-            size_in, size_out, *rest = _LOG_ENT.unpack(self.get_array("msg_log", run, _LOG_ENT.size))
+            size_in, size_out, *rest = _LOG_ENT.unpack(
+                self.get_array("msg_log", run, _LOG_ENT.size)
+            )
             rets, verdict = rest[:MAX_OPS], rest[MAX_OPS]
             out.append({"size_in": size_in, "size_out": size_out, "rets": rets, "verdict": verdict})
         return out

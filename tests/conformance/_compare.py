@@ -109,7 +109,9 @@ def compare(sc: Scenario, kernel: dict[str, Any], skmsg: dict[str, Any]) -> Outc
         if "ignore" in decl:
             # unspecified kernel bytes may happen to equal skmsg's: still declared
             if not (isinstance(k, bytes) and isinstance(s, bytes)):
-                problems.append(f"{field}: declared {decl['id']!r} ignores bytes of a non-byte field")
+                problems.append(
+                    f"{field}: declared {decl['id']!r} ignores bytes of a non-byte field"
+                )
             elif (why := _check_ignore(decl, k, s)) is not None:
                 problems.append(f"{field}: declared {decl['id']!r} does not hold: {why}")
             else:
@@ -142,7 +144,9 @@ def compare(sc: Scenario, kernel: dict[str, Any], skmsg: dict[str, Any]) -> Outc
                 f"{_short(decl['skmsg'])}) does not hold: kernel {_short(kv)}, skmsg {_short(sv)}"
             )
     for field, decl in declared.items():
-        problems.append(f"{field}: declared {decl['id']!r} names a field the scenario does not have")
+        problems.append(
+            f"{field}: declared {decl['id']!r} names a field the scenario does not have"
+        )
     status = "mismatch" if problems else ("declared" if used else "match")
     return Outcome(sc.name, sc.ref, status, problems, used)
 

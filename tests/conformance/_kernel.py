@@ -8,6 +8,7 @@ steps; sends block (with a timeout), as test_sockmap's do.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import selectors
 import socket
@@ -17,7 +18,7 @@ import time
 from typing import Any
 
 from ._bpf import BpfObject, compile_object, errno_name, pack_msg_cfg, pack_skb_cfg
-from ._results import encode_bytes, run_length
+from ._results import encode_bytes, queued_bytes, run_length
 from ._scenario import Scenario, flag_value
 
 __all__ = ["run_on_kernel"]
@@ -25,7 +26,7 @@ __all__ = ["run_on_kernel"]
 SO_COOKIE = getattr(socket, "SO_COOKIE", 57)
 SEND_TIMEOUT = 5.0
 #: the kernel has finished when no socket received anything for this long
-QUIET = 0.2
+QUIET = 0.12
 MAX_WAIT = 5.0
 
 
@@ -47,11 +48,8 @@ class Reader:
             self.sel.register(sock, selectors.EVENT_READ, name)
 
     def forget(self, sock: socket.socket) -> None:
-        with self.lock:
-            try:
-                self.sel.unregister(sock)
-            except (KeyError, ValueError):
-                pass
+        with self.lock, contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(sock)
 
     def _run(self) -> None:
         while not self._stop:
@@ -74,11 +72,17 @@ class Reader:
             if not events:
                 time.sleep(0.002)
 
+    def _busy(self) -> bool:
+        with self.lock:
+            fds = [key.fileobj.fileno() for key in self.sel.get_map().values()]  # type: ignore[union-attr]
+        return any(queued_bytes(fd) for fd in fds if fd >= 0)
+
     def wait_quiet(self, quiet: float = QUIET) -> dict[str, int]:
-        """Wait until nothing arrived for ``quiet`` seconds; bytes per peer."""
+        """Wait until no socket holds bytes on their way and nothing arrived for
+        ``quiet`` seconds; bytes per peer."""
         deadline = time.monotonic() + MAX_WAIT
         while time.monotonic() < deadline:
-            if time.monotonic() - self.last >= quiet:
+            if not self._busy() and time.monotonic() - self.last >= quiet:
                 break
             time.sleep(0.01)
         with self.lock:
@@ -129,7 +133,10 @@ def run_on_kernel(sc: Scenario) -> dict[str, Any]:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 socks[name] = s
                 reader.add(name, s)
-        results = [_step(sc, step, obj, socks, extra, reader) for step in sc.steps]
+        results = [
+            _step(sc, step=step, obj=obj, socks=socks, extra=extra, reader=reader)
+            for step in sc.steps
+        ]
         reader.wait_quiet()
         received = reader.stop()
         msg_runs, skb_runs = obj.counter(0), obj.counter(1)
@@ -151,6 +158,7 @@ def run_on_kernel(sc: Scenario) -> dict[str, Any]:
 
 def _step(
     sc: Scenario,
+    *,
     step: dict[str, Any],
     obj: BpfObject,
     socks: dict[str, socket.socket],
@@ -171,7 +179,9 @@ def _step(
                 fd = socks[name].fileno()
             else:
                 fd = _special(name, extra).fileno()
-        return errno_name(obj.update(step["map"], int(step["key"]), fd, flag_value(step.get("flags", 0))))
+        return errno_name(
+            obj.update(step["map"], int(step["key"]), fd, flag_value(step.get("flags", 0)))
+        )
     if op == "delete":
         return errno_name(obj.delete(step["map"], int(step["key"])))
     if op == "lookup":

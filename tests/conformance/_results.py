@@ -33,3 +33,24 @@ def run_length(results: list[Any]) -> list[list[Any]]:
         else:
             out.append([r, 1])
     return out
+
+
+_SIOCINQ = 0x541B  # FIONREAD
+_SIOCOUTQ = 0x5411  # TIOCOUTQ
+
+
+def queued_bytes(fd: int) -> int:
+    """Bytes a socket still holds: unread (``SIOCINQ``) plus unsent or unacked
+    (``SIOCOUTQ``); 0 for a closed fd."""
+    import array
+    import fcntl
+
+    total = 0
+    for req in (_SIOCINQ, _SIOCOUTQ):
+        buf = array.array("i", [0])
+        try:
+            fcntl.ioctl(fd, req, buf, True)
+        except OSError:
+            return 0
+        total += buf[0]
+    return total

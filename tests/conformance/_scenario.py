@@ -199,8 +199,8 @@ def flag_value(flags: int | str) -> int:
     if isinstance(flags, int):
         return flags
     total = 0
-    for part in flags.split("|"):
-        part = part.strip()
+    for raw in flags.split("|"):
+        part = raw.strip()
         if part not in FLAGS:
             raise ScenarioError(f"unknown flag {part!r} (known: {', '.join(FLAGS)})")
         total |= FLAGS[part]
@@ -292,7 +292,9 @@ def _merge_topology(raw: dict[str, Any], topologies: dict[str, Any], where: str)
         name = topologies[name].get("extends")
     merged: dict[str, Any] = {"listeners": [], "pairs": [], "steps": [], "skb": {}, "msg": {}}
     for topo in [*chain, raw]:
-        merged["listeners"] += [x for x in topo.get("listeners", []) if x not in merged["listeners"]]
+        merged["listeners"] += [
+            x for x in topo.get("listeners", []) if x not in merged["listeners"]
+        ]
         merged["pairs"] += topo.get("pairs", [])
         merged["steps"] += topo.get("steps", [])
         merged["skb"] = {**merged["skb"], **topo.get("skb", {})}

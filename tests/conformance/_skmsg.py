@@ -26,7 +26,7 @@ import skmsg_tcp
 from skmsg_core.runtime import open_runtime
 
 from ._bpf import LOG_RUNS, MAX_OPS, errno_name
-from ._results import encode_bytes, run_length
+from ._results import encode_bytes, queued_bytes, run_length
 from ._scenario import Scenario, flag_value
 
 __all__ = ["run_on_skmsg"]
@@ -43,9 +43,9 @@ PROG_TYPES = {
     "skb_verdict": sk.BpfProgType.SK_SKB,
     "skb_verdict_plain": sk.BpfProgType.SK_SKB,
 }
-SEND_TIMEOUT = 10.0
-WAIT_TIMEOUT = 10.0
-QUIET = 0.1
+SEND_TIMEOUT = 60.0  # a hang guard only: case 11 makes 262144 verdict runs in one send
+WAIT_TIMEOUT = 30.0  # reached only when skmsg delivers less than the kernel
+QUIET = 0.05
 
 
 def hash_key(key: int) -> bytes:
@@ -68,9 +68,15 @@ class Programs:
         self.msg_log: list[dict[str, Any]] = []
         self.skb_log: list[int] = []
         self.loaded = {
-            "msg_verdict": sk.Program.load(self.msg_verdict, PROG_TYPES["msg_verdict"], name="msg_verdict"),
-            "skb_parser": sk.Program.load(self.skb_parser, PROG_TYPES["skb_parser"], name="skb_parser"),
-            "skb_verdict": sk.Program.load(self.skb_verdict, PROG_TYPES["skb_verdict"], name="skb_verdict"),
+            "msg_verdict": sk.Program.load(
+                self.msg_verdict, PROG_TYPES["msg_verdict"], name="msg_verdict"
+            ),
+            "skb_parser": sk.Program.load(
+                self.skb_parser, PROG_TYPES["skb_parser"], name="skb_parser"
+            ),
+            "skb_verdict": sk.Program.load(
+                self.skb_verdict, PROG_TYPES["skb_verdict"], name="skb_verdict"
+            ),
             "skb_verdict_plain": sk.Program.load(
                 self.skb_verdict, PROG_TYPES["skb_verdict_plain"], name="skb_verdict_plain"
             ),
@@ -163,11 +169,13 @@ class Peers:
         self.nursery = nursery
         self.received: dict[str, bytearray] = {}
         self.scopes: dict[str, trio.CancelScope] = {}
+        self.streams: dict[str, skmsg_tcp.SkStream] = {}
         self.changed = trio.Event()
         self.last = trio.current_time()
 
     def add(self, name: str, stream: skmsg_tcp.SkStream) -> None:
         self.received[name] = bytearray()
+        self.streams[name] = stream
         scope = trio.CancelScope()
         self.scopes[name] = scope
         self.nursery.start_soon(self._read, name, stream, scope)
@@ -187,13 +195,30 @@ class Peers:
     def forget(self, name: str) -> None:
         self.scopes[name].cancel()
 
+    def _busy(self) -> bool:
+        """Bytes are still on their way: in a socket's queues or a psock's ingress queue."""
+        for stream in self.streams.values():
+            psock = stream.sk.psock
+            if psock is not None and psock.ingress_bytes:
+                return True
+            fd = stream.socket.fileno()
+            if fd >= 0 and queued_bytes(fd):
+                return True
+        return False
+
     async def wait(self, want: dict[str, int] | None) -> dict[str, int]:
-        """Wait until each peer has what ``want`` says (or a timeout), then until quiet."""
+        """Wait until each peer has what ``want`` says, and nothing is on its way
+        any more, then until quiet (all within a timeout)."""
         with trio.move_on_after(WAIT_TIMEOUT):
             while want and any(len(self.received.get(k, b"")) < n for k, n in want.items()):
                 await trio.sleep(0.005)
-        while trio.current_time() - self.last < QUIET:
-            await trio.sleep(0.02)
+            while True:
+                if self._busy() or trio.current_time() - self.last < QUIET:
+                    await trio.sleep(0.01)
+                    continue
+                await trio.sleep(QUIET)  # nothing queued: does anything still come?
+                if not self._busy() and trio.current_time() - self.last >= QUIET:
+                    break
         return {k: len(v) for k, v in self.received.items()}
 
 
@@ -219,7 +244,9 @@ async def run_on_skmsg(sc: Scenario, hints: dict[str, Any] | None = None) -> dic
     if hints is not None:
         from ._results import decode_bytes
 
-        settle_hints = [r for s, r in zip(sc.steps, hints["steps"], strict=True) if s["op"] == "settle"]
+        settle_hints = [
+            r for s, r in zip(sc.steps, hints["steps"], strict=True) if s["op"] == "settle"
+        ]
         final_hint = {k: len(decode_bytes(v)) for k, v in hints["received"].items()}
     maps: dict[str, sk.SockMapBase] = {
         "map_a": sk.SockMap(max_entries=20, name="map_a"),
@@ -247,7 +274,17 @@ async def run_on_skmsg(sc: Scenario, hints: dict[str, Any] | None = None) -> dic
             settles = iter(settle_hints)
             for step in sc.steps:
                 results.append(
-                    await _step(sc, step, maps, progs, listeners, streams, extra, peers, settles)
+                    await _step(
+                        sc,
+                        step=step,
+                        maps=maps,
+                        progs=progs,
+                        listeners=listeners,
+                        streams=streams,
+                        extra=extra,
+                        peers=peers,
+                        settles=settles,
+                    )
                 )
             await peers.wait(final_hint)
             received = {k: bytes(v) for k, v in peers.received.items()}
@@ -277,6 +314,7 @@ def _key(maps: dict[str, sk.SockMapBase], name: str, key: int) -> Any:
 
 async def _step(
     sc: Scenario,
+    *,
     step: dict[str, Any],
     maps: dict[str, sk.SockMapBase],
     progs: Programs,
@@ -309,7 +347,9 @@ async def _step(
                 else:
                     value = _special(name, extra).fileno()
             m = maps[step["map"]]
-            m.update(_key(maps, step["map"], int(step["key"])), value, flag_value(step.get("flags", 0)))
+            m.update(
+                _key(maps, step["map"], int(step["key"])), value, flag_value(step.get("flags", 0))
+            )
             return "ok"
         if op == "delete":
             maps[step["map"]].delete(_key(maps, step["map"], int(step["key"])))
