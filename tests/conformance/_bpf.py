@@ -18,6 +18,7 @@ import ctypes.util
 import errno
 import functools
 import os
+import platform
 import shutil
 import struct
 import subprocess
@@ -133,16 +134,14 @@ def compile_object() -> Path:
         raise BpfError(errno.ENOENT, "clang is not installed")
     out_dir = Path(tempfile.mkdtemp(prefix="skmsg-conf-bpf-"))
     obj = out_dir / "sockmap_conf.bpf.o"
-    multiarch = (
-        subprocess.run(
-            ["gcc", "-dumpmachine"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-        if shutil.which("gcc")
-        else ""
-    )
     cmd = [clang, "-O2", "-g", "-target", "bpf", "-mcpu=v3"]
-    if multiarch and Path(f"/usr/include/{multiarch}").is_dir():
-        cmd.append(f"-I/usr/include/{multiarch}")  # asm/types.h for linux/bpf.h
+    # linux/bpf.h needs asm/types.h, which lives under the multiarch include dir
+    candidates = [Path(f"/usr/include/{platform.machine()}-linux-gnu")]
+    candidates += sorted(Path("/usr/include").glob("*-linux-gnu"))
+    for inc in candidates:
+        if (inc / "asm" / "types.h").exists():
+            cmd.append(f"-I{inc}")
+            break
     cmd += ["-c", str(SOURCE), "-o", str(obj)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
