@@ -227,7 +227,11 @@ def _check(sc: Scenario) -> None:
     for op in ops:
         if op.get("op") not in OPS:
             raise bad(f"msg.ops: unknown op {op.get('op')!r} (known: {', '.join(OPS)})")
-    for v in sc.msg_verdicts + sc.skb_verdicts:
+    try:
+        verdicts = sc.msg_verdicts + sc.skb_verdicts
+    except ScenarioError as exc:
+        raise bad(str(exc)) from None
+    for v in verdicts:
         if v["verdict"] not in ("pass", "drop", "redirect"):
             raise bad(f"unknown verdict {v['verdict']!r} (pass, drop or redirect)")
         if v["verdict"] == "redirect" and v.get("map", "map_a") not in MAPS[:4]:
@@ -254,7 +258,10 @@ def _check(sc: Scenario) -> None:
                 raise bad(f"step {i} (update): give exactly one of sock and fd")
             if "sock" in step and step["sock"] not in names | set(SPECIAL_SOCKS):
                 raise bad(f"step {i} (update): unknown socket {step['sock']!r}")
-            flag_value(step.get("flags", 0))
+            try:
+                flag_value(step.get("flags", 0))
+            except ScenarioError as exc:
+                raise bad(f"step {i} (update): {exc}") from None
         if op == "send":
             if step["sock"] not in names:
                 raise bad(f"step {i} (send): unknown socket {step['sock']!r}")
