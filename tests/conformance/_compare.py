@@ -54,8 +54,9 @@ def _fields(sc: Scenario, res: dict[str, Any]) -> dict[str, Any]:
     if sc.compare_msg_log:
         out["msg_runs"] = res["msg_runs"]
         out["msg_log"] = res["msg_log"]
-    if sc.compare_skb_log:
+    if sc.compare_skb_runs:
         out["skb_runs"] = res["skb_runs"]
+    if sc.compare_skb_log:
         out["skb_log"] = res["skb_log"]
     return out
 

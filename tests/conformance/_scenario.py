@@ -25,8 +25,11 @@ than ``name`` and ``steps`` optional):
                   {sock}; ``connect`` {client, listener}; ``accept`` {listener,
                   server}; ``settle`` (wait until quiet, note what each peer has)
 ``compare``       what to compare besides received bytes, send results and map
-                  errnos: ``msg_log`` (default true), ``skb_log`` (default false:
-                  without a parser, verdict units follow TCP segmentation)
+                  errnos: ``msg_log`` (the SK_MSG runs and what each saw and
+                  returned; default true), ``skb_runs`` (how many SK_SKB verdict
+                  runs) and ``skb_log`` (their ``skb->len`` too; both default
+                  false: without a parser verdict units follow TCP segmentation,
+                  and the kernel's ``skb->len`` after a parser does too)
 ``declared``      deliberate differences: ``{id, doc, field, kernel, skmsg}`` or,
                   for received bytes, ``{id, doc, field = "received.<peer>",
                   ignore = [[offset, length], ...], skmsg = "zeros"}``; ``doc`` is
@@ -122,6 +125,7 @@ class Scenario:
         compare = raw.get("compare", {})
         self.compare_msg_log: bool = compare.get("msg_log", True)
         self.compare_skb_log: bool = compare.get("skb_log", False)
+        self.compare_skb_runs: bool = compare.get("skb_runs", self.compare_skb_log)
         self.declared: list[dict[str, Any]] = raw.get("declared", [])
 
     # -- the programs' parameters, normalised ------------------------------------------------

@@ -72,7 +72,9 @@ def _kernel_vs_recording(sc: Scenario, live: dict[str, Any], rec: dict[str, Any]
     for key in ("steps", "msg_runs", "msg_log", "skb_runs", "skb_log"):
         if key in ("msg_runs", "msg_log") and not sc.compare_msg_log:
             continue
-        if key in ("skb_runs", "skb_log") and not sc.compare_skb_log:
+        if key == "skb_runs" and not sc.compare_skb_runs:
+            continue
+        if key == "skb_log" and not sc.compare_skb_log:
             continue
         if live[key] != rec[key]:
             problems.append(f"{key}: live {live[key]!r:.200} != recorded {rec[key]!r:.200}")
