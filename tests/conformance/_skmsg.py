@@ -170,6 +170,7 @@ class Peers:
         self.received: dict[str, bytearray] = {}
         self.scopes: dict[str, trio.CancelScope] = {}
         self.streams: dict[str, skmsg_tcp.SkStream] = {}
+        self.done: set[str] = set()
         self.changed = trio.Event()
         self.last = trio.current_time()
 
@@ -181,23 +182,28 @@ class Peers:
         self.nursery.start_soon(self._read, name, stream, scope)
 
     async def _read(self, name: str, stream: skmsg_tcp.SkStream, scope: trio.CancelScope) -> None:
-        with scope:
-            while True:
-                try:
-                    data = await stream.receive_some(1 << 20)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
-                if not data:
-                    return
-                self.received[name] += data
-                self.last = trio.current_time()
+        try:
+            with scope:
+                while True:
+                    try:
+                        data = await stream.receive_some(1 << 20)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return
+                    if not data:
+                        return
+                    self.received[name] += data
+                    self.last = trio.current_time()
+        finally:
+            self.done.add(name)
 
     def forget(self, name: str) -> None:
         self.scopes[name].cancel()
 
     def _busy(self) -> bool:
         """Bytes are still on their way: in a socket's queues or a psock's ingress queue."""
-        for stream in self.streams.values():
+        for name, stream in self.streams.items():
+            if name in self.done:
+                continue  # its reader saw EOF or was stopped: nothing more is read
             psock = stream.sk.psock
             if psock is not None and psock.ingress_bytes:
                 return True
