@@ -51,6 +51,7 @@ def _fields(sc: Scenario, res: dict[str, Any]) -> dict[str, Any]:
         out[f"steps.{i}"] = (step["op"], value)
     for peer, data in res["received"].items():
         out[f"received.{peer}"] = decode_bytes(data)
+    out["ends"] = res.get("ends", {})
     if sc.compare_msg_log:
         out["msg_runs"] = res["msg_runs"]
         out["msg_log"] = res["msg_log"]

@@ -37,6 +37,8 @@ class Reader:
         self.sel = selectors.DefaultSelector()
         self.lock = threading.Lock()
         self.received: dict[str, bytearray] = {}
+        #: how a peer's reading ended: "EOF" or an errno name (absent: still open)
+        self.ends: dict[str, str] = {}
         self.last = time.monotonic()
         self._stop = False
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -62,9 +64,12 @@ class Reader:
                         data = sock.recv(1 << 20, socket.MSG_DONTWAIT)
                     except BlockingIOError:
                         continue
-                    except OSError:
-                        data = b""
-                    if not data:  # EOF or error: nothing more from it
+                    except OSError as exc:
+                        self.ends[key.data] = errno_name(exc.errno or errno.EIO)
+                        self.sel.unregister(sock)
+                        continue
+                    if not data:  # EOF: nothing more from it
+                        self.ends[key.data] = "EOF"
                         self.sel.unregister(sock)
                         continue
                     self.received[key.data] += data
@@ -80,9 +85,12 @@ class Reader:
     def wait_quiet(self, quiet: float = QUIET) -> dict[str, int]:
         """Wait until no socket holds bytes on their way and nothing arrived for
         ``quiet`` seconds; bytes per peer."""
-        deadline = time.monotonic() + MAX_WAIT
+        start = time.monotonic()
+        deadline = start + MAX_WAIT
         while time.monotonic() < deadline:
-            if not self._busy() and time.monotonic() - self.last >= quiet:
+            # quiet counts from the last byte or from now, whichever is later: what
+            # the last step set off (a FIN, a redirect) must have time to arrive
+            if not self._busy() and time.monotonic() - max(self.last, start) >= quiet:
                 break
             time.sleep(0.01)
         with self.lock:
@@ -143,6 +151,7 @@ def run_on_kernel(sc: Scenario) -> dict[str, Any]:
         return {
             "steps": results,
             "received": {k: encode_bytes(v) for k, v in received.items()},
+            "ends": dict(sorted(reader.ends.items())),
             "msg_runs": msg_runs,
             "msg_log": obj.msg_log(msg_runs),
             "skb_runs": skb_runs,
@@ -199,6 +208,9 @@ def _step(
         sock = socks[step["sock"]]
         reader.forget(sock)
         sock.close()
+        return "ok"
+    if op == "shutdown":
+        socks[step["sock"]].shutdown(socket.SHUT_WR)
         return "ok"
     if op == "connect":
         c = socket.create_connection(socks[step["listener"]].getsockname(), timeout=SEND_TIMEOUT)

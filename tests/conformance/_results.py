@@ -1,6 +1,7 @@
 """What a run of a scenario produced, on either side, as JSON-able data.
 
-``{"steps": [...], "received": {peer: <zlib+base64 bytes>}, "msg_runs": n,
+``{"steps": [...], "received": {peer: <zlib+base64 bytes>}, "ends": {peer:
+"EOF" or an errno name, for peers whose reading ended}, "msg_runs": n,
 "msg_log": [...], "skb_runs": n, "skb_log": [...]}``; a step's result is
 ``"ok"`` or an errno name for map operations and attach, ``"cookie:<sock>"``
 for a lookup that found a socket, ``[[result, count], ...]`` (a run-length list

@@ -22,8 +22,11 @@ than ``name`` and ``steps`` optional):
                   ``attach``/``detach`` {prog, map, type}; ``update`` {map, key,
                   sock | fd, flags}; ``delete``/``lookup`` {map, key}; ``send``
                   {sock, shape | data | size, iov, repeat, more}; ``close``
-                  {sock}; ``connect`` {client, listener}; ``accept`` {listener,
-                  server}; ``settle`` (wait until quiet, note what each peer has)
+                  {sock}; ``shutdown`` {sock} (``SHUT_WR``); ``connect``
+                  {client, listener}; ``accept`` {listener, server}; ``settle``
+                  (wait until quiet, note what each peer has)
+``observed``      every connected socket is read all along: its bytes, in
+                  order, and how its reading ended (EOF or an errno) are compared
 ``compare``       what to compare besides received bytes, send results and map
                   errnos: ``msg_log`` (the SK_MSG runs and what each saw and
                   returned; default true), ``skb_runs`` (how many SK_SKB verdict
@@ -78,6 +81,7 @@ STEP_KEYS: dict[str, tuple[set[str], set[str]]] = {
     "lookup": ({"map", "key"}, set()),
     "send": ({"sock"}, {"shape", "data", "size", "iov", "repeat", "more"}),
     "close": ({"sock"}, set()),
+    "shutdown": ({"sock"}, set()),
     "connect": ({"client", "listener"}, set()),
     "accept": ({"listener", "server"}, set()),
     "settle": (set(), set()),
@@ -275,7 +279,7 @@ def _check(sc: Scenario) -> None:
             shape = step.get("shape")
             if isinstance(shape, str) and shape not in SHAPES:
                 raise bad(f"step {i} (send): unknown shape {shape!r} (known: {', '.join(SHAPES)})")
-        if op == "close" and step["sock"] not in names:
+        if op in ("close", "shutdown") and step["sock"] not in names:
             raise bad(f"step {i} (close): unknown socket {step['sock']!r}")
         if op == "connect":
             if step["listener"] not in sc.listeners:

@@ -171,6 +171,8 @@ class Peers:
         self.scopes: dict[str, trio.CancelScope] = {}
         self.streams: dict[str, skmsg_tcp.SkStream] = {}
         self.done: set[str] = set()
+        #: how a peer's reading ended: "EOF" or an errno name (absent: still open)
+        self.ends: dict[str, str] = {}
         self.changed = trio.Event()
         self.last = trio.current_time()
 
@@ -187,9 +189,15 @@ class Peers:
                 while True:
                     try:
                         data = await stream.receive_some(1 << 20)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    except trio.BrokenResourceError as exc:
+                        cause = exc.__cause__
+                        err = cause.errno if isinstance(cause, OSError) else None
+                        self.ends[name] = errno_name(err or errno.EIO)
+                        return
+                    except trio.ClosedResourceError:
                         return
                     if not data:
+                        self.ends[name] = "EOF"
                         return
                     self.received[name] += data
                     self.last = trio.current_time()
@@ -294,6 +302,7 @@ async def run_on_skmsg(sc: Scenario, hints: dict[str, Any] | None = None) -> dic
                 )
             await peers.wait(final_hint)
             received = {k: bytes(v) for k, v in peers.received.items()}
+            ends = dict(sorted(peers.ends.items()))  # before closing makes more
         finally:
             for m in maps.values():
                 m.close()
@@ -307,6 +316,7 @@ async def run_on_skmsg(sc: Scenario, hints: dict[str, Any] | None = None) -> dic
     return {
         "steps": results,
         "received": {k: encode_bytes(v) for k, v in received.items()},
+        "ends": ends,
         "msg_runs": progs.msg_runs,
         "msg_log": progs.msg_log,
         "skb_runs": progs.skb_runs,
@@ -391,6 +401,9 @@ async def _step(
             await streams[name].aclose()
         else:
             await listeners[name].aclose()
+        return "ok"
+    if op == "shutdown":
+        await streams[step["sock"]].send_eof()
         return "ok"
     if op == "connect":
         port = listeners[step["listener"]].socket.getsockname()[1]

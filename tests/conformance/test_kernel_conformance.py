@@ -69,7 +69,7 @@ def _kernel_vs_recording(sc: Scenario, live: dict[str, Any], rec: dict[str, Any]
     (bytes the kernel leaves unspecified, declared with ``ignore``, aside)."""
     problems = []
     ignores = {d["field"]: d["ignore"] for d in sc.declared if "ignore" in d}
-    for key in ("steps", "msg_runs", "msg_log", "skb_runs", "skb_log"):
+    for key in ("steps", "ends", "msg_runs", "msg_log", "skb_runs", "skb_log"):
         if key in ("msg_runs", "msg_log") and not sc.compare_msg_log:
             continue
         if key == "skb_runs" and not sc.compare_skb_runs:
