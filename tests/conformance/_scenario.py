@@ -25,7 +25,7 @@ than ``name`` and ``steps`` optional):
                   {sock}; ``shutdown`` {sock} (``SHUT_WR``); ``connect``
                   {client, listener}; ``accept`` {listener, server}; ``settle``
                   (wait until quiet, note what each peer has)
-``observed``      every connected socket is read all along: its bytes, in
+(always)          every connected socket is read all along: its bytes, in
                   order, and how its reading ended (EOF or an errno) are compared
 ``compare``       what to compare besides received bytes, send results and map
                   errnos: ``msg_log`` (the SK_MSG runs and what each saw and
