@@ -323,9 +323,18 @@ class SkMsg(SkFields):
         return out
 
     def free(self) -> int:
-        """``sk_msg_free``: drop every element; return how many bytes were dropped."""
+        """``sk_msg_free``: drop every element and re-initialise the message; return
+        how many bytes were dropped.
+
+        As the kernel's ``__sk_msg_free`` ends with ``sk_msg_init``, the helpers'
+        fields (``apply_bytes``, ``cork_bytes``, ``flags``, ``sk_redir``) are
+        cleared too: a corked message that a DROP emptied does not cork again
+        on its old ``cork_bytes`` when later sends append to it.
+        """
         n = self.size
         self.consume(n)
+        self.apply_bytes = self.cork_bytes = self.flags = 0
+        self.sk_redir = None
         return n
 
     # -- the program's window ----------------------------------------------------------

@@ -184,8 +184,9 @@ class RingMachine(RuleBasedStateMachine):
     def pull(self, data: st.DataObject) -> None:
         size = len(self.model)
         start = self.position(data, "start", size - 1)
-        end = data.draw(st.integers(start + 1, max(size, start + 1)) | st.integers(-1, size + 3),
-                        label="end")
+        end = data.draw(
+            st.integers(start + 1, max(size, start + 1)) | st.integers(-1, size + 3), label="end"
+        )
         flags = data.draw(FLAGS, label="flags")
         old = self.bufs()
         before = [same(e) for e in self.msg.elements()]
@@ -419,8 +420,12 @@ def test_appends_cross_frag_chunks_and_do_not_merge_into_borrowed() -> None:
     assert [e.length for e in msg.elements()] == [8, 2]
     msg.append_borrowed(b"BB")
     msg.append_copy(frag, [b"xy"])  # contiguous in the chunk, but the last element is borrowed
-    assert [(e.length, e.copy) for e in msg.elements()] == [(8, False), (2, False),
-                                                           (2, True), (2, False)]
+    assert [(e.length, e.copy) for e in msg.elements()] == [
+        (8, False),
+        (2, False),
+        (2, True),
+        (2, False),
+    ]
     assert msg.tobytes() == b"0123456789BBxy"
 
 
@@ -583,3 +588,15 @@ def test_of_private_wraps_one_fresh_buffer_without_copying() -> None:
     assert buf.startswith(b"Record")
     with pytest.raises(ValueError, match="empty"):
         SkMsg.of_private(bytearray())
+
+
+def test_free_reinitialises_the_helper_fields() -> None:
+    """``sk_msg_free`` ends with ``sk_msg_init``: apply, cork, flags and the redirect
+    target are cleared with the bytes (a consume of every byte keeps them)."""
+    msg = SkMsg.from_bytes(b"abcdef")
+    msg.apply_bytes, msg.cork_bytes, msg.flags = 3, 10, 1
+    msg.consume(6)
+    assert (msg.apply_bytes, msg.cork_bytes, msg.flags) == (3, 10, 1)
+    msg.append_copy(PageFrag(64), [b"xyz"])
+    assert msg.free() == 3
+    assert (msg.apply_bytes, msg.cork_bytes, msg.flags, msg.sk_redir) == (0, 0, 0, None)

@@ -227,6 +227,18 @@ def test_cork_accumulates_across_sends_by_whole_send_size(net: Net) -> None:
     assert prog.run_cnt == 2  # re-run on the whole accumulated message
 
 
+def test_drop_of_a_corked_message_sticks_and_does_not_cork_again(net: Net) -> None:
+    """Found by the kernel conformance suite (scenario ``cork-then-drop``, Linux 6.18):
+    cork 10 then DROP. Two 4-B sends are held; the third releases 12 B, the run
+    drops them (EACCES). The DROP sticks, and the emptied cork message must not
+    cork the fourth send on its old ``cork_bytes`` (the kernel's ``sk_msg_free``
+    re-initialises the message): it fails EACCES too, without a run."""
+    c1, _, _, prog = make(net, "pass", cork=10, drop=True)
+    results = [net.send(c1, b"abcd") for _ in range(4)]
+    assert [r.retval for r in results] == [4, 4, -errno.EACCES, -errno.EACCES]
+    assert prog.run_cnt == 2 and net.wire[c1] == b""
+
+
 def test_full_ring_overrides_cork() -> None:
     proto_net = Net(MemProto())
     c1 = proto_net.sock()
