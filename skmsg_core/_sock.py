@@ -201,7 +201,7 @@ def sock_from(value: object) -> Sock:
     Accepts a :class:`Sock`, an object with an ``sk`` attribute holding one, or
     an ``int`` file descriptor (the kernel's value). An fd no plugin registered
     is offered to the plugins (``skmsg_sock_from_fd``): a protocol that can
-    serve a socket nobody wrapped (UDP: any state, as in the kernel) adopts it.
+    serve a socket nobody wrapped (UDP, as in the kernel) adopts it.
     A registered socket whose fd was closed or reused is looked at afresh.
 
     Raises:

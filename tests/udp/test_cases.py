@@ -33,25 +33,32 @@ def errno_of(m: sk.SockMapBase) -> int:
 
 @pytest.mark.parametrize("make", MAPS, ids=MAP_IDS)
 @pytest.mark.parametrize(("family", "host"), FAMILIES, ids=FAMILY_IDS)
-def test_case_45_udp_in_any_state_is_accepted_by_fd(
+def test_case_45_udp_by_fd_bound_enters_unbound_is_refused(
     make: Callable[[], sk.SockMapBase], family: int, host: str
 ) -> None:
-    """Fresh, bound and connected UDP sockets all enter (the newer kernel's
-    rule); only the connected one is ESTABLISHED, a possible redirect target."""
+    """A fresh (unbound) UDP socket is refused EOPNOTSUPP, as Linux 6.18 does
+    (``sk_hashed``; checked live by tests/conformance); bound and connected ones
+    enter, and only the connected one is ESTABLISHED, a possible redirect target."""
     m = make()
     socks = [stdsocket.socket(family, stdsocket.SOCK_DGRAM) for _ in range(3)]
     try:
+        with pytest.raises(OSError) as info:
+            m.update(key(m, 0), socks[0].fileno())
+        assert info.value.errno == errno.EOPNOTSUPP and len(m) == 0
         socks[1].bind((host, 0))
         socks[2].bind((host, 0))
         socks[2].connect(socks[1].getsockname())
-        for i, s in enumerate(socks):
-            m.update(key(m, i), s.fileno())
-        states = [m.get(key(m, i)).state for i in range(3)]  # type: ignore[union-attr]
-        assert states == [sk.TcpState.CLOSE, sk.TcpState.CLOSE, sk.TcpState.ESTABLISHED]
+        for i in (1, 2):
+            m.update(key(m, i), socks[i].fileno())
+        states = [m.get(key(m, i)).state for i in (1, 2)]  # type: ignore[union-attr]
+        assert states == [sk.TcpState.CLOSE, sk.TcpState.ESTABLISHED]
         held = m.get(key(m, 2))
         assert held is not None and held.sk_prot is not None
         assert held.sk_prot.redirect_allowed(held)
         assert held.family == family and held.remote_addr == socks[1].getsockname()
+        socks[0].connect(socks[1].getsockname())  # a connect binds it implicitly
+        m.update(key(m, 0), socks[0].fileno())
+        assert len(m) == 3
     finally:
         m.close()
         for s in socks:
@@ -61,12 +68,12 @@ def test_case_45_udp_in_any_state_is_accepted_by_fd(
 def test_case_45_a_map_takes_the_fd_again_after_it_left() -> None:
     m = sk.SockMap(1)
     with stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
         m.update(0, s.fileno())
         first = m.lookup(0)
         m.delete(0)  # its last map: the adopted socket is let go ...
         m.update(0, s.fileno())  # ... and adopted again, the same kernel socket
         assert m.lookup(0) == first
-        s.bind(("127.0.0.1", 0))
         s.sendto(b"still mine", s.getsockname())  # the user's fd works as before
         assert s.recv(100) == b"still mine"
     m.close()
@@ -75,11 +82,13 @@ def test_case_45_a_map_takes_the_fd_again_after_it_left() -> None:
 def test_an_fd_reused_by_another_socket_is_that_socket() -> None:
     m, other = sk.SockMap(1), sk.SockMap(1)
     s = stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
     fd = s.fileno()
     m.update(0, fd)
     old = m.lookup(0)
     s.close()
     t = stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    t.bind(("127.0.0.1", 0))
     try:
         assert t.fileno() == fd  # the lowest free fd: the same number
         other.update(0, fd)
@@ -119,13 +128,14 @@ async def test_case_58_skb_verdict_redirect_between_udp_pairs(
 def test_case_65_unconnected_stream_refused_datagram_accepted(
     make: Callable[[], sk.SockMapBase],
 ) -> None:
-    """An unconnected stream socket is refused EOPNOTSUPP; an unconnected
-    datagram socket (UDP here; AF_UNIX has no skmsg plugin) enters."""
+    """An unconnected stream socket is refused EOPNOTSUPP; an unconnected (but
+    bound) datagram socket (UDP here; AF_UNIX has no skmsg plugin) enters."""
     m = make()
     with (
         stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM) as stream,
         stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM) as dgram,
     ):
+        dgram.bind(("127.0.0.1", 0))
         with pytest.raises(OSError) as info:
             m.update(key(m, 0), stream.fileno())
         assert info.value.errno == errno.EOPNOTSUPP
@@ -166,6 +176,7 @@ async def test_case_66_one_udp_socket_in_many_entries_and_maps(by_fd: bool) -> N
 async def test_case_66_adopted_udp_fd_closed_leaves_every_map() -> None:
     a, h = sk.SockMap(2), sk.SockHash(2)
     s = stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
     a.update(0, s.fileno())
     a.update(1, s.fileno())
     h.update(b"s", s.fileno())
@@ -210,6 +221,8 @@ def test_a_failed_update_by_fd_holds_no_socket_for_long() -> None:
         stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM) as s,
         stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM) as t,
     ):
+        s.bind(("127.0.0.1", 0))
+        t.bind(("127.0.0.1", 0))
         with pytest.raises(OSError) as info:
             m.update(0, s.fileno(), 7)
         assert info.value.errno == errno.EINVAL
@@ -218,5 +231,6 @@ def test_a_failed_update_by_fd_holds_no_socket_for_long() -> None:
         m.update(0, t.fileno())
         assert s.fileno() not in _adopted and stale.sk.dead
         assert t.fileno() in _adopted
-        s.bind(("127.0.0.1", 0))  # still the user's, working socket
+        s.sendto(b"x", s.getsockname())  # still the user's, working socket
+        assert s.recv(1) == b"x"
     m.close()

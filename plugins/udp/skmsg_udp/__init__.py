@@ -5,8 +5,8 @@ plugin is, so it is also a template for writing one: a protocol table
 (:class:`UdpProto`) served through ``skmsg_protocols``; trio datagram sockets
 (:class:`UdpSocket`) whose operations the table swaps when they enter and
 leave maps, with a verdict per datagram; and ``skmsg_sock_from_fd``, which
-lets a map take a UDP socket by its file descriptor alone, in any state, as
-the kernel does (reference case 45).
+lets a map take a UDP socket by its file descriptor alone, as the kernel does
+(bound, connected or not; an unbound one is refused as Linux 6.18 refuses it).
 """
 
 from __future__ import annotations
@@ -34,5 +34,6 @@ def skmsg_protocols() -> Sequence[SkProto]:
 
 @hookimpl
 def skmsg_sock_from_fd(fd: int) -> Sock | None:
-    """Adopt an unregistered UDP socket fd for a map update (any state)."""
+    """Adopt an unregistered UDP socket fd for a map update (the map then
+    applies ``UdpProto.sk_state_allowed``: it must be bound)."""
     return adopt_fd(fd)

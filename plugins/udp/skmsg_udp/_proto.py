@@ -10,9 +10,12 @@ __all__ = ["UDP_PROTO", "UdpProto"]
 class UdpProto(sk.SkProtoBase):
     """UDP's table (``net/ipv4/udp_bpf.c``).
 
-    - ``sk_state_allowed``: any UDP socket may enter a map, unbound and
-      unconnected included (the kernel's newer ``sock_map_sk_state_allowed``;
-      reference case 45).
+    - ``sk_state_allowed``: a UDP socket may enter a map once it is bound
+      (``sk_hashed``: bound explicitly, or implicitly by a connect or a send),
+      connected or not; an unbound one is refused with ``EOPNOTSUPP``. That is
+      ``sock_map_sk_state_allowed`` as Linux 6.18 runs it, checked live by the
+      conformance suite; the reference's case 45 says an unbound socket is
+      taken, which this kernel does not do.
     - ``redirect_allowed``: only a connected socket (ESTABLISHED) may be a
       redirect target: an unconnected one has nowhere to send
       (``sock_map_redirect_allowed``).
@@ -22,7 +25,7 @@ class UdpProto(sk.SkProtoBase):
     name = "udp"
 
     def sk_state_allowed(self, s: sk.Sock) -> bool:
-        return True
+        return s.local_addr is not None and s.local_addr[1] != 0
 
     def psock_update_sk_prot(self, s: sk.Sock, psock: sk.SkPsock, restore: bool) -> int:
         """Install or restore the socket's operations (``udp_bpf_update_proto``).
