@@ -477,9 +477,11 @@ class RecordOpener(_Direction):
         self._error = exc
         return exc
 
-    def next_record(self) -> tuple[int, bytes] | None:
+    def next_record(self) -> tuple[int, bytes | memoryview] | None:
         """Open the next whole record: ``(content_type, plaintext)``, or None if
-        no whole record is held yet.
+        no whole record is held yet. The plaintext of an application-data
+        record is a read-only view of a buffer of its own (no copy is made to
+        strip TLS 1.3's inner type); other records' plaintext is ``bytes``.
 
         For TLS 1.3 the content type is the inner one and the padding is gone.
 
@@ -564,7 +566,10 @@ class RecordOpener(_Direction):
         if tls13:
             if inner and inner[-1]:
                 content_type = inner[-1]
-                plaintext = inner[:-1]
+                # application data, the bulk: a view, not a copy of 16 KiB
+                plaintext = (
+                    memoryview(inner)[:-1] if content_type == TLS_RECORD_TYPE_DATA else inner[:-1]
+                )
             else:
                 stripped = inner.rstrip(b"\0")
                 if not stripped:
@@ -589,7 +594,7 @@ class RecordOpener(_Direction):
             self._watch_handshake(plaintext)
         return content_type, plaintext
 
-    def _watch_handshake(self, plaintext: bytes) -> None:
+    def _watch_handshake(self, plaintext: bytes | memoryview) -> None:
         """Track TLS 1.3 handshake messages across records to spot a KeyUpdate
         (which RFC 8446 §5.1 requires to end its record)."""
         data = self._hs_partial + plaintext
