@@ -135,7 +135,86 @@ class ProxyConfig:
     tls: TlsOptions | None = None
 
 
-class Proxy:
+class ProxyPrograms:
+    """What the TCP and UDP proxies share: the verdict around the policy's, the
+    reply counters, the policy error log, the statistics.
+
+    A subclass sets ``policy``, ``counters``, ``verdict``, ``listen``,
+    ``runtime``, ``_index`` (backend cookie -> backend index) and
+    ``_logged_errors``; ``unit`` names what one verdict judges in the log.
+    """
+
+    unit = "message"
+    policy: Policy
+    counters: ProxyCounters
+    verdict: sk.Program
+    listen: tuple[Address, ...]
+    runtime: Runtime
+    _index: dict[int, int]
+    _logged_errors: int
+
+    def _judge(self, skb: sk.SkBuff, backends: sk.SockMap | None) -> int:
+        """Run the policy's verdict on a client's ``skb`` given that client's
+        ``backends`` (``None``: an unknown client, a DROP), counting per backend.
+
+        Raises:
+            Exception: whatever the policy raised (logged; the program fails
+                closed: a counted DROP).
+        """
+        c = self.counters
+        n = skb.len
+        c.msgs += 1
+        c.bytes += n
+        if backends is None:
+            c.judged()
+            return sk.SK_DROP
+        try:
+            ret = self.policy.verdict(skb, backends)
+        except Exception as exc:
+            self._policy_failed(exc)
+            c.judged()
+            raise
+        redir = skb.sk_redir
+        if redir is not None:
+            i = self._index.get(redir.cookie)
+            if i is not None:
+                b = c.backends[i]
+                if ret == sk.SK_PASS and type(ret) is not bool:
+                    b.msgs += 1
+                    b.bytes += n
+                else:
+                    b.dropped += 1
+        c.judged()
+        return ret
+
+    def _count_reply(self, skb: sk.SkBuff, cookie: int, ret: int) -> int:
+        """Count a backend's reply ``skb`` (arrived on ``cookie``) as passed back
+        or dropped by ``ret``; returns ``ret``."""
+        i = self._index.get(cookie)
+        if i is not None:
+            if ret == sk.SK_PASS:
+                self.counters.backends[i].reply_bytes += skb.len
+            else:
+                self.counters.backends[i].reply_dropped_bytes += skb.len
+        return ret
+
+    def _policy_failed(self, exc: Exception) -> None:
+        self._logged_errors += 1
+        if self._logged_errors <= 3:
+            more = "" if self._logged_errors < 3 else " (further errors are counted, not shown)"
+            log.warning(
+                "policy %s: verdict raised %s: %s; the %s was dropped%s",
+                self.policy.name, type(exc).__name__, exc, self.unit, more,
+            )
+
+    def statistics(self) -> ProxyStats:
+        """A snapshot of the proxy's counters."""
+        return self.counters.snapshot(
+            self.verdict, tuple(str(a) for a in self.listen), self.runtime.redirect_errors
+        )
+
+
+class Proxy(ProxyPrograms):
     """A running proxy: its maps and programs, and what it counted.
 
     Built by :func:`run_proxy`, which hands it to ``task_status.started``.
@@ -182,32 +261,7 @@ class Proxy:
 
     def _route(self, skb: sk.SkBuff) -> int:
         """The clients' stream verdict: the policy's, given this client's backends."""
-        c = self.counters
-        n = skb.len
-        c.msgs += 1
-        c.bytes += n
-        backends = self.sessions.get(skb.sk.cookie) if skb.sk is not None else None
-        if backends is None:
-            c.judged()
-            return sk.SK_DROP
-        try:
-            ret = self.policy.verdict(skb, backends)
-        except Exception as exc:
-            self._policy_failed(exc)
-            c.judged()
-            raise  # the program fails closed: a counted DROP
-        redir = skb.sk_redir
-        if redir is not None:
-            i = self._index.get(redir.cookie)
-            if i is not None:
-                b = c.backends[i]
-                if ret == sk.SK_PASS and type(ret) is not bool:
-                    b.msgs += 1
-                    b.bytes += n
-                else:
-                    b.dropped += 1
-        c.judged()
-        return ret
+        return self._judge(skb, self.sessions.get(skb.sk.cookie) if skb.sk is not None else None)
 
     def _reply(self, skb: sk.SkBuff) -> int:
         """The backends' verdict: send the bytes back to the client that owns the
@@ -220,30 +274,7 @@ class Proxy:
             ret = sk.SK_PASS  # up to the proxy, which sends it to the client
         else:
             ret = sk.sk_redirect_hash(skb, self.clients, key, 0)
-        i = self._index.get(cookie)
-        if i is not None:
-            if ret == sk.SK_PASS:
-                self.counters.backends[i].reply_bytes += skb.len
-            else:
-                self.counters.backends[i].reply_dropped_bytes += skb.len
-        return ret
-
-    def _policy_failed(self, exc: Exception) -> None:
-        self._logged_errors += 1
-        if self._logged_errors <= 3:
-            more = "" if self._logged_errors < 3 else " (further errors are counted, not shown)"
-            log.warning(
-                "policy %s: verdict raised %s: %s; the message was dropped%s",
-                self.policy.name, type(exc).__name__, exc, more,
-            )
-
-    # -- statistics ------------------------------------------------------------------------
-
-    def statistics(self) -> ProxyStats:
-        """A snapshot of the proxy's counters."""
-        return self.counters.snapshot(
-            self.verdict, tuple(str(a) for a in self.listen), self.runtime.redirect_errors
-        )
+        return self._count_reply(skb, cookie, ret)
 
     # -- connections -----------------------------------------------------------------------
 

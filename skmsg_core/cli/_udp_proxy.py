@@ -48,8 +48,8 @@ import skmsg_udp
 from skmsg_core.runtime import Runtime, open_runtime
 
 from ._policy import Policy, PolicyError
-from ._proxy import Address, ProxyError, _why
-from ._stats import ProxyCounters, ProxyStats
+from ._proxy import Address, ProxyError, ProxyPrograms, _why
+from ._stats import ProxyCounters
 
 __all__ = ["UdpProxy", "UdpProxyConfig", "run_udp_demo", "run_udp_proxy", "serve_udp_echo"]
 
@@ -89,7 +89,7 @@ class _Session:
     last_active: float = attrs.field(factory=trio.current_time)
 
 
-class UdpProxy:
+class UdpProxy(ProxyPrograms):
     """A running UDP proxy: its maps, programs, sessions and counters.
 
     Built by :func:`run_udp_proxy`, which hands it to ``task_status.started``.
@@ -99,6 +99,7 @@ class UdpProxy:
     """
 
     udp = True
+    unit = "datagram"
 
     def __init__(
         self,
@@ -136,60 +137,15 @@ class UdpProxy:
 
     def _route(self, skb: sk.SkBuff) -> int:
         """The clients' verdict: the policy's, given this client's backends."""
-        c = self.counters
-        n = skb.len
-        c.msgs += 1
-        c.bytes += n
         session = self.sessions.get(skb.sk.cookie) if skb.sk is not None else None
-        if session is None:
-            c.judged()
-            return sk.SK_DROP
-        try:
-            ret = self.policy.verdict(skb, session.backends)
-        except Exception as exc:
-            self._policy_failed(exc)
-            c.judged()
-            raise  # the program fails closed: a counted DROP
-        redir = skb.sk_redir
-        if redir is not None:
-            i = self._index.get(redir.cookie)
-            if i is not None:
-                b = c.backends[i]
-                if ret == sk.SK_PASS and type(ret) is not bool:
-                    b.msgs += 1
-                    b.bytes += n
-                else:
-                    b.dropped += 1
-        c.judged()
-        return ret
+        return self._judge(skb, session.backends if session is not None else None)
 
     def _reply(self, skb: sk.SkBuff) -> int:
         """The backend sockets' verdict: back to the client that owns the session."""
         cookie = skb.sk.cookie if skb.sk is not None else 0
         key = self._owner.get(cookie)
         ret: int = sk.SK_DROP if key is None else sk.sk_redirect_hash(skb, self.clients, key, 0)
-        i = self._index.get(cookie)
-        if i is not None:
-            if ret == sk.SK_PASS:
-                self.counters.backends[i].reply_bytes += skb.len
-            else:
-                self.counters.backends[i].reply_dropped_bytes += skb.len
-        return ret
-
-    def _policy_failed(self, exc: Exception) -> None:
-        self._logged_errors += 1
-        if self._logged_errors <= 3:
-            more = "" if self._logged_errors < 3 else " (further errors are counted, not shown)"
-            log.warning(
-                "policy %s: verdict raised %s: %s; the datagram was dropped%s",
-                self.policy.name, type(exc).__name__, exc, more,
-            )
-
-    def statistics(self) -> ProxyStats:
-        """A snapshot of the proxy's counters."""
-        return self.counters.snapshot(
-            self.verdict, tuple(str(a) for a in self.listen), self.runtime.redirect_errors
-        )
+        return self._count_reply(skb, cookie, ret)
 
     # -- sessions ----------------------------------------------------------------------------
 
