@@ -152,6 +152,10 @@ class Program:
     redirected: int = 0
     errors: int = 0
     last_error: BaseException | None = None
+    # run_verdict's runners, made on first use: untimed and timed (enable_stats)
+    _runners: list[Callable[[Any], Verdict] | None] = attrs.field(
+        factory=lambda: [None, None], init=False, repr=False, eq=False
+    )
 
     @classmethod
     def load(
@@ -196,9 +200,14 @@ class Program:
         """Run as a verdict program on ``ctx`` (an SkMsg or SkBuff) and map the result.
 
         Never raises: an exception from the program is a DROP, counted in
-        ``errors`` and kept in ``last_error``.
+        ``errors`` and kept in ``last_error``. The runner is made once (per
+        :func:`enable_stats` state), not per call.
         """
-        return self.verdict_runner()(ctx)
+        timed = 1 if _stats_enabled else 0
+        run = self._runners[timed]
+        if run is None:
+            run = self._runners[timed] = self.verdict_runner()
+        return run(ctx)
 
     def verdict_runner(self) -> Callable[[Any], Verdict]:
         """A function that runs this program as :meth:`run_verdict` does, bound
