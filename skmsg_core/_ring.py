@@ -202,6 +202,38 @@ class SkMsg(SkFields):
         msg._win = (0, 0, n)
         return msg
 
+    def reset_private(self, buf: bytearray) -> None:
+        """Make this message what :meth:`of_private` would make of ``buf``: its
+        one element is ``buf`` (private, no copy bit), the window shows it,
+        ``start`` is 0 and the helpers' fields (``apply_bytes``, ``cork_bytes``,
+        ``flags``, ``sk_redir``) are cleared; ``max_frags`` and ``sk`` stay.
+
+        For an engine that verdicts one record after another: a message whose
+        bytes were handed on is reused for the next, instead of a new message
+        and element per record. Views taken of the old bytes stay valid (they
+        are the old buffer's).
+
+        Raises:
+            ValueError: ``buf`` is empty; the message is unchanged.
+        """
+        n = len(buf)
+        if not n:
+            raise ValueError("an sk_msg element cannot be empty")
+        elems = self._elems
+        if len(elems) == 1:
+            e = elems[0]
+            e.buf = memoryview(buf)
+            e.offset = 0
+            e.length = n
+            e.copy = False
+        else:
+            self._elems = [Sge(memoryview(buf), 0, n)]
+        self.start = 0
+        self.size = n
+        self._win = (0, 0, n)
+        self.apply_bytes = self.cork_bytes = self.flags = 0
+        self.sk_redir = None
+
     # -- the ring -----------------------------------------------------------------------
 
     @property

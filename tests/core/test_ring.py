@@ -590,6 +590,38 @@ def test_of_private_wraps_one_fresh_buffer_without_copying() -> None:
         SkMsg.of_private(bytearray())
 
 
+@pytest.mark.parametrize("shape", ["one", "split", "consumed"])
+def test_reset_private_is_of_private_again(shape: str) -> None:
+    """A reused message looks exactly like a fresh of_private one, whatever a
+    program or a consume did to it; views of the old bytes are not touched."""
+    old = bytearray(b"first record")
+    msg = SkMsg.of_private(old, max_frags=4)
+    msg.sk = sentinel = object()  # type: ignore[assignment]
+    kept = msg.frags()[0]
+    if shape == "split":  # a push splits the element: two or more of them
+        assert msg_push_data(msg, 5, 3, 0) == 0
+        assert len(msg) == 3
+    elif shape == "consumed":
+        msg.consume(6)
+    msg.apply_bytes, msg.cork_bytes, msg.flags = 3, 10, 1
+    msg.sk_redir = msg.sk
+    new = bytearray(b"second")
+    msg.reset_private(new)
+    fresh = SkMsg.of_private(bytearray(b"second"), max_frags=4)
+    for m in (msg, fresh):
+        assert (m.size, len(m), m.start, m.max_frags, m.sg_copy(0)) == (6, 1, 0, 4, False)
+        assert (bytes(m.data), m.data_off, m.data_end) == (b"second", 0, 6)
+        assert (m.apply_bytes, m.cork_bytes, m.flags, m.sk_redir) == (0, 0, 0, None)
+        assert m.tobytes() == b"second"
+    assert msg.sk is sentinel
+    msg.data[0:1] = b"S"  # the window is the new buffer itself
+    assert new == b"Second"
+    assert bytes(kept) == b"first record"  # the old bytes are the old buffer's
+    with pytest.raises(ValueError, match="empty"):
+        msg.reset_private(bytearray())
+    assert msg.tobytes() == b"Second"
+
+
 def test_free_reinitialises_the_helper_fields() -> None:
     """``sk_msg_free`` ends with ``sk_msg_init``: apply, cork, flags and the redirect
     target are cleared with the bytes (a consume of every byte keeps them)."""

@@ -62,10 +62,13 @@ _NONE, _PASS, _DROP, _REDIRECT = Verdict.NONE, Verdict.PASS, Verdict.DROP, Verdi
 class OpenRecord:
     """The TLS context's open record (``ctx->open_rec``), kept across sends."""
 
-    __slots__ = ("msg",)
+    __slots__ = ("msg", "spare")
 
     def __init__(self) -> None:
         self.msg: SkMsg | None = None
+        #: A message whose record was passed whole, reused for the next record
+        #: (:meth:`skmsg_core.SkMsg.reset_private`) instead of a new one each.
+        self.spare: SkMsg | None = None
 
     @property
     def size(self) -> int:
@@ -176,9 +179,13 @@ class TlsSendOp:
                     # (sk_msg_alloc + memcopy_from_iter, in one C-level copy)
                     want = size - pos
                     want = min(want, limit)
-                    rec = holder.msg = of_private(
-                        bytearray(src[pos : pos + want]), max_frags=max_frags
-                    )
+                    rec = holder.spare
+                    if rec is not None and rec.max_frags == max_frags:
+                        holder.spare = None
+                        rec.reset_private(bytearray(src[pos : pos + want]))
+                    else:
+                        rec = of_private(bytearray(src[pos : pos + want]), max_frags=max_frags)
+                    holder.msg = rec
                     full_record = want >= limit or max_frags <= 1
                     fresh = True  # of_private set the program's window already
                 else:
@@ -211,6 +218,7 @@ class TlsSendOp:
                         )
                         self._batch_bytes += n
                         holder.msg = None
+                        holder.spare = rec  # its bytes are in the batch: reuse it
                         psock.eval = _NONE
                         if self._batch_bytes >= PASS_BATCH:
                             err = yield from self._flush()
