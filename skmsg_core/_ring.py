@@ -231,8 +231,10 @@ class SkMsg(SkFields):
         self.start = 0
         self.size = n
         self._win = (0, 0, n)
-        self.apply_bytes = self.cork_bytes = self.flags = 0
-        self.sk_redir = None
+        if self.apply_bytes or self.cork_bytes or self.flags:
+            self.apply_bytes = self.cork_bytes = self.flags = 0
+        if self.sk_redir is not None:
+            self.sk_redir = None
 
     # -- the ring -----------------------------------------------------------------------
 
@@ -257,6 +259,15 @@ class SkMsg(SkFields):
     def frags(self) -> list[memoryview]:
         """The message's bytes as memoryviews, one per element, without copying."""
         return [e.buf[e.offset : e.offset + e.length] for e in self._elems]
+
+    def sole_frag(self) -> memoryview | None:
+        """The message's bytes as one memoryview, without copying, when it has
+        exactly one element; None otherwise (several elements, or none)."""
+        elems = self._elems
+        if len(elems) != 1:
+            return None
+        e = elems[0]
+        return e.buf[e.offset : e.offset + e.length]
 
     def tobytes(self) -> bytes:
         """A copy of the whole message (for tests and slow paths)."""

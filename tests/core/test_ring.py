@@ -620,6 +620,17 @@ def test_reset_private_is_of_private_again(shape: str) -> None:
     with pytest.raises(ValueError, match="empty"):
         msg.reset_private(bytearray())
     assert msg.tobytes() == b"Second"
+    sole = msg.sole_frag()
+    assert sole is not None and bytes(sole) == b"Second" and sole.obj is new
+
+
+def test_sole_frag_is_the_one_element_or_none() -> None:
+    assert SkMsg().sole_frag() is None
+    assert SkMsg.from_frags([b"ab", b"cd"]).sole_frag() is None
+    msg = SkMsg.from_frags([b"abcdef"])
+    msg.consume(2)  # a trimmed element: the view is its window, not its buffer
+    sole = msg.sole_frag()
+    assert sole is not None and bytes(sole) == b"cdef" == msg.tobytes()
 
 
 def test_free_reinitialises_the_helper_fields() -> None:
