@@ -203,16 +203,20 @@ class Program:
         ``errors`` and kept in ``last_error``. The runner is made once (per
         :func:`enable_stats` state), not per call.
         """
-        timed = 1 if _stats_enabled else 0
-        run = self._runners[timed]
-        if run is None:
-            run = self._runners[timed] = self.verdict_runner()
-        return run(ctx)
+        return self.verdict_runner()(ctx)
 
     def verdict_runner(self) -> Callable[[Any], Verdict]:
         """A function that runs this program as :meth:`run_verdict` does, bound
         once for a hot loop. Run time is measured if :func:`enable_stats` was on
-        when the runner was made."""
+        when the runner was asked for. Made once per program and stats state,
+        not per call (engines ask for it per send)."""
+        timed = 1 if _stats_enabled else 0
+        run = self._runners[timed]
+        if run is None:
+            run = self._runners[timed] = self._make_runner(timed == 1)
+        return run
+
+    def _make_runner(self, timed: bool) -> Callable[[Any], Verdict]:
         func = self.func
 
         def run(ctx: Any) -> Verdict:
@@ -233,7 +237,7 @@ class Program:
             self.dropped += 1
             return _DROP
 
-        if not _stats_enabled:
+        if not timed:
             return run
 
         def run_timed(ctx: Any) -> Verdict:

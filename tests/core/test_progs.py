@@ -125,6 +125,7 @@ def test_run_verdict_reuses_its_runner_and_follows_enable_stats() -> None:
     assert timed > 0
     assert prog.run_verdict(skb) is sk.Verdict.PASS  # untimed again
     assert prog.run_time_ns == timed
+    assert prog.verdict_runner() is first  # engines get the same runner per send
     assert (prog.run_cnt, prog.passed, prog.dropped) == (4, 4, 0)
 
 
