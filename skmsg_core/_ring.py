@@ -109,6 +109,7 @@ class SkMsg(SkFields):
     """
 
     __slots__ = (
+        "_borrowed",
         "_elems",
         "_win",
         "apply_bytes",
@@ -135,6 +136,8 @@ class SkMsg(SkFields):
         self.sk_redir: Sock | None = None
         # The data window: (element index, offset in element, length), or None.
         self._win: tuple[int, int, int] | None = None
+        # reset_lazy's sender view, until the bytes are copied (materialize)
+        self._borrowed: memoryview | None = None
 
     # -- construction ---------------------------------------------------------------
 
@@ -231,10 +234,62 @@ class SkMsg(SkFields):
         self.start = 0
         self.size = n
         self._win = (0, 0, n)
+        self._borrowed = None
         if self.apply_bytes or self.cork_bytes or self.flags:
             self.apply_bytes = self.cork_bytes = self.flags = 0
         if self.sk_redir is not None:
             self.sk_redir = None
+
+    def reset_lazy(self, view: memoryview) -> None:
+        """As :meth:`reset_private` of a copy of ``view`` (a one-dimensional
+        byte view), but the copy is made only when it is needed: when the
+        program's window (:attr:`data`) is first asked for, or at
+        :meth:`materialize`. Until then the element refers to ``view``, so its
+        bytes, :meth:`frags` included, are the sender's own.
+
+        For an engine whose record is most often passed without the program
+        looking at its bytes: then no private copy is made at all. The caller
+        promises ``view`` does not change while the message refers to it, and
+        calls :meth:`materialize` before the message may outlive the send.
+        Helpers never write into an element's buffer, and the elements they
+        split keep its buffer object, so a later copy finds them all.
+
+        Raises:
+            ValueError: ``view`` is empty; the message is unchanged.
+        """
+        n = view.nbytes
+        if not n:
+            raise ValueError("an sk_msg element cannot be empty")
+        elems = self._elems
+        if len(elems) == 1:
+            e = elems[0]
+            e.buf = view
+            e.offset = 0
+            e.length = n
+            e.copy = False
+        else:
+            self._elems = [Sge(view, 0, n)]
+        self.start = 0
+        self.size = n
+        self._win = (0, 0, n)
+        self._borrowed = view
+        if self.apply_bytes or self.cork_bytes or self.flags:
+            self.apply_bytes = self.cork_bytes = self.flags = 0
+        if self.sk_redir is not None:
+            self.sk_redir = None
+
+    def materialize(self) -> None:
+        """Give the message its own copy of the bytes :meth:`reset_lazy` left
+        with the sender (every element still referring to them); a no-op
+        otherwise."""
+        base = self._borrowed
+        if base is None:
+            return
+        self._borrowed = None
+        own = memoryview(bytearray(base))
+        for e in self._elems:
+            if e.buf is base:
+                e.buf = own
 
     # -- the ring -----------------------------------------------------------------------
 
@@ -378,6 +433,7 @@ class SkMsg(SkFields):
         self.consume(n)
         self.apply_bytes = self.cork_bytes = self.flags = 0
         self.sk_redir = None
+        self._borrowed = None
         return n
 
     # -- the program's window ----------------------------------------------------------
@@ -397,6 +453,8 @@ class SkMsg(SkFields):
     @property
     def data(self) -> memoryview:
         """The bytes the program may look at (``data`` .. ``data_end``)."""
+        if self._borrowed is not None:
+            self.materialize()  # what the program sees is the message's own
         win = self._win
         if win is None:
             return _EMPTY

@@ -624,6 +624,41 @@ def test_reset_private_is_of_private_again(shape: str) -> None:
     assert sole is not None and bytes(sole) == b"Second" and sole.obj is new
 
 
+def test_reset_lazy_copies_only_when_the_program_looks() -> None:
+    """reset_lazy: the sender's bytes until the window is asked for; then the
+    message's own copy (every element still on the sender's bytes moves to
+    it, split ones included), so writes never reach the sender's buffer."""
+    sender = bytearray(b"hello world")
+    view = memoryview(sender)
+    msg = SkMsg.of_private(bytearray(b"old"), max_frags=4)
+    msg.apply_bytes, msg.sk_redir = 2, msg  # type: ignore[assignment]
+    msg.reset_lazy(view[0:11])
+    assert (msg.size, len(msg), msg.apply_bytes, msg.sk_redir) == (11, 1, 0, None)
+    sole = msg.sole_frag()
+    assert sole is not None and sole.obj is sender  # no copy made yet
+    assert msg.tobytes() == b"hello world"
+    assert msg_pop_data(msg, 2, 2, 0) == 0  # a helper splits the element
+    assert len(msg) == 2 and msg.tobytes() == b"heo world"
+    assert all(e.buf.obj is sender for e in msg.elements())
+    window = msg.data  # the program looks: the bytes become the message's own
+    window[0:1] = b"H"
+    assert sender == b"hello world"
+    assert msg.tobytes() == b"Heo world"
+    assert all(e.buf.obj is not sender for e in msg.elements())
+    msg.materialize()  # already its own: nothing changes
+    assert msg.tobytes() == b"Heo world"
+    with pytest.raises(ValueError, match="empty"):
+        msg.reset_lazy(view[0:0])
+    msg.reset_lazy(view[6:11])
+    msg.materialize()  # the engine's call before a record may outlive the send
+    sender[6:7] = b"W"
+    assert msg.tobytes() == b"world"
+    msg.free()
+    del view, sole, window
+    sender.extend(b"!")  # nothing of the message holds the sender's buffer now
+    assert msg.size == 0
+
+
 def test_sole_frag_is_the_one_element_or_none() -> None:
     assert SkMsg().sole_frag() is None
     assert SkMsg.from_frags([b"ab", b"cd"]).sole_frag() is None

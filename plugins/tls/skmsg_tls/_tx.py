@@ -62,13 +62,10 @@ _NONE, _PASS, _DROP, _REDIRECT = Verdict.NONE, Verdict.PASS, Verdict.DROP, Verdi
 class OpenRecord:
     """The TLS context's open record (``ctx->open_rec``), kept across sends."""
 
-    __slots__ = ("msg", "spare")
+    __slots__ = ("msg",)
 
     def __init__(self) -> None:
         self.msg: SkMsg | None = None
-        #: A message whose record was passed whole, reused for the next record
-        #: (:meth:`skmsg_core.SkMsg.reset_private`) instead of a new one each.
-        self.spare: SkMsg | None = None
 
     @property
     def size(self) -> int:
@@ -167,6 +164,7 @@ class TlsSendOp:
         max_frags = psock.max_frags
         sock = psock.sk
         of_private = SkMsg.of_private
+        spare: SkMsg | None = None  # a passed record's message, for the next one
         while True:
             if not psock.tx_enabled:
                 return errno.EPIPE
@@ -181,15 +179,17 @@ class TlsSendOp:
             ):
                 # The bulk case, lean: a whole record from the caller's buffer
                 # closes at once (full, or the end of the send). Its plaintext
-                # is one private element, on the message the last passed
-                # record used (sk_msg_alloc + memcopy_from_iter in one C copy).
+                # is one private element (sk_msg_alloc + memcopy_from_iter),
+                # copied only if the program looks at it (SkMsg.reset_lazy):
+                # a record passed unseen is sealed from the caller's bytes,
+                # which cannot change before this send returns. The message
+                # the last passed record used is reused; none outlives the send.
                 want = min(size - pos, limit)
-                rec = holder.spare
-                if rec is not None and rec.max_frags == max_frags:
-                    holder.spare = None
-                    rec.reset_private(bytearray(src[pos : pos + want]))
+                if spare is None:
+                    rec = SkMsg(max_frags)
                 else:
-                    rec = of_private(bytearray(src[pos : pos + want]), max_frags=max_frags)
+                    rec, spare = spare, None
+                rec.reset_lazy(src[pos : pos + want])
                 self._pos = pos = pos + want
                 self.copied += want
                 rec.sk = sock
@@ -201,7 +201,7 @@ class TlsSendOp:
                     view = rec.sole_frag()
                     batch.append(view if view is not None else memoryview(rec.tobytes()))
                     self._batch_bytes += rec.size
-                    holder.spare = rec
+                    spare = rec
                     if self._batch_bytes >= PASS_BATCH:
                         err = yield from self._flush()
                         batch = self._batch
@@ -210,7 +210,9 @@ class TlsSendOp:
                     if pos >= size:
                         return 0
                     continue
-                # any other outcome: bpf_exec_tx_verdict's rules, with this verdict
+                # any other outcome: bpf_exec_tx_verdict's rules, with this
+                # verdict; the record may outlive the send: its own bytes now
+                rec.materialize()
                 holder.msg = rec
                 psock.eval = verdict
                 psock.apply_bytes = rec.apply_bytes
@@ -235,13 +237,9 @@ class TlsSendOp:
                     # (sk_msg_alloc + memcopy_from_iter, in one C-level copy)
                     want = size - pos
                     want = min(want, limit)
-                    rec = holder.spare
-                    if rec is not None and rec.max_frags == max_frags:
-                        holder.spare = None
-                        rec.reset_private(bytearray(src[pos : pos + want]))
-                    else:
-                        rec = of_private(bytearray(src[pos : pos + want]), max_frags=max_frags)
-                    holder.msg = rec
+                    rec = holder.msg = of_private(
+                        bytearray(src[pos : pos + want]), max_frags=max_frags
+                    )
                     full_record = want >= limit or max_frags <= 1
                     fresh = True  # of_private set the program's window already
                 else:
@@ -274,7 +272,6 @@ class TlsSendOp:
                         )
                         self._batch_bytes += n
                         holder.msg = None
-                        holder.spare = rec  # its bytes are in the batch: reuse it
                         psock.eval = _NONE
                         if self._batch_bytes >= PASS_BATCH:
                             err = yield from self._flush()
