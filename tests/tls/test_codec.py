@@ -180,34 +180,6 @@ def test_seal_batch_refuses_bad_input_and_seals_nothing(version: int, cipher: in
     assert late.seq == 1 << 64
 
 
-@pytest.mark.parametrize("into", [True, False], ids=["decrypt_into", "decrypt"])
-@pytest.mark.parametrize("version,cipher", COMBOS)
-def test_opened_records_alike_with_and_without_decrypt_into(
-    into: bool, version: int, cipher: int
-) -> None:
-    """Data comes out as a read-only view of a buffer of its own (a later record
-    does not overwrite it), other types as bytes, whichever AEAD call opens them."""
-    info = make_info(version, cipher)
-    sealer = RecordSealer(info)
-    big = bytes(range(256)) * 64
-    wire = sealer.seal(big) + sealer.seal(b"\x01\x00", 21) + sealer.seal(b"tail")
-    if version == TLS_1_3_VERSION:
-        wire += sealer.seal(b"padded", padding=40)
-    opener = RecordOpener(info)
-    opener._into = into
-    opener.feed(wire)
-    got = drain(opener)
-    assert got[0] == (23, big) and got[1] == (21, b"\x01\x00") and got[2] == (23, b"tail")
-    data = got[0][1]
-    assert isinstance(data, memoryview) and data.readonly
-    with pytest.raises(TypeError):
-        data[0] = 1
-    assert type(got[1][1]) is bytes
-    if version == TLS_1_3_VERSION:
-        assert got[3] == (23, b"padded")
-    assert opener.buffered == 0
-
-
 def test_max_size_record_and_one_byte_more() -> None:
     for version, cipher in COMBOS:
         sealer = RecordSealer(make_info(version, cipher))

@@ -635,47 +635,41 @@ class RecordOpener(_Direction):
             raise self._fail(errno.EBADMSG, "RX sequence numbers exhausted (2^64 records)")
         body = pos + TLS_HEADER_SIZE
         end = body + length
-        view = ciphertext = memoryview(buf)
+        view = memoryview(buf)
         try:
             if tls13:
-                nonce = (self._iv ^ seq).to_bytes(12, "big")
-                aad = _pack_header(TLS_RECORD_TYPE_DATA, _LEGACY_VERSION, length)
-                ciphertext = view[body:end]
+                inner = self._aead.decrypt(
+                    (self._iv ^ seq).to_bytes(12, "big"),
+                    view[body:end],
+                    _pack_header(TLS_RECORD_TYPE_DATA, _LEGACY_VERSION, length),
+                )
             elif self._explicit is None:  # TLS 1.2 ChaCha20-Poly1305
-                nonce = (self._iv ^ seq).to_bytes(12, "big")
-                aad = seq.to_bytes(8, "big") + _pack_header(
-                    outer_type, _LEGACY_VERSION, length - TLS_TAG_SIZE
+                inner = self._aead.decrypt(
+                    (self._iv ^ seq).to_bytes(12, "big"),
+                    view[body:end],
+                    seq.to_bytes(8, "big")
+                    + _pack_header(outer_type, _LEGACY_VERSION, length - TLS_TAG_SIZE),
                 )
-                ciphertext = view[body:end]
             else:  # TLS 1.2 GCM: salt || explicit nonce from the wire
-                nonce = self._salt + bytes(view[body : body + 8])
-                aad = seq.to_bytes(8, "big") + _pack_header(
-                    outer_type, _LEGACY_VERSION, length - self._overhead
+                inner = self._aead.decrypt(
+                    self._salt + bytes(view[body : body + 8]),
+                    view[body + 8 : end],
+                    seq.to_bytes(8, "big")
+                    + _pack_header(outer_type, _LEGACY_VERSION, length - self._overhead),
                 )
-                ciphertext = view[body + 8 : end]
-            inner: bytes | bytearray
-            if self._into:  # straight into a buffer of the record's own
-                inner = bytearray(ciphertext.nbytes - TLS_TAG_SIZE)
-                self._aead.decrypt_into(nonce, ciphertext, aad, inner)
-            else:
-                inner = self._aead.decrypt(nonce, ciphertext, aad)
         except InvalidTag:
             raise self._fail(errno.EBADMSG, "authentication failed") from None
-        finally:  # no export of buf may outlive this call: it is resized below
-            ciphertext.release()
+        finally:
             view.release()
-        plaintext: bytes | memoryview
         if tls13:
             if inner and inner[-1]:
                 content_type = inner[-1]
                 # application data, the bulk: a view, not a copy of 16 KiB
                 plaintext = (
-                    memoryview(inner).toreadonly()[:-1]
-                    if content_type == TLS_RECORD_TYPE_DATA
-                    else bytes(inner[:-1])
+                    memoryview(inner)[:-1] if content_type == TLS_RECORD_TYPE_DATA else inner[:-1]
                 )
             else:
-                stripped = bytes(inner).rstrip(b"\0")
+                stripped = inner.rstrip(b"\0")
                 if not stripped:
                     raise self._fail(
                         errno.EBADMSG, "plaintext is all zeros (no inner content type)"
@@ -684,11 +678,7 @@ class RecordOpener(_Direction):
                 plaintext = stripped[:-1]
         else:
             content_type = outer_type
-            plaintext = (
-                memoryview(inner).toreadonly()
-                if content_type == TLS_RECORD_TYPE_DATA
-                else bytes(inner)
-            )
+            plaintext = inner
         self._seq = seq + 1
         if end == len(buf):
             buf.clear()
