@@ -152,6 +152,10 @@ class Program:
     redirected: int = 0
     errors: int = 0
     last_error: BaseException | None = None
+    # run_verdict's runners, made on first use: untimed and timed (enable_stats)
+    _runners: list[Callable[[Any], Verdict] | None] = attrs.field(
+        factory=lambda: [None, None], init=False, repr=False, eq=False
+    )
 
     @classmethod
     def load(
@@ -196,14 +200,23 @@ class Program:
         """Run as a verdict program on ``ctx`` (an SkMsg or SkBuff) and map the result.
 
         Never raises: an exception from the program is a DROP, counted in
-        ``errors`` and kept in ``last_error``.
+        ``errors`` and kept in ``last_error``. The runner is made once (per
+        :func:`enable_stats` state), not per call.
         """
         return self.verdict_runner()(ctx)
 
     def verdict_runner(self) -> Callable[[Any], Verdict]:
         """A function that runs this program as :meth:`run_verdict` does, bound
         once for a hot loop. Run time is measured if :func:`enable_stats` was on
-        when the runner was made."""
+        when the runner was asked for. Made once per program and stats state,
+        not per call (engines ask for it per send)."""
+        timed = 1 if _stats_enabled else 0
+        run = self._runners[timed]
+        if run is None:
+            run = self._runners[timed] = self._make_runner(timed == 1)
+        return run
+
+    def _make_runner(self, timed: bool) -> Callable[[Any], Verdict]:
         func = self.func
 
         def run(ctx: Any) -> Verdict:
@@ -224,7 +237,7 @@ class Program:
             self.dropped += 1
             return _DROP
 
-        if not _stats_enabled:
+        if not timed:
             return run
 
         def run_timed(ctx: Any) -> Verdict:

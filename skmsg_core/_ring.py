@@ -109,6 +109,7 @@ class SkMsg(SkFields):
     """
 
     __slots__ = (
+        "_borrowed",
         "_elems",
         "_win",
         "apply_bytes",
@@ -135,6 +136,8 @@ class SkMsg(SkFields):
         self.sk_redir: Sock | None = None
         # The data window: (element index, offset in element, length), or None.
         self._win: tuple[int, int, int] | None = None
+        # reset_lazy's sender view, until the bytes are copied (materialize)
+        self._borrowed: memoryview | None = None
 
     # -- construction ---------------------------------------------------------------
 
@@ -202,6 +205,92 @@ class SkMsg(SkFields):
         msg._win = (0, 0, n)
         return msg
 
+    def reset_private(self, buf: bytearray) -> None:
+        """Make this message what :meth:`of_private` would make of ``buf``: its
+        one element is ``buf`` (private, no copy bit), the window shows it,
+        ``start`` is 0 and the helpers' fields (``apply_bytes``, ``cork_bytes``,
+        ``flags``, ``sk_redir``) are cleared; ``max_frags`` and ``sk`` stay.
+
+        For an engine that verdicts one record after another: a message whose
+        bytes were handed on is reused for the next, instead of a new message
+        and element per record. Views taken of the old bytes stay valid (they
+        are the old buffer's).
+
+        Raises:
+            ValueError: ``buf`` is empty; the message is unchanged.
+        """
+        n = len(buf)
+        if not n:
+            raise ValueError("an sk_msg element cannot be empty")
+        elems = self._elems
+        if len(elems) == 1:
+            e = elems[0]
+            e.buf = memoryview(buf)
+            e.offset = 0
+            e.length = n
+            e.copy = False
+        else:
+            self._elems = [Sge(memoryview(buf), 0, n)]
+        self.start = 0
+        self.size = n
+        self._win = (0, 0, n)
+        self._borrowed = None
+        if self.apply_bytes or self.cork_bytes or self.flags:
+            self.apply_bytes = self.cork_bytes = self.flags = 0
+        if self.sk_redir is not None:
+            self.sk_redir = None
+
+    def reset_lazy(self, view: memoryview) -> None:
+        """As :meth:`reset_private` of a copy of ``view`` (a one-dimensional
+        byte view), but the copy is made only when it is needed: when the
+        program's window (:attr:`data`) is first asked for, or at
+        :meth:`materialize`. Until then the element refers to ``view``, so its
+        bytes, :meth:`frags` included, are the sender's own.
+
+        For an engine whose record is most often passed without the program
+        looking at its bytes: then no private copy is made at all. The caller
+        promises ``view`` does not change while the message refers to it, and
+        calls :meth:`materialize` before the message may outlive the send.
+        Helpers never write into an element's buffer, and the elements they
+        split keep its buffer object, so a later copy finds them all.
+
+        Raises:
+            ValueError: ``view`` is empty; the message is unchanged.
+        """
+        n = view.nbytes
+        if not n:
+            raise ValueError("an sk_msg element cannot be empty")
+        elems = self._elems
+        if len(elems) == 1:
+            e = elems[0]
+            e.buf = view
+            e.offset = 0
+            e.length = n
+            e.copy = False
+        else:
+            self._elems = [Sge(view, 0, n)]
+        self.start = 0
+        self.size = n
+        self._win = (0, 0, n)
+        self._borrowed = view
+        if self.apply_bytes or self.cork_bytes or self.flags:
+            self.apply_bytes = self.cork_bytes = self.flags = 0
+        if self.sk_redir is not None:
+            self.sk_redir = None
+
+    def materialize(self) -> None:
+        """Give the message its own copy of the bytes :meth:`reset_lazy` left
+        with the sender (every element still referring to them); a no-op
+        otherwise."""
+        base = self._borrowed
+        if base is None:
+            return
+        self._borrowed = None
+        own = memoryview(bytearray(base))
+        for e in self._elems:
+            if e.buf is base:
+                e.buf = own
+
     # -- the ring -----------------------------------------------------------------------
 
     @property
@@ -225,6 +314,15 @@ class SkMsg(SkFields):
     def frags(self) -> list[memoryview]:
         """The message's bytes as memoryviews, one per element, without copying."""
         return [e.buf[e.offset : e.offset + e.length] for e in self._elems]
+
+    def sole_frag(self) -> memoryview | None:
+        """The message's bytes as one memoryview, without copying, when it has
+        exactly one element; None otherwise (several elements, or none)."""
+        elems = self._elems
+        if len(elems) != 1:
+            return None
+        e = elems[0]
+        return e.buf[e.offset : e.offset + e.length]
 
     def tobytes(self) -> bytes:
         """A copy of the whole message (for tests and slow paths)."""
@@ -335,6 +433,7 @@ class SkMsg(SkFields):
         self.consume(n)
         self.apply_bytes = self.cork_bytes = self.flags = 0
         self.sk_redir = None
+        self._borrowed = None
         return n
 
     # -- the program's window ----------------------------------------------------------
@@ -354,6 +453,8 @@ class SkMsg(SkFields):
     @property
     def data(self) -> memoryview:
         """The bytes the program may look at (``data`` .. ``data_end``)."""
+        if self._borrowed is not None:
+            self.materialize()  # what the program sees is the message's own
         win = self._win
         if win is None:
             return _EMPTY

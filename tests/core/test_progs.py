@@ -106,6 +106,29 @@ def test_run_time_is_measured_when_enabled() -> None:
     assert prog.run_cnt == 1 and prog.run_time_ns > 0
 
 
+def test_run_verdict_reuses_its_runner_and_follows_enable_stats() -> None:
+    """run_verdict builds its runner once (not a closure per call), yet a
+    runner made before enable_stats(True) does not hide the timing after it."""
+    prog = sk.Program.load(lambda ctx: sum(range(1000)) * 0 + sk.SK_PASS, sk.BpfProgType.SK_SKB)
+    skb = sk.SkBuff().reset(memoryview(b"x"))
+    assert prog.run_verdict(skb) is sk.Verdict.PASS
+    first = prog._runners[0]
+    assert prog.run_verdict(skb) is sk.Verdict.PASS
+    assert prog._runners[0] is first is not None
+    assert prog.run_time_ns == 0
+    sk.enable_stats(True)
+    try:
+        assert prog.run_verdict(skb) is sk.Verdict.PASS
+    finally:
+        sk.enable_stats(False)
+    timed = prog.run_time_ns
+    assert timed > 0
+    assert prog.run_verdict(skb) is sk.Verdict.PASS  # untimed again
+    assert prog.run_time_ns == timed
+    assert prog.verdict_runner() is first  # engines get the same runner per send
+    assert (prog.run_cnt, prog.passed, prog.dropped) == (4, 4, 0)
+
+
 def test_run_propagates_and_counts_errors() -> None:
     prog = sk.Program.load(lambda ctx: 1 // 0, sk.BpfProgType.SK_SKB)
     with pytest.raises(ZeroDivisionError):

@@ -9,10 +9,13 @@ from __future__ import annotations
 import errno
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import skmsg_core as sk
+from skmsg_core._psock import _RxBatch
 
-from ._support import Net
+from ._support import MemProto, Net
 
 
 def rx_map(
@@ -331,6 +334,80 @@ def test_rx_verdict_runs_once_per_unit_a_ulp_framed(net: Net) -> None:
     assert lens == [4, 3, 5]
     assert flat(actions) == [("pass", b"rec1rec22"), ("drop", b"bad")]
     assert [len(a.bufs) for a in actions] == [2, 1]  # separate records stay separate buffers
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    units=st.lists(
+        st.tuples(st.sampled_from("PDXRIGUBN"), st.integers(0, 6)), min_size=0, max_size=12
+    )
+)
+def test_rx_verdict_is_verdict_spans_once_per_unit(
+    units: list[tuple[str, int]],
+) -> None:
+    """rx_verdict's own per-unit loop (the TLS receive hot path) gives exactly
+    the actions and counters of _verdict_spans run on each unit: pass, drop,
+    a raise, a bool, redirects (egress, ingress, to a datagram socket, to a
+    socket that cannot take it), empty units skipped."""
+    net = Net(MemProto())
+    m = sk.SockMap(max_entries=4)
+    tcp, udp = net.sock(), net.sock(kind="udp")
+    orphan = net.sock()  # no psock: a redirect to it is dropped
+
+    def verdict(skb: sk.SkBuff) -> object:
+        op = bytes(skb.data[:1]) or b"N"
+        if op == b"X":
+            raise ValueError("bad unit")
+        if op == b"B":
+            return True  # not an int verdict: a DROP
+        if op == b"R":
+            return sk.sk_redirect_map(skb, m, 1, 0)
+        if op == b"I":
+            return sk.sk_redirect_map(skb, m, 1, sk.BPF_F_INGRESS)
+        if op == b"G":
+            return sk.sk_redirect_map(skb, m, 2, 0)
+        if op == b"U":
+            skb.sk_redir = orphan
+            return sk.SK_PASS
+        return sk.SK_DROP if op == b"D" else sk.SK_PASS
+
+    prog = m.attach(verdict, sk.SK_SKB_STREAM_VERDICT)  # type: ignore[arg-type]
+    p = net.sock()
+    m.update(0, p)
+    m.update(1, tcp)
+    m.update(2, udp)
+    psock = p.psock
+    assert psock is not None
+    views = [memoryview((op * n).encode()) for op, n in units]
+
+    def snapshot() -> tuple[int, ...]:
+        st_ = prog.statistics()
+        return (
+            st_.run_cnt, st_.passed, st_.dropped, st_.redirected, st_.errors,
+            psock.rx_msgs, psock.rx_passed_bytes, psock.rx_redirected_bytes,
+            psock.rx_dropped_bytes,
+        )
+
+    def shape(actions: list[sk.RxAction]) -> list[tuple[object, ...]]:
+        return [
+            (a.kind, a.target, a.ingress, a.nbytes, a.msgs, [bytes(b) for b in a.bufs])
+            for a in actions
+        ]
+
+    s0 = snapshot()
+    got = psock.rx_verdict(views)
+    s1 = snapshot()
+    ref_batch = _RxBatch()
+    for v in views:
+        if v.nbytes:
+            psock._verdict_spans(v, 0, [v.nbytes], prog, ref_batch)
+    s2 = snapshot()
+    assert shape(got) == shape(ref_batch.actions)
+    assert [b - a for a, b in zip(s0, s1, strict=True)] == [
+        b - a for a, b in zip(s1, s2, strict=True)
+    ]
+    assert (prog.last_error is not None) == any(op == "X" and n for op, n in units)
+    m.close()
 
 
 @pytest.mark.parametrize("kind", ["tcp", "udp"])

@@ -590,6 +590,84 @@ def test_of_private_wraps_one_fresh_buffer_without_copying() -> None:
         SkMsg.of_private(bytearray())
 
 
+@pytest.mark.parametrize("shape", ["one", "split", "consumed"])
+def test_reset_private_is_of_private_again(shape: str) -> None:
+    """A reused message looks exactly like a fresh of_private one, whatever a
+    program or a consume did to it; views of the old bytes are not touched."""
+    old = bytearray(b"first record")
+    msg = SkMsg.of_private(old, max_frags=4)
+    msg.sk = sentinel = object()  # type: ignore[assignment]
+    kept = msg.frags()[0]
+    if shape == "split":  # a push splits the element: two or more of them
+        assert msg_push_data(msg, 5, 3, 0) == 0
+        assert len(msg) == 3
+    elif shape == "consumed":
+        msg.consume(6)
+    msg.apply_bytes, msg.cork_bytes, msg.flags = 3, 10, 1
+    msg.sk_redir = msg.sk
+    new = bytearray(b"second")
+    msg.reset_private(new)
+    fresh = SkMsg.of_private(bytearray(b"second"), max_frags=4)
+    for m in (msg, fresh):
+        assert (m.size, len(m), m.start, m.max_frags, m.sg_copy(0)) == (6, 1, 0, 4, False)
+        assert (bytes(m.data), m.data_off, m.data_end) == (b"second", 0, 6)
+        assert (m.apply_bytes, m.cork_bytes, m.flags, m.sk_redir) == (0, 0, 0, None)
+        assert m.tobytes() == b"second"
+    assert msg.sk is sentinel
+    msg.data[0:1] = b"S"  # the window is the new buffer itself
+    assert new == b"Second"
+    assert bytes(kept) == b"first record"  # the old bytes are the old buffer's
+    with pytest.raises(ValueError, match="empty"):
+        msg.reset_private(bytearray())
+    assert msg.tobytes() == b"Second"
+    sole = msg.sole_frag()
+    assert sole is not None and bytes(sole) == b"Second" and sole.obj is new
+
+
+def test_reset_lazy_copies_only_when_the_program_looks() -> None:
+    """reset_lazy: the sender's bytes until the window is asked for; then the
+    message's own copy (every element still on the sender's bytes moves to
+    it, split ones included), so writes never reach the sender's buffer."""
+    sender = bytearray(b"hello world")
+    view = memoryview(sender)
+    msg = SkMsg.of_private(bytearray(b"old"), max_frags=4)
+    msg.apply_bytes, msg.sk_redir = 2, msg  # type: ignore[assignment]
+    msg.reset_lazy(view[0:11])
+    assert (msg.size, len(msg), msg.apply_bytes, msg.sk_redir) == (11, 1, 0, None)
+    sole = msg.sole_frag()
+    assert sole is not None and sole.obj is sender  # no copy made yet
+    assert msg.tobytes() == b"hello world"
+    assert msg_pop_data(msg, 2, 2, 0) == 0  # a helper splits the element
+    assert len(msg) == 2 and msg.tobytes() == b"heo world"
+    assert all(e.buf.obj is sender for e in msg.elements())
+    window = msg.data  # the program looks: the bytes become the message's own
+    window[0:1] = b"H"
+    assert sender == b"hello world"
+    assert msg.tobytes() == b"Heo world"
+    assert all(e.buf.obj is not sender for e in msg.elements())
+    msg.materialize()  # already its own: nothing changes
+    assert msg.tobytes() == b"Heo world"
+    with pytest.raises(ValueError, match="empty"):
+        msg.reset_lazy(view[0:0])
+    msg.reset_lazy(view[6:11])
+    msg.materialize()  # the engine's call before a record may outlive the send
+    sender[6:7] = b"W"
+    assert msg.tobytes() == b"world"
+    msg.free()
+    del view, sole, window
+    sender.extend(b"!")  # nothing of the message holds the sender's buffer now
+    assert msg.size == 0
+
+
+def test_sole_frag_is_the_one_element_or_none() -> None:
+    assert SkMsg().sole_frag() is None
+    assert SkMsg.from_frags([b"ab", b"cd"]).sole_frag() is None
+    msg = SkMsg.from_frags([b"abcdef"])
+    msg.consume(2)  # a trimmed element: the view is its window, not its buffer
+    sole = msg.sole_frag()
+    assert sole is not None and bytes(sole) == b"cdef" == msg.tobytes()
+
+
 def test_free_reinitialises_the_helper_fields() -> None:
     """``sk_msg_free`` ends with ``sk_msg_init``: apply, cork, flags and the redirect
     target are cleared with the bytes (a consume of every byte keeps them)."""

@@ -77,6 +77,39 @@ async def test_verdict_runs_once_per_record_on_plaintext(
     assert b"".join(p for _, p in recs) == data + b"onetwo"
 
 
+async def test_program_writes_reach_the_wire_never_the_senders_buffer(
+    tcp_stream_pair: Pair, sockmap: sk.SockMap
+) -> None:
+    """Whole records are sealed from the sender's bytes when the program does
+    not look at them, from the record's own copy when it does: a write to
+    ``data`` is sent and the sender's buffer is untouched; nothing keeps the
+    sender's buffer after send_all (it can be resized)."""
+    a, b = tcp_stream_pair
+
+    def prog(msg: sk.SkMsg) -> int:
+        if msg.size == 16384 and msg.sk_redir is None and msg.apply_bytes == 0:
+            if len(seen) % 2:  # every other record: look, and write
+                msg.data[0:4] = b"SEEN"
+            seen.append(msg.size)
+        return sk.SK_PASS
+
+    seen: list[int] = []
+    sockmap.attach(prog, sk.SK_MSG_VERDICT)
+    sockmap.update(0, a)
+    _, opener = await tls_to_raw(a)
+    data = bytearray(os.urandom(4 * 16384))
+    before = bytes(data)
+    await a.send_all(data)
+    assert data == before
+    data.extend(b"!")  # no export of the sender's buffer is left
+    recs = await read_records(b, opener, 4)
+    want = [before[i : i + 16384] for i in range(0, len(before), 16384)]
+    want[1] = b"SEEN" + want[1][4:]
+    want[3] = b"SEEN" + want[3][4:]
+    assert [p for _, p in recs] == want
+    assert seen == [16384] * 4
+
+
 async def test_drop_is_eacces_with_accepted_bytes(
     tcp_stream_pair: Pair, sockmap: sk.SockMap
 ) -> None:

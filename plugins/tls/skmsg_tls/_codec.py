@@ -44,7 +44,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import attrs
@@ -225,13 +225,18 @@ def key_update_message(update_requested: bool) -> bytes:
 _HEADER = struct.Struct(">BHH")
 _pack_header = _HEADER.pack
 _unpack_header = _HEADER.unpack_from
+_pack_header_into = _HEADER.pack_into
 _TYPE_BYTE: Final = tuple(bytes((i,)) for i in range(256))
+#: cryptography >= 45 seals and opens into a caller's buffer (no bytes object
+#: of 16 KiB made and copied again per record); older releases take the
+#: allocating path.
+_HAVE_INTO: Final = hasattr(AESGCM, "encrypt_into") and hasattr(ChaCha20Poly1305, "encrypt_into")
 
 
 class _Direction:
     """What sealer and opener share: the key state of one direction."""
 
-    __slots__ = ("_aead", "_explicit", "_info", "_iv", "_salt", "_seq", "_tls13")
+    __slots__ = ("_aead", "_explicit", "_info", "_into", "_iv", "_salt", "_seq", "_tls13")
 
     def __init__(self, info: TlsCryptoInfo) -> None:
         self._install(info)
@@ -241,6 +246,7 @@ class _Direction:
             raise TypeError(f"expected TlsCryptoInfo, got {type(info).__name__}")
         self._info = info
         self._aead = _CIPHERS[info.cipher_type].aead(info.key)
+        self._into = _HAVE_INTO
         self._tls13 = info.version == TLS_1_3_VERSION
         self._seq = info.seq
         # explicit nonce only for TLS 1.2 GCM; otherwise nonce = iv XOR seq
@@ -329,6 +335,98 @@ class RecordSealer(_Direction):
         out += prefix
         out += sealed
         return len(prefix) + len(sealed)
+
+    def seal_batch(
+        self,
+        records: Sequence[bytes | bytearray | memoryview],
+        content_type: int = TLS_RECORD_TYPE_DATA,
+    ) -> bytearray:
+        """Seal each of ``records`` into one record of ``content_type``, in order,
+        back to back in one new ``bytearray`` (what one socket write sends).
+
+        The same records as :meth:`seal` called once per element makes, but each
+        is encrypted straight into its place in the result: no ciphertext object
+        per record and no second copy of it.
+
+        Raises:
+            ValueError: an element is longer than ``TLS_MAX_PAYLOAD_SIZE`` or
+                ``content_type`` is not 1..255.
+            TlsRecordError: ``EBADMSG``, the sequence numbers run out before the
+                last element.
+            Nothing is sealed on an error: the sequence number is unchanged.
+        """
+        if not 0 < content_type < 256:
+            raise ValueError(f"seal: content type {content_type} is not 1..255")
+        lens = [len(r) for r in records]
+        count = len(lens)
+        if not count:
+            return bytearray()
+        longest = max(lens)
+        if longest > TLS_MAX_PAYLOAD_SIZE:
+            raise ValueError(
+                f"seal: {longest} bytes of plaintext exceed "
+                f"TLS_MAX_PAYLOAD_SIZE ({TLS_MAX_PAYLOAD_SIZE})"
+            )
+        seq = self._seq
+        if seq + count - 1 > _MAX_SEQ:
+            raise TlsRecordError.of(
+                errno.EBADMSG,
+                "seal: TX sequence numbers exhausted (2^64 records); rekey or close",
+            )
+        tls13 = self._tls13
+        explicit = self._explicit
+        if tls13:
+            over = TLS_HEADER_SIZE + 1 + TLS_TAG_SIZE
+        elif explicit is None:
+            over = TLS_HEADER_SIZE + TLS_TAG_SIZE
+        else:
+            over = TLS_HEADER_SIZE + 8 + TLS_TAG_SIZE
+        out = bytearray(sum(lens) + count * over)
+        aead = self._aead
+        into = self._into
+        iv = self._iv
+        inner: bytes | bytearray | memoryview
+        pos = 0
+        with memoryview(out) as ov:
+            for plaintext, n in zip(records, lens, strict=True):
+                if tls13:
+                    body = pos + TLS_HEADER_SIZE
+                    end = body + n + 1 + TLS_TAG_SIZE
+                    header = _pack_header(TLS_RECORD_TYPE_DATA, _LEGACY_VERSION, end - body)
+                    ov[pos:body] = header
+                    nonce = (iv ^ seq).to_bytes(12, "big")
+                    inner = b"".join((plaintext, _TYPE_BYTE[content_type]))
+                elif explicit is None:  # TLS 1.2 ChaCha20-Poly1305
+                    body = pos + TLS_HEADER_SIZE
+                    end = body + n + TLS_TAG_SIZE
+                    _pack_header_into(ov, pos, content_type, _LEGACY_VERSION, end - body)
+                    nonce = (iv ^ seq).to_bytes(12, "big")
+                    header = seq.to_bytes(8, "big") + _pack_header(
+                        content_type, _LEGACY_VERSION, n
+                    )
+                    inner = plaintext
+                else:  # TLS 1.2 GCM: the explicit nonce goes in clear
+                    nonce_explicit = explicit.to_bytes(8, "big")
+                    body = pos + TLS_HEADER_SIZE + 8
+                    end = body + n + TLS_TAG_SIZE
+                    _pack_header_into(ov, pos, content_type, _LEGACY_VERSION, end - pos - 5)
+                    ov[pos + TLS_HEADER_SIZE : body] = nonce_explicit
+                    nonce = self._salt + nonce_explicit
+                    header = seq.to_bytes(8, "big") + _pack_header(
+                        content_type, _LEGACY_VERSION, n
+                    )
+                    inner = plaintext
+                    explicit = (explicit + 1) & _MASK64
+                if into:
+                    aead.encrypt_into(nonce, inner, header, ov[body:end])
+                else:
+                    ov[body:end] = aead.encrypt(nonce, inner, header)
+                seq += 1
+                pos = end
+        self._seq = seq
+        if explicit is not None:
+            self._explicit = explicit
+        return out
 
     def _seal(
         self, plaintext: bytes | bytearray | memoryview, content_type: int, padding: int

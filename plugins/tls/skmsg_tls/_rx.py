@@ -182,9 +182,12 @@ class TlsRx:
                     break
                 ctype, plaintext = rec
                 if ctype == TLS_RECORD_TYPE_DATA:
-                    if plaintext:
-                        units.append(memoryview(plaintext))
-                        nbytes += len(plaintext)
+                    n = len(plaintext)
+                    if n:  # the opener's data is a view already: no new one
+                        units.append(
+                            plaintext if type(plaintext) is memoryview else memoryview(plaintext)
+                        )
+                        nbytes += n
                     continue
                 if self._control(ctype, bytes(plaintext)):
                     break  # close_notify: the rest is ignored

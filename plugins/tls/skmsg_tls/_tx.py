@@ -164,12 +164,73 @@ class TlsSendOp:
         max_frags = psock.max_frags
         sock = psock.sk
         of_private = SkMsg.of_private
+        spare: SkMsg | None = None  # a passed record's message, for the next one
         while True:
             if not psock.tx_enabled:
                 return errno.EPIPE
             rec = holder.msg
-            full_record = fresh = False
             pos = self._pos
+            if (
+                rec is None
+                and run is not None
+                and psock.eval is _NONE
+                and pos < size
+                and (eor or size - pos >= limit or max_frags <= 1)
+            ):
+                # The bulk case, lean: a whole record from the caller's buffer
+                # closes at once (full, or the end of the send). Its plaintext
+                # is one private element (sk_msg_alloc + memcopy_from_iter),
+                # copied only if the program looks at it (SkMsg.reset_lazy):
+                # a record passed unseen is sealed from the caller's bytes,
+                # which cannot change before this send returns. The message
+                # the last passed record used is reused; none outlives the send.
+                want = min(size - pos, limit)
+                if spare is None:
+                    rec = SkMsg(max_frags)
+                else:
+                    rec, spare = spare, None
+                rec.reset_lazy(src[pos : pos + want])
+                self._pos = pos = pos + want
+                self.copied += want
+                rec.sk = sock
+                verdict = run(rec)  # sk_psock_msg_verdict
+                psock.tx_msgs += 1
+                if verdict is _PASS and not rec.apply_bytes and not rec.cork_bytes:
+                    # passed whole: it joins the batch, the message is reused
+                    psock.apply_bytes = 0
+                    view = rec.sole_frag()
+                    batch.append(view if view is not None else memoryview(rec.tobytes()))
+                    self._batch_bytes += rec.size
+                    spare = rec
+                    if self._batch_bytes >= PASS_BATCH:
+                        err = yield from self._flush()
+                        batch = self._batch
+                        if err:
+                            return err
+                    if pos >= size:
+                        return 0
+                    continue
+                # any other outcome: bpf_exec_tx_verdict's rules, with this
+                # verdict; the record may outlive the send: its own bytes now
+                rec.materialize()
+                holder.msg = rec
+                psock.eval = verdict
+                psock.apply_bytes = rec.apply_bytes
+                if verdict is _REDIRECT:
+                    psock.sk_redir = rec.sk_redir
+                    psock.redir_ingress = bool(rec.flags & BPF_F_INGRESS)
+                    if psock.sk_redir is None:
+                        psock.eval = _DROP
+                err = yield from self._exec_verdict(
+                    rec, want >= limit or max_frags <= 1, want - rec.size
+                )
+                batch = self._batch
+                if err:
+                    return err
+                if self._pos >= size:
+                    return 0
+                continue
+            full_record = fresh = False
             if pos < size:
                 if rec is None:
                     # a new record: its plaintext is one private element

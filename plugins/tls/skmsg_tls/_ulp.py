@@ -128,22 +128,24 @@ class TlsSocket:
 
     # -- TX ---------------------------------------------------------------------------------
 
-    def _seal_locked(self, out: bytearray, records: list[Any], ctype: int) -> None:
-        """Seal ``records`` (each one record's plaintext) into ``out``, after the
-        KeyUpdate the peer asked for if one is owed. Call under the write lock."""
+    def _seal_locked(self, records: list[Any], ctype: int) -> bytearray:
+        """Seal ``records`` (each one record's plaintext) into one buffer, after
+        the KeyUpdate the peer asked for if one is owed. Call under the write lock."""
+        prefix: bytearray | None = None
         if self.rx.key_update_requested:
             self.rx.key_update_requested = False
-            self._key_update_locked(out, update_requested=False)
-        seal_into = self._sealer.seal_into
-        n = 0
-        for rec in records:
-            n += len(rec)
-            seal_into(out, rec, ctype)
+            prefix = bytearray()
+            self._key_update_locked(prefix, update_requested=False)
+        out = self._sealer.seal_batch(records, ctype)
         if ctype == TLS_RECORD_TYPE_DATA:
             self.tx_records += len(records)
-            self.tx_bytes += n
+            self.tx_bytes += sum(len(rec) for rec in records)
         else:
             self.tx_control_records += len(records)
+        if prefix is not None:
+            prefix += out
+            return prefix
+        return out
 
     def _key_update_locked(self, out: bytearray, *, update_requested: bool) -> None:
         """Seal a KeyUpdate under the current key, then move the TX key on."""
@@ -169,8 +171,7 @@ class TlsSocket:
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            out = bytearray()
-            self._seal_locked(out, records, ctype)
+            out = self._seal_locked(records, ctype)
             if out:
                 await stream._send_bufs([memoryview(out)], more)
         finally:
