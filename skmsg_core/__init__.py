@@ -70,6 +70,7 @@ from ._sock import sock_from as sock_from
 from ._strparser import LengthPrefixParser as LengthPrefixParser
 from ._strparser import StrParser as StrParser
 from ._tx import SendOp as SendOp
+from ._tx import SendOpBase as SendOpBase
 from ._tx import SendResult as SendResult
 from ._tx import TxAction as TxAction
 from .hookspecs import hookimpl as hookimpl

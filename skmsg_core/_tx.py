@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from ._psock import SkPsock
     from ._sock import Sock
 
-__all__ = ["SendOp", "SendResult", "TxAction"]
+__all__ = ["SendOp", "SendOpBase", "SendResult", "TxAction"]
 
 TX_PASS = "pass"
 TX_REDIRECT = "redirect"
@@ -97,26 +97,29 @@ def _apply(psock: SkPsock, nbytes: int) -> None:
         psock.apply_bytes = 0 if psock.apply_bytes < nbytes else psock.apply_bytes - nbytes
 
 
-class SendOp:
-    """One ``sendmsg`` on a socket with a psock: iterate it for its actions.
+class SendOpBase:
+    """What every send engine shares: one ``sendmsg`` as an iterator of
+    :class:`TxAction` values, failures reported back, and a result.
 
     ::
 
-        op = SendOp(psock, data)
         for action in op:
             try:
                 carry_out(action)
             except OSError as exc:
                 op.fail(exc.errno)
         result = op.result()
+
+    A subclass sets ``psock``, ``_src`` (the send's bytes) and ``_more``, and
+    implements ``_sendmsg`` (the generator of actions that reads ``_failure``
+    after each one) and ``_corked`` (whether bytes wait after the send).
     """
 
-    def __init__(
-        self, psock: SkPsock, data: bytes | bytearray | memoryview, *, more: bool = False
-    ) -> None:
-        self.psock = psock
-        self._src = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
-        self._more = more
+    psock: SkPsock
+    _src: memoryview
+    _more: bool
+
+    def __init__(self) -> None:
         self._pos = 0
         self.copied = 0
         self.passed = 0
@@ -147,13 +150,10 @@ class SendOp:
             RuntimeError: the actions have not all been taken yet.
         """
         if not self._done:
-            raise RuntimeError("SendOp.result() before its actions were all taken")
-        return SendResult(
-            self.copied,
-            self.err,
-            self.passed,
-            self.psock.cork is not None and self.psock.cork.size > 0,
-        )
+            raise RuntimeError(
+                f"{type(self).__name__}.result() before its actions were all taken"
+            )
+        return SendResult(self.copied, self.err, self.passed, self._corked())
 
     def run(self, deliver: Callable[[TxAction], object] | None = None) -> SendResult:
         """Take every action synchronously, handing each to ``deliver`` (an
@@ -165,6 +165,34 @@ class SendOp:
                 except OSError as exc:
                     self.fail(exc.errno or errno.EIO, getattr(exc, "delivered", 0))
         return self.result()
+
+    def _sendmsg(self) -> Generator[TxAction, None, None]:
+        raise NotImplementedError
+
+    def _corked(self) -> bool:
+        raise NotImplementedError
+
+
+class SendOp(SendOpBase):
+    """One ``sendmsg`` on a socket with a psock (``tcp_bpf_sendmsg``): iterate it
+    for its actions, as :class:`SendOpBase` shows.
+
+    ::
+
+        op = SendOp(psock, data)
+        result = op.run(carry_out)
+    """
+
+    def __init__(
+        self, psock: SkPsock, data: bytes | bytearray | memoryview, *, more: bool = False
+    ) -> None:
+        self.psock = psock
+        self._src = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
+        self._more = more
+        super().__init__()
+
+    def _corked(self) -> bool:
+        return self.psock.cork is not None and self.psock.cork.size > 0
 
     # -- tcp_bpf_sendmsg -----------------------------------------------------------------
 

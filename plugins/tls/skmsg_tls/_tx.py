@@ -39,12 +39,12 @@ differs from ``tcp_bpf_send_verdict`` is the kernel's own TLS rules:
 from __future__ import annotations
 
 import errno
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 
 from skmsg_core import (
     BPF_F_INGRESS,
     TLS_MAX_PAYLOAD_SIZE,
-    SendResult,
+    SendOpBase,
     SkMsg,
     SkPsock,
     TxAction,
@@ -73,7 +73,7 @@ class OpenRecord:
         return self.msg.size if self.msg is not None else 0
 
 
-class TlsSendOp:
+class TlsSendOp(SendOpBase):
     """One ``sendmsg`` on a TLS socket with an SK_MSG program: iterate it for actions.
 
     ::
@@ -104,43 +104,16 @@ class TlsSendOp:
         self._src = data
         self._more = more
         self._record_size = record_size
-        self._pos = 0
-        self.copied = 0
-        self.passed = 0
-        self.err = 0
-        self._failure: tuple[int, int] | None = None
         self._batch: list[memoryview] = []
         self._batch_bytes = 0
         prog = psock.msg_parser
         # the program's runner, bound once per send (sk_psock_msg_verdict's body)
         self._run = prog.verdict_runner() if prog is not None else None
-        self._gen = self._sendmsg()
-        self._done = False
+        super().__init__()
 
-    def __iter__(self) -> Iterator[TxAction]:
-        return self
-
-    def __next__(self) -> TxAction:
-        try:
-            return next(self._gen)
-        except StopIteration:
-            self._done = True
-            raise
-
-    def fail(self, err: int, delivered: int = 0) -> None:
-        """The last action failed with errno ``err`` after ``delivered`` bytes;
-        the send ends with ``err``."""
-        self._failure = (err or errno.EIO, delivered)
-
-    def result(self) -> SendResult:
-        """How the send ended (``corked``: bytes wait in the open record).
-
-        Raises:
-            RuntimeError: the actions have not all been taken yet.
-        """
-        if not self._done:
-            raise RuntimeError("TlsSendOp.result() before its actions were all taken")
-        return SendResult(self.copied, self.err, self.passed, self.open_rec.size > 0)
+    def _corked(self) -> bool:
+        """Bytes wait in the open record."""
+        return self.open_rec.size > 0
 
     # -- tls_sw_sendmsg_locked --------------------------------------------------------------
 
