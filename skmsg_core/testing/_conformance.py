@@ -515,20 +515,27 @@ async def _check_msg_drop(run: _Run) -> None:
             raise AssertionError(f"the peer received {got!r}: the dropped bytes reached it")
 
 
+def _redirect_maps(run: _Run, slot: str, source: Any, target: Any) -> None:
+    """``target`` in a map of its own, and ``source`` in a map whose receive
+    verdict (``slot``) redirects every message to ``target``: into its receive
+    queue when the message starts with ``i``, else out of its connection
+    (the run keeps both maps until it ends)."""
+    targets = run.new_map()
+    targets.update(0, target)
+    assert isinstance(targets, sk.SockMap)
+
+    def route(skb: sk.SkBuff) -> int:
+        ingress = bytes(skb.data[:1]) == b"i"
+        return sk.sk_redirect_map(skb, targets, 0, sk.BPF_F_INGRESS if ingress else 0)
+
+    run.new_map({slot: route}).update(0, source)
+
+
 async def _check_skb_redirect(run: _Run) -> None:
     a1, b1 = await run.pair("SK_SKB redirect: make a pair")
     a2, b2 = await run.pair("SK_SKB redirect: make a pair")
     with run.step("SK_SKB redirect to another connection"):
-        targets = run.new_map()
-        targets.update(0, a2)
-        assert isinstance(targets, sk.SockMap)
-
-        def route(skb: sk.SkBuff) -> int:
-            ingress = bytes(skb.data[:1]) == b"i"
-            return sk.sk_redirect_map(skb, targets, 0, sk.BPF_F_INGRESS if ingress else 0)
-
-        rx = run.new_map({"stream_verdict": route})
-        rx.update(0, b1)
+        _redirect_maps(run, "stream_verdict", b1, a2)
         await a1.send_all(b"egress")
         got = await _receive_exactly(
             b2, 6, run.timeout, "bytes redirected to the target's egress, at its peer"
@@ -683,16 +690,7 @@ async def _check_datagram_redirect(run: _Run) -> None:
     a1, b1 = await run.pair("SK_SKB redirect: make a pair")
     a2, b2 = await run.pair("SK_SKB redirect: make a pair")
     with run.step("SK_SKB redirect to another connection, one datagram each"):
-        targets = run.new_map()
-        targets.update(0, a2)
-        assert isinstance(targets, sk.SockMap)
-
-        def route(skb: sk.SkBuff) -> int:
-            ingress = bytes(skb.data[:1]) == b"i"
-            return sk.sk_redirect_map(skb, targets, 0, sk.BPF_F_INGRESS if ingress else 0)
-
-        rx = run.new_map({"skb_verdict": route})
-        rx.update(0, b1)
+        _redirect_maps(run, "skb_verdict", b1, a2)
         for d in (b"egress-1", b"egress-22"):
             await _send_datagram(a1, d)
         got = await _receive_datagrams(b2, 2, run.timeout, "datagrams redirected to egress")
