@@ -51,6 +51,7 @@ from ._progs import enable_stats as enable_stats
 from ._psock import PsockStats as PsockStats
 from ._psock import RxAction as RxAction
 from ._psock import SkPsock as SkPsock
+from ._psock import take_queued as take_queued
 from ._redirect import msg_redirect_hash as msg_redirect_hash
 from ._redirect import msg_redirect_map as msg_redirect_map
 from ._redirect import sk_redirect_hash as sk_redirect_hash

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ._maps import SockMapBase
     from ._sock import Sock
 
-__all__ = ["PsockStats", "RxAction", "SkPsock"]
+__all__ = ["PsockStats", "RxAction", "SkPsock", "take_queued"]
 
 _PASS, _REDIRECT = Verdict.PASS, Verdict.REDIRECT
 _SK_PASS = SK_PASS
@@ -71,6 +71,24 @@ class RxAction:
     bufs: list[memoryview]
     nbytes: int
     msgs: int = 1
+
+
+def take_queued(q: deque[memoryview], max_bytes: int) -> bytes:
+    """Up to ``max_bytes`` from the front of a queue of byte views, with stream
+    semantics (units are not kept apart): whole units are popped, a unit cut
+    short keeps its rest at the front. One copy, into the returned bytes."""
+    out: list[memoryview] = []
+    want = max_bytes
+    while q and want > 0:
+        b = q[0]
+        if b.nbytes <= want:
+            out.append(q.popleft())
+            want -= b.nbytes
+        else:
+            out.append(b[:want])
+            q[0] = b[want:]
+            want = 0
+    return out[0].tobytes() if len(out) == 1 else b"".join(out)
 
 
 class _RxBatch:
@@ -621,28 +639,19 @@ class SkPsock:
     def recvmsg(self, max_bytes: int, *, peek: bool = False) -> bytes:
         """``sk_msg_recvmsg``: up to ``max_bytes`` from the ingress queue, with stream
         semantics (queued units are not kept apart). ``peek`` leaves them queued."""
-        out: list[memoryview] = []
-        want = max_bytes
         q = self.ingress_msg
         if peek:
+            out: list[memoryview] = []
+            want = max_bytes
             for b in q:
                 if want <= 0:
                     break
                 out.append(b[:want])
                 want -= min(want, b.nbytes)
             return b"".join(out)
-        while q and want > 0:
-            b = q[0]
-            if b.nbytes <= want:
-                out.append(q.popleft())
-                want -= b.nbytes
-            else:
-                out.append(b[:want])
-                q[0] = b[want:]
-                want = 0
-        got = max_bytes - want
-        self.ingress_bytes -= got
-        return b"".join(out)
+        data = take_queued(q, max_bytes)
+        self.ingress_bytes -= len(data)
+        return data
 
     def statistics(self) -> PsockStats:
         """A snapshot of this psock's counters."""

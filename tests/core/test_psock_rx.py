@@ -489,3 +489,16 @@ def test_messages_redirected_to_a_datagram_socket_keep_their_boundaries(net: Net
     ]
     st = src.psock.statistics()
     assert (st.rx_msgs, st.rx_redirected_bytes) == (5, 15)
+
+
+def test_take_queued_has_stream_semantics() -> None:
+    """Whole units pop, a unit cut short keeps its rest at the front, and an
+    empty queue gives nothing (shared by recvmsg and TLS's plaintext queue)."""
+    from collections import deque
+
+    q = deque(memoryview(b) for b in (b"abc", b"defg", b"h"))
+    assert sk.take_queued(q, 2) == b"ab"
+    assert sk.take_queued(q, 4) == b"cdef"
+    assert [bytes(b) for b in q] == [b"g", b"h"]
+    assert sk.take_queued(q, 100) == b"gh"
+    assert sk.take_queued(q, 5) == b"" and not q

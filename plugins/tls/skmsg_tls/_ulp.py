@@ -468,23 +468,12 @@ class TlsSocket:
 
     def take_plain(self, max_bytes: int) -> bytes:
         """Up to ``max_bytes`` of the waiting plaintext, across records."""
-        q = self._plain
-        out: list[memoryview] = []
-        want = max_bytes
-        while q and want > 0:
-            b = q[0]
-            if b.nbytes <= want:
-                out.append(q.popleft())
-                want -= b.nbytes
-            else:
-                out.append(b[:want])
-                q[0] = b[want:]
-                want = 0
-        got = max_bytes - want
+        data = sk.take_queued(self._plain, max_bytes)
+        got = len(data)
         self._plain_bytes -= got
         if self._plain_bytes < PLAIN_LIMIT <= self._plain_bytes + got:
             self._control_lot.unpark_all()  # receive_control may read again
-        return out[0].tobytes() if len(out) == 1 else b"".join(out)
+        return data
 
     def receive_control_nowait(self) -> ControlRecord:
         """The oldest control record received and not yet taken.
