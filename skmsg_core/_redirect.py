@@ -14,12 +14,10 @@ from __future__ import annotations
 
 from typing import Any, Generic, Protocol, TypeVar
 
-from ._consts import BPF_F_INGRESS, SK_DROP, SK_PASS, SkAction, TcpState
+from ._consts import BPF_F_INGRESS, SK_DROP, SK_PASS, SkAction
 from ._maps import SockHash, SockMap, SockMapBase
 from ._ring import SkMsg
 from ._skb import SkBuff
-
-_LISTEN, _ESTABLISHED = int(TcpState.LISTEN), int(TcpState.ESTABLISHED)
 
 __all__ = ["msg_redirect_hash", "msg_redirect_map", "sk_redirect_hash", "sk_redirect_map"]
 
@@ -44,25 +42,15 @@ def _redirect_helper(cls: type[SockMapBase], name: str, doc: str) -> Any:
     def redirect(ctx: Any, smap: Any, key: Any, flags: int = 0) -> SkAction:
         if type(smap) is not cls and not isinstance(smap, cls):
             raise TypeError(f"{name} takes a {cls.__name__}, not {type(smap).__name__}")
-        if flags & bad_flags:
-            return SK_DROP
         try:
             sk = smap._slots[key]
         except (KeyError, TypeError):  # an empty or unhashable key holds nothing
             return SK_DROP
-        if sk.dead:
+        ok = sk.redirect_ok  # sock_map_redirect_allowed, kept current by the socket
+        # (None: a live socket whose protocol has a rule of its own, asked here)
+        if ok is not True and (ok is False or not sk.sk_prot.redirect_allowed(sk)):  # type: ignore[union-attr]
             return SK_DROP
-        prot = sk.sk_prot
-        if prot is None:
-            return SK_DROP
-        try:
-            inline = prot.kernel_redirect_rule  # type: ignore[attr-defined]
-        except AttributeError:  # a protocol table not built on SkProtoBase
-            inline = False
-        if inline:  # sock_map_redirect_allowed, without a call per message
-            if sk.state == _LISTEN if sk.is_tcp else sk.state != _ESTABLISHED:
-                return SK_DROP
-        elif not prot.redirect_allowed(sk):
+        if flags and flags & bad_flags:
             return SK_DROP
         ctx.flags = flags
         ctx.sk_redir = sk

@@ -138,13 +138,17 @@ class Sock:
     Mutable and kept current by the owning plugin. ``owner`` is the plugin's own
     object for this socket (a stream), which the I/O layer reaches from a redirect
     target. ``psock`` is ``sk_user_data`` for sockmap: set by the core only.
+
+    ``sk_prot``, ``state`` and ``dead`` are properties: setting one recomputes
+    :attr:`redirect_ok`, the redirect rule's answer, which the redirect helpers
+    (run per message) read instead of applying the rule each time.
     """
 
-    sk_prot: SkProto | None
+    _sk_prot: SkProto | None
     family: int = socket.AF_INET
     type: int = socket.SOCK_STREAM
     protocol: int = socket.IPPROTO_TCP
-    state: int = TcpState.CLOSE
+    _state: int = TcpState.CLOSE
     local_addr: tuple[Any, ...] | None = None
     remote_addr: tuple[Any, ...] | None = None
     cookie: int = attrs.field(factory=next_cookie)
@@ -156,7 +160,7 @@ class Sock:
     user_data: object | None = None
     #: An ``SO_REUSEPORT`` group this socket listens in, if any.
     reuseport_group: object | None = None
-    dead: bool = False
+    _dead: bool = False
     #: ``sk_drops``: messages (datagrams) dropped because this socket's receive
     #: queue was full when they arrived (UDP's contract: drop and count).
     drops: int = 0
@@ -166,9 +170,57 @@ class Sock:
 
     #: ``sk_is_tcp``: a stream socket speaking TCP (computed once: it never changes).
     is_tcp: bool = attrs.field(init=False)
+    #: May this socket be a redirect target now? ``True`` or ``False`` by the
+    #: kernel's rule (``sock_map_redirect_allowed``: not dead, a protocol, TCP
+    #: unless LISTEN, others only ESTABLISHED), or ``None`` when the protocol
+    #: has its own ``redirect_allowed``, which must then be asked each time.
+    redirect_ok: bool | None = attrs.field(init=False, default=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self.is_tcp = self.type == socket.SOCK_STREAM and self.protocol == socket.IPPROTO_TCP
+        self._redirect_rule()
+
+    def _redirect_rule(self) -> None:
+        prot = self._sk_prot
+        if self._dead or prot is None:
+            self.redirect_ok = False
+        elif not getattr(prot, "kernel_redirect_rule", False):
+            self.redirect_ok = None
+        elif self.is_tcp:
+            self.redirect_ok = self._state != _LISTEN
+        else:
+            self.redirect_ok = self._state == _ESTABLISHED
+
+    @property
+    def sk_prot(self) -> SkProto | None:
+        """The protocol table (``sk->sk_prot``); ``None`` for a bare socket."""
+        return self._sk_prot
+
+    @sk_prot.setter
+    def sk_prot(self, prot: SkProto | None) -> None:
+        self._sk_prot = prot
+        self._redirect_rule()
+
+    @property
+    def state(self) -> int:
+        """The TCP state (``sk->sk_state``, a :class:`TcpState` value), kept
+        current by the plugin; UDP uses ESTABLISHED for a connected socket."""
+        return self._state
+
+    @state.setter
+    def state(self, state: int) -> None:
+        self._state = state
+        self._redirect_rule()
+
+    @property
+    def dead(self) -> bool:
+        """Closed for good (``SOCK_DEAD``): never a redirect target again."""
+        return self._dead
+
+    @dead.setter
+    def dead(self, dead: bool) -> None:
+        self._dead = dead
+        self._redirect_rule()
 
     def register_fd(self, fd: int) -> None:
         """Make this socket reachable by its OS file descriptor ``fd`` in map updates."""
