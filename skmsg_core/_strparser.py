@@ -276,14 +276,20 @@ class StrParser:
         append = ends.append
         first = len(ends)
         if max_size >= n - off:
-            # no message inside the chunk can be too big: one check per message
-            last = n - size  # the last offset a whole prefix fits at
-            while off <= last:
-                end = off + size + unpack_from(view, off)[0]
-                if end > n:
-                    break
-                append(end)
-                off = end
+            # No message inside the chunk can be too big, so nothing is checked
+            # per message: the walk runs until unpack_from finds no whole prefix
+            # at the offset (struct.error; OverflowError past any index), and
+            # then the last end, if it lies past the chunk, is a partial message's.
+            end = off
+            try:
+                while True:
+                    end += size + unpack_from(view, end)[0]
+                    append(end)
+            except (struct.error, OverflowError):
+                pass
+            if len(ends) > first and ends[-1] > n:
+                ends.pop()
+            off = ends[-1] if len(ends) > first else off
         else:
             while off <= n - size:
                 end = off + size + unpack_from(view, off)[0]

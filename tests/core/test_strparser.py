@@ -399,6 +399,40 @@ def test_native_framing_equals_running_the_program(
     assert native.pending == generic.pending == 0
 
 
+@given(
+    stream=st.binary(max_size=300),
+    cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=6),
+    size=st.sampled_from([1, 2, 4, 8]),
+    order=st.sampled_from(["big", "little"]),
+    max_msg_size=st.sampled_from([1, 9, 64, 1 << 20]),
+)
+def test_native_framing_equals_the_program_on_any_bytes(
+    stream: bytes, cuts: list[int], size: int, order: str, max_msg_size: int
+) -> None:
+    """Arbitrary bytes, so prefixes that point past the chunk, past any index
+    (an 8-byte prefix near 2**64) or past ``max_msg_size``: the native walk
+    frames, holds and refuses exactly as running the program does."""
+    from skmsg_core import LengthPrefixParser
+
+    prog = LengthPrefixParser(size, order)
+    points = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    chunks = [stream[a:b] for a, b in itertools.pairwise(points)]
+
+    def run(parser: StrParser) -> tuple[list[bytes], int, int | None]:
+        got: list[bytes] = []
+        for c in chunks:
+            try:
+                got += [bytes(m) for m in parser.feed(c)]
+            except StrParserError as exc:
+                got += [bytes(m) for m in exc.messages]
+                return got, parser.pending, exc.errno
+        return got, parser.pending, None
+
+    native = StrParser(prog, native=prog, max_msg_size=max_msg_size)
+    generic = StrParser(prog, max_msg_size=max_msg_size)
+    assert run(native) == run(generic)
+
+
 def test_native_framing_counts_runs_and_refuses_oversized() -> None:
     from skmsg_core import LengthPrefixParser
 
