@@ -326,6 +326,19 @@ class SkStream(trio.abc.HalfCloseableStream):
         try:
             if len(pending) == 1 and not flags:  # the common case: plain send
                 view = pending[0]
+                raw = self._raw
+                if raw is not None:
+                    # trio's send, unrolled (as receive_some's recv): try at
+                    # once; only a full socket waits, through trio, below
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    try:
+                        sent = raw.send(view)
+                    except BlockingIOError:
+                        pass
+                    else:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                        self.bytes_sent += sent
+                        view = view[sent:]
                 while view.nbytes:
                     sent = await self.socket.send(view)
                     self.bytes_sent += sent

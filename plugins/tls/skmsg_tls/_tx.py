@@ -150,31 +150,45 @@ class TlsSendOp(SendOpBase):
                 and pos < size
                 and (eor or size - pos >= limit or max_frags <= 1)
             ):
-                # The bulk case, lean: a whole record from the caller's buffer
-                # closes at once (full, or the end of the send). Its plaintext
-                # is one private element (sk_msg_alloc + memcopy_from_iter),
-                # copied only if the program looks at it (SkMsg.reset_lazy):
-                # a record passed unseen is sealed from the caller's bytes,
-                # which cannot change before this send returns. The message
-                # the last passed record used is reused; none outlives the send.
-                want = min(size - pos, limit)
+                # The bulk case, lean: whole records from the caller's buffer
+                # close at once (full, or the end of the send), one after
+                # another. A record's plaintext is one private element
+                # (sk_msg_alloc + memcopy_from_iter), copied only if the program
+                # looks at it (SkMsg.reset_lazy): a record passed unseen is
+                # sealed from the caller's bytes, which cannot change before
+                # this send returns. One message serves every record of the
+                # loop; none outlives the send. Counters are summed after it.
                 if spare is None:
-                    rec = SkMsg(max_frags)
-                else:
-                    rec, spare = spare, None
-                rec.reset_lazy(src[pos : pos + want])
-                self._pos = pos = pos + want
-                self.copied += want
+                    spare = SkMsg(max_frags)
+                rec = spare
                 rec.sk = sock
-                verdict = run(rec)  # sk_psock_msg_verdict
-                psock.tx_msgs += 1
-                if verdict is _PASS and not rec.apply_bytes and not rec.cork_bytes:
-                    # passed whole: it joins the batch, the message is reused
-                    psock.apply_bytes = 0
-                    view = rec.sole_frag()
+                first = pos
+                base = len(batch)
+                passed = 0  # bytes of the records passed whole
+                whole = False  # whether every record of the loop passed whole
+                while True:
+                    end = pos + limit if size - pos > limit else size
+                    rec.reset_lazy(src[pos:end])
+                    verdict = run(rec)  # sk_psock_msg_verdict
+                    if verdict is not _PASS or rec.apply_bytes or rec.cork_bytes:
+                        break
+                    view = rec.sole_frag()  # the program may have reshaped it
                     batch.append(view if view is not None else memoryview(rec.tobytes()))
-                    self._batch_bytes += rec.size
-                    spare = rec
+                    passed += rec.size
+                    pos = end
+                    if (
+                        pos >= size
+                        or (not eor and size - pos < limit and max_frags > 1)
+                        or self._batch_bytes + passed >= PASS_BATCH
+                    ):
+                        whole = True
+                        break
+                self._batch_bytes += passed
+                psock.tx_msgs += len(batch) - base
+                if whole:
+                    psock.apply_bytes = 0
+                    self._pos = pos
+                    self.copied += pos - first
                     if self._batch_bytes >= PASS_BATCH:
                         err = yield from self._flush()
                         batch = self._batch
@@ -183,8 +197,13 @@ class TlsSendOp(SendOpBase):
                     if pos >= size:
                         return 0
                     continue
-                # any other outcome: bpf_exec_tx_verdict's rules, with this
-                # verdict; the record may outlive the send: its own bytes now
+                # a record not passed whole: bpf_exec_tx_verdict's rules, with
+                # this verdict; the record may outlive the send: its own bytes now
+                spare = None
+                want = end - pos
+                self._pos = pos = end
+                self.copied += end - first
+                psock.tx_msgs += 1
                 rec.materialize()
                 holder.msg = rec
                 psock.eval = verdict
