@@ -218,24 +218,19 @@ class Program:
 
     def _make_runner(self, timed: bool) -> Callable[[Any], Verdict]:
         func = self.func
+        account = self.account
+        sk_pass = SK_PASS
 
         def run(ctx: Any) -> Verdict:
-            self.run_cnt += 1
             try:
                 ret = func(ctx)
             except Exception as exc:
-                self.errors += 1
-                self.dropped += 1
-                self.last_error = exc
-                return _DROP
-            if ret == _SK_PASS and type(ret) is not bool:
-                if ctx.sk_redir is not None:
-                    self.redirected += 1
-                    return _REDIRECT
+                return account(None, ctx, exc)
+            if ret is sk_pass and ctx.sk_redir is None:  # the common case, inline
+                self.run_cnt += 1
                 self.passed += 1
                 return _PASS
-            self.dropped += 1
-            return _DROP
+            return account(ret, ctx)
 
         if not timed:
             return run
@@ -248,6 +243,28 @@ class Program:
                 self.run_time_ns += time.perf_counter_ns() - t0
 
         return run_timed
+
+    def account(self, ret: object, ctx: Any, error: BaseException | None = None) -> Verdict:
+        """Count one run that returned ``ret`` on ``ctx`` (or raised ``error``)
+        and map it as :meth:`run_verdict` does: ``SK_PASS`` with
+        ``ctx.sk_redir`` set is REDIRECT, ``SK_PASS`` alone PASS, anything
+        else (a raise too, also counted in ``errors``) DROP. For an engine that
+        calls :meth:`timed_func` itself and sums the plain PASS runs of a batch
+        into the counters on its own."""
+        self.run_cnt += 1
+        if error is not None:
+            self.errors += 1
+            self.dropped += 1
+            self.last_error = error
+            return _DROP
+        if ret == _SK_PASS and type(ret) is not bool:
+            if ctx.sk_redir is not None:
+                self.redirected += 1
+                return _REDIRECT
+            self.passed += 1
+            return _PASS
+        self.dropped += 1
+        return _DROP
 
     def timed_func(self) -> Callable[[Any], Any]:
         """The program's callable for an engine's hot loop that keeps the counters

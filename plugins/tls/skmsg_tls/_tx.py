@@ -43,6 +43,7 @@ from collections.abc import Generator
 
 from skmsg_core import (
     BPF_F_INGRESS,
+    SK_PASS,
     TLS_MAX_PAYLOAD_SIZE,
     SendOpBase,
     SkMsg,
@@ -133,6 +134,8 @@ class TlsSendOp(SendOpBase):
         limit = self._record_size
         holder = self.open_rec
         run = self._run
+        prog = psock.msg_parser
+        func = prog.timed_func() if prog is not None else None
         batch = self._batch
         max_frags = psock.max_frags
         sock = psock.sk
@@ -145,7 +148,8 @@ class TlsSendOp(SendOpBase):
             pos = self._pos
             if (
                 rec is None
-                and run is not None
+                and func is not None
+                and prog is not None
                 and psock.eval is _NONE
                 and pos < size
                 and (eor or size - pos >= limit or max_frags <= 1)
@@ -169,8 +173,16 @@ class TlsSendOp(SendOpBase):
                 while True:
                     end = pos + limit if size - pos > limit else size
                     rec.reset_lazy(src[pos:end])
-                    verdict = run(rec)  # sk_psock_msg_verdict
-                    if verdict is not _PASS or rec.apply_bytes or rec.cork_bytes:
+                    try:  # sk_psock_msg_verdict, the program called directly
+                        ret = func(rec)
+                    except Exception as exc:
+                        verdict = prog.account(None, rec, exc)
+                        break
+                    if ret is not SK_PASS or rec.sk_redir is not None:
+                        verdict = prog.account(ret, rec)
+                        break
+                    if rec.apply_bytes or rec.cork_bytes:
+                        verdict = prog.account(ret, rec)  # PASS, not whole
                         break
                     view = rec.sole_frag()  # the program may have reshaped it
                     batch.append(view if view is not None else memoryview(rec.tobytes()))
@@ -184,7 +196,10 @@ class TlsSendOp(SendOpBase):
                         whole = True
                         break
                 self._batch_bytes += passed
-                psock.tx_msgs += len(batch) - base
+                n = len(batch) - base  # the plain PASS runs, counted here
+                psock.tx_msgs += n
+                prog.run_cnt += n
+                prog.passed += n
                 if whole:
                     psock.apply_bytes = 0
                     self._pos = pos
