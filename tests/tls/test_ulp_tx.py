@@ -234,3 +234,50 @@ async def test_both_ways_every_cipher(tcp_stream_pair: Pair, version: int, ciphe
         assert await read_exactly(b, len(data)) == data
     await b.send_all(b"back")
     assert await read_exactly(a, 4) == b"back"
+
+
+async def test_counters_of_the_bulk_path_and_of_a_send_it_hands_back(
+    tcp_stream_pair: Pair, sockmap: sk.SockMap
+) -> None:
+    """Whole records that all pass are sealed without iterating the send engine
+    (TlsSendOp.take_whole); the counters must come out as if it had iterated,
+    and a send where one record is not passed whole (here a DROP of the third)
+    must carry on exactly where the bulk path stopped."""
+    a, b = tcp_stream_pair
+    drop_third = False
+    runs = 0
+
+    def prog(msg: sk.SkMsg) -> int:
+        nonlocal runs
+        runs += 1
+        return sk.SK_DROP if drop_third and runs == 3 else sk.SK_PASS
+
+    sockmap.attach(prog, sk.SK_MSG_VERDICT)
+    sockmap.update(0, a)
+    _, opener = await tls_to_raw(a)
+    psock = a.sk.psock
+    assert psock is not None
+    program = sockmap.progs["msg_parser"]
+    assert program is not None
+    data = os.urandom(40000)
+    await a.send_all(data)  # 16384 + 16384 + 7232, all passed whole
+    st = psock.statistics()
+    assert (st.tx_msgs, st.tx_passed_bytes, st.tx_dropped_bytes) == (3, 40000, 0)
+    ps = program.statistics()
+    assert (ps.run_cnt, ps.passed, ps.dropped) == (3, 3, 0)
+    assert [p for _, p in await read_records(b, opener, 3)] == [
+        data[:16384],
+        data[16384:32768],
+        data[32768:],
+    ]
+
+    drop_third, runs = True, 0
+    with pytest.raises(SendError) as info:
+        await a.send_all(data)
+    assert info.value.errno == errno.EACCES
+    assert info.value.accepted == 32768  # the two records before the dropped one
+    st = psock.statistics()
+    assert (st.tx_msgs, st.tx_passed_bytes, st.tx_dropped_bytes) == (6, 40000 + 32768, 7232)
+    ps = program.statistics()
+    assert (ps.run_cnt, ps.passed, ps.dropped) == (6, 5, 1)
+    assert [p for _, p in await read_records(b, opener, 2)] == [data[:16384], data[16384:32768]]

@@ -108,8 +108,12 @@ class TlsSendOp(SendOpBase):
         self._batch: list[memoryview] = []
         self._batch_bytes = 0
         prog = psock.msg_parser
-        # the program's runner, bound once per send (sk_psock_msg_verdict's body)
+        # the program's runner, bound once per send (sk_psock_msg_verdict's body),
+        # and the program itself for the lean loop, which keeps the counters
         self._run = prog.verdict_runner() if prog is not None else None
+        self._func = prog.timed_func() if prog is not None else None
+        self._spare: SkMsg | None = None  # the lean loop's message
+        self._stopped: tuple[SkMsg, Verdict, int] | None = None  # _lean's last stop
         super().__init__()
 
     def _corked(self) -> bool:
@@ -125,8 +129,118 @@ class TlsSendOp(SendOpBase):
         if err:
             self.err = err
 
+    def _lean_ready(self) -> bool:
+        """Whether the next record is the bulk case :meth:`_lean` runs: no
+        record open, no verdict pending, a program, and a whole record (full,
+        or the end of the send) to close from the caller's bytes."""
+        size = self._src.nbytes
+        pos = self._pos
+        return (
+            self.open_rec.msg is None
+            and self._func is not None
+            and self.psock.eval is _NONE
+            and pos < size
+            and (not self._more or size - pos >= self._record_size or self.psock.max_frags <= 1)
+        )
+
+    def _lean(self, stop: int) -> tuple[SkMsg, Verdict, int] | None:
+        """Verdict whole records, one after another, while each passes whole.
+
+        The bulk case, lean: each record closes at once (full, or the end of
+        the send) from the caller's buffer. Its plaintext is one private
+        element (sk_msg_alloc + memcopy_from_iter), copied only if the program
+        looks at it (SkMsg.reset_lazy): a record passed unseen joins the batch
+        as the caller's bytes, which cannot change before this send returns.
+        One message serves every record; none outlives the send. Counters are
+        summed after the loop. Call only when :meth:`_lean_ready`.
+
+        Stops at the end of what may close now, once the batch holds ``stop``
+        bytes, or at a record not passed whole, returned as (message, verdict,
+        plaintext length) with the send's position past it: the caller applies
+        bpf_exec_tx_verdict's rules to it.
+        """
+        psock = self.psock
+        prog, func = psock.msg_parser, self._func
+        assert prog is not None and func is not None
+        src = self._src
+        size = src.nbytes
+        eor = not self._more
+        limit = self._record_size
+        lean_tail = eor or psock.max_frags <= 1  # a short last record closes too
+        batch = self._batch
+        rec = self._spare
+        if rec is None:
+            rec = self._spare = SkMsg(psock.max_frags)
+        rec.sk = psock.sk
+        pos = first = self._pos
+        base = len(batch)
+        passed = 0  # bytes of the records passed whole
+        stopped: tuple[SkMsg, Verdict, int] | None = None
+        while True:
+            end = pos + limit if size - pos > limit else size
+            rec.reset_lazy(src[pos:end])
+            try:  # sk_psock_msg_verdict, the program called directly
+                ret = func(rec)
+            except Exception as exc:
+                stopped = rec, prog.account(None, rec, exc), end - pos
+                break
+            if ret is not SK_PASS or rec.sk_redir is not None or rec.apply_bytes or rec.cork_bytes:
+                stopped = rec, prog.account(ret, rec), end - pos
+                break
+            view = rec.sole_frag()  # the program may have reshaped it
+            batch.append(view if view is not None else memoryview(rec.tobytes()))
+            passed += rec.size
+            pos = end
+            if pos >= size or (size - pos < limit and not lean_tail) or passed >= stop:
+                break
+        self._batch_bytes += passed
+        n = len(batch) - base  # the plain PASS runs, counted here
+        psock.tx_msgs += n
+        prog.run_cnt += n
+        prog.passed += n
+        psock.apply_bytes = 0
+        if stopped is not None:
+            self._spare = None  # the record may outlive the send
+            pos += stopped[2]
+            psock.tx_msgs += 1
+        self.copied += pos - first
+        self._pos = pos
+        return stopped
+
+    def take_whole(self) -> list[memoryview] | None:
+        """The bulk case in one step, without iterating: if every record of
+        this send passes whole (full records, and with ``more=False`` a short
+        last one), return their plaintext, one view per record, the send done
+        (:meth:`result` as after iterating; the caller seals and writes the
+        records, and reports what went out with :meth:`delivered`).
+
+        Otherwise return None: iterate the op for its actions, which carry on
+        from where this stopped (records passed whole so far lead).
+        """
+        if not self._lean_ready():
+            return None
+        size = self._src.nbytes
+        while True:
+            stopped = self._lean(size)
+            if stopped is not None:
+                self._stopped = stopped
+                return None
+            if self._pos >= size:
+                break
+            if not self._lean_ready():
+                return None
+        records, self._batch, self._batch_bytes = self._batch, [], 0
+        self._gen.close()
+        self._done = True
+        return records
+
+    def delivered(self, nbytes: int) -> None:
+        """``nbytes`` of what :meth:`take_whole` returned went out."""
+        self.passed += nbytes
+        self.psock.tx_passed_bytes += nbytes
+
     def _records(self) -> Generator[TxAction, None, int]:
-        # The per-record hot path: locals for everything the loop touches.
+        # The per-record path: locals for everything the loop touches.
         psock = self.psock
         src = self._src
         size = src.nbytes
@@ -134,109 +248,48 @@ class TlsSendOp(SendOpBase):
         limit = self._record_size
         holder = self.open_rec
         run = self._run
-        prog = psock.msg_parser
-        func = prog.timed_func() if prog is not None else None
-        batch = self._batch
         max_frags = psock.max_frags
         sock = psock.sk
         of_private = SkMsg.of_private
-        spare: SkMsg | None = None  # a passed record's message, for the next one
         while True:
             if not psock.tx_enabled:
                 return errno.EPIPE
-            rec = holder.msg
-            pos = self._pos
-            if (
-                rec is None
-                and func is not None
-                and prog is not None
-                and psock.eval is _NONE
-                and pos < size
-                and (eor or size - pos >= limit or max_frags <= 1)
-            ):
-                # The bulk case, lean: whole records from the caller's buffer
-                # close at once (full, or the end of the send), one after
-                # another. A record's plaintext is one private element
-                # (sk_msg_alloc + memcopy_from_iter), copied only if the program
-                # looks at it (SkMsg.reset_lazy): a record passed unseen is
-                # sealed from the caller's bytes, which cannot change before
-                # this send returns. One message serves every record of the
-                # loop; none outlives the send. Counters are summed after it.
-                if spare is None:
-                    spare = SkMsg(max_frags)
-                rec = spare
-                rec.sk = sock
-                first = pos
-                base = len(batch)
-                passed = 0  # bytes of the records passed whole
-                whole = False  # whether every record of the loop passed whole
-                while True:
-                    end = pos + limit if size - pos > limit else size
-                    rec.reset_lazy(src[pos:end])
-                    try:  # sk_psock_msg_verdict, the program called directly
-                        ret = func(rec)
-                    except Exception as exc:
-                        verdict = prog.account(None, rec, exc)
-                        break
-                    if ret is not SK_PASS or rec.sk_redir is not None:
-                        verdict = prog.account(ret, rec)
-                        break
-                    if rec.apply_bytes or rec.cork_bytes:
-                        verdict = prog.account(ret, rec)  # PASS, not whole
-                        break
-                    view = rec.sole_frag()  # the program may have reshaped it
-                    batch.append(view if view is not None else memoryview(rec.tobytes()))
-                    passed += rec.size
-                    pos = end
-                    if (
-                        pos >= size
-                        or (not eor and size - pos < limit and max_frags > 1)
-                        or self._batch_bytes + passed >= PASS_BATCH
-                    ):
-                        whole = True
-                        break
-                self._batch_bytes += passed
-                n = len(batch) - base  # the plain PASS runs, counted here
-                psock.tx_msgs += n
-                prog.run_cnt += n
-                prog.passed += n
-                if whole:
-                    psock.apply_bytes = 0
-                    self._pos = pos
-                    self.copied += pos - first
+            stopped = self._stopped
+            if stopped is None and self._lean_ready():
+                stopped = self._lean(PASS_BATCH - self._batch_bytes)
+                if stopped is None:
                     if self._batch_bytes >= PASS_BATCH:
                         err = yield from self._flush()
-                        batch = self._batch
                         if err:
                             return err
-                    if pos >= size:
+                    if self._pos >= size:
                         return 0
                     continue
+            if stopped is not None:
                 # a record not passed whole: bpf_exec_tx_verdict's rules, with
-                # this verdict; the record may outlive the send: its own bytes now
-                spare = None
-                want = end - pos
-                self._pos = pos = end
-                self.copied += end - first
-                psock.tx_msgs += 1
-                rec.materialize()
-                holder.msg = rec
+                # its verdict; it may outlive the send: its own bytes now
+                self._stopped = None
+                msg, verdict, want = stopped
+                msg.materialize()
+                holder.msg = msg
                 psock.eval = verdict
-                psock.apply_bytes = rec.apply_bytes
+                psock.apply_bytes = msg.apply_bytes
                 if verdict is _REDIRECT:
-                    psock.sk_redir = rec.sk_redir
-                    psock.redir_ingress = bool(rec.flags & BPF_F_INGRESS)
+                    psock.sk_redir = msg.sk_redir
+                    psock.redir_ingress = bool(msg.flags & BPF_F_INGRESS)
                     if psock.sk_redir is None:
                         psock.eval = _DROP
                 err = yield from self._exec_verdict(
-                    rec, want >= limit or max_frags <= 1, want - rec.size
+                    msg, want >= limit or max_frags <= 1, want - msg.size
                 )
-                batch = self._batch
                 if err:
                     return err
                 if self._pos >= size:
                     return 0
                 continue
+            rec = holder.msg
+            pos = self._pos
+            batch = self._batch
             full_record = fresh = False
             if pos < size:
                 if rec is None:
@@ -274,9 +327,7 @@ class TlsSendOp(SendOpBase):
                     if verdict is _PASS and not rec.apply_bytes and not rec.cork_bytes:
                         n = rec.size
                         frags = rec.frags()  # the record is done with: no consume
-                        batch.append(
-                            frags[0] if len(frags) == 1 else memoryview(b"".join(frags))
-                        )
+                        batch.append(frags[0] if len(frags) == 1 else memoryview(b"".join(frags)))
                         self._batch_bytes += n
                         holder.msg = None
                         psock.eval = _NONE

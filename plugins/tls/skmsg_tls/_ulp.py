@@ -36,6 +36,7 @@ import contextlib
 import errno
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -71,6 +72,7 @@ log = logging.getLogger(__name__)
 
 #: Sealed records are written together up to about this many bytes.
 _TX_BATCH = 262144
+_PER_BATCH = _TX_BATCH // TLS_MAX_PAYLOAD_SIZE  # whole records per write
 #: ``receive_control`` reads the socket only while less opened data than this
 #: waits for ``receive_some``.
 PLAIN_LIMIT = 1 << 20
@@ -152,9 +154,7 @@ class TlsSocket:
         if self.version != TLS_1_3_VERSION or self._tx_secret is None:
             _stats.count("TlsTxRekeyError")
             raise sk.kernel_error(errno.EINVAL, "KeyUpdate needs TLS 1.3 and its traffic secret")
-        self._sealer.seal_into(
-            out, key_update_message(update_requested), TLS_RECORD_TYPE_HANDSHAKE
-        )
+        self._sealer.seal_into(out, key_update_message(update_requested), TLS_RECORD_TYPE_HANDSHAKE)
         self.tx_control_records += 1
         self._tx_secret = tls13_next_secret(self._tx_secret, self.cipher_type)
         self._sealer.rekey(tls13_crypto_info(self._tx_secret, self.cipher_type, rec_seq=0))
@@ -177,6 +177,28 @@ class TlsSocket:
         finally:
             lock.release()
 
+    async def _write_batches(
+        self,
+        records: list[Any],
+        more: bool,
+        delivered: Callable[[int], None] | None = None,
+    ) -> None:
+        """Seal and write application-data ``records`` (one element per record)
+        in batches of about ``_TX_BATCH`` bytes, one socket write each, the
+        last with ``more``; ``delivered`` hears each batch's plaintext bytes
+        once written."""
+        if len(records) <= _PER_BATCH:  # the common case: one write
+            await self._write_records(records, more, TLS_RECORD_TYPE_DATA)
+            if delivered is not None:
+                delivered(sum(len(r) for r in records))
+            return
+        for i in range(0, len(records), _PER_BATCH):
+            batch = records[i : i + _PER_BATCH]
+            last = i + _PER_BATCH >= len(records)
+            await self._write_records(batch, more or not last, TLS_RECORD_TYPE_DATA)
+            if delivered is not None:
+                delivered(sum(len(r) for r in batch))
+
     async def sendmsg(self, view: memoryview, more: bool) -> None:
         """``tls_sw_sendmsg``: the stream's ``send_all`` on a TLS stream.
 
@@ -196,6 +218,10 @@ class TlsSocket:
             msg.append_copy(psock.frag, (bytes(self._plain_open),))
             self._plain_open.clear()
         op = TlsSendOp(psock, self._open, view, more=more)
+        records = op.take_whole()
+        if records is not None:  # the bulk case: every record passed whole
+            await self._write_batches(records, more, op.delivered)
+            return
         for action in op:
             try:
                 if action.kind == "pass":  # one element of bufs per record
@@ -249,12 +275,7 @@ class TlsSocket:
         if not records:
             await trio.lowlevel.checkpoint()
             return
-        per_batch = max(1, _TX_BATCH // limit)
-        for i in range(0, len(records), per_batch):
-            last = i + per_batch >= len(records)
-            await self._write_records(
-                records[i : i + per_batch], more or not last, TLS_RECORD_TYPE_DATA
-            )
+        await self._write_batches(records, more)
 
     async def egress_write(self, bufs: list[memoryview], more: bool) -> None:
         """Bytes redirected to this stream's egress: sealed with this stream's
@@ -268,13 +289,7 @@ class TlsSocket:
             raise sk.kernel_error(errno.EPIPE, f"TLS {self.stream.sk.describe()} sent close_notify")
         data = bufs[0] if len(bufs) == 1 else memoryview(b"".join(bufs))
         limit = TLS_MAX_PAYLOAD_SIZE
-        records = [data[i : i + limit] for i in range(0, data.nbytes, limit)]
-        per_batch = max(1, _TX_BATCH // limit)
-        for i in range(0, len(records), per_batch):
-            last = i + per_batch >= len(records)
-            await self._write_records(
-                records[i : i + per_batch], more or not last, TLS_RECORD_TYPE_DATA
-            )
+        await self._write_batches([data[i : i + limit] for i in range(0, data.nbytes, limit)], more)
 
     async def send_control(self, content_type: int, data: bytes | bytearray | memoryview) -> None:
         """Send one record of ``content_type`` (``TLS_SET_RECORD_TYPE``), e.g. an
