@@ -504,6 +504,9 @@ class SkPsock:
             self.rx_passed_bytes += nbytes
             batch.add(RX_PASS, None, False, view[start:], len(ends))
             return
+        if len(ends) == 1:  # verdict mode's one unit, or a lone framed message
+            self._verdict_one(view, start, ends[0], prog, batch)
+            return
         func = prog.timed_func()
         add = batch.add
         skb: Any = self._skb  # Any: the program sets fields the loop resets
@@ -603,6 +606,45 @@ class SkPsock:
         self.rx_passed_bytes += counts[RX_PASS][1]
         self.rx_redirected_bytes += counts[RX_REDIRECT][1]
         self.rx_dropped_bytes += counts[RX_DROP][1]
+
+    def _verdict_one(
+        self, view: memoryview, start: int, end: int, prog: Program, batch: _RxBatch
+    ) -> None:
+        """:meth:`_verdict_spans` for one message, ``view[start:end]``: the same
+        outcomes and counters without the runs a batch of messages needs."""
+        skb: Any = self._skb  # Any: the program sets fields reset here
+        skb._buf = view
+        skb._off = start
+        skb.len = n = end - start
+        skb._data = None
+        skb.sk_redir = None
+        try:
+            ret = prog.timed_func()(skb)
+        except Exception as exc:
+            ret = None
+            prog.errors += 1
+            prog.last_error = exc
+        target = skb.sk_redir
+        skb._buf = skb._data = _EMPTY_VIEW
+        unit = view if start == 0 and end == view.nbytes else view[start:end]
+        prog.run_cnt += 1
+        self.rx_msgs += 1
+        if ret is _SK_PASS or (ret == _SK_PASS and type(ret) is not bool):
+            if target is None:
+                prog.passed += 1
+                self.rx_passed_bytes += n
+                batch.add(RX_PASS, None, False, unit, 1)
+                return
+            prog.redirected += 1  # the program's REDIRECT, even to a target that is gone
+            tp = target.psock
+            if tp is not None and not target.dead and tp.tx_enabled:
+                self.rx_redirected_bytes += n
+                batch.add(RX_REDIRECT, target, bool(skb.flags), unit, 1)
+                return
+        else:
+            prog.dropped += 1  # a raise too
+        self.rx_dropped_bytes += n
+        batch.add(RX_DROP, None, False, unit, 1)
 
     # -- the ingress queue (psock->ingress_msg) ------------------------------------------
 

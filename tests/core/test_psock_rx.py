@@ -7,6 +7,7 @@ level: bytes fed as the transport would read them, actions checked exactly.
 from __future__ import annotations
 
 import errno
+import itertools
 
 import pytest
 from hypothesis import given, settings
@@ -502,3 +503,78 @@ def test_take_queued_has_stream_semantics() -> None:
     assert [bytes(b) for b in q] == [b"g", b"h"]
     assert sk.take_queued(q, 100) == b"gh"
     assert sk.take_queued(q, 5) == b"" and not q
+
+
+@given(units=st.lists(st.tuples(st.sampled_from("PDXRIGUB"), st.integers(1, 4)), max_size=8))
+def test_one_message_path_is_the_batch_loop(units: list[tuple[str, int]]) -> None:
+    """_verdict_spans has a path of its own for a lone message (verdict mode
+    runs once per read); run on each message alone, it must give exactly the
+    actions and counters of the batch loop run on all of them at once."""
+    net = Net(MemProto())
+    m = sk.SockMap(max_entries=4)
+    tcp, udp = net.sock(), net.sock(kind="udp")
+    orphan = net.sock()
+
+    def verdict(skb: sk.SkBuff) -> object:
+        op = bytes(skb.data[:1])
+        if op == b"X":
+            raise ValueError("bad message")
+        if op == b"B":
+            return True
+        if op == b"R":
+            return sk.sk_redirect_map(skb, m, 1, 0)
+        if op == b"I":
+            return sk.sk_redirect_map(skb, m, 1, sk.BPF_F_INGRESS)
+        if op == b"G":
+            return sk.sk_redirect_map(skb, m, 2, 0)
+        if op == b"U":
+            skb.sk_redir = orphan
+            return sk.SK_PASS
+        return sk.SK_DROP if op == b"D" else sk.SK_PASS
+
+    prog = m.attach(verdict, sk.SK_SKB_STREAM_VERDICT)  # type: ignore[arg-type]
+    p = net.sock()
+    m.update(0, p)
+    m.update(1, tcp)
+    m.update(2, udp)
+    psock = p.psock
+    assert psock is not None
+    data = "".join(op * n for op, n in units).encode()
+    ends = list(itertools.accumulate(n for _, n in units))
+    view = memoryview(data)
+
+    def snapshot() -> tuple[int, ...]:
+        s = prog.statistics()
+        return (
+            s.run_cnt, s.passed, s.dropped, s.redirected, s.errors, psock.rx_msgs,
+            psock.rx_passed_bytes, psock.rx_redirected_bytes, psock.rx_dropped_bytes,
+        )
+
+    def shape(actions: list[sk.RxAction]) -> list[tuple[object, ...]]:
+        # a stream target's bytes may come as one slice or one view per message;
+        # a datagram target's must be one buffer per message either way
+        return [
+            (
+                a.kind, a.target, a.ingress, a.nbytes, a.msgs,
+                [bytes(b) for b in a.bufs] if a.target is udp else b"".join(a.bufs),
+            )
+            for a in actions
+        ]
+
+    s0 = snapshot()
+    alone = _RxBatch()
+    for start, end in itertools.pairwise([0, *ends]):
+        psock._verdict_one(view, start, end, prog, alone)
+    s1 = snapshot()
+    together = _RxBatch()
+    if len(ends) > 1:  # the batch loop (one message would take the lone path)
+        psock._verdict_spans(view, 0, ends, prog, together)
+    else:
+        for start, end in itertools.pairwise([0, *ends]):
+            psock._verdict_one(view, start, end, prog, together)
+    s2 = snapshot()
+    assert shape(alone.actions) == shape(together.actions)
+    assert [b - a for a, b in zip(s0, s1, strict=True)] == [
+        b - a for a, b in zip(s1, s2, strict=True)
+    ]
+    m.close()
