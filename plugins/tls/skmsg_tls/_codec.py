@@ -357,7 +357,7 @@ class RecordSealer(_Direction):
         """
         if not 0 < content_type < 256:
             raise ValueError(f"seal: content type {content_type} is not 1..255")
-        lens = [len(r) for r in records]
+        lens = list(map(len, records))
         count = len(lens)
         if not count:
             return bytearray()

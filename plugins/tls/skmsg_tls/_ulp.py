@@ -141,7 +141,7 @@ class TlsSocket:
         out = self._sealer.seal_batch(records, ctype)
         if ctype == TLS_RECORD_TYPE_DATA:
             self.tx_records += len(records)
-            self.tx_bytes += sum(len(rec) for rec in records)
+            self.tx_bytes += sum(map(len, records))
         else:
             self.tx_control_records += len(records)
         if prefix is not None:
@@ -190,14 +190,14 @@ class TlsSocket:
         if len(records) <= _PER_BATCH:  # the common case: one write
             await self._write_records(records, more, TLS_RECORD_TYPE_DATA)
             if delivered is not None:
-                delivered(sum(len(r) for r in records))
+                delivered(sum(map(len, records)))
             return
         for i in range(0, len(records), _PER_BATCH):
             batch = records[i : i + _PER_BATCH]
             last = i + _PER_BATCH >= len(records)
             await self._write_records(batch, more or not last, TLS_RECORD_TYPE_DATA)
             if delivered is not None:
-                delivered(sum(len(r) for r in batch))
+                delivered(sum(map(len, batch)))
 
     async def sendmsg(self, view: memoryview, more: bool) -> None:
         """``tls_sw_sendmsg``: the stream's ``send_all`` on a TLS stream.
