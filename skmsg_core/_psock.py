@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import socket
 from collections import deque
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -48,6 +49,7 @@ _PASS, _REDIRECT = Verdict.PASS, Verdict.REDIRECT
 _SK_PASS = SK_PASS
 _SOCK_STREAM = socket.SOCK_STREAM
 _EMPTY_VIEW = memoryview(b"")
+_nbytes = attrgetter("nbytes")
 
 #: What :meth:`SkPsock.rx_feed` asks the I/O layer to do with received bytes.
 RX_PASS = "pass"
@@ -407,67 +409,67 @@ class SkPsock:
         """Run the stream verdict once per unit, with no parser: a ULP's RX hook
         hands over whole records it framed itself (``sk_psock_tls_strp_read``).
         The verdict is ``SK_SKB_STREAM_VERDICT``, or ``SK_SKB_VERDICT`` when that
-        is the one attached; with neither everything passes. Actions as
-        :meth:`rx_feed`'s."""
+        is the one attached; with neither everything passes. Empty units are
+        skipped (no verdict, no message). Actions as :meth:`rx_feed`'s; each
+        unit stays one buffer of its action."""
+        if not all(map(_nbytes, units)):
+            units = [unit for unit in units if unit.nbytes]
         batch = _RxBatch()
         prog = self.stream_verdict or self.skb_verdict
         if prog is None:
             for unit in units:
-                if unit.nbytes:
-                    self._verdict_spans(unit, 0, [unit.nbytes], prog, batch)
+                self._verdict_spans(unit, 0, [unit.nbytes], prog, batch)
             return batch.actions
         # Each unit is one message in a buffer of its own: what _verdict_spans
         # does for a one-message span, without its per-call set-up (the
-        # per-record hot path of a TLS receive). Counters summed once.
+        # per-record hot path of a TLS receive). A passed unit only joins the
+        # list ``passed``; its action takes its place in first-seen order at the
+        # end. Counters summed once.
         func = prog.timed_func()
-        add = batch.add
         skb: Any = self._skb  # Any: the program sets fields the loop resets
         sk_pass = _SK_PASS
-        runs = errors = dead = 0
+        passed: list[memoryview] = []
+        pass_at = 0  # how many actions came before the first passed unit
+        errors = dead = n_redir = b_redir = 0
         last_error: BaseException | None = None
-        pass_action: RxAction | None = None
-        n_pass = b_pass = n_redir = b_redir = n_drop = b_drop = 0
+        skb.sk_redir = None  # kept None between units: reset after each redirect
         for unit in units:
-            n = unit.nbytes
-            if not n:
-                continue
-            runs += 1
-            skb._buf = unit
-            skb._off = 0
-            skb.len = n
-            skb._data = None
-            skb.sk_redir = None  # flags mean something only with sk_redir
+            skb._data = unit
+            skb.len = unit.nbytes
             try:
                 ret = func(skb)
             except Exception as exc:
                 ret = None
                 errors += 1
                 last_error = exc
-            if ret is sk_pass or (ret == sk_pass and type(ret) is not bool):
-                target = skb.sk_redir
-                if target is None:
-                    n_pass += 1
-                    b_pass += n
-                    if pass_action is None:
-                        add(RX_PASS, None, False, unit, 1)
-                        pass_action = batch.by_dest[(RX_PASS, id(None), False)]
-                    else:
-                        pass_action.bufs.append(unit)
-                        pass_action.nbytes += n
-                        pass_action.msgs += 1
-                    continue
+            if (ret is sk_pass or (ret == sk_pass and type(ret) is not bool)) and (
+                skb.sk_redir is None
+            ):
+                passed.append(unit)
+                continue
+            target = skb.sk_redir
+            skb.sk_redir = None  # flags mean something only with sk_redir
+            if target is not None and (ret == sk_pass and type(ret) is not bool):
                 tp = target.psock
                 if tp is None or target.dead or not tp.tx_enabled:
                     dead += 1
+                    batch.add(RX_DROP, None, False, unit, 1)
                 else:
                     n_redir += 1
-                    b_redir += n
-                    add(RX_REDIRECT, target, bool(skb.flags), unit, 1)
-                    continue
-            n_drop += 1
-            b_drop += n
-            add(RX_DROP, None, False, unit, 1)
+                    b_redir += unit.nbytes
+                    batch.add(RX_REDIRECT, target, bool(skb.flags), unit, 1)
+            else:
+                batch.add(RX_DROP, None, False, unit, 1)
+            if not passed:
+                pass_at = len(batch.actions)
         skb._buf = skb._data = _EMPTY_VIEW
+        runs = len(units)
+        n_pass = len(passed)
+        b_pass = sum(map(_nbytes, passed))
+        if passed:
+            action = RxAction(RX_PASS, None, False, passed, b_pass, n_pass)
+            batch.actions.insert(pass_at, action)
+        n_drop = runs - n_pass - n_redir
         # as _verdict_spans: a redirect to a target that cannot take it is the
         # program's REDIRECT and the psock's drop; a raise is a DROP and an error
         prog.run_cnt += runs
@@ -480,7 +482,7 @@ class SkPsock:
         self.rx_msgs += runs
         self.rx_passed_bytes += b_pass
         self.rx_redirected_bytes += b_redir
-        self.rx_dropped_bytes += b_drop
+        self.rx_dropped_bytes += sum(map(_nbytes, units)) - b_pass - b_redir
         return batch.actions
 
     def _verdict_spans(

@@ -528,13 +528,13 @@ def _wire_of(info: TlsCryptoInfo, steps: list[tuple[str, int, int]]) -> tuple[
     wire = bytearray()
     rekeys: list[TlsCryptoInfo] = []
     last = b""
-    for i, (kind, n, pad) in enumerate(steps):
-        pad = pad if tls13 and n + pad <= TLS_MAX_PAYLOAD_SIZE else 0
+    for i, (kind, n, extra) in enumerate(steps):
         try:
             if kind == "data":
+                pad = extra if tls13 and n + extra <= TLS_MAX_PAYLOAD_SIZE else 0
                 rec = sealer.seal(bytes([i % 251]) * n, padding=pad)
             elif kind == "ctl":
-                rec = sealer.seal(bytes([n]) * pad, n)
+                rec = sealer.seal(bytes([n]) * extra, n)
             elif kind == "keyupdate" and tls13:
                 rec = sealer.seal(key_update_message(bool(i % 2)), TLS_RECORD_TYPE_HANDSHAKE)
                 rekeys.append(make_info(info.version, info.cipher_type, fill=100 + i))
@@ -595,7 +595,7 @@ def _open_all(
     flip=st.none() | st.tuples(st.integers(0, 1 << 30), st.integers(0, 7)),
     cuts=st.lists(st.integers(0, 1 << 20), max_size=6),
 )
-def test_next_records_is_next_record_until_a_control_record(  # noqa: PLR0917
+def test_next_records_is_next_record_until_a_control_record(
     info: TlsCryptoInfo,
     near_end: int | None,
     steps: list[tuple[str, int, int]],
