@@ -36,6 +36,7 @@ import contextlib
 import errno
 import logging
 from collections import deque
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -68,6 +69,8 @@ if TYPE_CHECKING:
 __all__ = ["TlsSocket"]
 
 log = logging.getLogger(__name__)
+
+_nbytes = attrgetter("nbytes")
 
 #: Sealed records are written together up to about this many bytes.
 _TX_BATCH = 262144
@@ -423,10 +426,10 @@ class TlsSocket:
             self._control_lot.unpark_all()
 
     def _queue_plain(self, units: list[memoryview]) -> None:
-        for u in units:
-            if u.nbytes:
-                self._plain.append(u)
-                self._plain_bytes += u.nbytes
+        """Queue passed plaintext for ``receive_some``. ``units`` carry no empty
+        view (records and stream-parser messages are never empty)."""
+        self._plain.extend(units)
+        self._plain_bytes += sum(map(_nbytes, units))
 
     async def _redirect(self, action: sk.RxAction) -> None:
         """A receive verdict's redirect, carried out as the runtime does (a
@@ -468,7 +471,12 @@ class TlsSocket:
 
     def take_plain(self, max_bytes: int) -> bytes:
         """Up to ``max_bytes`` of the waiting plaintext, across records."""
-        data = sk.take_queued(self._plain, max_bytes)
+        plain = self._plain
+        if self._plain_bytes <= max_bytes:  # all of it: no per-unit loop
+            data = plain[0].tobytes() if len(plain) == 1 else b"".join(plain)
+            plain.clear()
+        else:
+            data = sk.take_queued(plain, max_bytes)
         got = len(data)
         self._plain_bytes -= got
         if self._plain_bytes < PLAIN_LIMIT <= self._plain_bytes + got:
