@@ -26,7 +26,6 @@ from __future__ import annotations
 import errno
 import socket
 from collections import deque
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -49,7 +48,6 @@ _PASS, _REDIRECT = Verdict.PASS, Verdict.REDIRECT
 _SK_PASS = SK_PASS
 _SOCK_STREAM = socket.SOCK_STREAM
 _EMPTY_VIEW = memoryview(b"")
-_nbytes = attrgetter("nbytes")
 
 #: What :meth:`SkPsock.rx_feed` asks the I/O layer to do with received bytes.
 RX_PASS = "pass"
@@ -83,9 +81,10 @@ def take_queued(q: deque[memoryview], max_bytes: int) -> bytes:
     want = max_bytes
     while q and want > 0:
         b = q[0]
-        if b.nbytes <= want:
+        n = b.nbytes
+        if n <= want:
             out.append(q.popleft())
-            want -= b.nbytes
+            want -= n
         else:
             out.append(b[:want])
             q[0] = b[want:]
@@ -412,77 +411,78 @@ class SkPsock:
         is the one attached; with neither everything passes. Empty units are
         skipped (no verdict, no message). Actions as :meth:`rx_feed`'s; each
         unit stays one buffer of its action."""
-        if not all(map(_nbytes, units)):
-            units = [unit for unit in units if unit.nbytes]
         batch = _RxBatch()
         prog = self.stream_verdict or self.skb_verdict
         if prog is None:
             for unit in units:
-                self._verdict_spans(unit, 0, [unit.nbytes], prog, batch)
+                if unit.nbytes:
+                    self._verdict_spans(unit, 0, [unit.nbytes], prog, batch)
             return batch.actions
         # Each unit is one message in a buffer of its own: what _verdict_spans
         # does for a one-message span, without its per-call set-up (the
         # per-record hot path of a TLS receive). A passed unit only joins the
-        # list ``passed``; its action takes its place in first-seen order at the
-        # end. Counters summed once.
+        # list ``passed``; its action is made at the end, in its first-seen
+        # place. Counters summed once.
         func = prog.timed_func()
         skb: Any = self._skb  # Any: the program sets fields the loop resets
         sk_pass = _SK_PASS
         passed: list[memoryview] = []
         pass_at = 0  # how many actions came before the first passed unit
-        errors = dead = n_redir = b_redir = 0
+        b_pass = n_other = errors = dead = n_redir = b_redir = b_drop = 0
         last_error: BaseException | None = None
         skb.sk_redir = None  # kept None between units: reset after each redirect
         for unit in units:
+            n = unit.nbytes
+            if not n:
+                continue
             skb._data = unit
-            skb.len = unit.nbytes
+            skb.len = n
             try:
                 ret = func(skb)
             except Exception as exc:
                 ret = None
                 errors += 1
                 last_error = exc
-            if (ret is sk_pass or (ret == sk_pass and type(ret) is not bool)) and (
-                skb.sk_redir is None
-            ):
+            ok = ret is sk_pass or (ret == sk_pass and type(ret) is not bool)
+            if ok and skb.sk_redir is None:
                 passed.append(unit)
+                b_pass += n
                 continue
+            n_other += 1
             target = skb.sk_redir
             skb.sk_redir = None  # flags mean something only with sk_redir
-            if target is not None and (ret == sk_pass and type(ret) is not bool):
+            if ok and target is not None:
                 tp = target.psock
-                if tp is None or target.dead or not tp.tx_enabled:
-                    dead += 1
-                    batch.add(RX_DROP, None, False, unit, 1)
-                else:
+                if tp is not None and not target.dead and tp.tx_enabled:
                     n_redir += 1
-                    b_redir += unit.nbytes
+                    b_redir += n
                     batch.add(RX_REDIRECT, target, bool(skb.flags), unit, 1)
-            else:
-                batch.add(RX_DROP, None, False, unit, 1)
+                    if not passed:
+                        pass_at = len(batch.actions)
+                    continue
+                dead += 1
+            b_drop += n
+            batch.add(RX_DROP, None, False, unit, 1)
             if not passed:
                 pass_at = len(batch.actions)
         skb._buf = skb._data = _EMPTY_VIEW
-        runs = len(units)
         n_pass = len(passed)
-        b_pass = sum(map(_nbytes, passed))
-        if passed:
-            action = RxAction(RX_PASS, None, False, passed, b_pass, n_pass)
-            batch.actions.insert(pass_at, action)
-        n_drop = runs - n_pass - n_redir
+        if n_pass:
+            batch.actions.insert(pass_at, RxAction(RX_PASS, None, False, passed, b_pass, n_pass))
         # as _verdict_spans: a redirect to a target that cannot take it is the
         # program's REDIRECT and the psock's drop; a raise is a DROP and an error
+        runs = n_pass + n_other
         prog.run_cnt += runs
         prog.passed += n_pass
         prog.redirected += n_redir + dead
-        prog.dropped += n_drop - dead
+        prog.dropped += n_other - n_redir - dead
         if errors:
             prog.errors += errors
             prog.last_error = last_error
         self.rx_msgs += runs
         self.rx_passed_bytes += b_pass
         self.rx_redirected_bytes += b_redir
-        self.rx_dropped_bytes += sum(map(_nbytes, units)) - b_pass - b_redir
+        self.rx_dropped_bytes += b_drop
         return batch.actions
 
     def _verdict_spans(

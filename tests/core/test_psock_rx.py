@@ -502,3 +502,24 @@ def test_take_queued_has_stream_semantics() -> None:
     assert [bytes(b) for b in q] == [b"g", b"h"]
     assert sk.take_queued(q, 100) == b"gh"
     assert sk.take_queued(q, 5) == b"" and not q
+
+
+@given(
+    units=st.lists(st.binary(max_size=40), max_size=20),
+    reads=st.lists(st.integers(-1, 100), min_size=1, max_size=30),
+)
+def test_take_queued_is_a_byte_stream(units: list[bytes], reads: list[int]) -> None:
+    """Any units, any read sizes (also 0 and below): each read gives the next
+    min(size, left) bytes of the concatenation, in order, and the queue keeps
+    exactly the rest (an empty unit is never an obstacle)."""
+    from collections import deque
+
+    q = deque(memoryview(u) for u in units)
+    stream = b"".join(units)
+    pos = 0
+    for size in reads:
+        got = sk.take_queued(q, size)
+        assert type(got) is bytes
+        assert got == stream[pos : pos + max(size, 0)]
+        pos += len(got)
+        assert b"".join(q) == stream[pos:]

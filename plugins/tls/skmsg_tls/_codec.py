@@ -729,11 +729,11 @@ class RecordOpener(_Direction):
                 consumed; not one byte of the failing record is in it.
         """
         while True:
-            rec = self._open_data13(units) if self._tls13 else None
-            if rec is None:
+            rec = self._open_data13(units) if self._tls13 else _ASK
+            if rec is _ASK:
                 rec = self.next_record()
-                if rec is None:
-                    return None
+            if rec is None:
+                return None
             content_type, plaintext = rec
             if content_type != TLS_RECORD_TYPE_DATA:
                 return rec
@@ -748,49 +748,59 @@ class RecordOpener(_Direction):
         byte of content, inner type 23 without padding) one after the other,
         appending their plaintext to ``units``. A record that decrypts to
         another inner type, or with padding, is finished and returned as
-        :meth:`next_record` would return it. None when it stops before a
-        record: not whole, or one :meth:`next_record` must judge (a bad header,
-        a failed tag, no content, sequence numbers near their end, a poisoned
-        or key-expired opener) by opening it again.
+        :meth:`next_record` would return it. None when no whole record is left;
+        ``_ASK`` when it stopped before one :meth:`next_record` must judge (a
+        bad header, a failed tag, no content, sequence numbers near their end,
+        a poisoned or key-expired opener) by opening it again.
         """
         if self._error is not None or self._key_expired:
-            return None
+            return _ASK
         buf = self._buf
         pos = self._pos
         size = len(buf)
         seq = self._seq
         if seq + (size - pos) // _MIN_DATA_RECORD13 > _MAX_SEQ:
-            return None  # the sequence may run out among these: checked per record
+            return _ASK  # the sequence may run out among these: checked per record
         decrypt = self._aead.decrypt
         iv = self._iv
         shortest = _MIN_DATA_RECORD13 - TLS_HEADER_SIZE
         limit = self._limit
         inner = b""
-        end = pos
-        with memoryview(buf) as view:
-            try:
-                while size - pos >= TLS_HEADER_SIZE:
-                    prefix, length = _unpack_prefix(buf, pos)
-                    body = pos + TLS_HEADER_SIZE
-                    end = body + length
-                    if prefix != _PREFIX13 or not shortest <= length <= limit or end > size:
-                        break
-                    # RFC 8446 §5.2: the AAD is the record header itself
-                    inner = decrypt((iv ^ seq).to_bytes(12, "big"), view[body:end], view[pos:body])
-                    if inner[-1] != TLS_RECORD_TYPE_DATA:
-                        break
-                    units.append(memoryview(inner)[:-1])
-                    seq += 1
-                    pos = end
-            except InvalidTag:
-                pass  # next_record opens it again and fails it
+        prefix = _PREFIX13
+        length = end = aad_length = 0
+        aad = b""
+        view = memoryview(buf)
+        try:
+            while size - pos >= TLS_HEADER_SIZE:
+                prefix, length = _unpack_prefix(buf, pos)
+                body = pos + TLS_HEADER_SIZE
+                end = body + length
+                if prefix != _PREFIX13 or not shortest <= length <= limit or end > size:
+                    break
+                if length != aad_length:  # RFC 8446 §5.2: the AAD is the header itself
+                    aad, aad_length = bytes(view[pos:body]), length
+                inner = decrypt((iv ^ seq).to_bytes(12, "big"), view[body:end], aad)
+                if inner[-1] != TLS_RECORD_TYPE_DATA:
+                    break
+                units.append(memoryview(inner)[:-1])
+                seq += 1
+                pos = end
+        except InvalidTag:
+            pass  # next_record opens it again and fails it
+        finally:
+            view.release()
         self._seq = seq
         # inner is the last record opened: one that ends in 23 was taken above
         if inner and inner[-1] != TLS_RECORD_TYPE_DATA:
             self._pos = pos
             return self._opened(inner, TLS_RECORD_TYPE_DATA, end)
+        # stopped at the end of what is held, or inside a record that is plainly
+        # data; anything else is for next_record to judge
+        done = size - pos < TLS_HEADER_SIZE or (
+            end > size and prefix == _PREFIX13 and shortest <= length <= limit
+        )
         self._consume(pos)
-        return None
+        return None if done else _ASK
 
     def _watch_handshake(self, plaintext: bytes | memoryview) -> None:
         """Track TLS 1.3 handshake messages across records to spot a KeyUpdate
@@ -830,3 +840,5 @@ _MIN_DATA_RECORD13: Final = TLS_HEADER_SIZE + 1 + 1 + TLS_TAG_SIZE
 #: A TLS 1.3 record header without its length: outer type 23, version 0x0303.
 _PREFIX13: Final = bytes((TLS_RECORD_TYPE_DATA, 3, 3))
 _unpack_prefix = struct.Struct(">3sH").unpack_from
+#: What :meth:`RecordOpener._open_data13` returns for "ask next_record".
+_ASK: Final[tuple[int, bytes | memoryview]] = (0, b"")

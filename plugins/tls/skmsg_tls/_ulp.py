@@ -472,7 +472,7 @@ class TlsSocket:
     def take_plain(self, max_bytes: int) -> bytes:
         """Up to ``max_bytes`` of the waiting plaintext, across records."""
         plain = self._plain
-        if self._plain_bytes <= max_bytes:  # all of it: no per-unit loop
+        if self._plain_bytes <= max_bytes:  # all of it: no loop over the units
             data = plain[0].tobytes() if len(plain) == 1 else b"".join(plain)
             plain.clear()
         else:
