@@ -491,19 +491,6 @@ def test_messages_redirected_to_a_datagram_socket_keep_their_boundaries(net: Net
     assert (st.rx_msgs, st.rx_redirected_bytes) == (5, 15)
 
 
-def test_take_queued_has_stream_semantics() -> None:
-    """Whole units pop, a unit cut short keeps its rest at the front, and an
-    empty queue gives nothing (shared by recvmsg and TLS's plaintext queue)."""
-    from collections import deque
-
-    q = deque(memoryview(b) for b in (b"abc", b"defg", b"h"))
-    assert sk.take_queued(q, 2) == b"ab"
-    assert sk.take_queued(q, 4) == b"cdef"
-    assert [bytes(b) for b in q] == [b"g", b"h"]
-    assert sk.take_queued(q, 100) == b"gh"
-    assert sk.take_queued(q, 5) == b"" and not q
-
-
 @given(
     units=st.lists(st.binary(max_size=40), max_size=20),
     reads=st.lists(st.integers(-1, 100), min_size=1, max_size=30),
@@ -523,3 +510,17 @@ def test_take_queued_is_a_byte_stream(units: list[bytes], reads: list[int]) -> N
         assert got == stream[pos : pos + max(size, 0)]
         pos += len(got)
         assert b"".join(q) == stream[pos:]
+
+
+def test_take_queued_has_stream_semantics() -> None:
+    """Whole units pop, a unit cut short keeps its rest at the front, and an
+    empty queue gives nothing (shared by recvmsg and TLS's plaintext queue)."""
+    from collections import deque
+
+    q = deque(memoryview(b) for b in (b"abc", b"defg", b"h"))
+    assert sk.take_queued(q, 2) == b"ab"
+    assert sk.take_queued(q, 4) == b"cdef"
+    assert [bytes(b) for b in q] == [b"g", b"h"]
+    assert sk.take_queued(q, 100) == b"gh"
+    assert sk.take_queued(q, 5) == b"" and not q
+

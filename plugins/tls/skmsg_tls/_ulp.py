@@ -36,7 +36,6 @@ import contextlib
 import errno
 import logging
 from collections import deque
-from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -69,8 +68,6 @@ if TYPE_CHECKING:
 __all__ = ["TlsSocket"]
 
 log = logging.getLogger(__name__)
-
-_nbytes = attrgetter("nbytes")
 
 #: Sealed records are written together up to about this many bytes.
 _TX_BATCH = 262144
@@ -399,14 +396,18 @@ class TlsSocket:
         An error (a bad record; a parser failure) is kept in
         :attr:`rx_error` for after the data before it; it is not raised.
         """
-        before = len(self.rx.controls)
+        rx = self.rx
+        if rx.error is not None:
+            return  # receiving ended: the data before the error was queued then
+        before = len(rx.controls)
+        opened = rx.bytes
         try:
-            units = self.rx.open_records(data)
+            units = rx.open_records(data)
         except TlsRxError as exc:
             units = exc.messages
         psock = self.stream.sk.psock
         if psock is None or psock.rx_mode is None:
-            self._queue_plain(units)
+            self._queue_plain(units, rx.bytes - opened)
         elif units:
             try:
                 if self.strparser and psock.rx_mode == "strp":
@@ -419,17 +420,18 @@ class TlsSocket:
                     self._parse_error = exc
             for action in actions:
                 if action.kind == "pass":
-                    self._queue_plain(action.bufs)
+                    self._queue_plain(action.bufs, action.nbytes)
                 elif action.kind == "redirect":
                     await self._redirect(action)
-        if len(self.rx.controls) != before or self.rx.eof or self.rx_error is not None:
+        if len(rx.controls) != before or rx.eof or self.rx_error is not None:
             self._control_lot.unpark_all()
 
-    def _queue_plain(self, units: list[memoryview]) -> None:
-        """Queue passed plaintext for ``receive_some``. ``units`` carry no empty
-        view (records and stream-parser messages are never empty)."""
+    def _queue_plain(self, units: list[memoryview], nbytes: int) -> None:
+        """Queue passed plaintext, ``nbytes`` in all, for ``receive_some``.
+        ``units`` carry no empty view (records and stream-parser messages are
+        never empty)."""
         self._plain.extend(units)
-        self._plain_bytes += sum(map(_nbytes, units))
+        self._plain_bytes += nbytes
 
     async def _redirect(self, action: sk.RxAction) -> None:
         """A receive verdict's redirect, carried out as the runtime does (a
