@@ -523,4 +523,3 @@ def test_take_queued_has_stream_semantics() -> None:
     assert [bytes(b) for b in q] == [b"g", b"h"]
     assert sk.take_queued(q, 100) == b"gh"
     assert sk.take_queued(q, 5) == b"" and not q
-
