@@ -81,9 +81,10 @@ def take_queued(q: deque[memoryview], max_bytes: int) -> bytes:
     want = max_bytes
     while q and want > 0:
         b = q[0]
-        if b.nbytes <= want:
+        n = b.nbytes
+        if n <= want:
             out.append(q.popleft())
-            want -= b.nbytes
+            want -= n
         else:
             out.append(b[:want])
             q[0] = b[want:]
@@ -407,8 +408,9 @@ class SkPsock:
         """Run the stream verdict once per unit, with no parser: a ULP's RX hook
         hands over whole records it framed itself (``sk_psock_tls_strp_read``).
         The verdict is ``SK_SKB_STREAM_VERDICT``, or ``SK_SKB_VERDICT`` when that
-        is the one attached; with neither everything passes. Actions as
-        :meth:`rx_feed`'s."""
+        is the one attached; with neither everything passes. Empty units are
+        skipped (no verdict, no message). Actions as :meth:`rx_feed`'s; each
+        unit stays one buffer of its action."""
         batch = _RxBatch()
         prog = self.stream_verdict or self.skb_verdict
         if prog is None:
@@ -418,62 +420,62 @@ class SkPsock:
             return batch.actions
         # Each unit is one message in a buffer of its own: what _verdict_spans
         # does for a one-message span, without its per-call set-up (the
-        # per-record hot path of a TLS receive). Counters summed once.
+        # per-record hot path of a TLS receive). A passed unit only joins the
+        # list ``passed``; its action is made at the end, in its first-seen
+        # place. Counters summed once.
         func = prog.timed_func()
-        add = batch.add
         skb: Any = self._skb  # Any: the program sets fields the loop resets
         sk_pass = _SK_PASS
-        runs = errors = dead = 0
+        passed: list[memoryview] = []
+        pass_at = 0  # how many actions came before the first passed unit
+        b_pass = n_other = errors = dead = n_redir = b_redir = b_drop = 0
         last_error: BaseException | None = None
-        pass_action: RxAction | None = None
-        n_pass = b_pass = n_redir = b_redir = n_drop = b_drop = 0
+        skb.sk_redir = None  # kept None between units: reset after each redirect
         for unit in units:
             n = unit.nbytes
             if not n:
                 continue
-            runs += 1
-            skb._buf = unit
-            skb._off = 0
+            skb._data = unit
             skb.len = n
-            skb._data = None
-            skb.sk_redir = None  # flags mean something only with sk_redir
             try:
                 ret = func(skb)
             except Exception as exc:
                 ret = None
                 errors += 1
                 last_error = exc
-            if ret is sk_pass or (ret == sk_pass and type(ret) is not bool):
-                target = skb.sk_redir
-                if target is None:
-                    n_pass += 1
-                    b_pass += n
-                    if pass_action is None:
-                        add(RX_PASS, None, False, unit, 1)
-                        pass_action = batch.by_dest[(RX_PASS, id(None), False)]
-                    else:
-                        pass_action.bufs.append(unit)
-                        pass_action.nbytes += n
-                        pass_action.msgs += 1
-                    continue
+            ok = ret is sk_pass or (ret == sk_pass and type(ret) is not bool)
+            if ok and skb.sk_redir is None:
+                passed.append(unit)
+                b_pass += n
+                continue
+            n_other += 1
+            target = skb.sk_redir
+            skb.sk_redir = None  # flags mean something only with sk_redir
+            if ok and target is not None:
                 tp = target.psock
-                if tp is None or target.dead or not tp.tx_enabled:
-                    dead += 1
-                else:
+                if tp is not None and not target.dead and tp.tx_enabled:
                     n_redir += 1
                     b_redir += n
-                    add(RX_REDIRECT, target, bool(skb.flags), unit, 1)
+                    batch.add(RX_REDIRECT, target, bool(skb.flags), unit, 1)
+                    if not passed:
+                        pass_at = len(batch.actions)
                     continue
-            n_drop += 1
+                dead += 1
             b_drop += n
-            add(RX_DROP, None, False, unit, 1)
+            batch.add(RX_DROP, None, False, unit, 1)
+            if not passed:
+                pass_at = len(batch.actions)
         skb._buf = skb._data = _EMPTY_VIEW
+        n_pass = len(passed)
+        if n_pass:
+            batch.actions.insert(pass_at, RxAction(RX_PASS, None, False, passed, b_pass, n_pass))
         # as _verdict_spans: a redirect to a target that cannot take it is the
         # program's REDIRECT and the psock's drop; a raise is a DROP and an error
+        runs = n_pass + n_other
         prog.run_cnt += runs
         prog.passed += n_pass
         prog.redirected += n_redir + dead
-        prog.dropped += n_drop - dead
+        prog.dropped += n_other - n_redir - dead
         if errors:
             prog.errors += errors
             prog.last_error = last_error

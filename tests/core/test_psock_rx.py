@@ -492,6 +492,27 @@ def test_messages_redirected_to_a_datagram_socket_keep_their_boundaries(net: Net
     assert (st.rx_msgs, st.rx_redirected_bytes) == (5, 15)
 
 
+@given(
+    units=st.lists(st.binary(max_size=40), max_size=20),
+    reads=st.lists(st.integers(-1, 100), min_size=1, max_size=30),
+)
+def test_take_queued_is_a_byte_stream(units: list[bytes], reads: list[int]) -> None:
+    """Any units, any read sizes (also 0 and below): each read gives the next
+    min(size, left) bytes of the concatenation, in order, and the queue keeps
+    exactly the rest (an empty unit is never an obstacle)."""
+    from collections import deque
+
+    q = deque(memoryview(u) for u in units)
+    stream = b"".join(units)
+    pos = 0
+    for size in reads:
+        got = sk.take_queued(q, size)
+        assert type(got) is bytes
+        assert got == stream[pos : pos + max(size, 0)]
+        pos += len(got)
+        assert b"".join(q) == stream[pos:]
+
+
 def test_take_queued_has_stream_semantics() -> None:
     """Whole units pop, a unit cut short keeps its rest at the front, and an
     empty queue gives nothing (shared by recvmsg and TLS's plaintext queue)."""

@@ -18,10 +18,12 @@ from skmsg_tls import (
     TLS_CIPHER_AES_GCM_256,
     TLS_CIPHER_CHACHA20_POLY1305,
     TLS_MAX_PAYLOAD_SIZE,
+    TLS_RECORD_TYPE_HANDSHAKE,
     RecordOpener,
     RecordSealer,
     TlsCryptoInfo,
     TlsRecordError,
+    key_update_message,
 )
 
 KEY_SIZE = {TLS_CIPHER_AES_GCM_128: 16, TLS_CIPHER_AES_GCM_256: 32,
@@ -493,3 +495,180 @@ def test_crypto_info_fields_are_checked() -> None:
         good.with_seq(1 << 64)
     with pytest.raises(TypeError):
         RecordSealer(fields)  # type: ignore[arg-type]
+
+
+# --- next_records: the batch opener ---------------------------------------------
+
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("data"),
+            st.integers(0, 300) | st.sampled_from([4000, TLS_MAX_PAYLOAD_SIZE]),
+            st.integers(0, 40) | st.just(0),
+        ),
+        st.tuples(st.just("ctl"), st.sampled_from([20, 21, 22, 24, 255]), st.integers(0, 40)),
+        st.tuples(st.just("keyupdate"), st.just(0), st.just(0)),
+        st.tuples(st.just("zeros"), st.integers(0, 40), st.just(0)),
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+def _wire_of(info: TlsCryptoInfo, steps: list[tuple[str, int, int]]) -> tuple[
+    bytes, list[TlsCryptoInfo]
+]:
+    """Seal ``steps``: data records of n bytes with padding (TLS 1.3), control
+    records, KeyUpdates (the sealer rekeys after each; the next RX infos are
+    returned), TLS 1.3 records of zeros only; a record sealed past the last
+    sequence number is the previous record again (a replay the opener must
+    refuse as exhausted)."""
+    tls13 = info.version == TLS_1_3_VERSION
+    sealer = RecordSealer(info)
+    wire = bytearray()
+    rekeys: list[TlsCryptoInfo] = []
+    last = b""
+    for i, (kind, n, extra) in enumerate(steps):
+        try:
+            if kind == "data":
+                pad = extra if tls13 and n + extra <= TLS_MAX_PAYLOAD_SIZE else 0
+                rec = sealer.seal(bytes([i % 251]) * n, padding=pad)
+            elif kind == "ctl":
+                rec = sealer.seal(bytes([n]) * extra, n)
+            elif kind == "keyupdate" and tls13:
+                rec = sealer.seal(key_update_message(bool(i % 2)), TLS_RECORD_TYPE_HANDSHAKE)
+                rekeys.append(make_info(info.version, info.cipher_type, fill=100 + i))
+                sealer.rekey(rekeys[-1])
+            elif kind == "zeros" and tls13 and sealer.seq <= MAX_SEQ:
+                header = b"\x17\x03\x03" + (n + 16).to_bytes(2, "big")
+                nonce = (sealer._iv ^ sealer.seq).to_bytes(12, "big")
+                rec = header + sealer._aead.encrypt(nonce, bytes(n), header)
+                sealer._seq += 1
+            else:
+                rec = sealer.seal(b"tls 1.2 step %d" % i)
+        except TlsRecordError:
+            rec = last
+        wire += rec
+        last = rec
+    return bytes(wire), rekeys
+
+
+def _open_all(
+    opener: RecordOpener, pieces: list[bytes], rekeys: list[TlsCryptoInfo], *, batch: bool
+) -> tuple[list[object], tuple[int | None, str] | None]:
+    """Feed ``pieces``, taking records with next_records (``batch``) or
+    next_record; rekey on EKEYEXPIRED. The events (data records without the
+    empty ones, other records, rekeys) and the error that ended it."""
+    events: list[object] = []
+    k = 0
+    for piece in pieces:
+        try:
+            opener.feed(piece)
+        except TlsRecordError as exc:
+            return events, (exc.errno, str(exc))
+        while True:
+            units: list[memoryview] = []
+            try:
+                rec = opener.next_records(units) if batch else opener.next_record()
+            except TlsRecordError as exc:
+                events += [(23, bytes(u)) for u in units]
+                if exc.errno == errno.EKEYEXPIRED and k < len(rekeys):
+                    opener.rekey(rekeys[k])
+                    k += 1
+                    events.append("rekey")
+                    continue
+                return events, (exc.errno, str(exc))
+            for u in units:
+                assert type(u) is memoryview and u.readonly and u.nbytes
+                events.append((23, bytes(u)))
+            if rec is None:
+                break
+            if rec[0] != 23 or len(rec[1]):
+                events.append((rec[0], bytes(rec[1])))
+    return events, None
+
+
+@given(
+    info=infos(),
+    near_end=st.sampled_from([None, 0, 1, 3]),
+    steps=_STEPS,
+    flip=st.none() | st.tuples(st.integers(0, 1 << 30), st.integers(0, 7)),
+    cuts=st.lists(st.integers(0, 1 << 20), max_size=6),
+)
+def test_next_records_is_next_record_until_a_control_record(
+    info: TlsCryptoInfo,
+    near_end: int | None,
+    steps: list[tuple[str, int, int]],
+    flip: tuple[int, int] | None,
+    cuts: list[int],
+) -> None:
+    """The batch opener takes exactly the records next_record takes, in the same
+    order, stops at the same non-data records, and fails with the same error at
+    the same place (every kind: bad header, bad tag, zeros only, too long, too
+    short, exhausted sequence, KeyUpdate not yet rekeyed), leaving the same
+    state; any input split, with or without a flipped bit."""
+    if near_end is not None:
+        info = info.with_seq(MAX_SEQ - near_end)
+    wire, rekeys = _wire_of(info, steps)
+    if flip is not None:
+        pos = flip[0] % len(wire)
+        wire = wire[:pos] + bytes((wire[pos] ^ (1 << flip[1]),)) + wire[pos + 1 :]
+    pieces = split_at(wire, cuts)
+    ref, batch = RecordOpener(info), RecordOpener(info)
+    want = _open_all(ref, pieces, rekeys, batch=False)
+    assert _open_all(batch, pieces, rekeys, batch=True) == want
+    assert (batch.seq, batch.buffered, batch.has_partial(), batch.key_expired) == (
+        ref.seq, ref.buffered, ref.has_partial(), ref.key_expired
+    )
+    assert str(batch.error) == str(ref.error)
+
+
+@pytest.mark.parametrize("version,cipher", COMBOS)
+def test_next_records_over_the_compaction_threshold(version: int, cipher: int) -> None:
+    """Whole 16 KiB records by the megabyte with a partial one behind them: every
+    record comes out once and intact whatever the buffer does underneath."""
+    info = make_info(version, cipher)
+    sealer = RecordSealer(info)
+    payloads = [bytes([i]) * TLS_MAX_PAYLOAD_SIZE for i in range(70)]
+    wire = b"".join(sealer.seal(p) for p in payloads)
+    opener = RecordOpener(info)
+    got: list[bytes] = []
+    for lo, hi in itertools.pairwise([0, 300_000, 310_000, 700_000, len(wire)]):
+        opener.feed(wire[lo:hi])
+        units: list[memoryview] = []
+        assert opener.next_records(units) is None
+        got += [bytes(u) for u in units]
+        assert opener.buffered < 16_500
+    assert got == payloads
+    assert opener.seq == 70 and opener.buffered == 0
+
+
+def test_next_records_stops_at_a_control_record_and_keeps_the_rest() -> None:
+    info = make_info(TLS_1_3_VERSION, TLS_CIPHER_AES_GCM_256)
+    sealer = RecordSealer(info)
+    wire = (
+        sealer.seal(b"one") + sealer.seal(b"two", padding=7) + sealer.seal(b"")
+        + sealer.seal(b"\x01\x00", 21) + sealer.seal(b"three")
+    )
+    opener = RecordOpener(info)
+    opener.feed(wire)
+    units: list[memoryview] = []
+    assert opener.next_records(units) == (21, b"\x01\x00")
+    assert [bytes(u) for u in units] == [b"one", b"two"]  # the empty record adds nothing
+    assert opener.seq == 4
+    units.clear()
+    assert opener.next_records(units) is None
+    assert [bytes(u) for u in units] == [b"three"]
+    # an error after good records: they are in units, consumed; the bad one is not
+    good = sealer.seal(b"four")
+    bad = bytearray(sealer.seal(b"five"))
+    bad[-1] ^= 1
+    opener.feed(good + bad)
+    units.clear()
+    with pytest.raises(TlsRecordError, match="seq 6: authentication failed") as exc:
+        opener.next_records(units)
+    assert exc.value.errno == errno.EBADMSG
+    assert [bytes(u) for u in units] == [b"four"]
+    assert opener.buffered == len(bad) and opener.seq == 6
+    with pytest.raises(TlsRecordError, match="seq 6: authentication failed"):
+        opener.next_records([])

@@ -530,14 +530,14 @@ class SkStream(trio.abc.HalfCloseableStream):
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("this stream was closed")
-                psock = self.sk.psock
-                rt = self._runtime
-                pumping = psock is not None and rt is not None and rt.pumping(self)
                 ulp = self._ulp
                 if ulp is not None:
                     got = await self._ulp_receive(ulp, max_bytes)
                     if got is not None:
                         return got
+                psock = self.sk.psock
+                rt = self._runtime
+                pumping = psock is not None and rt is not None and rt.pumping(self)
                 if psock is not None and psock.ingress_bytes:
                     await trio.lowlevel.checkpoint()
                     data = psock.recvmsg(max_bytes)  # after the checkpoint: nothing lost

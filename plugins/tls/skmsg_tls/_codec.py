@@ -661,6 +661,20 @@ class RecordOpener(_Direction):
             raise self._fail(errno.EBADMSG, "authentication failed") from None
         finally:
             view.release()
+        return self._opened(inner, outer_type, end)
+
+    def _opened(
+        self, inner: bytes, outer_type: int, end: int
+    ) -> tuple[int, bytes | memoryview]:
+        """Finish the record at ``self._pos`` (sequence ``self._seq``), decrypted
+        into ``inner`` and ending at ``end`` in the buffer: strip TLS 1.3's inner
+        type and padding, consume it, watch for a KeyUpdate.
+
+        Raises:
+            TlsRecordError: ``EBADMSG``, a TLS 1.3 plaintext of zeros only
+                (poisoning; nothing is consumed).
+        """
+        tls13 = self._tls13
         if tls13:
             if inner and inner[-1]:
                 content_type = inner[-1]
@@ -679,7 +693,15 @@ class RecordOpener(_Direction):
         else:
             content_type = outer_type
             plaintext = inner
-        self._seq = seq + 1
+        self._seq += 1
+        self._consume(end)
+        if tls13 and content_type == TLS_RECORD_TYPE_HANDSHAKE:
+            self._watch_handshake(plaintext)
+        return content_type, plaintext
+
+    def _consume(self, end: int) -> None:
+        """Drop the records before ``end`` (no view of the buffer may be held)."""
+        buf = self._buf
         if end == len(buf):
             buf.clear()
             self._pos = 0
@@ -688,9 +710,97 @@ class RecordOpener(_Direction):
             self._pos = 0
         else:
             self._pos = end
-        if tls13 and content_type == TLS_RECORD_TYPE_HANDSHAKE:
-            self._watch_handshake(plaintext)
-        return content_type, plaintext
+
+    def next_records(self, units: list[memoryview]) -> tuple[int, bytes | memoryview] | None:
+        """Open every whole record held, in order, up to the first one that is not
+        application data: append each application-data record's plaintext to
+        ``units`` (a read-only view; a record of no plaintext adds nothing) and
+        return the first other record as :meth:`next_record` returns it, leaving
+        the records after it held; None once no whole record is held.
+
+        The records, their order, the state after and every error are exactly
+        those of calling :meth:`next_record` until it returns None or a record
+        that is not application data; only faster (TLS 1.3 data records are
+        opened in one loop).
+
+        Raises:
+            TlsRecordError: as :meth:`next_record`. ``units`` then already
+                holds the records opened before the failing one, which are
+                consumed; not one byte of the failing record is in it.
+        """
+        while True:
+            rec = self._open_data13(units) if self._tls13 else _ASK
+            if rec is _ASK:
+                rec = self.next_record()
+            if rec is None:
+                return None
+            content_type, plaintext = rec
+            if content_type != TLS_RECORD_TYPE_DATA:
+                return rec
+            if len(plaintext):
+                units.append(
+                    plaintext if type(plaintext) is memoryview else memoryview(plaintext)
+                )
+
+    def _open_data13(self, units: list[memoryview]) -> tuple[int, bytes | memoryview] | None:
+        """The TLS 1.3 loop of :meth:`next_records`: open the records that are
+        plainly application data (the header as required, whole, at least one
+        byte of content, inner type 23 without padding) one after the other,
+        appending their plaintext to ``units``. A record that decrypts to
+        another inner type, or with padding, is finished and returned as
+        :meth:`next_record` would return it. None when no whole record is left;
+        ``_ASK`` when it stopped before one :meth:`next_record` must judge (a
+        bad header, a failed tag, no content, sequence numbers near their end,
+        a poisoned or key-expired opener) by opening it again.
+        """
+        if self._error is not None or self._key_expired:
+            return _ASK
+        buf = self._buf
+        pos = self._pos
+        size = len(buf)
+        seq = self._seq
+        if seq + (size - pos) // _MIN_DATA_RECORD13 > _MAX_SEQ:
+            return _ASK  # the sequence may run out among these: checked per record
+        decrypt = self._aead.decrypt
+        iv = self._iv
+        shortest = _MIN_DATA_RECORD13 - TLS_HEADER_SIZE
+        limit = self._limit
+        inner = b""
+        prefix = _PREFIX13
+        length = end = aad_length = 0
+        aad = b""
+        view = memoryview(buf)
+        try:
+            while size - pos >= TLS_HEADER_SIZE:
+                prefix, length = _unpack_prefix(buf, pos)
+                body = pos + TLS_HEADER_SIZE
+                end = body + length
+                if prefix != _PREFIX13 or not shortest <= length <= limit or end > size:
+                    break
+                if length != aad_length:  # RFC 8446 §5.2: the AAD is the header itself
+                    aad, aad_length = bytes(view[pos:body]), length
+                inner = decrypt((iv ^ seq).to_bytes(12, "big"), view[body:end], aad)
+                if inner[-1] != TLS_RECORD_TYPE_DATA:
+                    break
+                units.append(memoryview(inner)[:-1])
+                seq += 1
+                pos = end
+        except InvalidTag:
+            pass  # next_record opens it again and fails it
+        finally:
+            view.release()
+        self._seq = seq
+        # inner is the last record opened: one that ends in 23 was taken above
+        if inner and inner[-1] != TLS_RECORD_TYPE_DATA:
+            self._pos = pos
+            return self._opened(inner, TLS_RECORD_TYPE_DATA, end)
+        # stopped at the end of what is held, or inside a record that is plainly
+        # data; anything else is for next_record to judge
+        done = size - pos < TLS_HEADER_SIZE or (
+            end > size and prefix == _PREFIX13 and shortest <= length <= limit
+        )
+        self._consume(pos)
+        return None if done else _ASK
 
     def _watch_handshake(self, plaintext: bytes | memoryview) -> None:
         """Track TLS 1.3 handshake messages across records to spot a KeyUpdate
@@ -722,3 +832,13 @@ class RecordOpener(_Direction):
         self._check_rekey(info)
         self._install(info)
         self._key_expired = False
+
+
+#: The shortest record :meth:`RecordOpener._open_data13` takes: a header, one
+#: byte of content, the inner type and the tag.
+_MIN_DATA_RECORD13: Final = TLS_HEADER_SIZE + 1 + 1 + TLS_TAG_SIZE
+#: A TLS 1.3 record header without its length: outer type 23, version 0x0303.
+_PREFIX13: Final = bytes((TLS_RECORD_TYPE_DATA, 3, 3))
+_unpack_prefix = struct.Struct(">3sH").unpack_from
+#: What :meth:`RecordOpener._open_data13` returns for "ask next_record".
+_ASK: Final[tuple[int, bytes | memoryview]] = (0, b"")

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import errno
 from collections import deque
+from operator import attrgetter
 
 import attrs
 
@@ -50,7 +51,6 @@ from . import _stats
 from ._codec import (
     TLS_1_3_VERSION,
     TLS_RECORD_TYPE_ALERT,
-    TLS_RECORD_TYPE_DATA,
     TLS_RECORD_TYPE_HANDSHAKE,
     RecordOpener,
     TlsCryptoInfo,
@@ -66,6 +66,8 @@ __all__ = [
     "TlsRx",
     "TlsRxError",
 ]
+
+_nbytes = attrgetter("nbytes")
 
 #: Control records kept for the application before the oldest is discarded.
 CONTROL_QUEUE_RECORDS = 64
@@ -160,7 +162,8 @@ class TlsRx:
         return int(self.opener.buffered)
 
     def open_records(self, data: bytes | bytearray | memoryview) -> list[memoryview]:
-        """Feed transport bytes; return the plaintext of each data record completed.
+        """Feed transport bytes; return the plaintext of each data record completed
+        (views, none empty).
 
         Raises:
             TlsRxError: see the class; ``messages`` holds the units opened before
@@ -174,22 +177,9 @@ class TlsRx:
         opener = self.opener
         if data:
             opener.feed(data)
-        nbytes = 0
         try:
-            while True:
-                rec = opener.next_record()
-                if rec is None:
-                    break
-                ctype, plaintext = rec
-                if ctype == TLS_RECORD_TYPE_DATA:
-                    n = len(plaintext)
-                    if n:  # the opener's data is a view already: no new one
-                        units.append(
-                            plaintext if type(plaintext) is memoryview else memoryview(plaintext)
-                        )
-                        nbytes += n
-                    continue
-                if self._control(ctype, bytes(plaintext)):
+            while (rec := opener.next_records(units)) is not None:
+                if self._control(rec[0], bytes(rec[1])):
                     break  # close_notify: the rest is ignored
         except TlsRecordError as exc:
             if exc.errno == errno.EBADMSG:
@@ -197,16 +187,16 @@ class TlsRx:
                 _stats.count("TlsDecryptError")
             err = TlsRxError(exc.errno or errno.EBADMSG, f"TLS record error: {exc}")
             err.__cause__ = exc
-            self._fail(err, units, nbytes)
+            self._fail(err, units)
         except TlsRxError as err:
-            self._fail(err, units, nbytes)
+            self._fail(err, units)
         self.records += len(units)
-        self.bytes += nbytes
+        self.bytes += sum(map(_nbytes, units))
         return units
 
-    def _fail(self, err: TlsRxError, units: list[memoryview], nbytes: int) -> None:
+    def _fail(self, err: TlsRxError, units: list[memoryview]) -> None:
         self.records += len(units)
-        self.bytes += nbytes
+        self.bytes += sum(map(_nbytes, units))
         err.messages = units
         self.error = err
         raise err

@@ -411,14 +411,18 @@ class TlsSocket:
         An error (a bad record; a parser failure) is kept in
         :attr:`rx_error` for after the data before it; it is not raised.
         """
-        before = len(self.rx.controls)
+        rx = self.rx
+        if rx.error is not None:
+            return  # receiving ended: the data before the error was queued then
+        before = len(rx.controls)
+        opened = rx.bytes
         try:
-            units = self.rx.open_records(data)
+            units = rx.open_records(data)
         except TlsRxError as exc:
             units = exc.messages
         psock = self.stream.sk.psock
         if psock is None or psock.rx_mode is None:
-            self._queue_plain(units)
+            self._queue_plain(units, rx.bytes - opened)
         elif units:
             try:
                 if self.strparser and psock.rx_mode == "strp":
@@ -431,17 +435,18 @@ class TlsSocket:
                     self._parse_error = exc
             for action in actions:
                 if action.kind == "pass":
-                    self._queue_plain(action.bufs)
+                    self._queue_plain(action.bufs, action.nbytes)
                 elif action.kind == "redirect":
                     await self._redirect(action)
-        if len(self.rx.controls) != before or self.rx.eof or self.rx_error is not None:
+        if len(rx.controls) != before or rx.eof or self.rx_error is not None:
             self._control_lot.unpark_all()
 
-    def _queue_plain(self, units: list[memoryview]) -> None:
-        for u in units:
-            if u.nbytes:
-                self._plain.append(u)
-                self._plain_bytes += u.nbytes
+    def _queue_plain(self, units: list[memoryview], nbytes: int) -> None:
+        """Queue passed plaintext, ``nbytes`` in all, for ``receive_some``.
+        ``units`` carry no empty view (records and stream-parser messages are
+        never empty)."""
+        self._plain.extend(units)
+        self._plain_bytes += nbytes
 
     async def _redirect(self, action: sk.RxAction) -> None:
         """A receive verdict's redirect, carried out as the runtime does (a
@@ -483,7 +488,12 @@ class TlsSocket:
 
     def take_plain(self, max_bytes: int) -> bytes:
         """Up to ``max_bytes`` of the waiting plaintext, across records."""
-        data = sk.take_queued(self._plain, max_bytes)
+        plain = self._plain
+        if self._plain_bytes <= max_bytes:  # all of it: no loop over the units
+            data = plain[0].tobytes() if len(plain) == 1 else b"".join(plain)
+            plain.clear()
+        else:
+            data = sk.take_queued(plain, max_bytes)
         got = len(data)
         self._plain_bytes -= got
         if self._plain_bytes < PLAIN_LIMIT <= self._plain_bytes + got:
