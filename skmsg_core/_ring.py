@@ -322,7 +322,10 @@ class SkMsg(SkFields):
         if len(elems) != 1:
             return None
         e = elems[0]
-        return e.buf[e.offset : e.offset + e.length]
+        buf = e.buf
+        if not e.offset and e.length == buf.nbytes:
+            return buf  # the whole buffer (a record reset_lazy lent): no new view
+        return buf[e.offset : e.offset + e.length]
 
     def tobytes(self) -> bytes:
         """A copy of the whole message (for tests and slow paths)."""

@@ -125,15 +125,20 @@ class SendOpBase:
         self.passed = 0
         self.err = 0
         self._failure: tuple[int, int] | None = None
-        self._gen = self._sendmsg()
+        self._gen: Generator[TxAction, None, None] | None = None  # made on first use
         self._done = False
 
     def __iter__(self) -> Iterator[TxAction]:
         return self
 
     def __next__(self) -> TxAction:
+        gen = self._gen
+        if gen is None:
+            if self._done:  # finished without iterating (a subclass's fast path)
+                raise StopIteration
+            gen = self._gen = self._sendmsg()
         try:
-            return next(self._gen)
+            return next(gen)
         except StopIteration:
             self._done = True
             raise

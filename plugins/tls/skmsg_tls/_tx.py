@@ -39,7 +39,7 @@ differs from ``tcp_bpf_send_verdict`` is the kernel's own TLS rules:
 from __future__ import annotations
 
 import errno
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 from skmsg_core import (
     BPF_F_INGRESS,
@@ -107,14 +107,19 @@ class TlsSendOp(SendOpBase):
         self._record_size = record_size
         self._batch: list[memoryview] = []
         self._batch_bytes = 0
-        prog = psock.msg_parser
-        # the program's runner, bound once per send (sk_psock_msg_verdict's body),
-        # and the program itself for the lean loop, which keeps the counters
-        self._run = prog.verdict_runner() if prog is not None else None
-        self._func = prog.timed_func() if prog is not None else None
+        # the program, bound once per send: its runner (sk_psock_msg_verdict's
+        # body) is made when the general path first needs it; the lean loop
+        # calls the program itself and keeps the counters
+        self._prog = psock.msg_parser
         self._spare: SkMsg | None = None  # the lean loop's message
         self._stopped: tuple[SkMsg, Verdict, int] | None = None  # _lean's last stop
         super().__init__()
+
+    def _runner(self) -> Callable[[SkMsg], Verdict] | None:
+        """The program's runner (:meth:`skmsg_core.Program.verdict_runner`), or
+        None without a program."""
+        prog = self._prog
+        return prog.verdict_runner() if prog is not None else None
 
     def _corked(self) -> bool:
         """Bytes wait in the open record."""
@@ -137,7 +142,7 @@ class TlsSendOp(SendOpBase):
         pos = self._pos
         return (
             self.open_rec.msg is None
-            and self._func is not None
+            and self._prog is not None
             and self.psock.eval is _NONE
             and pos < size
             and (not self._more or size - pos >= self._record_size or self.psock.max_frags <= 1)
@@ -160,8 +165,9 @@ class TlsSendOp(SendOpBase):
         bpf_exec_tx_verdict's rules to it.
         """
         psock = self.psock
-        prog, func = psock.msg_parser, self._func
-        assert prog is not None and func is not None
+        prog = self._prog
+        assert prog is not None
+        func = prog.timed_func()
         src = self._src
         size = src.nbytes
         eor = not self._more
@@ -230,8 +236,7 @@ class TlsSendOp(SendOpBase):
             if not self._lean_ready():
                 return None
         records, self._batch, self._batch_bytes = self._batch, [], 0
-        self._gen.close()
-        self._done = True
+        self._done = True  # nothing left to iterate
         return records
 
     def delivered(self, nbytes: int) -> None:
@@ -247,7 +252,7 @@ class TlsSendOp(SendOpBase):
         eor = not self._more
         limit = self._record_size
         holder = self.open_rec
-        run = self._run
+        run = self._runner()
         max_frags = psock.max_frags
         sock = psock.sk
         of_private = SkMsg.of_private
@@ -447,7 +452,7 @@ class TlsSendOp(SendOpBase):
     def _msg_verdict(self, msg: SkMsg) -> Verdict:
         """``sk_psock_msg_verdict`` (as :meth:`skmsg_core.SkPsock.msg_verdict`),
         with the runner bound once per send."""
-        run = self._run
+        run = self._runner()
         if run is None:
             return _PASS
         psock = self.psock
