@@ -387,42 +387,43 @@ class RecordSealer(_Direction):
         iv = self._iv
         inner: bytes | bytearray | memoryview
         pos = 0
-        with memoryview(out) as ov:
-            for plaintext, n in zip(records, lens, strict=True):
-                if tls13:
-                    body = pos + TLS_HEADER_SIZE
-                    end = body + n + 1 + TLS_TAG_SIZE
-                    header = _pack_header(TLS_RECORD_TYPE_DATA, _LEGACY_VERSION, end - body)
-                    ov[pos:body] = header
-                    nonce = (iv ^ seq).to_bytes(12, "big")
-                    inner = b"".join((plaintext, _TYPE_BYTE[content_type]))
-                elif explicit is None:  # TLS 1.2 ChaCha20-Poly1305
-                    body = pos + TLS_HEADER_SIZE
-                    end = body + n + TLS_TAG_SIZE
-                    _pack_header_into(ov, pos, content_type, _LEGACY_VERSION, end - body)
-                    nonce = (iv ^ seq).to_bytes(12, "big")
-                    header = seq.to_bytes(8, "big") + _pack_header(
-                        content_type, _LEGACY_VERSION, n
-                    )
-                    inner = plaintext
-                else:  # TLS 1.2 GCM: the explicit nonce goes in clear
-                    nonce_explicit = explicit.to_bytes(8, "big")
-                    body = pos + TLS_HEADER_SIZE + 8
-                    end = body + n + TLS_TAG_SIZE
-                    _pack_header_into(ov, pos, content_type, _LEGACY_VERSION, end - pos - 5)
-                    ov[pos + TLS_HEADER_SIZE : body] = nonce_explicit
-                    nonce = self._salt + nonce_explicit
-                    header = seq.to_bytes(8, "big") + _pack_header(
-                        content_type, _LEGACY_VERSION, n
-                    )
-                    inner = plaintext
-                    explicit = (explicit + 1) & _MASK64
-                if into:
-                    aead.encrypt_into(nonce, inner, header, ov[body:end])
-                else:
-                    ov[body:end] = aead.encrypt(nonce, inner, header)
-                seq += 1
-                pos = end
+        ov = memoryview(out)  # released with this frame: a with block costs more
+        type_byte = _TYPE_BYTE[content_type]  # TLS 1.3's inner content type
+        for plaintext, n in zip(records, lens, strict=True):
+            if tls13:
+                body = pos + TLS_HEADER_SIZE
+                end = body + n + 1 + TLS_TAG_SIZE
+                header = _pack_header(TLS_RECORD_TYPE_DATA, _LEGACY_VERSION, end - body)
+                ov[pos:body] = header
+                nonce = (iv ^ seq).to_bytes(12, "big")
+                inner = b"".join((plaintext, type_byte))
+            elif explicit is None:  # TLS 1.2 ChaCha20-Poly1305
+                body = pos + TLS_HEADER_SIZE
+                end = body + n + TLS_TAG_SIZE
+                _pack_header_into(ov, pos, content_type, _LEGACY_VERSION, end - body)
+                nonce = (iv ^ seq).to_bytes(12, "big")
+                header = seq.to_bytes(8, "big") + _pack_header(
+                    content_type, _LEGACY_VERSION, n
+                )
+                inner = plaintext
+            else:  # TLS 1.2 GCM: the explicit nonce goes in clear
+                nonce_explicit = explicit.to_bytes(8, "big")
+                body = pos + TLS_HEADER_SIZE + 8
+                end = body + n + TLS_TAG_SIZE
+                _pack_header_into(ov, pos, content_type, _LEGACY_VERSION, end - pos - 5)
+                ov[pos + TLS_HEADER_SIZE : body] = nonce_explicit
+                nonce = self._salt + nonce_explicit
+                header = seq.to_bytes(8, "big") + _pack_header(
+                    content_type, _LEGACY_VERSION, n
+                )
+                inner = plaintext
+                explicit = (explicit + 1) & _MASK64
+            if into:
+                aead.encrypt_into(nonce, inner, header, ov[body:end])
+            else:
+                ov[body:end] = aead.encrypt(nonce, inner, header)
+            seq += 1
+            pos = end
         self._seq = seq
         if explicit is not None:
             self._explicit = explicit
