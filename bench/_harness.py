@@ -67,6 +67,13 @@ class Figure:
     the good direction. ``target`` is the threshold the ratio should reach in
     that direction, or ``None`` for a figure that only reports.
 
+    ``paired``: the ratio measured round by round instead (the median, over
+    interleaved rounds, of each round's own ratio), which overrides the ratio
+    of the two values; ``value`` and ``baseline_value`` are then the sides'
+    medians. On a machine whose speed swings, a round of each side run back
+    to back sees the same moment, so each round's ratio is steadier than a
+    ratio of two separately picked best rounds.
+
     Use the named constructors :meth:`cost_ratio` and :meth:`speedup`.
     """
 
@@ -78,6 +85,7 @@ class Figure:
     ratio_of: RatioOf
     better: Better
     target: float | None = None
+    paired: float | None = None
 
     @classmethod
     def cost_ratio(
@@ -103,14 +111,21 @@ class Figure:
         baseline: str,
         baseline_value: float,
         target: float | None = None,
+        paired: float | None = None,
     ) -> Figure:
         """A cost against a slower baseline's: ratio ``baseline/value`` (how many
-        times faster the candidate is), higher is better."""
-        return cls(name, value, unit, baseline, baseline_value, "baseline/value", "higher", target)
+        times faster the candidate is), higher is better; ``paired`` as the
+        class says."""
+        return cls(
+            name, value, unit, baseline, baseline_value, "baseline/value", "higher", target, paired
+        )
 
     @property
     def ratio(self) -> float:
-        """The figure's ratio, oriented as ``ratio_of`` says (``inf`` on a zero divisor)."""
+        """The figure's ratio, oriented as ``ratio_of`` says (``inf`` on a zero
+        divisor), or the ``paired`` one."""
+        if self.paired is not None:
+            return self.paired
         num, den = (
             (self.value, self.baseline_value)
             if self.ratio_of == "value/baseline"
@@ -138,7 +153,8 @@ def format_figure(fig: Figure) -> str:
     return (
         f"{fig.name:<28} {fig.value:>9.2f} {fig.unit:<5} "
         f"| vs {fig.baseline:<20} {fig.baseline_value:>9.2f} {fig.unit:<5} "
-        f"| ratio {fig.ratio:>7.2f}x ({fig.ratio_of}, {fig.better} is better) "
+        f"| ratio {fig.ratio:>7.2f}x ({'paired ' if fig.paired is not None else ''}"
+        f"{fig.ratio_of}, {fig.better} is better) "
         f"| {target:<13} {fig.verdict}"
     )
 
