@@ -25,8 +25,9 @@ RING_FIGURES = [
 
 #: A figure line: its name first, then somewhere its ratio with direction and verdict.
 FIGURE_LINE = re.compile(
-    r"^(?P<name>\S+)\s.*\| ratio\s+\d+\.\d+x \((value/baseline, lower|baseline/value, higher)"
-    r" is better\) \|.*\b(PASS|MISS|report)$"
+    r"^(?P<name>\S+)\s.*\| ratio\s+\d+\.\d+x "
+    r"\((paired )?(value/baseline, lower|baseline/value, higher) is better\) \|"
+    r".*\b(PASS|MISS|report)$"
 )
 
 
