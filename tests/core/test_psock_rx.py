@@ -9,12 +9,13 @@ from __future__ import annotations
 import errno
 import itertools
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import skmsg_core as sk
-from skmsg_core._psock import _RxBatch
+from skmsg_core._psock import SkPsock, _RxBatch
 
 from ._support import MemProto, Net
 
@@ -337,6 +338,59 @@ def test_rx_verdict_runs_once_per_unit_a_ulp_framed(net: Net) -> None:
     assert [len(a.bufs) for a in actions] == [2, 1]  # separate records stay separate buffers
 
 
+@attrs.frozen
+class _OpRig:
+    """A psock whose stream verdict acts on each unit's first byte: ``P`` pass,
+    ``D`` drop, ``X`` raise, ``B`` return a bool, ``R``/``I`` redirect to a TCP
+    socket (egress/ingress), ``G`` to a UDP socket, ``U`` to a socket with no
+    psock; an empty unit passes."""
+
+    m: sk.SockMap
+    prog: sk.Program
+    psock: SkPsock
+    udp: sk.Sock
+
+    @classmethod
+    def make(cls) -> _OpRig:
+        net = Net(MemProto())
+        m = sk.SockMap(max_entries=4)
+        tcp, udp = net.sock(), net.sock(kind="udp")
+        orphan = net.sock()  # no psock: a redirect to it is dropped
+
+        def verdict(skb: sk.SkBuff) -> object:
+            op = bytes(skb.data[:1]) or b"N"
+            if op == b"X":
+                raise ValueError("bad unit")
+            if op == b"B":
+                return True  # not an int verdict: a DROP
+            if op == b"R":
+                return sk.sk_redirect_map(skb, m, 1, 0)
+            if op == b"I":
+                return sk.sk_redirect_map(skb, m, 1, sk.BPF_F_INGRESS)
+            if op == b"G":
+                return sk.sk_redirect_map(skb, m, 2, 0)
+            if op == b"U":
+                skb.sk_redir = orphan
+                return sk.SK_PASS
+            return sk.SK_DROP if op == b"D" else sk.SK_PASS
+
+        prog = m.attach(verdict, sk.SK_SKB_STREAM_VERDICT)  # type: ignore[arg-type]
+        p = net.sock()
+        m.update(0, p)
+        m.update(1, tcp)
+        m.update(2, udp)
+        assert p.psock is not None
+        return cls(m, prog, p.psock, udp)
+
+    def snapshot(self) -> tuple[int, ...]:
+        """The program's and the psock's counters."""
+        s, ps = self.prog.statistics(), self.psock
+        return (
+            s.run_cnt, s.passed, s.dropped, s.redirected, s.errors, ps.rx_msgs,
+            ps.rx_passed_bytes, ps.rx_redirected_bytes, ps.rx_dropped_bytes,
+        )
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     units=st.lists(
@@ -350,44 +404,9 @@ def test_rx_verdict_is_verdict_spans_once_per_unit(
     the actions and counters of _verdict_spans run on each unit: pass, drop,
     a raise, a bool, redirects (egress, ingress, to a datagram socket, to a
     socket that cannot take it), empty units skipped."""
-    net = Net(MemProto())
-    m = sk.SockMap(max_entries=4)
-    tcp, udp = net.sock(), net.sock(kind="udp")
-    orphan = net.sock()  # no psock: a redirect to it is dropped
-
-    def verdict(skb: sk.SkBuff) -> object:
-        op = bytes(skb.data[:1]) or b"N"
-        if op == b"X":
-            raise ValueError("bad unit")
-        if op == b"B":
-            return True  # not an int verdict: a DROP
-        if op == b"R":
-            return sk.sk_redirect_map(skb, m, 1, 0)
-        if op == b"I":
-            return sk.sk_redirect_map(skb, m, 1, sk.BPF_F_INGRESS)
-        if op == b"G":
-            return sk.sk_redirect_map(skb, m, 2, 0)
-        if op == b"U":
-            skb.sk_redir = orphan
-            return sk.SK_PASS
-        return sk.SK_DROP if op == b"D" else sk.SK_PASS
-
-    prog = m.attach(verdict, sk.SK_SKB_STREAM_VERDICT)  # type: ignore[arg-type]
-    p = net.sock()
-    m.update(0, p)
-    m.update(1, tcp)
-    m.update(2, udp)
-    psock = p.psock
-    assert psock is not None
+    rig = _OpRig.make()
+    psock, prog = rig.psock, rig.prog
     views = [memoryview((op * n).encode()) for op, n in units]
-
-    def snapshot() -> tuple[int, ...]:
-        st_ = prog.statistics()
-        return (
-            st_.run_cnt, st_.passed, st_.dropped, st_.redirected, st_.errors,
-            psock.rx_msgs, psock.rx_passed_bytes, psock.rx_redirected_bytes,
-            psock.rx_dropped_bytes,
-        )
 
     def shape(actions: list[sk.RxAction]) -> list[tuple[object, ...]]:
         return [
@@ -395,20 +414,20 @@ def test_rx_verdict_is_verdict_spans_once_per_unit(
             for a in actions
         ]
 
-    s0 = snapshot()
+    s0 = rig.snapshot()
     got = psock.rx_verdict(views)
-    s1 = snapshot()
+    s1 = rig.snapshot()
     ref_batch = _RxBatch()
     for v in views:
         if v.nbytes:
             psock._verdict_spans(v, 0, [v.nbytes], prog, ref_batch)
-    s2 = snapshot()
+    s2 = rig.snapshot()
     assert shape(got) == shape(ref_batch.actions)
     assert [b - a for a, b in zip(s0, s1, strict=True)] == [
         b - a for a, b in zip(s1, s2, strict=True)
     ]
     assert (prog.last_error is not None) == any(op == "X" and n for op, n in units)
-    m.close()
+    rig.m.close()
 
 
 @pytest.mark.parametrize("kind", ["tcp", "udp"])
@@ -531,45 +550,11 @@ def test_one_message_path_is_the_batch_loop(units: list[tuple[str, int]]) -> Non
     """_verdict_spans has a path of its own for a lone message (verdict mode
     runs once per read); run on each message alone, it must give exactly the
     actions and counters of the batch loop run on all of them at once."""
-    net = Net(MemProto())
-    m = sk.SockMap(max_entries=4)
-    tcp, udp = net.sock(), net.sock(kind="udp")
-    orphan = net.sock()
-
-    def verdict(skb: sk.SkBuff) -> object:
-        op = bytes(skb.data[:1])
-        if op == b"X":
-            raise ValueError("bad message")
-        if op == b"B":
-            return True
-        if op == b"R":
-            return sk.sk_redirect_map(skb, m, 1, 0)
-        if op == b"I":
-            return sk.sk_redirect_map(skb, m, 1, sk.BPF_F_INGRESS)
-        if op == b"G":
-            return sk.sk_redirect_map(skb, m, 2, 0)
-        if op == b"U":
-            skb.sk_redir = orphan
-            return sk.SK_PASS
-        return sk.SK_DROP if op == b"D" else sk.SK_PASS
-
-    prog = m.attach(verdict, sk.SK_SKB_STREAM_VERDICT)  # type: ignore[arg-type]
-    p = net.sock()
-    m.update(0, p)
-    m.update(1, tcp)
-    m.update(2, udp)
-    psock = p.psock
-    assert psock is not None
+    rig = _OpRig.make()
+    psock, prog, udp = rig.psock, rig.prog, rig.udp
     data = "".join(op * n for op, n in units).encode()
     ends = list(itertools.accumulate(n for _, n in units))
     view = memoryview(data)
-
-    def snapshot() -> tuple[int, ...]:
-        s = prog.statistics()
-        return (
-            s.run_cnt, s.passed, s.dropped, s.redirected, s.errors, psock.rx_msgs,
-            psock.rx_passed_bytes, psock.rx_redirected_bytes, psock.rx_dropped_bytes,
-        )
 
     def shape(actions: list[sk.RxAction]) -> list[tuple[object, ...]]:
         # a stream target's bytes may come as one slice or one view per message;
@@ -582,20 +567,20 @@ def test_one_message_path_is_the_batch_loop(units: list[tuple[str, int]]) -> Non
             for a in actions
         ]
 
-    s0 = snapshot()
+    s0 = rig.snapshot()
     alone = _RxBatch()
     for start, end in itertools.pairwise([0, *ends]):
         psock._verdict_one(view, start, end, prog, alone)
-    s1 = snapshot()
+    s1 = rig.snapshot()
     together = _RxBatch()
     if len(ends) > 1:  # the batch loop (one message would take the lone path)
         psock._verdict_spans(view, 0, ends, prog, together)
     else:
         for start, end in itertools.pairwise([0, *ends]):
             psock._verdict_one(view, start, end, prog, together)
-    s2 = snapshot()
+    s2 = rig.snapshot()
     assert shape(alone.actions) == shape(together.actions)
     assert [b - a for a, b in zip(s0, s1, strict=True)] == [
         b - a for a, b in zip(s1, s2, strict=True)
     ]
-    m.close()
+    rig.m.close()
