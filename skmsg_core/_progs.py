@@ -254,17 +254,17 @@ class Program:
         self.run_cnt += 1
         if error is not None:
             self.errors += 1
-            self.dropped += 1
             self.last_error = error
-            return _DROP
-        if ret == _SK_PASS and type(ret) is not bool:
-            if ctx.sk_redir is not None:
-                self.redirected += 1
-                return _REDIRECT
+            verdict = _DROP
+        else:
+            verdict = map_verdict(ret, ctx.sk_redir is not None)
+        if verdict is _PASS:
             self.passed += 1
-            return _PASS
-        self.dropped += 1
-        return _DROP
+        elif verdict is _REDIRECT:
+            self.redirected += 1
+        else:
+            self.dropped += 1
+        return verdict
 
     def timed_func(self) -> Callable[[Any], Any]:
         """The program's callable for an engine's hot loop that keeps the counters

@@ -10,7 +10,7 @@ RX hook as ``sk.ulp_data``). From then on the stream's operations call it:
   plaintext is cut into records and sealed; with one, the TLS TX verdict
   engine (:class:`._tx.TlsSendOp`) runs the program once per record and the
   records it passes are sealed. Records are sealed into one ``bytearray`` per
-  batch and written with one socket write (``_TX_BATCH`` bytes at most);
+  batch and written with one socket write (``PASS_BATCH`` bytes at most);
   sealing and writing happen under the stream's write lock, so record
   sequence numbers follow wire order whoever writes (the stream's own sends,
   redirects into it, control records).
@@ -59,7 +59,7 @@ from ._codec import (
 from ._keys import tls13_crypto_info, tls13_next_secret
 from ._rx import ALERT_CLOSE_NOTIFY, ControlRecord, TlsRx, TlsRxError
 from ._stats import TlsStats
-from ._tx import OpenRecord, TlsSendOp
+from ._tx import PASS_BATCH, OpenRecord, TlsSendOp
 
 if TYPE_CHECKING:
     import ssl
@@ -70,9 +70,8 @@ __all__ = ["TlsSocket"]
 
 log = logging.getLogger(__name__)
 
-#: Sealed records are written together up to about this many bytes.
-_TX_BATCH = 262144
-_PER_BATCH = _TX_BATCH // TLS_MAX_PAYLOAD_SIZE  # whole records per write
+#: Whole records sealed and written together (about PASS_BATCH bytes).
+_PER_BATCH = PASS_BATCH // TLS_MAX_PAYLOAD_SIZE
 #: ``receive_control`` reads the socket only while less opened data than this
 #: waits for ``receive_some``.
 PLAIN_LIMIT = 1 << 20
@@ -184,7 +183,7 @@ class TlsSocket:
         delivered: Callable[[int], None] | None = None,
     ) -> None:
         """Seal and write application-data ``records`` (one element per record)
-        in batches of about ``_TX_BATCH`` bytes, one socket write each, the
+        in batches of about ``PASS_BATCH`` bytes, one socket write each, the
         last with ``more``; ``delivered`` hears each batch's plaintext bytes
         once written."""
         if len(records) <= _PER_BATCH:  # the common case: one write
