@@ -111,6 +111,7 @@ class SkMsg(SkFields):
     __slots__ = (
         "_borrowed",
         "_elems",
+        "_lent_win",
         "_win",
         "apply_bytes",
         "cork_bytes",
@@ -138,6 +139,9 @@ class SkMsg(SkFields):
         self._win: tuple[int, int, int] | None = None
         # reset_lazy's sender view, until the bytes are copied (materialize)
         self._borrowed: memoryview | None = None
+        # the window reset_lazy set: while _win is this very tuple, no helper
+        # has reshaped the message (each one sets a new window or none)
+        self._lent_win: tuple[int, int, int] | None = None
 
     # -- construction ---------------------------------------------------------------
 
@@ -271,12 +275,55 @@ class SkMsg(SkFields):
             self._elems = [Sge(view, 0, n)]
         self.start = 0
         self.size = n
-        self._win = (0, 0, n)
+        self._win = self._lent_win = (0, 0, n)
         self._borrowed = view
         if self.apply_bytes or self.cork_bytes or self.flags:
             self.apply_bytes = self.cork_bytes = self.flags = 0
         if self.sk_redir is not None:
             self.sk_redir = None
+
+    def lent_bytes(self) -> memoryview:
+        """The message's bytes as they stand, copied only where they must be:
+        the very view :meth:`reset_lazy` (or :meth:`relend`) lent while the
+        program has left the message as lent (its window not asked for, no
+        helper reshaping it); else :meth:`sole_frag`'s view; else the
+        elements joined into a new buffer."""
+        lent = self._borrowed
+        if lent is not None and self._win is self._lent_win:
+            return lent
+        view = self.sole_frag()
+        return view if view is not None else memoryview(self.tobytes())
+
+    def relend(self, view: memoryview) -> memoryview:
+        """:meth:`lent_bytes`, then :meth:`reset_lazy` of ``view``, in one step.
+
+        For an engine that verdicts one record after another from a sender's
+        buffer: the record just passed is handed on and the next one lent. In
+        the bulk case, a message the program left as lent with its helper
+        fields clear, only the lent buffer changes (and the length, if it
+        differs).
+
+        Raises:
+            ValueError: ``view`` is empty; the message is unchanged.
+        """
+        lent = self._borrowed
+        n = view.nbytes
+        if (
+            lent is not None
+            and n
+            and self._win is self._lent_win
+            and not (self.apply_bytes or self.cork_bytes or self.flags)
+            and self.sk_redir is None
+        ):  # reset_lazy's state but for the buffer: no helper changed it since
+            e = self._elems[0]
+            e.buf = self._borrowed = view
+            if n != e.length:
+                e.length = self.size = n
+                self._win = self._lent_win = (0, 0, n)
+            return lent
+        old = self.lent_bytes()
+        self.reset_lazy(view)
+        return old
 
     def materialize(self) -> None:
         """Give the message its own copy of the bytes :meth:`reset_lazy` left

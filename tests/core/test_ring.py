@@ -16,7 +16,7 @@ import errno
 from typing import Any
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -657,6 +657,83 @@ def test_reset_lazy_copies_only_when_the_program_looks() -> None:
     del view, sole, window
     sender.extend(b"!")  # nothing of the message holds the sender's buffer now
     assert msg.size == 0
+
+
+def _state(msg: SkMsg) -> tuple[object, ...]:
+    """What a program or an engine can observe of a message (no copy made)."""
+    return (
+        msg.tobytes(), msg.size, len(msg), msg.start, msg.max_frags,
+        [msg.sg_copy(i) for i in range(len(msg))], msg._win,
+        msg.apply_bytes, msg.cork_bytes, msg.flags, msg.sk_redir,
+    )  # fmt: skip
+
+
+_PROGRAM_STEPS = st.lists(
+    st.sampled_from(["none", "look", "write", "pull", "push", "pop", "apply", "cork", "redir"]),
+    max_size=3,
+)
+
+
+@given(
+    steps=st.lists(st.tuples(st.integers(1, 12), _PROGRAM_STEPS), min_size=1, max_size=6),
+)
+def test_relend_is_lent_bytes_then_reset_lazy(steps: list[tuple[int, list[str]]]) -> None:
+    """relend (the TLS engine's step from one record to the next) gives what
+    lent_bytes then reset_lazy give, whatever the program did to the message
+    in between; the bytes handed on are the sender's own view exactly when
+    the program left the message as lent."""
+    sender = bytearray(range(256)) * 2
+    src = memoryview(sender)
+    fast, slow = SkMsg(max_frags=4), SkMsg(max_frags=4)
+    pos = 0
+    for n, program in steps:
+        view = src[pos : pos + n]
+        pos += n
+        if pos == n:  # the first record: lent by reset_lazy
+            fast.reset_lazy(view)
+            slow.reset_lazy(view)
+        else:
+            expect = slow.lent_bytes()
+            slow.reset_lazy(view)
+            got = fast.relend(view)
+            assert bytes(got) == bytes(expect)
+            assert (got.obj is sender) == (expect.obj is sender)
+        assert _state(fast) == _state(slow)
+        for m in (fast, slow):
+            for step in program:
+                if step == "look":
+                    m.data  # the program reads its window: a copy is made
+                elif step == "write" and m.data.nbytes:
+                    m.data[0:1] = b"!"
+                elif step == "pull":
+                    msg_pull_data(m, 0, 1, 0)
+                elif step == "push":
+                    msg_push_data(m, 0, 2, 0)
+                elif step == "pop" and m.size > 1:
+                    msg_pop_data(m, 0, 1, 0)
+                elif step == "apply":
+                    msg_apply_bytes(m, 1)
+                elif step == "cork":
+                    msg_cork_bytes(m, 100)
+                elif step == "redir":
+                    m.sk_redir, m.flags = m.sk, 1
+        assert _state(fast) == _state(slow)
+        lent = fast.lent_bytes()
+        if set(program) <= {"none", "apply", "cork", "redir"}:  # bytes and shape as lent
+            assert lent is view
+        if {"look", "write"} & set(program):  # the program saw a private copy
+            assert lent.obj is not sender
+    assert sender == bytearray(range(256)) * 2  # no write ever reached the sender
+
+
+def test_relend_rejects_an_empty_view_and_changes_nothing() -> None:
+    src = memoryview(b"abcdef")
+    msg = SkMsg(max_frags=4)
+    msg.reset_lazy(src[0:3])
+    before = _state(msg)
+    with pytest.raises(ValueError, match="empty"):
+        msg.relend(src[3:3])
+    assert _state(msg) == before and msg.lent_bytes().obj is src.obj
 
 
 def test_sole_frag_is_the_one_element_or_none() -> None:

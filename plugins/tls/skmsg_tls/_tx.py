@@ -182,9 +182,9 @@ class TlsSendOp(SendOpBase):
         base = len(batch)
         passed = 0  # bytes of the records passed whole
         stopped: tuple[SkMsg, Verdict, int] | None = None
+        end = pos + limit if size - pos > limit else size
+        rec.reset_lazy(src[pos:end])
         while True:
-            end = pos + limit if size - pos > limit else size
-            rec.reset_lazy(src[pos:end])
             try:  # sk_psock_msg_verdict, the program called directly
                 ret = func(rec)
             except Exception as exc:
@@ -193,12 +193,13 @@ class TlsSendOp(SendOpBase):
             if ret is not SK_PASS or rec.sk_redir is not None or rec.apply_bytes or rec.cork_bytes:
                 stopped = rec, prog.account(ret, rec), end - pos
                 break
-            view = rec.sole_frag()  # the program may have reshaped it
-            batch.append(view if view is not None else memoryview(rec.tobytes()))
-            passed += rec.size
+            passed += rec.size  # the program may have reshaped it
             pos = end
             if pos >= size or (size - pos < limit and not lean_tail) or passed >= stop:
+                batch.append(rec.lent_bytes())
                 break
+            end = pos + limit if size - pos > limit else size
+            batch.append(rec.relend(src[pos:end]))  # this record on, the next lent
         self._batch_bytes += passed
         n = len(batch) - base  # the plain PASS runs, counted here
         psock.tx_msgs += n
