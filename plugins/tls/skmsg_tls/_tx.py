@@ -45,6 +45,7 @@ from skmsg_core import (
     BPF_F_INGRESS,
     SK_PASS,
     TLS_MAX_PAYLOAD_SIZE,
+    Program,
     SendOpBase,
     SkMsg,
     SkPsock,
@@ -52,7 +53,7 @@ from skmsg_core import (
     Verdict,
 )
 
-__all__ = ["PASS_BATCH", "OpenRecord", "TlsSendOp"]
+__all__ = ["PASS_BATCH", "OpenRecord", "TlsSendOp", "send_whole"]
 
 #: Passed records are handed on together up to this many plaintext bytes.
 PASS_BATCH = 262144
@@ -149,101 +150,25 @@ class TlsSendOp(SendOpBase):
         )
 
     def _lean(self, stop: int) -> tuple[SkMsg, Verdict, int] | None:
-        """Verdict whole records, one after another, while each passes whole.
-
-        The bulk case, lean: each record closes at once (full, or the end of
-        the send) from the caller's buffer. Its plaintext is one private
-        element (sk_msg_alloc + memcopy_from_iter), copied only if the program
-        looks at it (SkMsg.reset_lazy): a record passed unseen joins the batch
-        as the caller's bytes, which cannot change before this send returns.
-        One message serves every record; none outlives the send. Counters are
-        summed after the loop. Call only when :meth:`_lean_ready`.
-
-        Stops at the end of what may close now, once the batch holds ``stop``
-        bytes, or at a record not passed whole, returned as (message, verdict,
-        plaintext length) with the send's position past it: the caller applies
-        bpf_exec_tx_verdict's rules to it.
-        """
-        psock = self.psock
+        """:func:`_pass_run` from the send's position (call only when
+        :meth:`_lean_ready`): whole records passed join the batch; returns the
+        record not passed whole, if one stopped it."""
         prog = self._prog
         assert prog is not None
-        func = prog.timed_func()
-        src = self._src
-        size = src.nbytes
-        eor = not self._more
-        limit = self._record_size
-        lean_tail = eor or psock.max_frags <= 1  # a short last record closes too
-        batch = self._batch
         rec = self._spare
         if rec is None:
-            rec = self._spare = SkMsg(psock.max_frags)
-        rec.sk = psock.sk
-        pos = first = self._pos
-        base = len(batch)
-        passed = 0  # bytes of the records passed whole
-        stopped: tuple[SkMsg, Verdict, int] | None = None
-        end = pos + limit if size - pos > limit else size
-        rec.reset_lazy(src[pos:end])
-        while True:
-            try:  # sk_psock_msg_verdict, the program called directly
-                ret = func(rec)
-            except Exception as exc:
-                stopped = rec, prog.account(None, rec, exc), end - pos
-                break
-            if ret is not SK_PASS or rec.sk_redir is not None or rec.apply_bytes or rec.cork_bytes:
-                stopped = rec, prog.account(ret, rec), end - pos
-                break
-            passed += rec.size  # the program may have reshaped it
-            pos = end
-            if pos >= size or (size - pos < limit and not lean_tail) or passed >= stop:
-                batch.append(rec.lent_bytes())
-                break
-            end = pos + limit if size - pos > limit else size
-            batch.append(rec.relend(src[pos:end]))  # this record on, the next lent
-        self._batch_bytes += passed
-        n = len(batch) - base  # the plain PASS runs, counted here
-        psock.tx_msgs += n
-        prog.run_cnt += n
-        prog.passed += n
-        psock.apply_bytes = 0
+            rec = self._spare = SkMsg(self.psock.max_frags, self.psock.sk)
+        first = self._pos
+        pos, passed, stopped = _pass_run(
+            self.psock, prog, rec, self._src, first,
+            limit=self._record_size, eor=not self._more, stop=stop, batch=self._batch,
+        )  # fmt: skip
         if stopped is not None:
             self._spare = None  # the record may outlive the send
-            pos += stopped[2]
-            psock.tx_msgs += 1
+        self._batch_bytes += passed
         self.copied += pos - first
         self._pos = pos
         return stopped
-
-    def take_whole(self) -> list[memoryview] | None:
-        """The bulk case in one step, without iterating: if every record of
-        this send passes whole (full records, and with ``more=False`` a short
-        last one), return their plaintext, one view per record, the send done
-        (:meth:`result` as after iterating; the caller seals and writes the
-        records, and reports what went out with :meth:`delivered`).
-
-        Otherwise return None: iterate the op for its actions, which carry on
-        from where this stopped (records passed whole so far lead).
-        """
-        if not self._lean_ready():
-            return None
-        size = self._src.nbytes
-        while True:
-            stopped = self._lean(size)
-            if stopped is not None:
-                self._stopped = stopped
-                return None
-            if self._pos >= size:
-                break
-            if not self._lean_ready():
-                return None
-        records, self._batch, self._batch_bytes = self._batch, [], 0
-        self._done = True  # nothing left to iterate
-        return records
-
-    def delivered(self, nbytes: int) -> None:
-        """``nbytes`` of what :meth:`take_whole` returned went out."""
-        self.passed += nbytes
-        self.psock.tx_passed_bytes += nbytes
 
     def _records(self) -> Generator[TxAction, None, int]:
         # The per-record path: locals for everything the loop touches.
@@ -470,3 +395,106 @@ class TlsSendOp(SendOpBase):
         """A hand-off failed: the rest of the open record goes (``msg->sg.size = 0``)."""
         self.copied -= msg.free()
         self.open_rec.msg = None
+
+
+def _pass_run(
+    psock: SkPsock,
+    prog: Program,
+    rec: SkMsg,
+    src: memoryview,
+    pos: int,
+    *,
+    limit: int,
+    eor: bool,
+    stop: int,
+    batch: list[memoryview],
+) -> tuple[int, int, tuple[SkMsg, Verdict, int] | None]:
+    """Verdict whole records of ``src`` from ``pos``, one after another, while
+    each passes whole; append each one's plaintext to ``batch``.
+
+    The bulk case, lean: each record closes at once (``limit`` bytes, or the
+    end of the send: of any send with ``eor``, else only with a one-slot
+    ring) from the caller's buffer. Its plaintext is one private element
+    (sk_msg_alloc + memcopy_from_iter), copied only if the program looks at it
+    (:meth:`SkMsg.reset_lazy`): a record passed unseen joins the batch as the
+    caller's bytes, which cannot change before this send returns. ``rec``
+    serves every record. The program is called directly; the psock's and
+    program's counters are summed after the loop.
+
+    Stops at the end of what may close now, once the batch gained ``stop``
+    bytes, or at a record not passed whole. Returns (the send's position after,
+    the bytes passed, None or the record not passed whole as (message,
+    verdict, plaintext length), the position then past it: the caller applies
+    bpf_exec_tx_verdict's rules to it).
+    """
+    func = prog.timed_func()
+    size = src.nbytes
+    lean_tail = eor or psock.max_frags <= 1  # a short last record closes too
+    base = len(batch)
+    passed = 0  # bytes of the records passed whole
+    stopped: tuple[SkMsg, Verdict, int] | None = None
+    end = pos + limit if size - pos > limit else size
+    rec.reset_lazy(src[pos:end])
+    while True:
+        try:  # sk_psock_msg_verdict, the program called directly
+            ret = func(rec)
+        except Exception as exc:
+            stopped = rec, prog.account(None, rec, exc), end - pos
+            break
+        if ret is not SK_PASS or rec.sk_redir is not None or rec.apply_bytes or rec.cork_bytes:
+            stopped = rec, prog.account(ret, rec), end - pos
+            break
+        passed += rec.size  # the program may have reshaped it
+        pos = end
+        if pos >= size or (size - pos < limit and not lean_tail) or passed >= stop:
+            batch.append(rec.lent_bytes())
+            break
+        end = pos + limit if size - pos > limit else size
+        batch.append(rec.relend(src[pos:end]))  # this record on, the next lent
+    n = len(batch) - base  # the plain PASS runs, counted here
+    prog.run_cnt += n
+    prog.passed += n
+    psock.apply_bytes = 0
+    if stopped is not None:
+        pos += stopped[2]
+        n += 1
+    psock.tx_msgs += n
+    return pos, passed, stopped
+
+
+def send_whole(
+    psock: SkPsock, open_rec: OpenRecord, src: memoryview, more: bool
+) -> list[memoryview] | TlsSendOp:
+    """One ``sendmsg`` under an SK_MSG program, the bulk case in one step: if
+    every record of ``src`` passes whole (full records, and without ``more``
+    a short last one), return their plaintext, one view per record, the send
+    done; the caller seals and writes them and adds what went out to
+    ``psock.tx_passed_bytes``. No engine object is made.
+
+    Otherwise return the :class:`TlsSendOp` to iterate for the send's actions:
+    it carries on exactly where this stopped (the records passed whole so far
+    lead, the record that stopped it is verdicted by bpf_exec_tx_verdict's
+    rules).
+    """
+    prog = psock.msg_parser
+    size = src.nbytes
+    limit = TLS_MAX_PAYLOAD_SIZE
+    if (
+        prog is None
+        or open_rec.msg is not None
+        or psock.eval is not _NONE
+        or not size
+        or (more and size < limit and psock.max_frags > 1)
+    ):
+        return TlsSendOp(psock, open_rec, src, more=more)
+    batch: list[memoryview] = []
+    rec = SkMsg(psock.max_frags, psock.sk)
+    pos, passed, stopped = _pass_run(
+        psock, prog, rec, src, 0, limit=limit, eor=not more, stop=size, batch=batch
+    )
+    if stopped is None and pos >= size:
+        return batch
+    op = TlsSendOp(psock, open_rec, src, more=more)
+    op._batch, op._batch_bytes, op._stopped = batch, passed, stopped
+    op._pos = op.copied = pos
+    return op

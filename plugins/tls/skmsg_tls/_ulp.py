@@ -36,7 +36,6 @@ import contextlib
 import errno
 import logging
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -59,7 +58,7 @@ from ._codec import (
 from ._keys import tls13_crypto_info, tls13_next_secret
 from ._rx import ALERT_CLOSE_NOTIFY, ControlRecord, TlsRx, TlsRxError
 from ._stats import TlsStats
-from ._tx import PASS_BATCH, OpenRecord, TlsSendOp
+from ._tx import PASS_BATCH, OpenRecord, TlsSendOp, send_whole
 
 if TYPE_CHECKING:
     import ssl
@@ -177,26 +176,23 @@ class TlsSocket:
             lock.release()
 
     async def _write_batches(
-        self,
-        records: list[Any],
-        more: bool,
-        delivered: Callable[[int], None] | None = None,
+        self, records: list[Any], more: bool, psock: sk.SkPsock | None = None
     ) -> None:
         """Seal and write application-data ``records`` (one element per record)
         in batches of about ``PASS_BATCH`` bytes, one socket write each, the
-        last with ``more``; ``delivered`` hears each batch's plaintext bytes
-        once written."""
+        last with ``more``; each batch's plaintext bytes are added to
+        ``psock.tx_passed_bytes`` once written (records a verdict passed)."""
         if len(records) <= _PER_BATCH:  # the common case: one write
             await self._write_records(records, more, TLS_RECORD_TYPE_DATA)
-            if delivered is not None:
-                delivered(sum(map(len, records)))
+            if psock is not None:
+                psock.tx_passed_bytes += sum(map(len, records))
             return
         for i in range(0, len(records), _PER_BATCH):
             batch = records[i : i + _PER_BATCH]
             last = i + _PER_BATCH >= len(records)
             await self._write_records(batch, more or not last, TLS_RECORD_TYPE_DATA)
-            if delivered is not None:
-                delivered(sum(map(len, batch)))
+            if psock is not None:
+                psock.tx_passed_bytes += sum(map(len, batch))
 
     async def sendmsg(self, view: memoryview, more: bool) -> None:
         """``tls_sw_sendmsg``: the stream's ``send_all`` on a TLS stream.
@@ -216,11 +212,11 @@ class TlsSocket:
             msg = self._open.msg = psock.new_msg()
             msg.append_copy(psock.frag, (bytes(self._plain_open),))
             self._plain_open.clear()
-        op = TlsSendOp(psock, self._open, view, more=more)
-        records = op.take_whole()
-        if records is not None:  # the bulk case: every record passed whole
-            await self._write_batches(records, more, op.delivered)
+        op = send_whole(psock, self._open, view, more)
+        if type(op) is list:  # the bulk case: every record passed whole
+            await self._write_batches(op, more, psock)
             return
+        assert isinstance(op, TlsSendOp)
         for action in op:
             try:
                 if action.kind == "pass":  # one element of bufs per record
