@@ -150,7 +150,7 @@ def test_seal_batch_equals_seal_per_record(
     b._into = into
     views = [(bytes, bytearray, memoryview)[i % 3](d) for i, d in enumerate(data)]
     out = b.seal_batch(views, ctype)
-    assert isinstance(out, bytearray)
+    assert isinstance(out, memoryview) and isinstance(out.obj, bytearray)
     assert out == b"".join(a.seal(d, ctype) for d in data)
     assert a.seq == b.seq == info.seq + len(data)
     # and the stream goes on from where the batch left it (TLS 1.2 explicit nonce too)
@@ -158,6 +158,40 @@ def test_seal_batch_equals_seal_per_record(
     opener = RecordOpener(info)
     opener.feed(bytes(out))
     assert [(t, bytes(p)) for t, p in drain(opener)] == [(ctype, d) for d in data]
+
+
+@pytest.mark.parametrize("version,cipher", COMBOS)
+def test_seal_batch_into_a_scratch_buffer_reuses_it_whatever_it_held(
+    version: int, cipher: int
+) -> None:
+    """A scratch buffer is grown when too short and otherwise sealed into as it
+    is: what it held before (here 0xff everywhere) never shows in a record."""
+    info = make_info(version, cipher)
+    plain, reused = RecordSealer(info), RecordSealer(info)
+    scratch = bytearray(b"\xff" * 10)
+    longest = 0
+    for batch in ([b"a" * 100, b"b" * 3000], [b"c" * 7], [bytes(range(256)) * 64] * 2, [b"d"]):
+        want = bytes(plain.seal_batch(batch))
+        longest = max(longest, len(want))
+        got = reused.seal_batch(batch, scratch=scratch)
+        assert got.obj is scratch and got == want
+        del got
+        scratch[:] = b"\xff" * len(scratch)  # whatever it holds, nothing leaks
+    assert len(scratch) == longest  # grown to the longest batch, never shrunk
+    assert plain.seq == reused.seq
+
+
+def test_seal_batch_into_a_scratch_in_use_fails_before_sealing() -> None:
+    """Growing a scratch buffer a view still holds is a BufferError, raised
+    before anything is sealed (the sequence number does not move)."""
+    sealer = RecordSealer(make_info(TLS_1_3_VERSION, TLS_CIPHER_AES_GCM_128))
+    scratch = bytearray()
+    held = sealer.seal_batch([b"x"], scratch=scratch)
+    with pytest.raises(BufferError):
+        sealer.seal_batch([b"y" * 100], scratch=scratch)
+    assert sealer.seq == 1
+    held.release()
+    assert sealer.seal_batch([b"y" * 100], scratch=scratch).obj is scratch
 
 
 @pytest.mark.parametrize("version,cipher", COMBOS)

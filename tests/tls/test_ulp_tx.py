@@ -281,3 +281,43 @@ async def test_counters_of_the_bulk_path_and_of_a_send_it_hands_back(
     ps = program.statistics()
     assert (ps.run_cnt, ps.passed, ps.dropped) == (6, 5, 1)
     assert [p for _, p in await read_records(b, opener, 2)] == [data[:16384], data[16384:32768]]
+
+
+async def test_sends_waiting_on_full_sockets_at_once_each_seal_their_own_bytes(
+    skmsg_runtime: object,
+) -> None:
+    """Sealing buffers are shared by the process's TLS sockets and held across
+    a write that waits: three connections whose peers do not read yet (every
+    socket buffer fills, every write waits), some sends below a pass program,
+    each still delivers exactly its own bytes once its peer reads."""
+    from skmsg_core.testing import aclose_all, tcp_stream_pair
+
+    pairs = [await tcp_stream_pair() for _ in range(3)]
+    smap = sk.SockMap(max_entries=2)
+    smap.attach(lambda msg: sk.SK_PASS, sk.SK_MSG_VERDICT)
+    smap.update(0, pairs[0][0])
+    payloads = [os.urandom(3 * 1024 * 1024 + i) for i in range(3)]
+    try:
+        for a, b in pairs:
+            await enable_both(a, b, make_keys(cipher=tls.TLS_CIPHER_AES_GCM_256))
+        got: list[bytes] = [b""] * 3
+        readers_go = trio.Event()
+
+        async def send(i: int) -> None:
+            view = memoryview(payloads[i])
+            for pos in range(0, len(view), 100_000):
+                await pairs[i][0].send_all(view[pos : pos + 100_000])
+
+        async def read(i: int) -> None:
+            await readers_go.wait()
+            got[i] = await read_exactly(pairs[i][1], len(payloads[i]))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(send, i)
+                nursery.start_soon(read, i)
+            await trio.sleep(0.2)  # the senders fill their sockets and wait
+            readers_go.set()
+        assert got == payloads
+    finally:
+        await aclose_all([s for pair in pairs for s in pair])

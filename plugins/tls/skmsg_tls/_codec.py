@@ -340,28 +340,33 @@ class RecordSealer(_Direction):
         self,
         records: Sequence[bytes | bytearray | memoryview],
         content_type: int = TLS_RECORD_TYPE_DATA,
-    ) -> bytearray:
+        *,
+        scratch: bytearray | None = None,
+    ) -> memoryview:
         """Seal each of ``records`` into one record of ``content_type``, in order,
-        back to back in one new ``bytearray`` (what one socket write sends).
+        back to back in one buffer (what one socket write sends); return a view
+        of the sealed bytes.
 
         The same records as :meth:`seal` called once per element makes, but each
-        is encrypted straight into its place in the result: no ciphertext object
-        per record and no second copy of it.
+        is encrypted straight into its place: no ciphertext object per record
+        and no second copy of it. The buffer is a new ``bytearray``, or
+        ``scratch`` when given (grown first if too short; it is reused as is,
+        never zero-filled again): the view is then valid until the next seal
+        into ``scratch``.
 
         Raises:
             ValueError: an element is longer than ``TLS_MAX_PAYLOAD_SIZE`` or
                 ``content_type`` is not 1..255.
             TlsRecordError: ``EBADMSG``, the sequence numbers run out before the
                 last element.
+            BufferError: ``scratch`` must grow while a view of it is alive.
             Nothing is sealed on an error: the sequence number is unchanged.
         """
         if not 0 < content_type < 256:
             raise ValueError(f"seal: content type {content_type} is not 1..255")
         lens = list(map(len, records))
         count = len(lens)
-        if not count:
-            return bytearray()
-        longest = max(lens)
+        longest = max(lens) if count else 0
         if longest > TLS_MAX_PAYLOAD_SIZE:
             raise ValueError(
                 f"seal: {longest} bytes of plaintext exceed "
@@ -381,31 +386,46 @@ class RecordSealer(_Direction):
             over = TLS_HEADER_SIZE + TLS_TAG_SIZE
         else:
             over = TLS_HEADER_SIZE + 8 + TLS_TAG_SIZE
-        out = bytearray(sum(lens) + count * over)
+        total = sum(lens) + count * over
+        if scratch is None:
+            out = bytearray(total)
+        else:
+            out = scratch
+            if len(out) < total:
+                out.extend(bytes(total - len(out)))
         aead = self._aead
         into = self._into
         iv = self._iv
         inner: bytes | bytearray | memoryview
         pos = 0
         ov = memoryview(out)  # released with this frame: a with block costs more
-        type_byte = _TYPE_BYTE[content_type]  # TLS 1.3's inner content type
-        for plaintext, n in zip(records, lens, strict=True):
-            if tls13:
+        if tls13:  # the bulk: the header is also the AAD; full records share it
+            type_byte = _TYPE_BYTE[content_type]  # the inner content type
+            header = b""
+            header_for = -1
+            for plaintext, n in zip(records, lens, strict=True):
+                if n != header_for:
+                    length = n + 1 + TLS_TAG_SIZE
+                    header = _pack_header(TLS_RECORD_TYPE_DATA, _LEGACY_VERSION, length)
+                    header_for = n
                 body = pos + TLS_HEADER_SIZE
                 end = body + n + 1 + TLS_TAG_SIZE
-                header = _pack_header(TLS_RECORD_TYPE_DATA, _LEGACY_VERSION, end - body)
                 ov[pos:body] = header
-                nonce = (iv ^ seq).to_bytes(12, "big")
                 inner = b"".join((plaintext, type_byte))
-            elif explicit is None:  # TLS 1.2 ChaCha20-Poly1305
+                if into:
+                    aead.encrypt_into((iv ^ seq).to_bytes(12, "big"), inner, header, ov[body:end])
+                else:
+                    ov[body:end] = aead.encrypt((iv ^ seq).to_bytes(12, "big"), inner, header)
+                seq += 1
+                pos = end
+            self._seq = seq
+            return ov if len(out) == total else ov[:total]
+        for plaintext, n in zip(records, lens, strict=True):
+            if explicit is None:  # TLS 1.2 ChaCha20-Poly1305
                 body = pos + TLS_HEADER_SIZE
                 end = body + n + TLS_TAG_SIZE
                 _pack_header_into(ov, pos, content_type, _LEGACY_VERSION, end - body)
                 nonce = (iv ^ seq).to_bytes(12, "big")
-                header = seq.to_bytes(8, "big") + _pack_header(
-                    content_type, _LEGACY_VERSION, n
-                )
-                inner = plaintext
             else:  # TLS 1.2 GCM: the explicit nonce goes in clear
                 nonce_explicit = explicit.to_bytes(8, "big")
                 body = pos + TLS_HEADER_SIZE + 8
@@ -413,21 +433,18 @@ class RecordSealer(_Direction):
                 _pack_header_into(ov, pos, content_type, _LEGACY_VERSION, end - pos - 5)
                 ov[pos + TLS_HEADER_SIZE : body] = nonce_explicit
                 nonce = self._salt + nonce_explicit
-                header = seq.to_bytes(8, "big") + _pack_header(
-                    content_type, _LEGACY_VERSION, n
-                )
-                inner = plaintext
                 explicit = (explicit + 1) & _MASK64
+            aad = seq.to_bytes(8, "big") + _pack_header(content_type, _LEGACY_VERSION, n)
             if into:
-                aead.encrypt_into(nonce, inner, header, ov[body:end])
+                aead.encrypt_into(nonce, plaintext, aad, ov[body:end])
             else:
-                ov[body:end] = aead.encrypt(nonce, inner, header)
+                ov[body:end] = aead.encrypt(nonce, plaintext, aad)
             seq += 1
             pos = end
         self._seq = seq
         if explicit is not None:
             self._explicit = explicit
-        return out
+        return ov if len(out) == total else ov[:total]
 
     def _seal(
         self, plaintext: bytes | bytearray | memoryview, content_type: int, padding: int

@@ -71,6 +71,12 @@ log = logging.getLogger(__name__)
 
 #: Whole records sealed and written together (about PASS_BATCH bytes).
 _PER_BATCH = PASS_BATCH // TLS_MAX_PAYLOAD_SIZE
+#: Sealing buffers not in use, shared by the TLS sockets of the process: a
+#: write seals into one and gives it back once written, so bulk sends seal
+#: into warm memory instead of a fresh zero-filled buffer each (kTLS seals into
+#: its open record's pages the same way). At most ``_SCRATCH_KEEP`` are kept.
+_SCRATCH: list[bytearray] = []
+_SCRATCH_KEEP = 4
 #: ``receive_control`` reads the socket only while less opened data than this
 #: waits for ``receive_some``.
 PLAIN_LIMIT = 1 << 20
@@ -128,15 +134,20 @@ class TlsSocket:
 
     # -- TX ---------------------------------------------------------------------------------
 
-    def _seal_locked(self, records: list[Any], ctype: int) -> bytearray:
-        """Seal ``records`` (each one record's plaintext) into one buffer, after
-        the KeyUpdate the peer asked for if one is owed. Call under the write lock."""
+    def _seal_locked(self, records: list[Any], ctype: int, scratch: bytearray) -> memoryview:
+        """Seal ``records`` (each one record's plaintext) into ``scratch`` (a
+        new buffer if a view still holds it), after the KeyUpdate the peer
+        asked for if one is owed; return the sealed bytes. Call under the
+        write lock."""
         prefix: bytearray | None = None
         if self.rx.key_update_requested:
             self.rx.key_update_requested = False
             prefix = bytearray()
             self._key_update_locked(prefix, update_requested=False)
-        out = self._sealer.seal_batch(records, ctype)
+        try:
+            out = self._sealer.seal_batch(records, ctype, scratch=scratch)
+        except BufferError:  # still exported (a write that failed): not reused
+            out = self._sealer.seal_batch(records, ctype)
         if ctype == TLS_RECORD_TYPE_DATA:
             self.tx_records += len(records)
             self.tx_bytes += sum(map(len, records))
@@ -144,7 +155,7 @@ class TlsSocket:
             self.tx_control_records += len(records)
         if prefix is not None:
             prefix += out
-            return prefix
+            return memoryview(prefix)
         return out
 
     def _key_update_locked(self, out: bytearray, *, update_requested: bool) -> None:
@@ -169,11 +180,18 @@ class TlsSocket:
         except trio.WouldBlock:
             await lock.acquire()
         try:
-            out = self._seal_locked(records, ctype)
+            scratch = _SCRATCH.pop()
+        except IndexError:
+            scratch = bytearray()
+        try:
+            out = self._seal_locked(records, ctype, scratch)
             if out:
-                await stream._send_bufs([memoryview(out)], more)
+                await stream._send_bufs([out], more)
         finally:
             lock.release()
+        out.release()  # the write is done with it: the buffer may serve again
+        if len(_SCRATCH) < _SCRATCH_KEEP:
+            _SCRATCH.append(scratch)
 
     async def _write_batches(
         self, records: list[Any], more: bool, psock: sk.SkPsock | None = None
