@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
@@ -587,17 +588,33 @@ def _wire_of(info: TlsCryptoInfo, steps: list[tuple[str, int, int]]) -> tuple[
     return bytes(wire), rekeys
 
 
+def _recv_into(piece: bytes) -> Callable[[memoryview], int]:
+    """A socket's ``recv_into`` that has ``piece`` to give."""
+
+    def recv_into(view: memoryview) -> int:
+        n = min(len(piece), view.nbytes)
+        view[:n] = piece[:n]
+        return n
+
+    return recv_into
+
+
 def _open_all(
     opener: RecordOpener, pieces: list[bytes], rekeys: list[TlsCryptoInfo], *, batch: bool
 ) -> tuple[list[object], tuple[int | None, str] | None]:
-    """Feed ``pieces``, taking records with next_records (``batch``) or
-    next_record; rekey on EKEYEXPIRED. The events (data records without the
-    empty ones, other records, rekeys) and the error that ended it."""
+    """Feed ``pieces``, taking records with next_records (``batch``; the odd
+    pieces then come through fill, as a socket's recv_into into a room larger
+    than the piece) or next_record; rekey on EKEYEXPIRED. The events (data
+    records without the empty ones, other records, rekeys) and the error that
+    ended it."""
     events: list[object] = []
     k = 0
-    for piece in pieces:
+    for i, piece in enumerate(pieces):
         try:
-            opener.feed(piece)
+            if batch and i % 2:
+                assert opener.fill(_recv_into(piece), len(piece) + 100) == len(piece)
+            else:
+                opener.feed(piece)
         except TlsRecordError as exc:
             return events, (exc.errno, str(exc))
         while True:
@@ -675,6 +692,56 @@ def test_next_records_over_the_compaction_threshold(version: int, cipher: int) -
         assert opener.buffered < 16_500
     assert got == payloads
     assert opener.seq == 70 and opener.buffered == 0
+
+
+def test_fill_reads_into_the_buffer_and_a_failed_read_adds_nothing() -> None:
+    """fill gives recv_into a room of the size asked for and keeps what it
+    wrote; a recv_into that raises (BlockingIOError, a reset) adds nothing."""
+    info = make_info(TLS_1_3_VERSION, TLS_CIPHER_AES_GCM_256)
+    wire = RecordSealer(info).seal(b"x" * 1000) * 1  # one record, 1022 bytes
+    opener = RecordOpener(info)
+    rooms: list[int] = []
+
+    def recv_into(view: memoryview) -> int:
+        rooms.append(view.nbytes)
+        view[:600] = wire[:600]
+        return 600
+
+    def would_block(view: memoryview) -> int:
+        raise BlockingIOError
+
+    assert opener.fill(recv_into, 4096) == 600
+    with pytest.raises(BlockingIOError):
+        opener.fill(would_block, 4096)
+    assert opener.buffered == 600 and opener.next_record() is None
+    opener.feed(wire[600:])
+    assert opener.next_record() == (23, b"x" * 1000)
+    assert rooms == [4096] and opener.buffered == 0
+
+
+def test_openers_sharing_receive_buffers_keep_their_own_bytes() -> None:
+    """An opener that holds nothing gives its buffer back for another to use;
+    two openers taking turns, each often holding part of a record, each get
+    exactly their own records, whatever the other left in a buffer."""
+    keys = [make_info(TLS_1_3_VERSION, TLS_CIPHER_AES_GCM_256, fill=f) for f in (1, 2)]
+    payloads = [[bytes([k + 10 * i]) * (5000 + 37 * k) for k in range(40)] for i in range(2)]
+    sealers = [RecordSealer(info) for info in keys]
+    wires = [b"".join(map(sealers[i].seal, payloads[i])) for i in (0, 1)]
+    openers = [RecordOpener(info) for info in keys]
+    got: list[list[bytes]] = [[], []]
+    step = [4099, 20_000]  # one reads odd pieces, the other reads whole-ish records
+    pos = [0, 0]
+    while pos[0] < len(wires[0]) or pos[1] < len(wires[1]):
+        for i in (0, 1):
+            piece = wires[i][pos[i] : pos[i] + step[i]]
+            pos[i] += len(piece)
+            if piece:
+                openers[i].fill(_recv_into(piece), len(piece))
+            units: list[memoryview] = []
+            assert openers[i].next_records(units) is None
+            got[i] += [bytes(u) for u in units]
+    assert got == payloads
+    assert [o.buffered for o in openers] == [0, 0]
 
 
 def test_next_records_stops_at_a_control_record_and_keeps_the_rest() -> None:

@@ -153,6 +153,19 @@ async def test_close_notify_is_eof_and_later_records_are_ignored(
     assert await tb.receive_control() == tls.ControlRecord(21, b"\x01\x00")
     with pytest.raises(trio.EndOfChannel):
         await tb.receive_control()
+    # bytes still read after the end go nowhere: not into the opener's buffer
+    held = tb.rx.opener.buffered  # what came after close_notify in its read
+    await a.send_all(sealer.seal(b"more ignored"))
+    assert b._raw is not None
+    with trio.fail_after(5):
+        while True:
+            try:
+                if tb.rx_fill(b._raw.recv_into, 65536):
+                    break
+            except BlockingIOError:
+                await trio.sleep(0.01)
+    assert tb.rx.opener.buffered == held
+    assert await b.receive_some() == b""
 
 
 async def test_a_fatal_alert_fails_the_stream_after_the_data_before_it(

@@ -34,6 +34,7 @@ import errno
 import operator
 import socket as stdsocket
 import struct
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
@@ -99,9 +100,16 @@ class StreamUlp(Protocol):
         ...
 
     async def rx_input(self, data: bytes) -> None:
-        """Bytes read from the socket by the reader; the ULP keeps what is
-        for the application (:attr:`plain_bytes`, :meth:`take_plain`) and its
-        error (:attr:`rx_error`) for after it."""
+        """Bytes read from the socket by the reader (b"": those
+        :meth:`rx_fill` read); the ULP keeps what is for the application
+        (:attr:`plain_bytes`, :meth:`take_plain`) and its error
+        (:attr:`rx_error`) for after it."""
+        ...
+
+    def rx_fill(self, recv_into: Callable[[memoryview], int], max_bytes: int) -> int:
+        """Read up to ``max_bytes`` with ``recv_into`` (the socket's) straight
+        into the ULP's own buffer; return how many (0: EOF). Raises what
+        ``recv_into`` raises, having kept nothing."""
         ...
 
     def transport_eof(self) -> None:
@@ -558,17 +566,21 @@ class SkStream(trio.abc.HalfCloseableStream):
                     # scope below when the socket would block.
                     await trio.lowlevel.checkpoint_if_cancelled()
                     try:
-                        data = raw.recv(want)
+                        if ulp is not None:  # into the ULP's buffer: no copy
+                            nread = ulp.rx_fill(raw.recv_into, want)
+                        else:
+                            data = raw.recv(want)
                     except BlockingIOError:
                         pass
                     except OSError as exc:
                         raise _translate(exc) from exc
                     else:
                         await trio.lowlevel.cancel_shielded_checkpoint()
-                        self.bytes_received += len(data)
                         if ulp is not None:
-                            await self._ulp_transport(ulp, data)
+                            self.bytes_received += nread
+                            await self._ulp_transport(ulp, b"" if nread else None)
                             continue
+                        self.bytes_received += len(data)
                         return data
                 # Wait in a scope that any change cancels (wake_readers): a
                 # cancelled trio recv has consumed nothing, so looking again is safe.
@@ -590,12 +602,13 @@ class SkStream(trio.abc.HalfCloseableStream):
                     finally:
                         self._recv_scope = None
                 if received is not None and ulp is not None:
-                    await self._ulp_transport(ulp, received)
+                    await self._ulp_transport(ulp, received or None)
 
-    async def _ulp_transport(self, ulp: StreamUlp, data: bytes) -> None:
+    async def _ulp_transport(self, ulp: StreamUlp, data: bytes | None) -> None:
         """Hand bytes read from the socket to the ULP (which runs the receive
-        verdict in this, the reader's, context); b"" is EOF."""
-        if data:
+        verdict in this, the reader's, context): ``data``, or b"" for those
+        :meth:`StreamUlp.rx_fill` read; None is EOF."""
+        if data is not None:
             await ulp.rx_input(data)
         else:
             ulp.transport_eof()

@@ -512,16 +512,24 @@ class RecordOpener(_Direction):
     thread-safe; one task owns it.
     """
 
-    __slots__ = ("_buf", "_error", "_hs_partial", "_key_expired", "_limit", "_overhead", "_pos")
-
-    #: Consumed bytes at the front of the buffer are dropped once there are
-    #: this many and they are more than half of it (amortised compaction).
-    _COMPACT: Final = 1 << 18
+    __slots__ = (
+        "_buf",
+        "_end",
+        "_error",
+        "_hs_partial",
+        "_key_expired",
+        "_limit",
+        "_overhead",
+        "_pos",
+    )
 
     def __init__(self, info: TlsCryptoInfo) -> None:
         super().__init__(info)
-        self._buf = bytearray()
+        # the raw bytes held are _buf[_pos:_end]; the rest of _buf is room
+        # for more (kept, not zero-filled again, while bytes are held)
+        self._buf = _NO_BUFFER
         self._pos = 0  # start of the first record not yet returned
+        self._end = 0
         self._error: TlsRecordError | None = None
         self._key_expired = False
         # TLS 1.3: handshake bytes of a message not yet complete (KeyUpdate watch)
@@ -540,7 +548,7 @@ class RecordOpener(_Direction):
     @property
     def buffered(self) -> int:
         """Raw bytes held that no :meth:`next_record` call has returned yet."""
-        return len(self._buf) - self._pos
+        return self._end - self._pos
 
     @property
     def key_expired(self) -> bool:
@@ -557,7 +565,7 @@ class RecordOpener(_Direction):
         whole record). Whole records not yet taken do not count."""
         buf = self._buf
         pos = self._pos
-        end = len(buf)
+        end = self._end
         while end - pos >= TLS_HEADER_SIZE:
             pos += TLS_HEADER_SIZE + ((buf[pos + 3] << 8) | buf[pos + 4])
         return pos != end
@@ -570,7 +578,56 @@ class RecordOpener(_Direction):
         """
         if self._error is not None:
             raise self._error.with_traceback(None)
-        self._buf += data
+        n = len(data)
+        if n:
+            end = self._room(n)
+            self._buf[end : end + n] = data
+            self._end = end + n
+
+    def fill(self, recv_into: Callable[[memoryview], int], max_bytes: int) -> int:
+        """Read raw bytes straight into the buffer: ``recv_into`` (a socket's,
+        say) is given a writable view of room for ``max_bytes`` and returns how
+        many it wrote; return that. No copy of them is made on the way in.
+
+        Raises:
+            TlsRecordError: the opener is poisoned; that error again.
+            Whatever ``recv_into`` raises (``BlockingIOError``, ``OSError``):
+                nothing is added.
+        """
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        end = self._room(max_bytes)
+        view = memoryview(self._buf)[end : end + max_bytes]
+        try:
+            got = recv_into(view)
+        finally:
+            view.release()
+        self._end = end + got
+        return got
+
+    def _room(self, n: int) -> int:
+        """Make room for ``n`` more bytes after those held, moving them to the
+        front or growing the buffer (zero-filled once); return where they go."""
+        buf = self._buf
+        end = self._end
+        if len(buf) - end >= n:
+            return end
+        pos = self._pos
+        if pos:  # the held bytes (at most a record and a bit) to the front
+            held = end - pos
+            if held:
+                view = memoryview(buf)
+                view[:held] = view[pos:end]
+                view.release()
+            self._pos, end = 0, held
+            self._end = end
+            if len(buf) - end >= n:
+                return end
+        if buf is _NO_BUFFER:
+            buf = self._buf = _take_buffer(end + n)
+        if len(buf) < end + n:
+            buf.extend(bytes(end + n - len(buf)))
+        return end
 
     def eof(self) -> None:
         """Check that the stream may end here: no partial record is held.
@@ -614,7 +671,7 @@ class RecordOpener(_Direction):
             raise self._error.with_traceback(None)
         buf = self._buf
         pos = self._pos
-        avail = len(buf) - pos
+        avail = self._end - pos
         if avail < TLS_HEADER_SIZE:
             return None
         if self._key_expired:
@@ -719,13 +776,11 @@ class RecordOpener(_Direction):
 
     def _consume(self, end: int) -> None:
         """Drop the records before ``end`` (no view of the buffer may be held)."""
-        buf = self._buf
-        if end == len(buf):
-            buf.clear()
-            self._pos = 0
-        elif end >= self._COMPACT and end > len(buf) >> 1:
-            del buf[:end]
-            self._pos = 0
+        if end == self._end:  # nothing held: the buffer may serve others now
+            self._pos = self._end = 0
+            if self._buf is not _NO_BUFFER:
+                _give_buffer(self._buf)
+                self._buf = _NO_BUFFER
         else:
             self._pos = end
 
@@ -775,7 +830,7 @@ class RecordOpener(_Direction):
             return _ASK
         buf = self._buf
         pos = self._pos
-        size = len(buf)
+        size = self._end
         seq = self._seq
         if seq + (size - pos) // _MIN_DATA_RECORD13 > _MAX_SEQ:
             return _ASK  # the sequence may run out among these: checked per record
@@ -860,3 +915,32 @@ _PREFIX13: Final = bytes((TLS_RECORD_TYPE_DATA, 3, 3))
 _unpack_prefix = struct.Struct(">3sH").unpack_from
 #: What :meth:`RecordOpener._open_data13` returns for "ask next_record".
 _ASK: Final[tuple[int, bytes | memoryview]] = (0, b"")
+
+
+#: An opener holding no bytes has no buffer of its own (this empty one).
+_NO_BUFFER: Final = bytearray()
+#: Receive buffers no opener holds bytes in, shared by the process's openers:
+#: an opener that holds nothing gives its buffer back and takes one when bytes
+#: come, so a busy connection reads into warm memory and an idle one keeps
+#: no buffer. At most ``_KEEP_BUFFERS`` of at most ``_BUFFER_MAX`` bytes are
+#: kept.
+_BUFFERS: list[bytearray] = []
+_KEEP_BUFFERS: Final = 4
+_BUFFER_MAX: Final = 1 << 20
+
+
+def _take_buffer(n: int) -> bytearray:
+    """A buffer of at least ``n`` bytes, from the shared ones if one is that long."""
+    try:
+        buf = _BUFFERS.pop()
+    except IndexError:
+        return bytearray(n)
+    if len(buf) < n:
+        buf.extend(bytes(n - len(buf)))
+    return buf
+
+
+def _give_buffer(buf: bytearray) -> None:
+    """Keep ``buf`` for :func:`_take_buffer` (no view of it may be alive)."""
+    if len(_BUFFERS) < _KEEP_BUFFERS and len(buf) <= _BUFFER_MAX:
+        _BUFFERS.append(buf)

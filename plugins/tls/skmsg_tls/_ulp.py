@@ -36,6 +36,7 @@ import contextlib
 import errno
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -413,7 +414,8 @@ class TlsSocket:
     # -- RX ---------------------------------------------------------------------------------
 
     async def rx_input(self, data: bytes | bytearray | memoryview) -> None:
-        """Bytes the reader read from the socket: open the records, run the
+        """Bytes the reader read from the socket (b"": only those :meth:`rx_fill`
+        put in the opener's buffer): open the records, run the
         receive verdict on each data record if the socket's psock has one, and
         carry out its actions: passed plaintext waits here for
         :meth:`take_plain`, redirects go to their target (``tls_sw_recvmsg``
@@ -453,6 +455,20 @@ class TlsSocket:
                     await self._redirect(action)
         if len(rx.controls) != before or rx.eof or self.rx_error is not None:
             self._control_lot.unpark_all()
+
+    def rx_fill(self, recv_into: Callable[[memoryview], int], max_bytes: int) -> int:
+        """Read up to ``max_bytes`` from the socket with ``recv_into`` straight
+        into the record opener's buffer (no copy on the way in); return how
+        many came (0: EOF). :meth:`rx_input` then opens them. Once receiving
+        has ended (close_notify, an error) what is read is let go.
+
+        Raises:
+            Whatever ``recv_into`` raises; nothing is added then.
+        """
+        rx = self.rx
+        if rx.error is not None or rx.eof:
+            return recv_into(memoryview(bytearray(min(max_bytes, 1 << 16))))
+        return rx.opener.fill(recv_into, max_bytes)
 
     def _queue_plain(self, units: list[memoryview], nbytes: int) -> None:
         """Queue passed plaintext, ``nbytes`` in all, for ``receive_some``.
