@@ -283,6 +283,35 @@ async def test_counters_of_the_bulk_path_and_of_a_send_it_hands_back(
     assert [p for _, p in await read_records(b, opener, 2)] == [data[:16384], data[16384:32768]]
 
 
+async def test_a_bulk_send_with_more_leaves_its_tail_open_for_the_next(
+    tcp_stream_pair: Pair, sockmap: sk.SockMap
+) -> None:
+    """The bulk path passes the full records of a ``more=True`` send and hands
+    the engine the rest, which opens a record the next send completes: one
+    verdict per record, counted once each."""
+    a, b = tcp_stream_pair
+    seen: list[int] = []
+
+    def prog(msg: sk.SkMsg) -> int:
+        seen.append(msg.size)
+        return sk.SK_PASS
+
+    sockmap.attach(prog, sk.SK_MSG_VERDICT)
+    sockmap.update(0, a)
+    _, opener = await tls_to_raw(a)
+    data = os.urandom(40000)
+    await a.send_all(data, more=True)
+    assert seen == [16384, 16384] and a.statistics().ulp.open_record_bytes == 7232
+    await a.send_all(b"end")
+    assert seen == [16384, 16384, 7235]
+    recs = await read_records(b, opener, 3)
+    assert b"".join(p for _, p in recs) == data + b"end"
+    psock = a.sk.psock
+    assert psock is not None
+    st = psock.statistics()
+    assert (st.tx_msgs, st.tx_passed_bytes) == (3, 40003)
+
+
 async def test_sends_waiting_on_full_sockets_at_once_each_seal_their_own_bytes(
     skmsg_runtime: object,
 ) -> None:
