@@ -45,7 +45,7 @@ import errno
 import os
 import struct
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import attrs
 from cryptography.exceptions import InvalidTag
@@ -233,6 +233,26 @@ _TYPE_BYTE: Final = tuple(bytes((i,)) for i in range(256))
 _HAVE_INTO: Final = hasattr(AESGCM, "encrypt_into") and hasattr(ChaCha20Poly1305, "encrypt_into")
 
 
+def _too_long(n: int) -> ValueError:
+    return ValueError(
+        f"seal: {n} bytes of plaintext exceed TLS_MAX_PAYLOAD_SIZE ({TLS_MAX_PAYLOAD_SIZE})"
+    )
+
+
+def _copying_encrypt_into(
+    aead: Any,
+) -> Callable[[bytes, bytes | bytearray | memoryview, bytes, memoryview], None]:
+    """``encrypt_into`` for a cryptography release without it: encrypt, then
+    copy the result into the buffer."""
+
+    def encrypt_into(
+        nonce: bytes, data: bytes | bytearray | memoryview, aad: bytes, buf: memoryview
+    ) -> None:
+        buf[:] = aead.encrypt(nonce, data, aad)
+
+    return encrypt_into
+
+
 class _Direction:
     """What sealer and opener share: the key state of one direction."""
 
@@ -364,14 +384,7 @@ class RecordSealer(_Direction):
         """
         if not 0 < content_type < 256:
             raise ValueError(f"seal: content type {content_type} is not 1..255")
-        lens = list(map(len, records))
-        count = len(lens)
-        longest = max(lens) if count else 0
-        if longest > TLS_MAX_PAYLOAD_SIZE:
-            raise ValueError(
-                f"seal: {longest} bytes of plaintext exceed "
-                f"TLS_MAX_PAYLOAD_SIZE ({TLS_MAX_PAYLOAD_SIZE})"
-            )
+        count = len(records)
         seq = self._seq
         if seq + count - 1 > _MAX_SEQ:
             raise TlsRecordError.of(
@@ -386,7 +399,7 @@ class RecordSealer(_Direction):
             over = TLS_HEADER_SIZE + TLS_TAG_SIZE
         else:
             over = TLS_HEADER_SIZE + 8 + TLS_TAG_SIZE
-        total = sum(lens) + count * over
+        total = sum(map(len, records)) + count * over
         if scratch is None:
             out = bytearray(total)
         else:
@@ -394,33 +407,38 @@ class RecordSealer(_Direction):
             if len(out) < total:
                 out.extend(bytes(total - len(out)))
         aead = self._aead
-        into = self._into
+        seal_into = aead.encrypt_into if self._into else _copying_encrypt_into(aead)
         iv = self._iv
-        inner: bytes | bytearray | memoryview
         pos = 0
         ov = memoryview(out)  # released with this frame: a with block costs more
+        # The state (sequence, explicit nonce) changes only once all are sealed:
+        # a record found too long leaves it as it was.
         if tls13:  # the bulk: the header is also the AAD; full records share it
             type_byte = _TYPE_BYTE[content_type]  # the inner content type
             header = b""
             header_for = -1
-            for plaintext, n in zip(records, lens, strict=True):
+            for plaintext in records:
+                n = len(plaintext)
                 if n != header_for:
-                    length = n + 1 + TLS_TAG_SIZE
-                    header = _pack_header(TLS_RECORD_TYPE_DATA, _LEGACY_VERSION, length)
+                    if n > TLS_MAX_PAYLOAD_SIZE:
+                        raise _too_long(n)
+                    header = _pack_header(
+                        TLS_RECORD_TYPE_DATA, _LEGACY_VERSION, n + 1 + TLS_TAG_SIZE
+                    )
                     header_for = n
                 body = pos + TLS_HEADER_SIZE
                 end = body + n + 1 + TLS_TAG_SIZE
                 ov[pos:body] = header
                 inner = b"".join((plaintext, type_byte))
-                if into:
-                    aead.encrypt_into((iv ^ seq).to_bytes(12, "big"), inner, header, ov[body:end])
-                else:
-                    ov[body:end] = aead.encrypt((iv ^ seq).to_bytes(12, "big"), inner, header)
+                seal_into((iv ^ seq).to_bytes(12, "big"), inner, header, ov[body:end])
                 seq += 1
                 pos = end
             self._seq = seq
             return ov if len(out) == total else ov[:total]
-        for plaintext, n in zip(records, lens, strict=True):
+        for plaintext in records:
+            n = len(plaintext)
+            if n > TLS_MAX_PAYLOAD_SIZE:
+                raise _too_long(n)
             if explicit is None:  # TLS 1.2 ChaCha20-Poly1305
                 body = pos + TLS_HEADER_SIZE
                 end = body + n + TLS_TAG_SIZE
@@ -435,10 +453,7 @@ class RecordSealer(_Direction):
                 nonce = self._salt + nonce_explicit
                 explicit = (explicit + 1) & _MASK64
             aad = seq.to_bytes(8, "big") + _pack_header(content_type, _LEGACY_VERSION, n)
-            if into:
-                aead.encrypt_into(nonce, plaintext, aad, ov[body:end])
-            else:
-                ov[body:end] = aead.encrypt(nonce, plaintext, aad)
+            seal_into(nonce, plaintext, aad, ov[body:end])
             seq += 1
             pos = end
         self._seq = seq
