@@ -379,14 +379,12 @@ class SkStream(trio.abc.HalfCloseableStream):
         than ``IOV_MAX`` (1024) in one ``sendmsg``. Otherwise at most
         ``IOV_MAX`` go per call.
         """
-        flags = MSG_MORE if more else 0
-        # A long list is a batch of messages: one copy beats one iovec each (and
-        # sendmsg takes at most IOV_MAX); empty views cost nothing to join.
-        pending = [memoryview(b"".join(bufs))] if len(bufs) > _JOIN_ABOVE else list(bufs)
-        first = 0
+        nbufs = len(bufs)
         try:
-            if len(pending) == 1 and not flags:  # the common case: plain send
-                view = pending[0]
+            if not more and (nbufs == 1 or nbufs > _JOIN_ABOVE):  # the common case
+                # one buffer, or many short ones joined: one copy beats one
+                # iovec each (and sendmsg takes at most IOV_MAX)
+                view = bufs[0] if nbufs == 1 else memoryview(b"".join(bufs))
                 raw = self._raw
                 if raw is not None:
                     # trio's send, unrolled (as receive_some's recv): try at
@@ -399,12 +397,18 @@ class SkStream(trio.abc.HalfCloseableStream):
                     else:
                         await trio.lowlevel.cancel_shielded_checkpoint()
                         self.bytes_sent += sent
+                        if sent == view.nbytes:
+                            return
                         view = view[sent:]
                 while view.nbytes:
                     sent = await self.socket.send(view)
                     self.bytes_sent += sent
                     view = view[sent:]
                 return
+            flags = MSG_MORE if more else 0
+            # empty views cost nothing to join
+            pending = [memoryview(b"".join(bufs))] if nbufs > _JOIN_ABOVE else list(bufs)
+            first = 0
             while first < len(pending):
                 batch = pending[first : first + _IOV_MAX]
                 sent = await self.socket.sendmsg(batch, (), flags)
