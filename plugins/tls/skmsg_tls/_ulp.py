@@ -135,11 +135,13 @@ class TlsSocket:
 
     # -- TX ---------------------------------------------------------------------------------
 
-    def _seal_locked(self, records: list[Any], ctype: int, scratch: bytearray) -> memoryview:
-        """Seal ``records`` (each one record's plaintext) into ``scratch`` (a
-        new buffer if a view still holds it), after the KeyUpdate the peer
-        asked for if one is owed; return the sealed bytes. Call under the
-        write lock."""
+    def _seal_locked(
+        self, records: list[Any], ctype: int, scratch: bytearray, nbytes: int
+    ) -> memoryview:
+        """Seal ``records`` (each one record's plaintext, ``nbytes`` in all) into
+        ``scratch`` (a new buffer if a view still holds it), after the KeyUpdate
+        the peer asked for if one is owed; return the sealed bytes. Call under
+        the write lock."""
         prefix: bytearray | None = None
         if self.rx.key_update_requested:
             self.rx.key_update_requested = False
@@ -151,7 +153,7 @@ class TlsSocket:
             out = self._sealer.seal_batch(records, ctype)
         if ctype == TLS_RECORD_TYPE_DATA:
             self.tx_records += len(records)
-            self.tx_bytes += sum(map(len, records))
+            self.tx_bytes += nbytes
         else:
             self.tx_control_records += len(records)
         if prefix is not None:
@@ -171,9 +173,11 @@ class TlsSocket:
         self.tx_rekeys += 1
         _stats.count("TlsTxRekeyOk")
 
-    async def _write_records(self, records: list[Any], more: bool, ctype: int) -> None:
+    async def _write_records(self, records: list[Any], more: bool, ctype: int) -> int:
         """Seal ``records`` and write them with one socket write, under the
-        stream's write lock (sequence numbers follow wire order)."""
+        stream's write lock (sequence numbers follow wire order); return their
+        plaintext bytes."""
+        nbytes = sum(map(len, records))
         stream = self.stream
         lock = stream._write_lock
         try:
@@ -185,7 +189,7 @@ class TlsSocket:
         except IndexError:
             scratch = bytearray()
         try:
-            out = self._seal_locked(records, ctype, scratch)
+            out = self._seal_locked(records, ctype, scratch, nbytes)
             if out:
                 await stream._send_bufs([out], more)
         finally:
@@ -193,6 +197,7 @@ class TlsSocket:
         out.release()  # the write is done with it: the buffer may serve again
         if len(_SCRATCH) < _SCRATCH_KEEP:
             _SCRATCH.append(scratch)
+        return nbytes
 
     async def _write_batches(
         self, records: list[Any], more: bool, psock: sk.SkPsock | None = None
@@ -202,16 +207,16 @@ class TlsSocket:
         last with ``more``; each batch's plaintext bytes are added to
         ``psock.tx_passed_bytes`` once written (records a verdict passed)."""
         if len(records) <= _PER_BATCH:  # the common case: one write
-            await self._write_records(records, more, TLS_RECORD_TYPE_DATA)
+            nbytes = await self._write_records(records, more, TLS_RECORD_TYPE_DATA)
             if psock is not None:
-                psock.tx_passed_bytes += sum(map(len, records))
+                psock.tx_passed_bytes += nbytes
             return
         for i in range(0, len(records), _PER_BATCH):
             batch = records[i : i + _PER_BATCH]
             last = i + _PER_BATCH >= len(records)
-            await self._write_records(batch, more or not last, TLS_RECORD_TYPE_DATA)
+            nbytes = await self._write_records(batch, more or not last, TLS_RECORD_TYPE_DATA)
             if psock is not None:
-                psock.tx_passed_bytes += sum(map(len, batch))
+                psock.tx_passed_bytes += nbytes
 
     async def sendmsg(self, view: memoryview, more: bool) -> None:
         """``tls_sw_sendmsg``: the stream's ``send_all`` on a TLS stream.
