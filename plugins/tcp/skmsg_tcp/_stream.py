@@ -544,7 +544,10 @@ class SkStream(trio.abc.HalfCloseableStream):
                     raise trio.ClosedResourceError("this stream was closed")
                 ulp = self._ulp
                 if ulp is not None:
-                    got = await self._ulp_receive(ulp, max_bytes)
+                    if ulp.plain_bytes:  # plaintext the ULP opened (and passed)
+                        await trio.lowlevel.checkpoint()
+                        return ulp.take_plain(max_bytes)
+                    got = await self._ulp_end(ulp)
                     if got is not None:
                         return got
                 psock = self.sk.psock
@@ -618,12 +621,9 @@ class SkStream(trio.abc.HalfCloseableStream):
             ulp.transport_eof()
             self._rx_eof = True
 
-    async def _ulp_receive(self, ulp: StreamUlp, max_bytes: int) -> bytes | None:
-        """What the ULP has for ``receive_some``: plaintext it opened (and the
-        verdict passed), then its error or its EOF; ``None`` to look further."""
-        if ulp.plain_bytes:
-            await trio.lowlevel.checkpoint()
-            return bytes(ulp.take_plain(max_bytes))
+    async def _ulp_end(self, ulp: StreamUlp) -> bytes | None:
+        """For ``receive_some`` with no plaintext waiting in the ULP: its error
+        or its EOF, after a checkpoint; ``None`` to look further."""
         psock = self.sk.psock
         if psock is not None and psock.ingress_bytes:
             return None  # bytes other sockets redirected here

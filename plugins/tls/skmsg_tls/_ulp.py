@@ -123,7 +123,8 @@ class TlsSocket:
         self._plain_open = bytearray()  # open record without a program
         self._control_lot = trio.lowlevel.ParkingLot()
         self._plain: deque[memoryview] = deque()
-        self._plain_bytes = 0
+        #: Opened plaintext waiting for ``receive_some`` (read only).
+        self.plain_bytes = 0
         self._parse_error: sk.StrParserError | None = None
         self._tcp_eof = False
         self._tx_closed = False
@@ -480,7 +481,7 @@ class TlsSocket:
         ``units`` carry no empty view (records and stream-parser messages are
         never empty)."""
         self._plain.extend(units)
-        self._plain_bytes += nbytes
+        self.plain_bytes += nbytes
 
     async def _redirect(self, action: sk.RxAction) -> None:
         """A receive verdict's redirect, carried out as the runtime does (a
@@ -515,22 +516,17 @@ class TlsSocket:
         self._tcp_eof = True
         self._control_lot.unpark_all()
 
-    @property
-    def plain_bytes(self) -> int:
-        """Opened plaintext waiting for ``receive_some`` (no receive program)."""
-        return self._plain_bytes
-
     def take_plain(self, max_bytes: int) -> bytes:
         """Up to ``max_bytes`` of the waiting plaintext, across records."""
         plain = self._plain
-        if self._plain_bytes <= max_bytes:  # all of it: no loop over the units
+        if self.plain_bytes <= max_bytes:  # all of it: no loop over the units
             data = plain[0].tobytes() if len(plain) == 1 else b"".join(plain)
             plain.clear()
         else:
             data = sk.take_queued(plain, max_bytes)
         got = len(data)
-        self._plain_bytes -= got
-        if self._plain_bytes < PLAIN_LIMIT <= self._plain_bytes + got:
+        self.plain_bytes -= got
+        if self.plain_bytes < PLAIN_LIMIT <= self.plain_bytes + got:
             self._control_lot.unpark_all()  # receive_control may read again
         return data
 
@@ -573,7 +569,7 @@ class TlsSocket:
             if self.rx.eof or self._tcp_eof or stream._rx_eof:
                 await trio.lowlevel.checkpoint()
                 raise trio.EndOfChannel("the peer ended the TLS stream")
-            if stream._receive_conflict._held or self._plain_bytes >= PLAIN_LIMIT:
+            if stream._receive_conflict._held or self.plain_bytes >= PLAIN_LIMIT:
                 # a reader is at work (it will wake us), or data waits for one:
                 # stop reading the socket (bounded memory, TCP flow control)
                 await self._control_lot.park()
