@@ -945,7 +945,8 @@ _BUFFER_MAX: Final = 1 << 20
 
 
 def _take_buffer(n: int) -> bytearray:
-    """A buffer of at least ``n`` bytes, from the shared ones if one is that long."""
+    """A buffer of at least ``n`` bytes: a shared one (grown if shorter, the
+    new bytes zero-filled once), else a new one."""
     try:
         buf = _BUFFERS.pop()
     except IndexError:
