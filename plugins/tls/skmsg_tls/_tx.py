@@ -136,17 +136,10 @@ class TlsSendOp(SendOpBase):
             self.err = err
 
     def _lean_ready(self) -> bool:
-        """Whether the next record is the bulk case :meth:`_lean` runs: no
-        record open, no verdict pending, a program, and a whole record (full,
-        or the end of the send) to close from the caller's bytes."""
-        size = self._src.nbytes
-        pos = self._pos
-        return (
-            self.open_rec.msg is None
-            and self._prog is not None
-            and self.psock.eval is _NONE
-            and pos < size
-            and (not self._more or size - pos >= self._record_size or self.psock.max_frags <= 1)
+        """Whether the next record is the bulk case :meth:`_lean` runs
+        (:func:`_lean_next`)."""
+        return self._prog is not None and _lean_next(
+            self.psock, self.open_rec, self._src.nbytes - self._pos, self._more, self._record_size
         )
 
     def _lean(self, stop: int) -> tuple[SkMsg, Verdict, int] | None:
@@ -397,6 +390,19 @@ class TlsSendOp(SendOpBase):
         self.open_rec.msg = None
 
 
+def _lean_next(psock: SkPsock, open_rec: OpenRecord, left: int, more: bool, limit: int) -> bool:
+    """Whether the next record of a send with ``left`` bytes to go is the bulk
+    case :func:`_pass_run` takes: no record open, no verdict pending, and a
+    whole record (``limit`` bytes, or the end of the send) to close from the
+    caller's bytes."""
+    return (
+        open_rec.msg is None
+        and psock.eval is _NONE
+        and left > 0
+        and (not more or left >= limit or psock.max_frags <= 1)
+    )
+
+
 def _pass_run(
     psock: SkPsock,
     prog: Program,
@@ -479,13 +485,7 @@ def send_whole(
     prog = psock.msg_parser
     size = src.nbytes
     limit = TLS_MAX_PAYLOAD_SIZE
-    if (
-        prog is None
-        or open_rec.msg is not None
-        or psock.eval is not _NONE
-        or not size
-        or (more and size < limit and psock.max_frags > 1)
-    ):
+    if prog is None or not _lean_next(psock, open_rec, size, more, limit):
         return TlsSendOp(psock, open_rec, src, more=more)
     batch: list[memoryview] = []
     rec = SkMsg(psock.max_frags, psock.sk)
