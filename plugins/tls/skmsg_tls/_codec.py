@@ -639,7 +639,7 @@ class RecordOpener(_Direction):
             if len(buf) - end >= n:
                 return end
         if buf is _NO_BUFFER:
-            buf = self._buf = _take_buffer(end + n)
+            buf = self._buf = _RX_BUFFERS.take(end + n)
         if len(buf) < end + n:
             buf.extend(bytes(end + n - len(buf)))
         return end
@@ -794,7 +794,7 @@ class RecordOpener(_Direction):
         if end == self._end:  # nothing held: the buffer may serve others now
             self._pos = self._end = 0
             if self._buf is not _NO_BUFFER:
-                _give_buffer(self._buf)
+                _RX_BUFFERS.give(self._buf)
                 self._buf = _NO_BUFFER
         else:
             self._pos = end
@@ -934,29 +934,39 @@ _ASK: Final[tuple[int, bytes | memoryview]] = (0, b"")
 
 #: An opener holding no bytes has no buffer of its own (this empty one).
 _NO_BUFFER: Final = bytearray()
-#: Receive buffers no opener holds bytes in, shared by the process's openers:
-#: an opener that holds nothing gives its buffer back and takes one when bytes
-#: come, so a busy connection reads into warm memory and an idle one keeps
-#: no buffer. At most ``_KEEP_BUFFERS`` of at most ``_BUFFER_MAX`` bytes are
-#: kept.
-_BUFFERS: list[bytearray] = []
-_KEEP_BUFFERS: Final = 4
-_BUFFER_MAX: Final = 1 << 20
 
 
-def _take_buffer(n: int) -> bytearray:
-    """A buffer of at least ``n`` bytes: a shared one (grown if shorter, the
-    new bytes zero-filled once), else a new one."""
-    try:
-        buf = _BUFFERS.pop()
-    except IndexError:
-        return bytearray(n)
-    if len(buf) < n:
-        buf.extend(bytes(n - len(buf)))
-    return buf
+class BufferPool:
+    """Byte buffers nobody is using, shared by a process's connections: one
+    that is done with its buffer gives it back, one that needs a buffer takes
+    a kept one, so bulk transfers work in warm memory (never a fresh
+    zero-filled buffer each time) and idle connections hold none. At most
+    ``keep`` buffers of at most ``largest`` bytes are kept."""
+
+    __slots__ = ("_free", "_keep", "_largest")
+
+    def __init__(self, keep: int, largest: int) -> None:
+        self._free: list[bytearray] = []
+        self._keep = keep
+        self._largest = largest
+
+    def take(self, n: int = 0) -> bytearray:
+        """A buffer of at least ``n`` bytes: a kept one (grown if shorter, the
+        new bytes zero-filled once), else a new one."""
+        try:
+            buf = self._free.pop()
+        except IndexError:
+            return bytearray(n)
+        if len(buf) < n:
+            buf.extend(bytes(n - len(buf)))
+        return buf
+
+    def give(self, buf: bytearray) -> None:
+        """Keep ``buf`` for a later :meth:`take` (no view of it may be alive),
+        unless enough are kept or it is too long."""
+        if len(self._free) < self._keep and len(buf) <= self._largest:
+            self._free.append(buf)
 
 
-def _give_buffer(buf: bytearray) -> None:
-    """Keep ``buf`` for :func:`_take_buffer` (no view of it may be alive)."""
-    if len(_BUFFERS) < _KEEP_BUFFERS and len(buf) <= _BUFFER_MAX:
-        _BUFFERS.append(buf)
+#: The receive buffers of the process's openers.
+_RX_BUFFERS: Final = BufferPool(4, 1 << 20)

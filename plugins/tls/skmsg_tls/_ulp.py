@@ -52,6 +52,7 @@ from ._codec import (
     TLS_RECORD_TYPE_ALERT,
     TLS_RECORD_TYPE_DATA,
     TLS_RECORD_TYPE_HANDSHAKE,
+    BufferPool,
     RecordSealer,
     TlsCryptoInfo,
     key_update_message,
@@ -72,12 +73,10 @@ log = logging.getLogger(__name__)
 
 #: Whole records sealed and written together (about PASS_BATCH bytes).
 _PER_BATCH = PASS_BATCH // TLS_MAX_PAYLOAD_SIZE
-#: Sealing buffers not in use, shared by the TLS sockets of the process: a
-#: write seals into one and gives it back once written, so bulk sends seal
-#: into warm memory instead of a fresh zero-filled buffer each (kTLS seals into
-#: its open record's pages the same way). At most ``_SCRATCH_KEEP`` are kept.
-_SCRATCH: list[bytearray] = []
-_SCRATCH_KEEP = 4
+#: Sealing buffers shared by the process's TLS sockets: a write seals into
+#: one and gives it back once written (kTLS seals into its open record's
+#: pages the same way).
+_SEAL_BUFFERS = BufferPool(4, 1 << 20)
 #: ``receive_control`` reads the socket only while less opened data than this
 #: waits for ``receive_some``.
 PLAIN_LIMIT = 1 << 20
@@ -185,10 +184,7 @@ class TlsSocket:
             lock.acquire_nowait()
         except trio.WouldBlock:
             await lock.acquire()
-        try:
-            scratch = _SCRATCH.pop()
-        except IndexError:
-            scratch = bytearray()
+        scratch = _SEAL_BUFFERS.take()
         try:
             out = self._seal_locked(records, ctype, scratch, nbytes)
             if out:
@@ -196,8 +192,7 @@ class TlsSocket:
         finally:
             lock.release()
         out.release()  # the write is done with it: the buffer may serve again
-        if len(_SCRATCH) < _SCRATCH_KEEP:
-            _SCRATCH.append(scratch)
+        _SEAL_BUFFERS.give(scratch)
         return nbytes
 
     async def _write_batches(
