@@ -25,6 +25,21 @@ async def tls_to_raw(a: SkStream) -> tuple[tls.TlsSocket, tls.RecordOpener]:
     return ta, tls.RecordOpener(keys.a2b)
 
 
+async def sizes_seen(sockmap: sk.SockMap, a: SkStream) -> tuple[list[int], tls.RecordOpener]:
+    """A pass program on ``a`` that notes each record's size (it never looks
+    at the bytes), then TLS on ``a`` as :func:`tls_to_raw`."""
+    seen: list[int] = []
+
+    def prog(msg: sk.SkMsg) -> int:
+        seen.append(msg.size)
+        return sk.SK_PASS
+
+    sockmap.attach(prog, sk.SK_MSG_VERDICT)
+    sockmap.update(0, a)
+    _, opener = await tls_to_raw(a)
+    return seen, opener
+
+
 def recording(sizes: list[bytes], verdict: object = sk.SK_PASS):
     def prog(msg: sk.SkMsg) -> object:
         sizes.append(bytes(msg.data))
@@ -59,15 +74,7 @@ async def test_verdict_runs_once_per_record_on_plaintext(
     tcp_stream_pair: Pair, sockmap: sk.SockMap
 ) -> None:
     a, b = tcp_stream_pair
-    seen: list[int] = []
-
-    def prog(msg: sk.SkMsg) -> int:
-        seen.append(msg.size)
-        return sk.SK_PASS
-
-    sockmap.attach(prog, sk.SK_MSG_VERDICT)
-    sockmap.update(0, a)
-    _, opener = await tls_to_raw(a)
+    seen, opener = await sizes_seen(sockmap, a)
     data = os.urandom(40000)
     await a.send_all(data)
     await a.send_all(b"one", more=True)
@@ -290,15 +297,7 @@ async def test_a_bulk_send_with_more_leaves_its_tail_open_for_the_next(
     the engine the rest, which opens a record the next send completes: one
     verdict per record, counted once each."""
     a, b = tcp_stream_pair
-    seen: list[int] = []
-
-    def prog(msg: sk.SkMsg) -> int:
-        seen.append(msg.size)
-        return sk.SK_PASS
-
-    sockmap.attach(prog, sk.SK_MSG_VERDICT)
-    sockmap.update(0, a)
-    _, opener = await tls_to_raw(a)
+    seen, opener = await sizes_seen(sockmap, a)
     data = os.urandom(40000)
     await a.send_all(data, more=True)
     assert seen == [16384, 16384] and a.statistics().ulp.open_record_bytes == 7232
