@@ -9,12 +9,16 @@ This module only re-exports.
 
 from __future__ import annotations
 
+from ._budget import DEFAULT_BUDGET as DEFAULT_BUDGET
+from ._budget import ProgramTimeout as ProgramTimeout
+from ._budget import program_caller as program_caller
 from ._consts import BPF_ANY as BPF_ANY
 from ._consts import BPF_EXIST as BPF_EXIST
 from ._consts import BPF_F_INGRESS as BPF_F_INGRESS
 from ._consts import BPF_NOEXIST as BPF_NOEXIST
 from ._consts import FRAG_SIZE as FRAG_SIZE
 from ._consts import MAX_MSG_FRAGS as MAX_MSG_FRAGS
+from ._consts import MSG_SIZE_MAX as MSG_SIZE_MAX
 from ._consts import SK_DROP as SK_DROP
 from ._consts import SK_MSG_VERDICT as SK_MSG_VERDICT
 from ._consts import SK_PASS as SK_PASS
@@ -46,8 +50,11 @@ from ._progs import Program as Program
 from ._progs import ProgramShapeError as ProgramShapeError
 from ._progs import ProgStats as ProgStats
 from ._progs import Verdict as Verdict
+from ._progs import VerdictError as VerdictError
 from ._progs import check_program_callable as check_program_callable
 from ._progs import enable_stats as enable_stats
+from ._progs import set_error_observer as set_error_observer
+from ._progs import verdict_of as verdict_of
 from ._psock import PsockStats as PsockStats
 from ._psock import RxAction as RxAction
 from ._psock import SkPsock as SkPsock

@@ -14,6 +14,10 @@ MAX_MSG_FRAGS = 17
 FRAG_SIZE = 32768
 #: The TLS maximum plaintext per record (``TLS_MAX_PAYLOAD_SIZE``).
 TLS_MAX_PAYLOAD_SIZE = 16384
+#: The largest a message may grow by ``msg_push_data``: the kernel's largest
+#: page allocation (``MAX_ORDER`` pages: 4 MiB), beyond which its push fails
+#: with ``-ENOMEM``.
+MSG_SIZE_MAX = 4 << 20
 #: ``S32_MAX``: the largest socket fd a map update accepts.
 S32_MAX = 2**31 - 1
 #: ``MAX_BPF_STACK``: the largest SOCKHASH key, in bytes.

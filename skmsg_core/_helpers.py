@@ -1,7 +1,15 @@
 """The SK_MSG helpers that work on the message (``net/core/filter.c``).
 
 Each returns what the kernel's returns, 0 or a negative errno, because
-programs check (or ignore) those values; none raises for bad arguments.
+programs check (or ignore) those values; none raises, whatever it is given
+(the kernel's verifier would refuse a program passing bad types):
+
+- an argument that is not an ``int`` (a ``bool`` neither), or out of the
+  range the kernel's ``u32`` arguments allow, is ``-EINVAL``;
+- a push that would make the message larger than :data:`MSG_SIZE_MAX` is
+  ``-ENOMEM``, as the kernel's page allocation fails for it; nothing is
+  allocated then.
+
 Cost grows with the bytes a call touches, never with the message's size:
 elements are split by adjusting offsets, and only ``msg_pull_data`` (or a full
 ring) copies, and then only the elements involved.
@@ -11,6 +19,7 @@ from __future__ import annotations
 
 import errno
 
+from ._consts import MSG_SIZE_MAX
 from ._ring import Sge, SkMsg
 
 __all__ = [
@@ -24,8 +33,9 @@ __all__ = [
 _U32 = 0xFFFFFFFF
 
 
-def _u32(value: int) -> int:
-    return value & _U32
+def _u32_args(*values: object) -> bool:
+    """Whether every value is an ``int`` (not a ``bool``) in the u32 range."""
+    return all(type(v) is int and 0 <= v <= _U32 for v in values)
 
 
 def msg_apply_bytes(msg: SkMsg, nbytes: int) -> int:
@@ -33,9 +43,12 @@ def msg_apply_bytes(msg: SkMsg, nbytes: int) -> int:
 
     The verdict then covers exactly ``nbytes`` bytes, across later sends if the
     message is shorter, and the program runs again after them. 0 means the
-    whole message. Always returns 0.
+    whole message. Returns 0 (``nbytes`` is taken modulo 2**32, as the
+    kernel's u32 argument), or ``-EINVAL`` when it is not an ``int``.
     """
-    msg.apply_bytes = _u32(nbytes)
+    if type(nbytes) is not int:
+        return -errno.EINVAL
+    msg._apply = nbytes & _U32
     return 0
 
 
@@ -44,9 +57,12 @@ def msg_cork_bytes(msg: SkMsg, nbytes: int) -> int:
 
     Later sends append to the held message and the program runs again on the
     whole of it once ``nbytes`` have accumulated (or the ring is full). 0 means
-    no cork. Always returns 0.
+    no cork. Returns 0 (``nbytes`` is taken modulo 2**32), or ``-EINVAL``
+    when it is not an ``int``.
     """
-    msg.cork_bytes = _u32(nbytes)
+    if type(nbytes) is not int:
+        return -errno.EINVAL
+    msg._cork = nbytes & _U32
     return 0
 
 
@@ -54,7 +70,7 @@ def _find(msg: SkMsg, start: int) -> tuple[int, int]:
     """Index of the element holding byte ``start`` and that element's message offset;
     ``(len(msg), size)`` when ``start`` is at or past the end."""
     offset = 0
-    for i, e in enumerate(msg.elements()):
+    for i, e in enumerate(msg._elems):
         if start < offset + e.length:
             return i, offset
         offset += e.length
@@ -69,10 +85,10 @@ def msg_pull_data(msg: SkMsg, start: int, end: int, flags: int = 0) -> int:
     holding ``end - 1`` are copied into one private element (the only bytes
     copied). The message's bytes and size do not change.
 
-    Returns 0, or ``-EINVAL`` for ``flags``, ``end <= start``, ``start >= size``
-    or ``end > size``.
+    Returns 0, or ``-EINVAL`` for ``flags``, ``end <= start``, ``start >= size``,
+    ``end > size``, or an argument that is not a u32 ``int``.
     """
-    if flags or end <= start or start < 0:
+    if not _u32_args(start, end, flags) or flags or end <= start:
         return -errno.EINVAL
     i, offset = _find(msg, start)
     if i >= len(msg):
@@ -108,17 +124,21 @@ def msg_push_data(msg: SkMsg, start: int, length: int, flags: int = 0) -> int:
     boundary and two inside one; without them that element and the new bytes are
     copied into one new element. The ``data`` window is reset to the first element.
 
-    Returns 0, or ``-EINVAL`` for ``flags`` or ``start > size``.
+    Returns 0, ``-EINVAL`` for ``flags``, ``start > size`` or an argument that
+    is not a u32 ``int``, or ``-ENOMEM`` when the message would grow past
+    :data:`MSG_SIZE_MAX` (nothing is allocated).
     """
-    if flags or start < 0 or length < 0:
+    if not _u32_args(start, length, flags) or flags:
         return -errno.EINVAL
     if length == 0:
         return 0
-    if start > msg.size:
+    if start > msg._size:
         return -errno.EINVAL
+    if msg._size + length > MSG_SIZE_MAX:
+        return -errno.ENOMEM
     elems = msg._elems
     i, offset = _find(msg, start)
-    space = msg.max_frags - len(elems)
+    space = msg._max_frags - len(elems)
     inside = start != offset  # start falls inside element i (or at the very end)
     if i >= len(elems) and elems:
         # Appending: the "element holding start" is the last one, start is its end.
@@ -148,7 +168,7 @@ def msg_push_data(msg: SkMsg, start: int, length: int, flags: int = 0) -> int:
                 rest = Sge(e.buf, e.offset + front, e.length - front, e.copy)
                 e.length = front
                 elems[i + 1 : i + 1] = [new, rest]
-    msg.size += length
+    msg._size += length
     msg.compute_data_pointers()
     return 0
 
@@ -161,18 +181,18 @@ def msg_pop_data(msg: SkMsg, start: int, length: int, flags: int = 0) -> int:
     (one free slot), or copies the two remaining parts into one new element when
     the ring is full. The ``data`` window is reset to the first element.
 
-    Returns 0, or ``-EINVAL`` for ``flags``, ``start >= size`` or
-    ``start + length > size``.
+    Returns 0, or ``-EINVAL`` for ``flags``, ``start >= size``,
+    ``start + length > size`` or an argument that is not a u32 ``int``.
     """
-    if flags or start < 0 or length < 0:
+    if not _u32_args(start, length, flags) or flags:
         return -errno.EINVAL
     if length == 0:
         return 0
     elems = msg._elems
     i, offset = _find(msg, start)
-    if i >= len(elems) or start + length > msg.size:
+    if i >= len(elems) or start + length > msg._size:
         return -errno.EINVAL
-    space = msg.max_frags - len(elems)
+    space = msg._max_frags - len(elems)
     pop = length
     if start != offset:
         e = elems[i]
@@ -205,6 +225,6 @@ def msg_pop_data(msg: SkMsg, start: int, length: int, flags: int = 0) -> int:
         else:
             pop -= e.length
             del elems[i]
-    msg.size -= length
+    msg._size -= length
     msg.compute_data_pointers()
     return 0

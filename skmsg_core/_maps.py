@@ -44,6 +44,13 @@ __all__ = ["MapStats", "SockHash", "SockMap", "SockMapBase", "SockMapLink"]
 
 _map_ids = itertools.count(1)
 
+
+class _Keep:
+    """The default of ``attach(budget=...)``: keep (or give) the default budget."""
+
+
+_KEEP = _Keep()
+
 #: attach type -> psock program slot (``sock_map_prog_lookup``).
 _SLOT = {
     BpfAttachType.SK_MSG_VERDICT: "msg_parser",
@@ -300,14 +307,25 @@ class SockMapBase:
 
     # -- programs --------------------------------------------------------------------------
 
-    def attach(self, prog: Program | Callable[[Any], Any], attach_type: BpfAttachType) -> Program:
+    def attach(
+        self,
+        prog: Program | Callable[[Any], Any],
+        attach_type: BpfAttachType,
+        *,
+        budget: float | _Keep | None = _KEEP,
+    ) -> Program:
         """``BPF_PROG_ATTACH``: attach ``prog`` (a loaded :class:`Program` or a plain
         function, loaded here with the type ``attach_type`` takes), replacing the
         program in that slot. Only sockets inserted afterwards run it.
 
+        ``budget``: the seconds one run may last (None: no bound); a function
+        loaded here gets :data:`~skmsg_core.DEFAULT_BUDGET` unless given one, a
+        loaded program keeps its own unless given one.
+
         Raises:
-            OSError(EINVAL): the program's type does not fit ``attach_type``, or it
-                fails the verifier (see :meth:`Program.load`).
+            OSError(EINVAL): the program's type does not fit ``attach_type``, it
+                fails the verifier (see :meth:`Program.load`), or ``budget`` is
+                not a positive number of seconds.
             OSError(EOPNOTSUPP): ``attach_type`` is not a socket-map attach type.
             OSError(EBUSY): a stream verdict where an skb verdict is attached, or the
                 reverse; or a link holds the slot.
@@ -315,6 +333,8 @@ class SockMapBase:
         slot, program = self._prepare(prog, attach_type)
         if self._links[slot] is not None:
             raise kernel_error(errno.EBUSY, f"{self.name}: a link holds {attach_type.name}")
+        if not isinstance(budget, _Keep):
+            program.set_budget(budget)
         self.progs[slot] = program
         return program
 

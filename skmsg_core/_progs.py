@@ -5,10 +5,23 @@ A program is a plain Python callable of one argument, the context: an
 :class:`ReuseportMd` for ``SK_REUSEPORT``. :meth:`Program.load` is the
 verifier: it rejects at load time what cannot be a program of that type.
 
-Running is fail-closed: a verdict program that raises is a DROP, counted in
-``errors`` with the exception kept as ``last_error``; a return value other
-than ``SK_PASS`` is a DROP, as the kernel maps it (``sk_psock_map_verd``).
-The core does not log; the runtime that drives it does.
+Running is fail-closed, and nothing a program does escapes its runner:
+
+- a program that raises (any exception, ``SystemExit`` and other
+  ``BaseException`` subclasses included; only ``KeyboardInterrupt`` goes on
+  up, as the user's Ctrl-C) is a DROP, counted in ``errors`` with the
+  exception kept as ``last_error``;
+- only an ``int`` equal to ``SK_PASS`` (1) is a pass, and only one equal to
+  ``SK_DROP`` (0) a plain drop, as the kernel's verifier allows no other
+  return (``sk_psock_map_verd``); every other value (``True``, ``1.0``,
+  ``None``, an object whose ``==`` says yes or raises) is a DROP counted in
+  ``errors`` with a :class:`VerdictError` naming the value's type. The value
+  is never compared, so none of its code runs;
+- a run that goes on longer than the program's budget is interrupted
+  (:mod:`._budget`) and is a DROP counted in ``errors`` and ``timeouts``.
+
+Every error is also handed to the error observer, if one is set
+(:func:`set_error_observer`): the core does not log, the runtime does.
 
 Run time is measured only while :func:`enable_stats` is on, as the kernel's
 ``kernel.bpf_stats_enabled``: timing every run costs more than a small
@@ -17,6 +30,7 @@ program does.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import functools
@@ -28,7 +42,8 @@ from typing import Any
 
 import attrs
 
-from ._consts import ATTACH_PROG_TYPE, SK_PASS, BpfAttachType, BpfProgType
+from ._budget import DEFAULT_BUDGET, ProgramTimeout, program_caller, set_budget
+from ._consts import ATTACH_PROG_TYPE, SK_DROP, SK_PASS, BpfAttachType, BpfProgType
 from ._errors import kernel_error
 
 __all__ = [
@@ -36,9 +51,14 @@ __all__ = [
     "Program",
     "ProgramShapeError",
     "Verdict",
+    "VerdictError",
     "check_program_callable",
+    "describe_error",
+    "describe_value",
     "enable_stats",
     "map_verdict",
+    "set_error_observer",
+    "verdict_of",
 ]
 
 _prog_ids = itertools.count(1)
@@ -62,12 +82,77 @@ class Verdict(enum.IntEnum):
 
 _PASS, _DROP, _REDIRECT = Verdict.PASS, Verdict.DROP, Verdict.REDIRECT
 _SK_PASS = int(SK_PASS)
+_SK_PASS_MEMBER, _SK_DROP_MEMBER = SK_PASS, SK_DROP
+
+_OUR_MODULES = ("builtins", "skmsg_core._budget", "skmsg_core._progs")
+#: Called with (program, error) for every error a run records; see set_error_observer.
+_error_observer: Callable[[Program, BaseException], None] | None = None
+
+
+class VerdictError(TypeError):
+    """A verdict program returned something that is not a verdict (kept as the
+    program's ``last_error``; the run was a DROP)."""
+
+
+def set_error_observer(observer: Callable[[Program, BaseException], None] | None) -> None:
+    """Have ``observer(program, error)`` called for every error a program run
+    records (a raise, a timeout, a value that is not a verdict), after it is
+    counted. The runtime sets one that logs; an observer that raises is ignored.
+    ``None`` removes it."""
+    global _error_observer
+    _error_observer = observer
+
+
+def verdict_of(ret: object) -> bool | None:
+    """What a verdict program's return value means, without running any of its
+    code: True for a pass (an ``int`` equal to ``SK_PASS``), False for a drop
+    (an ``int`` equal to ``SK_DROP``), None for anything else (a ``bool``, a
+    float, ``None``, an object of any other type): not a verdict."""
+    if ret is _SK_PASS_MEMBER:
+        return True
+    if ret is _SK_DROP_MEMBER:
+        return False
+    t = type(ret)
+    if t is bool or not (t is int or issubclass(t, int)):
+        return None
+    value = int.__int__(ret)  # type: ignore[arg-type]  # the int's own value: no subclass code
+    if value == 1:
+        return True
+    if value == 0:
+        return False
+    return None
+
+
+def describe_value(ret: object) -> str:
+    """``ret``'s type, and its value where printing it runs no user code."""
+    t = type(ret)
+    name = t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+    if ret is None:
+        return name
+    if t in (int, float, complex, bool, str, bytes):  # exact builtins: repr runs no user code
+        text = repr(ret)
+        return f"{name} {text[:40]}{'...' if len(text) > 40 else ''}"
+    return name
+
+
+def describe_error(exc: BaseException) -> str:
+    """``exc``'s type and message, for a log line or an error message. The
+    message is given only where making it runs no code of the program's (the
+    builtin ``__str__`` over builtin arguments); else the type alone."""
+    t = type(exc)
+    name = t.__qualname__
+    if t.__str__ is not BaseException.__str__ and t.__module__ not in _OUR_MODULES:
+        return name
+    if not all(type(a) in (str, int, float, bytes) for a in exc.args):
+        return name
+    text = str(exc)
+    return f"{name}: {text[:200]}" if text else name
 
 
 def map_verdict(ret: object, redirected: bool) -> Verdict:
     """``sk_psock_map_verd``: ``SK_PASS`` with a redirect target set is REDIRECT,
-    ``SK_PASS`` alone is PASS, anything else is DROP."""
-    if ret == _SK_PASS and type(ret) is not bool:
+    ``SK_PASS`` alone is PASS, anything else is DROP (see :func:`verdict_of`)."""
+    if verdict_of(ret):
         return _REDIRECT if redirected else _PASS
     return _DROP
 
@@ -120,7 +205,12 @@ def check_program_callable(func: Callable[..., Any], *, nargs: int = 1) -> None:
 
 @attrs.frozen
 class ProgStats:
-    """What a program did, as ``bpftool prog show`` and our verdict counters tell."""
+    """What a program did, as ``bpftool prog show`` and our verdict counters tell.
+
+    ``errors`` counts runs that raised, returned something that is not a
+    verdict, or ran over budget (``timeouts`` counts those too); each of them
+    is also one of ``dropped``.
+    """
 
     id: int
     name: str
@@ -131,11 +221,13 @@ class ProgStats:
     dropped: int
     redirected: int
     errors: int
+    timeouts: int = 0
+    budget: float | None = DEFAULT_BUDGET
 
 
 @attrs.define(eq=False)
 class Program:
-    """A loaded program: a callable, its type, an id and its counters.
+    """A loaded program: a callable, its type, an id, its budget and its counters.
 
     Build one with :meth:`load`. Calling :meth:`run_verdict` or :meth:`run`
     counts the run; the counters are read with :meth:`statistics`.
@@ -151,7 +243,10 @@ class Program:
     dropped: int = 0
     redirected: int = 0
     errors: int = 0
+    timeouts: int = 0
     last_error: BaseException | None = None
+    #: Seconds a run may last (None: no bound); see :mod:`skmsg_core._budget`.
+    budget: float | None = DEFAULT_BUDGET
     # run_verdict's runners, made on first use: untimed and timed (enable_stats)
     _runners: list[Callable[[Any], Verdict] | None] = attrs.field(
         factory=lambda: [None, None], init=False, repr=False, eq=False
@@ -159,13 +254,22 @@ class Program:
 
     @classmethod
     def load(
-        cls, func: Callable[[Any], Any], prog_type: BpfProgType, *, name: str | None = None
+        cls,
+        func: Callable[[Any], Any],
+        prog_type: BpfProgType,
+        *,
+        name: str | None = None,
+        budget: float | None = DEFAULT_BUDGET,
     ) -> Program:
         """Verify ``func`` as a program of ``prog_type`` and load it.
 
+        ``budget``: the seconds one run may last before it is interrupted and
+        counted as a DROP (None: no bound; see :mod:`skmsg_core._budget`).
+
         Raises:
             OSError(EINVAL): ``func`` is not callable, is ``async`` or a generator
-                function, or cannot be called with exactly one argument (the context).
+                function, or cannot be called with exactly one argument (the context);
+                or ``budget`` is not a positive number of seconds.
         """
         prog_type = BpfProgType(prog_type)
         label = name or getattr(func, "__qualname__", None) or type(func).__qualname__
@@ -184,7 +288,21 @@ class Program:
             else:
                 why = f"{exc}, the context"
             raise kernel_error(errno.EINVAL, f"program {label}{exc.sig} {why}") from exc
-        return cls(func, prog_type, str(label))
+        prog = cls(func, prog_type, str(label))
+        prog.set_budget(budget)
+        return prog
+
+    def set_budget(self, budget: float | None) -> None:
+        """Hold each run to ``budget`` seconds from now on (None: no bound).
+
+        Raises:
+            OSError(EINVAL): ``budget`` is not a positive number of seconds.
+        """
+        try:
+            set_budget(self.func, budget, self.name)
+        except ValueError as exc:
+            raise kernel_error(errno.EINVAL, f"program {self.name}: {exc}") from None
+        self.budget = budget
 
     def check_attach(self, attach_type: BpfAttachType) -> None:
         """Raise ``OSError(EINVAL)`` unless this program may attach at ``attach_type``."""
@@ -199,9 +317,9 @@ class Program:
     def run_verdict(self, ctx: Any) -> Verdict:
         """Run as a verdict program on ``ctx`` (an SkMsg or SkBuff) and map the result.
 
-        Never raises: an exception from the program is a DROP, counted in
-        ``errors`` and kept in ``last_error``. The runner is made once (per
-        :func:`enable_stats` state), not per call.
+        Never raises (but ``KeyboardInterrupt``): see the module's rules. The
+        run ends with ``ctx.end_run()``, raise or not. The runner is made once
+        (per :func:`enable_stats` state), not per call.
         """
         return self.verdict_runner()(ctx)
 
@@ -219,13 +337,18 @@ class Program:
     def _make_runner(self, timed: bool) -> Callable[[Any], Verdict]:
         func = self.func
         account = self.account
-        sk_pass = SK_PASS
+        sk_pass = _SK_PASS_MEMBER
 
+        @program_caller
         def run(ctx: Any) -> Verdict:
             try:
                 ret = func(ctx)
-            except Exception as exc:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
+                ctx.end_run()
                 return account(None, ctx, exc)
+            ctx.end_run()  # what the program could write is the message's no more
             if ret is sk_pass and ctx.sk_redir is None:  # the common case, inline
                 self.run_cnt += 1
                 self.passed += 1
@@ -246,34 +369,70 @@ class Program:
 
     def account(self, ret: object, ctx: Any, error: BaseException | None = None) -> Verdict:
         """Count one run that returned ``ret`` on ``ctx`` (or raised ``error``)
-        and map it as :meth:`run_verdict` does: ``SK_PASS`` with
-        ``ctx.sk_redir`` set is REDIRECT, ``SK_PASS`` alone PASS, anything
-        else (a raise too, also counted in ``errors``) DROP. For an engine that
-        calls :meth:`timed_func` itself and sums the plain PASS runs of a batch
-        into the counters on its own."""
+        and map it as :meth:`run_verdict` does: a pass with ``ctx.sk_redir``
+        set is REDIRECT, a pass alone PASS, a drop DROP; a raise, or a value
+        that is not a verdict, is a DROP and an error (:meth:`record_error`).
+        For an engine that calls :meth:`timed_func` itself and sums the plain
+        PASS runs of a batch into the counters on its own. Never raises."""
         self.run_cnt += 1
+        if error is None:
+            ok = verdict_of(ret)
+            if ok is None:
+                error = self.not_a_verdict(ret)
+            elif ok:
+                if ctx.sk_redir is None:
+                    self.passed += 1
+                    return _PASS
+                self.redirected += 1
+                return _REDIRECT
         if error is not None:
-            self.errors += 1
-            self.last_error = error
-            verdict = _DROP
-        else:
-            verdict = map_verdict(ret, ctx.sk_redir is not None)
-        if verdict is _PASS:
-            self.passed += 1
-        elif verdict is _REDIRECT:
-            self.redirected += 1
-        else:
-            self.dropped += 1
-        return verdict
+            self.record_error(error)
+        self.dropped += 1
+        return _DROP
+
+    def not_a_verdict(self, ret: object) -> VerdictError:
+        """The error that a run returning ``ret`` (not a verdict) is counted with."""
+        return VerdictError(
+            f"program {self.name} returned {describe_value(ret)}, not a verdict: "
+            "a verdict program returns SK_PASS or SK_DROP (an int); the run was a DROP"
+        )
+
+    def is_pass(self, ret: object) -> bool:
+        """For an engine's own loop, after the ``ret is SK_PASS`` fast check:
+        whether ``ret`` is a pass (:func:`verdict_of`); a value that is not a
+        verdict is recorded as an error (:meth:`record_error`) and is no pass.
+        Counts no run."""
+        ok = verdict_of(ret)
+        if ok is None:
+            self.record_error(self.not_a_verdict(ret))
+            return False
+        return ok
+
+    def record_error(self, error: BaseException) -> None:
+        """Count one run's error (not the run itself): ``errors``, ``timeouts``
+        for a :class:`ProgramTimeout`, ``last_error``; then tell the error
+        observer. Never raises."""
+        self.errors += 1
+        if isinstance(error, ProgramTimeout):
+            self.timeouts += 1
+        self.last_error = error
+        observer = _error_observer
+        if observer is not None:
+            with contextlib.suppress(Exception):  # an observer's failure is not the program's
+                observer(self, error)
 
     def timed_func(self) -> Callable[[Any], Any]:
         """The program's callable for an engine's hot loop that keeps the counters
         itself: ``func`` as it is, or, if :func:`enable_stats` is on now, a
-        wrapper that adds each call's duration to ``run_time_ns``."""
+        wrapper that adds each call's duration to ``run_time_ns``. The loop
+        must catch what it raises as a runner does (``KeyboardInterrupt``
+        aside, every ``BaseException``), and be registered with
+        :func:`skmsg_core._budget.program_caller`."""
         func = self.func
         if not _stats_enabled:
             return func
 
+        @program_caller
         def timed(ctx: Any) -> Any:
             t0 = time.perf_counter_ns()
             try:
@@ -283,24 +442,24 @@ class Program:
 
         return timed
 
+    @program_caller
     def run(self, ctx: Any) -> Any:
         """Run as a non-verdict program (a parser, a reuseport selector), counting
-        the run; exceptions propagate to the caller, who decides what they mean."""
+        the run. What it raises propagates to the caller, who decides what it
+        means (any ``BaseException`` but ``KeyboardInterrupt`` is also counted
+        here as an error); a :class:`ProgramTimeout` is one of them."""
         self.run_cnt += 1
-        if not _stats_enabled:
-            try:
-                return self.func(ctx)
-            except Exception:
-                self.errors += 1
-                raise
-        t0 = time.perf_counter_ns()
+        t0 = time.perf_counter_ns() if _stats_enabled else 0
         try:
             return self.func(ctx)
-        except Exception:
-            self.errors += 1
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            self.record_error(exc)
             raise
         finally:
-            self.run_time_ns += time.perf_counter_ns() - t0
+            if t0:
+                self.run_time_ns += time.perf_counter_ns() - t0
 
     def statistics(self) -> ProgStats:
         """A snapshot of the counters."""
@@ -314,6 +473,8 @@ class Program:
             self.dropped,
             self.redirected,
             self.errors,
+            self.timeouts,
+            self.budget,
         )
 
     def __repr__(self) -> str:

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ._consts import BPF_F_INGRESS, DEFAULT_QUEUE_BYTES, MAX_MSG_FRAGS, SK_PASS
+from ._budget import program_caller
+from ._consts import BPF_F_INGRESS, DEFAULT_QUEUE_BYTES, MAX_MSG_FRAGS, SK_DROP, SK_PASS
 from ._errors import StrParserError, kernel_error
 from ._plugins import loaded_plugins
 from ._progs import Program, Verdict
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["PsockStats", "RxAction", "SkPsock", "take_queued"]
 
 _PASS, _REDIRECT = Verdict.PASS, Verdict.REDIRECT
-_SK_PASS = SK_PASS
+_SK_PASS, _SK_DROP = SK_PASS, SK_DROP
 _SOCK_STREAM = socket.SOCK_STREAM
 _EMPTY_VIEW = memoryview(b"")
 
@@ -404,6 +405,7 @@ class SkPsock:
             self._verdict_spans(view, 0, [view.nbytes], prog, batch)
         return batch.actions
 
+    @program_caller
     def rx_verdict(self, units: list[memoryview]) -> list[RxAction]:
         """Run the stream verdict once per unit, with no parser: a ULP's RX hook
         hands over whole records it framed itself (``sk_psock_tls_strp_read``).
@@ -424,39 +426,39 @@ class SkPsock:
         # list ``passed``; its action is made at the end, in its first-seen
         # place. Counters summed once.
         func = prog.timed_func()
-        skb: Any = self._skb  # Any: the program sets fields the loop resets
-        sk_pass = _SK_PASS
+        skb: Any = self._skb  # Any: the program's helpers set fields the loop resets
+        sk_pass, sk_drop = _SK_PASS, _SK_DROP
         passed: list[memoryview] = []
         pass_at = 0  # how many actions came before the first passed unit
-        b_pass = n_other = errors = dead = n_redir = b_redir = b_drop = 0
-        last_error: BaseException | None = None
-        skb.sk_redir = None  # kept None between units: reset after each redirect
+        b_pass = n_other = dead = n_redir = b_redir = b_drop = 0
+        skb._redir = None  # kept None between units: reset after each redirect
         for unit in units:
             n = unit.nbytes
             if not n:
                 continue
             skb._data = unit
-            skb.len = n
+            skb._len = n
             try:
                 ret = func(skb)
-            except Exception as exc:
-                ret = None
-                errors += 1
-                last_error = exc
-            ok = ret is sk_pass or (ret == sk_pass and type(ret) is not bool)
-            if ok and skb.sk_redir is None:
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # fail closed: a DROP, whatever was raised
+                ret = sk_drop
+                prog.record_error(exc)
+            ok = ret is sk_pass or (ret is not sk_drop and prog.is_pass(ret))
+            if ok and skb._redir is None:
                 passed.append(unit)
                 b_pass += n
                 continue
             n_other += 1
-            target = skb.sk_redir
-            skb.sk_redir = None  # flags mean something only with sk_redir
+            target = skb._redir
+            skb._redir = None  # flags mean something only with sk_redir
             if ok and target is not None:
                 tp = target.psock
                 if tp is not None and not target.dead and tp.tx_enabled:
                     n_redir += 1
                     b_redir += n
-                    batch.add(RX_REDIRECT, target, bool(skb.flags), unit, 1)
+                    batch.add(RX_REDIRECT, target, bool(skb._flags), unit, 1)
                     if not passed:
                         pass_at = len(batch.actions)
                     continue
@@ -476,15 +478,13 @@ class SkPsock:
         prog.passed += n_pass
         prog.redirected += n_redir + dead
         prog.dropped += n_other - n_redir - dead
-        if errors:
-            prog.errors += errors
-            prog.last_error = last_error
         self.rx_msgs += runs
         self.rx_passed_bytes += b_pass
         self.rx_redirected_bytes += b_redir
         self.rx_dropped_bytes += b_drop
         return batch.actions
 
+    @program_caller
     def _verdict_spans(
         self,
         view: memoryview,
@@ -511,11 +511,10 @@ class SkPsock:
             return
         func = prog.timed_func()
         add = batch.add
-        skb: Any = self._skb  # Any: the program sets fields the loop resets
+        skb: Any = self._skb  # Any: the program's helpers set fields the loop resets
         skb._buf = view
-        sk_pass = _SK_PASS
-        errors = dead = 0
-        last_error: BaseException | None = None
+        sk_pass, sk_drop = _SK_PASS, _SK_DROP
+        dead = 0
         # the current run: the messages view[run_start:off], bound for one place
         # (a PASS or DROP run has no target; a redirect run has one)
         run_kind = ""
@@ -526,17 +525,18 @@ class SkPsock:
         counts = {RX_PASS: [0, 0], RX_REDIRECT: [0, 0], RX_DROP: [0, 0]}  # msgs, bytes
         for end in ends:
             skb._off = off
-            skb.len = end - off
+            skb._len = end - off
             skb._data = None
-            skb.sk_redir = None  # flags mean something only with sk_redir: both set together
+            skb._redir = None  # flags mean something only with sk_redir: both set together
             try:
                 ret = func(skb)
-            except Exception as exc:
-                ret = None
-                errors += 1
-                last_error = exc
-            if ret is sk_pass or (ret == sk_pass and type(ret) is not bool):
-                target = skb.sk_redir
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # fail closed: a DROP, whatever was raised
+                ret = sk_drop
+                prog.record_error(exc)
+            if ret is sk_pass or (ret is not sk_drop and prog.is_pass(ret)):
+                target = skb._redir
                 if target is None:
                     if run_kind is RX_PASS:
                         run_msgs += 1
@@ -544,7 +544,7 @@ class SkPsock:
                         continue
                     kind, flags = RX_PASS, 0
                 else:
-                    flags = skb.flags  # the helpers set only BPF_F_INGRESS
+                    flags = skb._flags  # the helpers set only BPF_F_INGRESS
                     if target is run_target and flags == run_flags:
                         # the same destination as the previous message, checked then
                         run_msgs += 1
@@ -601,37 +601,36 @@ class SkPsock:
         prog.passed += counts[RX_PASS][0]
         prog.redirected += counts[RX_REDIRECT][0] + dead
         prog.dropped += counts[RX_DROP][0] - dead
-        if errors:
-            prog.errors += errors
-            prog.last_error = last_error
         self.rx_msgs += len(ends)
         self.rx_passed_bytes += counts[RX_PASS][1]
         self.rx_redirected_bytes += counts[RX_REDIRECT][1]
         self.rx_dropped_bytes += counts[RX_DROP][1]
 
+    @program_caller
     def _verdict_one(
         self, view: memoryview, start: int, end: int, prog: Program, batch: _RxBatch
     ) -> None:
         """:meth:`_verdict_spans` for one message, ``view[start:end]``: the same
         outcomes and counters without the runs a batch of messages needs."""
-        skb: Any = self._skb  # Any: the program sets fields reset here
+        skb: Any = self._skb  # Any: the program's helpers set fields the loop resets
         skb._buf = view
         skb._off = start
-        skb.len = n = end - start
+        skb._len = n = end - start
         skb._data = None
-        skb.sk_redir = None
+        skb._redir = None
         try:
             ret = prog.timed_func()(skb)
-        except Exception as exc:
-            ret = None
-            prog.errors += 1
-            prog.last_error = exc
-        target = skb.sk_redir
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # fail closed: a DROP, whatever was raised
+            ret = _SK_DROP
+            prog.record_error(exc)
+        target = skb._redir
         skb._buf = skb._data = _EMPTY_VIEW
         unit = view if start == 0 and end == view.nbytes else view[start:end]
         prog.run_cnt += 1
         self.rx_msgs += 1
-        if ret is _SK_PASS or (ret == _SK_PASS and type(ret) is not bool):
+        if ret is _SK_PASS or (ret is not _SK_DROP and prog.is_pass(ret)):
             if target is None:
                 prog.passed += 1
                 self.rx_passed_bytes += n
@@ -641,7 +640,7 @@ class SkPsock:
             tp = target.psock
             if tp is not None and not target.dead and tp.tx_enabled:
                 self.rx_redirected_bytes += n
-                batch.add(RX_REDIRECT, target, bool(skb.flags), unit, 1)
+                batch.add(RX_REDIRECT, target, bool(skb._flags), unit, 1)
                 return
         else:
             prog.dropped += 1  # a raise too

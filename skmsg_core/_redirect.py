@@ -50,10 +50,10 @@ def _redirect_helper(cls: type[SockMapBase], name: str, doc: str) -> Any:
         # (None: a live socket whose protocol has a rule of its own, asked here)
         if ok is not True and (ok is False or not sk.sk_prot.redirect_allowed(sk)):  # type: ignore[union-attr]
             return SK_DROP
-        if flags and flags & bad_flags:
+        if flags and (type(flags) is not int or flags & bad_flags):
             return SK_DROP
-        ctx.flags = flags
-        ctx.sk_redir = sk
+        ctx._flags = flags  # both contexts' slots: the helpers' own write
+        ctx._redir = sk
         return SK_PASS
 
     redirect.__name__ = redirect.__qualname__ = name

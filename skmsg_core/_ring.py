@@ -46,6 +46,23 @@ if TYPE_CHECKING:
 __all__ = ["PageFrag", "SkMsg", "Sge"]
 
 _EMPTY = memoryview(b"")
+_U32_MAX = 0xFFFFFFFF
+
+
+def _u32_field(name: str, value: object) -> int:
+    """``value`` if it is an ``int`` (not a ``bool``) in the u32 range.
+
+    Raises:
+        TypeError: it is not an ``int``.
+        ValueError: it is outside 0 .. 2**32 - 1.
+    """
+    if type(value) is not int:
+        if type(value) is bool or not isinstance(value, int):
+            raise TypeError(f"SkMsg.{name} takes an int, not {type(value).__name__}")
+        value = int.__int__(value)
+    if not 0 <= value <= _U32_MAX:
+        raise ValueError(f"SkMsg.{name} must be a u32, not {value}")
+    return value
 
 
 class Sge:
@@ -103,38 +120,49 @@ class SkMsg(SkFields):
     ``remote_ip6``, ``local_port``/``remote_port`` (both in host byte order: a
     deliberate difference, Python has no use for a network-order port).
 
-    Fields the helpers write: ``apply_bytes``, ``cork_bytes``, ``flags`` and
-    ``sk_redir``. Like the kernel's, they live in the message and are not
-    cleared between runs of a program on the same message.
+    Fields the helpers write: ``apply_bytes``, ``cork_bytes`` (which accept
+    only a u32), ``flags`` and ``sk_redir`` (read-only: only the redirect
+    helpers set them). Like the kernel's, they live in the message and are not
+    cleared between runs of a program on the same message. ``size``,
+    ``start`` and ``max_frags`` are read-only: the engines' own.
+
+    Writes only during the run: ``data`` is the one writable view a program
+    gets (``frags()``, ``elements()``, ``sole_frag()`` are read-only), and
+    when the run ends (:meth:`end_run`, which every engine calls) the bytes
+    it exposed are moved to a buffer of the message's own, so a view the
+    program kept, written later, changes nothing that is sent.
     """
 
     __slots__ = (
+        "_apply",
         "_borrowed",
+        "_cork",
         "_elems",
+        "_exposed",
+        "_flags",
         "_lent_win",
+        "_max_frags",
+        "_redir",
+        "_size",
+        "_start",
         "_win",
-        "apply_bytes",
-        "cork_bytes",
-        "flags",
-        "max_frags",
-        "size",
         "sk",
-        "sk_redir",
-        "start",
     )
 
     def __init__(self, max_frags: int = MAX_MSG_FRAGS, sk: Sock | None = None) -> None:
         if max_frags < 1:
             raise ValueError(f"max_frags must be at least 1, not {max_frags}")
-        self.max_frags = max_frags
+        self._max_frags = max_frags
         self._elems: list[Sge] = []
-        self.start = 0
-        self.size = 0
-        self.apply_bytes = 0
-        self.cork_bytes = 0
-        self.flags = 0
+        self._start = 0
+        self._size = 0
+        self._apply = 0
+        self._cork = 0
+        self._flags = 0
         self.sk = sk
-        self.sk_redir: Sock | None = None
+        self._redir: Sock | None = None
+        # buffers a writable ``data`` view was taken of during this run
+        self._exposed: list[memoryview] | None = None
         # The data window: (element index, offset in element, length), or None.
         self._win: tuple[int, int, int] | None = None
         # reset_lazy's sender view, until the bytes are copied (materialize)
@@ -186,7 +214,7 @@ class SkMsg(SkFields):
             if msg.full:
                 raise ValueError(f"more than {max_frags} fragments")
             msg._elems.append(Sge(view, 0, view.nbytes, copy))
-            msg.size += view.nbytes
+            msg._size += view.nbytes
         msg.compute_data_pointers()
         return msg
 
@@ -205,7 +233,7 @@ class SkMsg(SkFields):
             raise ValueError("an sk_msg element cannot be empty")
         msg = cls(max_frags)
         msg._elems.append(Sge(memoryview(buf), 0, n))
-        msg.size = n
+        msg._size = n
         msg._win = (0, 0, n)
         return msg
 
@@ -235,14 +263,14 @@ class SkMsg(SkFields):
             e.copy = False
         else:
             self._elems = [Sge(memoryview(buf), 0, n)]
-        self.start = 0
-        self.size = n
+        self._start = 0
+        self._size = n
         self._win = (0, 0, n)
         self._borrowed = None
-        if self.apply_bytes or self.cork_bytes or self.flags:
-            self.apply_bytes = self.cork_bytes = self.flags = 0
-        if self.sk_redir is not None:
-            self.sk_redir = None
+        if self._apply or self._cork or self._flags:
+            self._apply = self._cork = self._flags = 0
+        if self._redir is not None:
+            self._redir = None
 
     def reset_lazy(self, view: memoryview) -> None:
         """As :meth:`reset_private` of a copy of ``view`` (a one-dimensional
@@ -273,14 +301,14 @@ class SkMsg(SkFields):
             e.copy = False
         else:
             self._elems = [Sge(view, 0, n)]
-        self.start = 0
-        self.size = n
+        self._start = 0
+        self._size = n
         self._win = self._lent_win = (0, 0, n)
         self._borrowed = view
-        if self.apply_bytes or self.cork_bytes or self.flags:
-            self.apply_bytes = self.cork_bytes = self.flags = 0
-        if self.sk_redir is not None:
-            self.sk_redir = None
+        if self._apply or self._cork or self._flags:
+            self._apply = self._cork = self._flags = 0
+        if self._redir is not None:
+            self._redir = None
 
     def lent_bytes(self) -> memoryview:
         """The message's bytes as they stand, copied only where they must be:
@@ -312,13 +340,13 @@ class SkMsg(SkFields):
             lent is not None
             and n
             and self._win is self._lent_win
-            and not (self.apply_bytes or self.cork_bytes or self.flags)
-            and self.sk_redir is None
+            and not (self._apply or self._cork or self._flags)
+            and self._redir is None
         ):  # reset_lazy's state but for the buffer: no helper changed it since
             e = self._elems[0]
             e.buf = self._borrowed = view
             if n != e.length:
-                e.length = self.size = n
+                e.length = self._size = n
                 self._win = self._lent_win = (0, 0, n)
             return lent
         old = self.lent_bytes()
@@ -338,41 +366,105 @@ class SkMsg(SkFields):
             if e.buf is base:
                 e.buf = own
 
+    # -- fields ---------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Bytes in the message (``sg.size``)."""
+        return self._size
+
+    @property
+    def start(self) -> int:
+        """Ring slot of the first element (``sg.start``)."""
+        return self._start
+
+    @property
+    def max_frags(self) -> int:
+        """Elements the ring can hold."""
+        return self._max_frags
+
+    @property
+    def flags(self) -> int:
+        """The redirect helper's flags (``BPF_F_INGRESS``); set by the helpers only."""
+        return self._flags
+
+    @property
+    def sk_redir(self) -> Sock | None:
+        """The redirect target the helpers recorded; set by the helpers only."""
+        return self._redir
+
+    @property
+    def apply_bytes(self) -> int:
+        """The apply window ``msg_apply_bytes`` set (0: the whole message)."""
+        return self._apply
+
+    @apply_bytes.setter
+    def apply_bytes(self, nbytes: int) -> None:
+        self._apply = _u32_field("apply_bytes", nbytes)
+
+    @property
+    def cork_bytes(self) -> int:
+        """The cork ``msg_cork_bytes`` set (0: none)."""
+        return self._cork
+
+    @cork_bytes.setter
+    def cork_bytes(self, nbytes: int) -> None:
+        self._cork = _u32_field("cork_bytes", nbytes)
+
+    def end_run(self) -> None:
+        """A program run on this message ended: every element whose buffer it
+        was given a writable ``data`` view of gets a copy of its own, so the
+        view, kept and written after the run, no longer reaches bytes that
+        will be sent. Costs nothing when the run took no writable view."""
+        exposed = self._exposed
+        if exposed is None:
+            return
+        self._exposed = None
+        for e in self._elems:
+            buf = e.buf
+            for b in exposed:
+                if buf is b:
+                    e.buf = memoryview(bytearray(buf[e.offset : e.offset + e.length]))
+                    e.offset = 0
+                    break
+
     # -- the ring -----------------------------------------------------------------------
 
     @property
     def end(self) -> int:
         """Ring slot one past the last element (``sg.end``)."""
-        return (self.start + len(self._elems)) % (self.max_frags + 1)
+        return (self._start + len(self._elems)) % (self._max_frags + 1)
 
     @property
     def full(self) -> bool:
         """``sk_msg_full``: every usable slot holds an element."""
-        return len(self._elems) >= self.max_frags
+        return len(self._elems) >= self._max_frags
 
     def __len__(self) -> int:
         """``sk_msg_elem_used``: how many elements the ring holds."""
         return len(self._elems)
 
     def elements(self) -> Sequence[Sge]:
-        """The elements in order, first at ``start`` (read-only use)."""
-        return self._elems
+        """The elements in order, first at ``start``: copies whose buffers are
+        read-only (the message's own elements are the engines' and helpers')."""
+        return tuple(Sge(e.buf.toreadonly(), e.offset, e.length, e.copy) for e in self._elems)
 
     def frags(self) -> list[memoryview]:
-        """The message's bytes as memoryviews, one per element, without copying."""
-        return [e.buf[e.offset : e.offset + e.length] for e in self._elems]
+        """The message's bytes as read-only memoryviews, one per element, without copying."""
+        return [e.buf[e.offset : e.offset + e.length].toreadonly() for e in self._elems]
 
     def sole_frag(self) -> memoryview | None:
-        """The message's bytes as one memoryview, without copying, when it has
-        exactly one element; None otherwise (several elements, or none)."""
+        """The message's bytes as one read-only memoryview, without copying,
+        when it has exactly one element; None otherwise (several, or none)."""
         elems = self._elems
         if len(elems) != 1:
             return None
         e = elems[0]
         buf = e.buf
         if not e.offset and e.length == buf.nbytes:
-            return buf  # the whole buffer (a record reset_lazy lent): no new view
-        return buf[e.offset : e.offset + e.length]
+            # the whole buffer (a record reset_lazy lent): no slice
+            return buf if buf.readonly else buf.toreadonly()
+        return buf[e.offset : e.offset + e.length].toreadonly()
 
     def tobytes(self) -> bytes:
         """A copy of the whole message (for tests and slow paths)."""
@@ -413,13 +505,13 @@ class SkMsg(SkFields):
                 and last.offset + last.length == off
             ):
                 last.length += n
-            elif len(elems) >= self.max_frags:
+            elif len(elems) >= self._max_frags:
                 frag.used = off  # give the bytes back
                 break
             else:
                 elems.append(Sge(chunk, off, n))
             taken += n
-            self.size += n
+            self._size += n
         return taken
 
     def append_borrowed(self, buf: bytes | bytearray | memoryview) -> int:
@@ -432,7 +524,7 @@ class SkMsg(SkFields):
         if self.full or not view.nbytes:
             return 0
         self._elems.append(Sge(view, 0, view.nbytes, True))
-        self.size += view.nbytes
+        self._size += view.nbytes
         return view.nbytes
 
     # -- consuming -------------------------------------------------------------------
@@ -450,8 +542,8 @@ class SkMsg(SkFields):
             raise ValueError(f"cannot consume a negative number of bytes ({n})")
         out: list[memoryview] = []
         elems = self._elems
-        take = min(n, self.size)
-        self.size -= take
+        take = min(n, self._size)
+        self._size -= take
         k = 0
         while take:
             e = elems[k]
@@ -466,7 +558,7 @@ class SkMsg(SkFields):
                 take = 0
         if k:
             del elems[:k]
-            self.start = (self.start + k) % (self.max_frags + 1)
+            self._start = (self._start + k) % (self._max_frags + 1)
         self._win = None
         return out
 
@@ -479,10 +571,10 @@ class SkMsg(SkFields):
         cleared too: a corked message that a DROP emptied does not cork again
         on its old ``cork_bytes`` when later sends append to it.
         """
-        n = self.size
+        n = self._size
         self.consume(n)
-        self.apply_bytes = self.cork_bytes = self.flags = 0
-        self.sk_redir = None
+        self._apply = self._cork = self._flags = 0
+        self._redir = None
         self._borrowed = None
         return n
 
@@ -502,7 +594,8 @@ class SkMsg(SkFields):
 
     @property
     def data(self) -> memoryview:
-        """The bytes the program may look at (``data`` .. ``data_end``)."""
+        """The bytes the program may look at (``data`` .. ``data_end``), writable
+        where the message's buffer is, until the run ends (:meth:`end_run`)."""
         if self._borrowed is not None:
             self.materialize()  # what the program sees is the message's own
         win = self._win
@@ -511,7 +604,14 @@ class SkMsg(SkFields):
         i, off, n = win
         e = self._elems[i]
         start = e.offset + off
-        return e.buf[start : start + n]
+        buf = e.buf
+        if not buf.readonly:
+            exposed = self._exposed
+            if exposed is None:
+                self._exposed = [buf]
+            elif not any(b is buf for b in exposed):
+                exposed.append(buf)
+        return buf[start : start + n]
 
     @property
     def data_off(self) -> int:
@@ -530,6 +630,6 @@ class SkMsg(SkFields):
 
     def __repr__(self) -> str:
         return (
-            f"<SkMsg size={self.size} elems={len(self._elems)} start={self.start} "
-            f"end={self.end} apply={self.apply_bytes} cork={self.cork_bytes}>"
+            f"<SkMsg size={self._size} elems={len(self._elems)} start={self._start} "
+            f"end={self.end} apply={self._apply} cork={self._cork}>"
         )

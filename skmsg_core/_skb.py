@@ -26,19 +26,20 @@ class SkBuff(SkFields):
 
     ``len``: bytes of the message (for a parser, of everything accumulated so
     far); ``data``: those bytes, a memoryview; ``sk``: the socket it arrived
-    on. The redirect helpers set ``sk_redir`` and ``flags``.
+    on. The redirect helpers set ``sk_redir`` and ``flags``; those and
+    ``len`` are read-only to a program (the engines read them after it).
     """
 
     __slots__ = (
         "_buf",
         "_data",
+        "_flags",
+        "_len",
         "_off",
-        "flags",
-        "len",
+        "_redir",
         "mark",
         "priority",
         "sk",
-        "sk_redir",
         "tc_index",
     )
 
@@ -50,12 +51,31 @@ class SkBuff(SkFields):
         self._buf = _EMPTY
         self._off = 0
         self._data: memoryview | None = _EMPTY
-        self.len = 0
-        self.sk_redir: Sock | None = None
-        self.flags = 0
+        self._len = 0
+        self._redir: Sock | None = None
+        self._flags = 0
         self.mark = 0
         self.priority = 0
         self.tc_index = 0
+
+    @property
+    def len(self) -> int:
+        """Bytes of the message (for a parser, of everything accumulated so far)."""
+        return self._len
+
+    @property
+    def sk_redir(self) -> Sock | None:
+        """The redirect target the helpers recorded; set by the helpers only."""
+        return self._redir
+
+    @property
+    def flags(self) -> int:
+        """The redirect helper's flags (``BPF_F_INGRESS``); set by the helpers only."""
+        return self._flags
+
+    def end_run(self) -> None:
+        """A program run ended. Nothing to do: ``data`` is read-only (the
+        counterpart of :meth:`SkMsg.end_run`, so a runner treats both alike)."""
 
     @property
     def data(self) -> memoryview:
@@ -63,7 +83,7 @@ class SkBuff(SkFields):
         data = self._data
         if data is None:
             off = self._off
-            data = self._data = self._buf[off : off + self.len]
+            data = self._data = self._buf[off : off + self._len]
         return data
 
     @data.setter
@@ -72,16 +92,22 @@ class SkBuff(SkFields):
 
     def reset(self, data: memoryview) -> SkBuff:
         """Point this context at ``data`` and clear the redirect state; returns self."""
-        self.data = data
-        self.len = data.nbytes
-        self.sk_redir = None
-        self.flags = 0
+        self._data = data
+        self._len = data.nbytes
+        self._redir = None
+        self._flags = 0
         return self
 
     def load_bytes(self, offset: int, length: int) -> bytes | int:
         """``bpf_skb_load_bytes``: a copy of ``length`` bytes at ``offset``, or
         ``-EFAULT`` when the range is not inside the message."""
-        if offset < 0 or length <= 0 or offset + length > self.len:
+        if (
+            type(offset) is not int
+            or type(length) is not int
+            or offset < 0
+            or length <= 0
+            or offset + length > self._len
+        ):
             return -errno.EFAULT
         return bytes(self.data[offset : offset + length])
 

@@ -11,11 +11,14 @@ Rules (the kernel's)
 * Its return ``> 0`` is the message length from the message start; ``0`` means
   "need more": it is called again, with everything accumulated, when more
   bytes arrive; ``< 0`` is an error with that errno (``-ESTRPIPE`` once bytes
-  are accumulated becomes ``ENODATA``).
+  are accumulated becomes ``ENODATA``); below ``-4095`` (``MAX_ERRNO``) it is
+  no errno, and ``EPROTO``.
 * A length over ``max_msg_size`` is ``EMSGSIZE`` (stat ``msg_too_big``); a
   length not beyond the bytes accumulated before the newest chunk is ``EPROTO``
   (stat ``bad_hdr_len``: it could have been answered earlier). A return that is
-  not an ``int`` (or is a ``bool``), or a program that raises, is ``EPROTO``.
+  not an ``int`` (or is a ``bool``), or a program that raises (any exception
+  but ``KeyboardInterrupt``, a run over its budget too), is ``EPROTO``. No
+  code of the returned value runs.
 * Errors are :class:`StrParserError` and sticky: the parser holds nothing more
   and every later :meth:`~StrParser.feed` raises the same error.
 * Bytes past a complete message start the next one; a partial one waits.
@@ -51,6 +54,7 @@ import attrs
 
 from ._consts import DEFAULT_QUEUE_BYTES
 from ._errors import StrParserError
+from ._progs import describe_error, describe_value
 from ._skb import SkBuff
 
 if TYPE_CHECKING:
@@ -59,6 +63,15 @@ if TYPE_CHECKING:
 __all__ = ["LengthPrefixParser", "StrParser", "StrParserStats"]
 
 _EMPTY = memoryview(b"")
+#: ``MAX_ERRNO``: a negative return below -4095 is no errno.
+_MAX_ERRNO = 4095
+
+
+def _strerror(err: int) -> str:
+    try:
+        return os.strerror(err)
+    except (ValueError, OverflowError):
+        return "unknown error"
 
 
 class LengthPrefixParser:
@@ -245,12 +258,14 @@ class StrParser:
         append = ends.append
         while off < n:
             rest = view[off:]
-            ctx.data = rest  # SkBuff.reset, inlined: this loop runs per message
-            ctx.len = n - off
+            ctx._data = rest  # SkBuff.reset, inlined: this loop runs per message
+            ctx._len = n - off
             try:
                 length: object = parse(ctx)
-            except Exception as exc:
-                raise self._fail(errno.EPROTO, f"raised {exc!r}") from exc
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
+                raise self._fail(errno.EPROTO, f"raised {describe_error(exc)}") from exc
             if type(length) is not int or not 0 < length <= max_size:
                 length = self._check(length, 0)
                 if not length:
@@ -340,8 +355,10 @@ class StrParser:
         ctx_view = memoryview(acc).toreadonly()
         try:
             length: object = self._parse(self._ctx.reset(ctx_view))
-        except Exception as exc:
-            raise self._fail(errno.EPROTO, f"raised {exc!r}") from exc
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            raise self._fail(errno.EPROTO, f"raised {describe_error(exc)}") from exc
         finally:
             self._ctx.reset(_EMPTY)
             with contextlib.suppress(BufferError):  # the program exported it; _extend copes
@@ -381,14 +398,21 @@ class StrParser:
         Raises:
             StrParserError: the result is an error, as the module rules say.
         """
-        if not isinstance(length, int) or isinstance(length, bool):
-            raise self._fail(errno.EPROTO, f"returned {length!r}, not an int")
-        length = int(length)
+        t = type(length)
+        if t is not int:
+            if t is bool or not issubclass(t, int):
+                raise self._fail(errno.EPROTO, f"returned {describe_value(length)}, not an int")
+            length = int.__int__(length)  # type: ignore[arg-type]  # no subclass code
+        assert isinstance(length, int)
         if length == 0:
             self._need_more += 1
             return 0
         if length < 0:
             err = -length
+            if err > _MAX_ERRNO:
+                raise self._fail(
+                    errno.EPROTO, f"returned {length}, neither a length nor a negative errno"
+                )
             if err == errno.ESTRPIPE and before:
                 err = errno.ENODATA
             raise self._fail(err, f"returned {length}")
@@ -415,9 +439,9 @@ class StrParser:
 
     def _fail(self, err: int, what: str) -> StrParserError:
         """Record the sticky error ``err`` (parse program ``what``); drop held bytes."""
-        name = errno.errorcode.get(err, str(err))
+        name = errno.errorcode.get(err, f"errno {err}")
         exc = StrParserError(
-            err, f"strparser: parse program {self._name} {what}: {name} ({os.strerror(err)})"
+            err, f"strparser: parse program {self._name} {what}: {name} ({_strerror(err)})"
         )
         self._error = exc
         self._errors += 1

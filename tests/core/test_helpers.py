@@ -39,11 +39,11 @@ def Z(n: int) -> bytes:
 
 
 def lengths(msg: SkMsg) -> list[int]:
-    return [e.length for e in msg.elements()]
+    return [e.length for e in msg._elems]
 
 
 def bufs(msg: SkMsg) -> list[memoryview]:
-    return [e.buf for e in msg.elements()]
+    return [e.buf for e in msg._elems]
 
 
 def window(msg: SkMsg) -> tuple[bytes, int, int]:
@@ -177,7 +177,7 @@ def test_pull_across_elements_merges_exactly_the_covering_ones() -> None:
     a, b, c, d, e = bufs(msg)
     assert msg_pull_data(msg, 3, 6, 0) == 0  # bytes d, e, f: elements 1 and 2
     assert lengths(msg) == [2, 4, 2, 2]
-    new = msg.elements()[1]
+    new = msg._elems[1]
     assert new.buf is not b and new.buf is not c and new.buf.nbytes == 4  # only those bytes
     assert bytes(new.view()) == b"cdef" and not new.copy
     assert bufs(msg)[0] is a and bufs(msg)[2] is d and bufs(msg)[3] is e
@@ -193,7 +193,7 @@ def test_pull_of_a_copy_bit_element_copies_it_alone() -> None:
     assert msg_pull_data(msg, 4, 5, 0) == 0
     assert lengths(msg) == [3, 3, 3]
     assert bufs(msg)[0] is a and bufs(msg)[1] is not b and bufs(msg)[2] is c
-    assert [e.copy for e in msg.elements()] == [True, False, True]
+    assert [e.copy for e in msg._elems] == [True, False, True]
     assert window(msg) == (b"e", 4, 5)
     assert not msg.data.readonly
 
@@ -275,11 +275,11 @@ def test_push_resets_the_window_and_copies_borrowed_bytes_only_when_needed() -> 
     msg = SkMsg.from_frags([b"abc", b"def"], copy=True, max_frags=4)
     assert msg_pull_data(msg, 4, 5, 0) == 0
     assert msg_push_data(msg, 1, 1, 0) == 0  # split: the halves keep the copy bit
-    assert [e.copy for e in msg.elements()] == [True, False, True, False]
+    assert [e.copy for e in msg._elems] == [True, False, True, False]
     assert window(msg) == (b"", 0, 0)  # first element is borrowed
     assert msg.full
     assert msg_push_data(msg, 0, 2, 0) == 0  # no slot: "a" is copied with the new bytes
-    assert [e.copy for e in msg.elements()] == [False, False, True, False]
+    assert [e.copy for e in msg._elems] == [False, False, True, False]
     assert window(msg) == (b"\0\0a", 0, 3)
     assert msg.tobytes() == b"\0\0a\0bcdef"
 
@@ -309,7 +309,7 @@ def test_pop_inside_one_element_splits_it_with_a_free_slot() -> None:
     assert msg_pop_data(msg, 2, 2, 0) == 0
     assert lengths(msg) == [2, 2]
     assert bufs(msg)[0] is a and bufs(msg)[1] is a
-    assert msg.elements()[1].offset == 4
+    assert msg._elems[1].offset == 4
     assert msg.tobytes() == b"abef"
 
 
@@ -318,7 +318,7 @@ def test_pop_inside_one_element_on_a_full_ring_copies_both_parts() -> None:
     a, b, c = bufs(msg)
     assert msg_pop_data(msg, 2, 2, 0) == 0
     assert lengths(msg) == [4, 2, 2]
-    new = msg.elements()[0]
+    new = msg._elems[0]
     assert new.buf is not a and new.buf.nbytes == 4 and bytes(new.view()) == b"abef"
     assert bufs(msg)[1] is b and bufs(msg)[2] is c
 
@@ -348,7 +348,7 @@ def test_pop_keeps_copy_bits_and_resets_the_window() -> None:
     assert msg_pull_data(msg, 0, 6, 0) == 0
     msg.append_borrowed(b"ghijkl")
     assert msg_pop_data(msg, 7, 2, 0) == 0  # split of the borrowed element
-    assert [e.copy for e in msg.elements()] == [False, True, True]
+    assert [e.copy for e in msg._elems] == [False, True, True]
     assert window(msg) == (b"abcdef", 0, 6)
     assert msg.tobytes() == b"abcdefgjkl"
 
@@ -411,19 +411,19 @@ def test_cost_near_the_start_of_a_full_17_frag_256k_message() -> None:
     assert all(a is b for a, b in zip(bufs(msg), before, strict=True))
 
     assert msg_pull_data(msg, 10, 20000, 0) == 0  # the first two elements, merged
-    assert len(msg) == 16 and msg.elements()[0].buf.nbytes == 2 * 15421
+    assert len(msg) == 16 and msg._elems[0].buf.nbytes == 2 * 15421
     assert all(a is b for a, b in zip(bufs(msg)[1:], before[2:], strict=True))
     assert msg.tobytes() == ORIG
 
     msg, before = fresh()
     assert msg_push_data(msg, 1, 10, 0) == 0  # full ring: copies only the first element
-    assert len(msg) == 17 and msg.elements()[0].buf.nbytes == 15421 + 10
+    assert len(msg) == 17 and msg._elems[0].buf.nbytes == 15421 + 10
     assert all(a is b for a, b in zip(bufs(msg)[1:], before[1:], strict=True))
     assert msg.tobytes() == ORIG[:1] + Z(10) + ORIG[1:]
 
     msg, before = fresh()
     assert msg_pop_data(msg, 5, 4, 0) == 0  # full ring, inside: copies only a + b
-    assert len(msg) == 17 and msg.elements()[0].buf.nbytes == 15421 - 4
+    assert len(msg) == 17 and msg._elems[0].buf.nbytes == 15421 - 4
     assert all(a is b for a, b in zip(bufs(msg)[1:], before[1:], strict=True))
     assert msg.tobytes() == ORIG[:5] + ORIG[9:]
 

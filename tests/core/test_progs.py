@@ -73,6 +73,9 @@ def test_verdict_mapping(ret: object, redirected: bool, want: sk.Verdict) -> Non
     class Ctx:
         sk_redir = object() if redirected else None
 
+        def end_run(self) -> None:
+            pass
+
     prog = sk.Program.load(lambda ctx: ret, sk.BpfProgType.SK_SKB)
     assert prog.run_verdict(Ctx()) is want
 

@@ -56,7 +56,7 @@ def same(e: Sge) -> Expect:
 def layout(msg: SkMsg) -> list[tuple[int, Sge]]:
     """Each element with its message offset."""
     out, off = [], 0
-    for e in msg.elements():
+    for e in msg._elems:
         out.append((off, e))
         off += e.length
     return out
@@ -71,7 +71,7 @@ def holding(msg: SkMsg, pos: int) -> tuple[int, int, Sge]:
 
 
 def check_elements(msg: SkMsg, expected: list[Expect], old_bufs: list[memoryview]) -> None:
-    got = list(msg.elements())
+    got = list(msg._elems)
     assert len(got) == len(expected), (got, expected)
     for e, want in zip(got, expected, strict=True):
         if want[0] == "piece":
@@ -100,11 +100,11 @@ class RingMachine(RuleBasedStateMachine):
     # -- helpers of the model ----------------------------------------------------------
 
     def bufs(self) -> list[memoryview]:
-        return [e.buf for e in self.msg.elements()]
+        return [e.buf for e in self.msg._elems]
 
     def first_window(self) -> None:
         """``sk_msg_compute_data_pointers`` as the model sees it."""
-        elems = self.msg.elements()
+        elems = self.msg._elems
         self.win = (0, elems[0].length) if elems and not elems[0].copy else None
 
     def privatise(self, lo: int, hi: int) -> None:
@@ -128,14 +128,14 @@ class RingMachine(RuleBasedStateMachine):
     def append_copy(self, pieces: list[bytes], kind: Any, limit: int | None) -> None:
         joined = b"".join(pieces)
         want = len(joined) if limit is None else min(limit, len(joined))
-        before = [same(e) for e in self.msg.elements()]
+        before = [same(e) for e in self.msg._elems]
         taken = self.msg.append_copy(
             self.frag, [kind(p) for p in pieces], -1 if limit is None else limit
         )
         assert 0 <= taken <= want
         if taken < want:
             assert self.msg.full, "append_copy stopped short with a free slot"
-        got = list(self.msg.elements())
+        got = list(self.msg._elems)
         # earlier elements are untouched; the last may only grow (coalescing)
         for e, want_e in zip(got[: len(before) - 1], before, strict=False):
             assert e.buf is want_e[1] and (e.offset, e.length, e.copy) == want_e[2:]
@@ -150,10 +150,10 @@ class RingMachine(RuleBasedStateMachine):
     @rule(buf=st.binary(min_size=1, max_size=40) | st.just(b""))
     def append_borrowed(self, buf: bytes) -> None:
         expected = 0 if self.msg.full or not buf else len(buf)
-        before = [same(e) for e in self.msg.elements()]
+        before = [same(e) for e in self.msg._elems]
         assert self.msg.append_borrowed(buf) == expected
         if expected:
-            last = self.msg.elements()[-1]
+            last = self.msg._elems[-1]
             assert last.copy and last.buf.readonly and last.buf.obj is buf
             before.append(("piece", last.buf, 0, len(buf), True))
         check_elements(self.msg, before, [])
@@ -189,7 +189,7 @@ class RingMachine(RuleBasedStateMachine):
         )
         flags = data.draw(FLAGS, label="flags")
         old = self.bufs()
-        before = [same(e) for e in self.msg.elements()]
+        before = [same(e) for e in self.msg._elems]
         if flags or start < 0 or end <= start or start >= size or end > size:
             assert msg_pull_data(self.msg, start, end, flags) == EINVAL
             check_elements(self.msg, before, old)
@@ -212,7 +212,7 @@ class RingMachine(RuleBasedStateMachine):
         length = data.draw(st.integers(0, 20) | st.integers(-2, 0), label="length")
         flags = data.draw(FLAGS, label="flags")
         old = self.bufs()
-        before = [same(e) for e in msg.elements()]
+        before = [same(e) for e in msg._elems]
         if flags or start < 0 or length < 0 or (length and start > size):
             assert msg_push_data(msg, start, length, flags) == EINVAL
             check_elements(msg, before, old)
@@ -226,7 +226,7 @@ class RingMachine(RuleBasedStateMachine):
             expected: list[Expect] = [("fresh", length)]
         else:
             if start == size:  # append: the point is the end of the last element
-                i, off, e = len(before) - 1, size - before[-1][3], msg.elements()[-1]
+                i, off, e = len(before) - 1, size - before[-1][3], msg._elems[-1]
             else:
                 i, off, e = holding(msg, start)
             front = start - off
@@ -263,7 +263,7 @@ class RingMachine(RuleBasedStateMachine):
         )
         flags = data.draw(FLAGS, label="flags")
         old = self.bufs()
-        before = [same(e) for e in msg.elements()]
+        before = [same(e) for e in msg._elems]
         bad = length and (start >= size or start + length > size)
         if flags or start < 0 or length < 0 or bad:
             assert msg_pop_data(msg, start, length, flags) == EINVAL
@@ -356,7 +356,7 @@ class RingMachine(RuleBasedStateMachine):
     @invariant()
     def matches_model(self) -> None:
         msg = self.msg
-        elems = msg.elements()
+        elems = msg._elems
         assert msg.tobytes() == self.model
         assert msg.size == len(self.model) == sum(e.length for e in elems)
         assert all(e.length > 0 for e in elems)
@@ -417,10 +417,10 @@ def test_consecutive_appends_into_one_frag_coalesce() -> None:
 def test_appends_cross_frag_chunks_and_do_not_merge_into_borrowed() -> None:
     frag, msg = PageFrag(8), SkMsg(10)
     assert msg.append_copy(frag, [b"0123456789"]) == 10  # 8 + 2: two chunks
-    assert [e.length for e in msg.elements()] == [8, 2]
+    assert [e.length for e in msg._elems] == [8, 2]
     msg.append_borrowed(b"BB")
     msg.append_copy(frag, [b"xy"])  # contiguous in the chunk, but the last element is borrowed
-    assert [(e.length, e.copy) for e in msg.elements()] == [
+    assert [(e.length, e.copy) for e in msg._elems] == [
         (8, False),
         (2, False),
         (2, True),
@@ -438,7 +438,7 @@ def test_full_ring_stops_append_copy_and_gives_the_frag_space_back() -> None:
     assert frag.used == 0  # the chunk it could not use is handed back
     other = SkMsg()
     assert other.append_copy(frag, [b"ok"]) == 2
-    assert other.elements()[0].offset == 0
+    assert other._elems[0].offset == 0
 
 
 def test_full_ring_still_coalesces_into_the_last_element() -> None:
@@ -483,7 +483,7 @@ def test_from_bytes_counts_bytes_not_items() -> None:
 def test_from_frags_references_and_marks_copy() -> None:
     a, b = b"abc", bytearray(b"de")
     msg = SkMsg.from_frags([a, b], copy=True)
-    assert msg.elements()[0].buf.obj is a and msg.elements()[1].buf.obj is b
+    assert msg._elems[0].buf.obj is a and msg._elems[1].buf.obj is b
     assert [msg.sg_copy(i) for i in range(2)] == [True, True]
     assert (bytes(msg.data), msg.data_off, msg.data_end) == (b"", 0, 0)
     plain = SkMsg.from_frags([a, b])
@@ -499,7 +499,7 @@ def test_consume_across_elements_advances_start_modulo_ring() -> None:
     assert [bytes(v) for v in msg.consume(5)] == [b"abc", b"de"]
     assert (msg.start, len(msg), msg.end, msg.size) == (1, 2, 3, 4)
     assert msg.tobytes() == b"fghi"
-    assert msg.elements()[0].offset == 2
+    assert msg._elems[0].offset == 2
     assert [bytes(v) for v in msg.consume(100)] == [b"fg", b"hi"]
     assert (msg.start, len(msg), msg.end, msg.size) == (3, 0, 3, 0)
     frag = PageFrag(4)
@@ -564,7 +564,7 @@ def test_borrowed_bytes_are_read_only() -> None:
         msg.data[0:1] = b"X"
     borrowed = SkMsg()
     borrowed.append_borrowed(b"xyz")
-    assert borrowed.elements()[0].buf.readonly
+    assert borrowed._elems[0].buf.readonly
     assert bytes(borrowed.data) == b""
     assert msg_pull_data(borrowed, 0, 3) == 0
     assert not borrowed.data.readonly and bytes(borrowed.data) == b"xyz"
@@ -574,9 +574,9 @@ def test_set_window_and_repr() -> None:
     msg = SkMsg.from_frags([b"abc", b"defg"])
     msg.set_window(1, 1, 2)
     assert (bytes(msg.data), msg.data_off, msg.data_end) == (b"ef", 4, 6)
-    assert "size=7" in repr(msg) and "length=3" in repr(msg.elements()[0])
-    clone = msg.elements()[1].clone()
-    assert clone.buf is msg.elements()[1].buf and bytes(clone.view()) == b"defg"
+    assert "size=7" in repr(msg) and "length=3" in repr(msg._elems[0])
+    clone = msg._elems[1].clone()
+    assert clone.buf is msg._elems[1].buf and bytes(clone.view()) == b"defg"
 
 
 def test_of_private_wraps_one_fresh_buffer_without_copying() -> None:
@@ -603,8 +603,8 @@ def test_reset_private_is_of_private_again(shape: str) -> None:
         assert len(msg) == 3
     elif shape == "consumed":
         msg.consume(6)
-    msg.apply_bytes, msg.cork_bytes, msg.flags = 3, 10, 1
-    msg.sk_redir = msg.sk
+    msg.apply_bytes, msg.cork_bytes, msg._flags = 3, 10, 1
+    msg._redir = msg.sk
     new = bytearray(b"second")
     msg.reset_private(new)
     fresh = SkMsg.of_private(bytearray(b"second"), max_frags=4)
@@ -631,7 +631,7 @@ def test_reset_lazy_copies_only_when_the_program_looks() -> None:
     sender = bytearray(b"hello world")
     view = memoryview(sender)
     msg = SkMsg.of_private(bytearray(b"old"), max_frags=4)
-    msg.apply_bytes, msg.sk_redir = 2, msg  # type: ignore[assignment]
+    msg.apply_bytes, msg._redir = 2, msg  # type: ignore[assignment]
     msg.reset_lazy(view[0:11])
     assert (msg.size, len(msg), msg.apply_bytes, msg.sk_redir) == (11, 1, 0, None)
     sole = msg.sole_frag()
@@ -639,12 +639,12 @@ def test_reset_lazy_copies_only_when_the_program_looks() -> None:
     assert msg.tobytes() == b"hello world"
     assert msg_pop_data(msg, 2, 2, 0) == 0  # a helper splits the element
     assert len(msg) == 2 and msg.tobytes() == b"heo world"
-    assert all(e.buf.obj is sender for e in msg.elements())
+    assert all(e.buf.obj is sender for e in msg._elems)
     window = msg.data  # the program looks: the bytes become the message's own
     window[0:1] = b"H"
     assert sender == b"hello world"
     assert msg.tobytes() == b"Heo world"
-    assert all(e.buf.obj is not sender for e in msg.elements())
+    assert all(e.buf.obj is not sender for e in msg._elems)
     msg.materialize()  # already its own: nothing changes
     assert msg.tobytes() == b"Heo world"
     with pytest.raises(ValueError, match="empty"):
@@ -716,7 +716,7 @@ def test_relend_is_lent_bytes_then_reset_lazy(steps: list[tuple[int, list[str]]]
                 elif step == "cork":
                     msg_cork_bytes(m, 100)
                 elif step == "redir":
-                    m.sk_redir, m.flags = m.sk, 1
+                    m._redir, m._flags = m.sk, 1
         assert _state(fast) == _state(slow)
         lent = fast.lent_bytes()
         if set(program) <= {"none", "apply", "cork", "redir"}:  # bytes and shape as lent
@@ -749,7 +749,7 @@ def test_free_reinitialises_the_helper_fields() -> None:
     """``sk_msg_free`` ends with ``sk_msg_init``: apply, cork, flags and the redirect
     target are cleared with the bytes (a consume of every byte keeps them)."""
     msg = SkMsg.from_bytes(b"abcdef")
-    msg.apply_bytes, msg.cork_bytes, msg.flags = 3, 10, 1
+    msg.apply_bytes, msg.cork_bytes, msg._flags = 3, 10, 1
     msg.consume(6)
     assert (msg.apply_bytes, msg.cork_bytes, msg.flags) == (3, 10, 1)
     msg.append_copy(PageFrag(64), [b"xyz"])

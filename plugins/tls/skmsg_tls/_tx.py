@@ -51,6 +51,7 @@ from skmsg_core import (
     SkPsock,
     TxAction,
     Verdict,
+    program_caller,
 )
 
 __all__ = ["PASS_BATCH", "OpenRecord", "TlsSendOp", "send_whole"]
@@ -403,6 +404,7 @@ def _lean_next(psock: SkPsock, open_rec: OpenRecord, left: int, more: bool, limi
     )
 
 
+@program_caller
 def _pass_run(
     psock: SkPsock,
     prog: Program,
@@ -444,9 +446,13 @@ def _pass_run(
     while True:
         try:  # sk_psock_msg_verdict, the program called directly
             ret = func(rec)
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # fail closed: a DROP, whatever was raised
+            rec.end_run()
             stopped = rec, prog.account(None, rec, exc), end - pos
             break
+        rec.end_run()  # a writable view it took is of the record's bytes no more
         if ret is not SK_PASS or rec.sk_redir is not None or rec.apply_bytes or rec.cork_bytes:
             stopped = rec, prog.account(ret, rec), end - pos
             break

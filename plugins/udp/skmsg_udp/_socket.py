@@ -406,11 +406,7 @@ class UdpSocket(trio.abc.AsyncResource):
                     queue(data, addr)
                     continue
                 view = memoryview(data)
-                skb.data = view
-                skb.len = n
-                skb.sk_redir = None
-                skb.flags = 0
-                verdict = run(skb)
+                verdict = run(skb.reset(view))
                 if verdict is _PASS:
                     passed += n
                     queue(data, addr)
@@ -439,7 +435,7 @@ class UdpSocket(trio.abc.AsyncResource):
                     dropped += n
             return count
         finally:
-            skb.data = _EMPTY
+            skb.reset(_EMPTY)
             self.datagrams_received += count
             self.bytes_received += nbytes
             psock.rx_msgs += count

@@ -1,0 +1,251 @@
+"""Run-time budgets: a program that runs too long is interrupted, and is a DROP.
+
+The kernel bounds a BPF program's run time by verifying it before it runs; a
+Python program cannot be verified that way, so its run time is bounded while
+it runs.
+
+Rules
+-----
+* Every program has a budget in seconds (:data:`DEFAULT_BUDGET`, or what
+  ``Program.load``/``attach`` were given; ``None`` is no bound). A run that
+  lasts longer is interrupted by raising :class:`ProgramTimeout` inside it;
+  the runner counts that run as a DROP and an error (a ``timeouts`` count
+  too), as for any program that raises. A parse program interrupted so is a
+  parse error of its connection.
+* The budget belongs to the callable: a function loaded twice with two
+  budgets is held to the smaller one.
+* Precision: runs are looked at every quarter of the smallest budget in
+  force (at least every :data:`MIN_PERIOD`), so a run is interrupted between
+  its budget and its budget plus one period.
+* What can be interrupted: Python code, and blocking calls that give up on a
+  signal (``time.sleep``, a socket wait) when programs run on the main thread
+  (where trio runs). In another thread only Python code is interrupted. A C
+  call that holds the interpreter lock (a regex over a huge buffer) finishes
+  first; so does a program that catches :class:`ProgramTimeout` (a
+  ``BaseException``) and carries on, until the next look.
+
+Theory of operation
+-------------------
+Nothing is recorded when a program starts or ends: a run costs nothing
+extra. A watchdog thread wakes every period and samples every thread's stack
+(``sys._current_frames``). The functions that call programs (the runners and
+the engines' loops) are registered with :func:`program_caller`; walking a
+stack from its innermost frame, the frame just inside the first caller frame
+met is the *program frame*, and its code object finds the program's budget.
+The same frame object seen again in a later sample is the same run; once it
+has been seen for longer than its budget the watchdog interrupts it:
+
+* on the main thread, with a signal (:data:`SIGNAL`, a real-time signal
+  nobody else uses) whose handler raises :class:`ProgramTimeout` only if that
+  very frame is still on the stack (the run may have ended meanwhile);
+* on another thread, with ``PyThreadState_SetAsyncExc``.
+
+The thread starts when the first budgeted program is loaded, runs as a
+daemon, and starts again in a forked child on its next load.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+import types
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "MIN_PERIOD",
+    "SIGNAL",
+    "ProgramTimeout",
+    "code_of",
+    "program_caller",
+    "set_budget",
+]
+
+#: Seconds a program run may last unless its load or attach said otherwise.
+DEFAULT_BUDGET = 0.1
+#: The watchdog never looks more often than this (seconds).
+MIN_PERIOD = 0.005
+#: The signal that interrupts a program on the main thread.
+SIGNAL = signal.SIGRTMIN + 7
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class ProgramTimeout(BaseException):
+    """Raised inside a program that ran longer than its budget.
+
+    A ``BaseException``, so that a program's own ``except Exception`` does not
+    swallow it. The runner turns it into a DROP; it never leaves a runner.
+    """
+
+
+#: Codes of the functions that call programs (the frames programs run under).
+_callers: set[types.CodeType] = set()
+#: A program's code -> (its budget in seconds, its name).
+_budgets: dict[types.CodeType, tuple[float, str]] = {}
+
+
+def program_caller(func: _F) -> _F:
+    """Register ``func`` as a function that calls programs directly: a frame
+    it calls is a program run the watchdog times. Returns ``func``."""
+    code = getattr(func, "__code__", None)
+    if isinstance(code, types.CodeType):
+        _callers.add(code)
+    return func
+
+
+def code_of(func: Any) -> types.CodeType | None:
+    """The code object a call of ``func`` runs first: a function's own, a
+    bound method's function's, a ``functools.partial``'s function's, a callable
+    object's ``__call__``; None for a builtin (nothing to interrupt)."""
+    for _ in range(8):  # partials of partials, methods of callables: a few levels
+        code = getattr(func, "__code__", None)
+        if isinstance(code, types.CodeType):
+            return code
+        inner = getattr(func, "func", None) or getattr(func, "__func__", None)
+        if inner is not None:
+            func = inner
+            continue
+        call = getattr(type(func), "__call__", None)  # noqa: B004 (the method itself)
+        if call is None or isinstance(call, (types.WrapperDescriptorType, types.BuiltinMethodType)):
+            return None
+        func = call
+    return None
+
+
+def set_budget(func: Any, budget: float | None, name: str) -> None:
+    """Hold runs of ``func`` to ``budget`` seconds (None: no bound), or to the
+    budget it already has if that is smaller, and make sure the watchdog runs.
+
+    Raises:
+        ValueError: ``budget`` is not a positive number of seconds.
+    """
+    if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
+        raise ValueError(f"a program's budget is a positive number of seconds, not {budget!r}")
+    code = code_of(func)
+    if code is None or budget is None:
+        return
+    seconds = float(budget)
+    held = _budgets.get(code)
+    if held is None or seconds < held[0]:
+        _budgets[code] = (seconds, name)
+    _watchdog.ensure()
+
+
+class _Watchdog:
+    """The thread that samples stacks and interrupts runs over budget."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._main_ident = threading.main_thread().ident
+        self._handler_installed = False
+        #: The main thread's program frame a signal was sent for.
+        self.target: types.FrameType | None = None
+        self.target_message = ""
+        #: thread id -> (program frame, when it was first seen)
+        self._seen: dict[int, tuple[types.FrameType, float]] = {}
+        self.interrupts = 0
+
+    def ensure(self) -> None:
+        """Start the thread if it is not running; install the signal handler
+        if called on the main thread."""
+        if not self._handler_installed and threading.current_thread() is threading.main_thread():
+            try:
+                signal.signal(SIGNAL, self._on_signal)
+                self._handler_installed = True
+            except (ValueError, OSError):  # not the main interpreter
+                pass
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="skmsg-program-watchdog", daemon=True
+                )
+                self._thread.start()
+
+    def _period(self) -> float:
+        smallest = min((b for b, _ in _budgets.values()), default=DEFAULT_BUDGET)
+        return max(MIN_PERIOD, smallest / 4)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._period())
+            try:
+                self._look()
+            except Exception:  # never die: a missed look only delays an interrupt
+                continue
+
+    def _look(self) -> None:
+        now = time.monotonic()
+        callers = _callers
+        seen = self._seen
+        live: set[int] = set()
+        for ident, frame in sys._current_frames().items():
+            found = _program_frame(frame, callers)
+            if found is None:
+                continue
+            live.add(ident)
+            held = seen.get(ident)
+            if held is None or held[0] is not found:
+                seen[ident] = (found, now)
+                continue
+            budget, name = _budgets.get(found.f_code, (DEFAULT_BUDGET, found.f_code.co_name))
+            if now - held[1] > budget:
+                self._interrupt(ident, found, name, budget)
+                seen[ident] = (found, now)  # the next interrupt a budget later, if need be
+        for ident in list(seen):
+            if ident not in live:
+                del seen[ident]
+
+    def _interrupt(self, ident: int, frame: types.FrameType, name: str, budget: float) -> None:
+        self.interrupts += 1
+        message = f"program {name} ran longer than its budget of {budget * 1000:g} ms"
+        if ident == self._main_ident and self._handler_installed:
+            self.target, self.target_message = frame, message
+            signal.pthread_kill(ident, SIGNAL)
+            return
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(ident), ctypes.py_object(ProgramTimeout)
+        )
+
+    def _on_signal(self, signum: int, frame: types.FrameType | None) -> None:
+        target = self.target
+        if target is None:
+            return
+        f = frame
+        while f is not None:
+            if f is target:
+                self.target = None
+                raise ProgramTimeout(self.target_message)
+            f = f.f_back
+
+    def after_fork(self) -> None:
+        self._thread = None
+        self._lock = threading.Lock()
+        self._seen = {}
+        self.target = None
+        self._main_ident = threading.main_thread().ident
+
+
+def _program_frame(
+    frame: types.FrameType | None, callers: set[types.CodeType]
+) -> types.FrameType | None:
+    """The frame a registered caller called, walking out from ``frame``."""
+    inner: types.FrameType | None = None
+    while frame is not None:
+        if frame.f_code in callers:
+            return inner
+        inner = frame
+        frame = frame.f_back
+    return None
+
+
+_watchdog = _Watchdog()
+os.register_at_fork(after_in_child=_watchdog.after_fork)
