@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from ._runtime import DatagramEndpoint as DatagramEndpoint
 from ._runtime import Endpoint as Endpoint
+from ._runtime import RateLimitedLog as RateLimitedLog
 from ._runtime import Runtime as Runtime
 from ._runtime import current_runtime as current_runtime
 from ._runtime import data_ready as data_ready
+from ._runtime import escapes_boundary as escapes_boundary
 from ._runtime import ingress_put as ingress_put
 from ._runtime import ingress_try as ingress_try
 from ._runtime import open_runtime as open_runtime

@@ -16,10 +16,20 @@ queue stops its burst from reading (TCP flow control reaches the peer), and a
 redirect target that writes slowly slows the burst that feeds it. Nothing
 grows without bound.
 
-Tasks run in a nursery the application owns (:func:`open_runtime`), so a
-pump's unexpected failure surfaces there; a protocol failure of one
-connection (a parse error, a reset) is that stream's error, raised by its
-receive call, and does not take the runtime down.
+Tasks run in a nursery the application owns (:func:`open_runtime`).
+
+The boundary
+------------
+Nothing raised while serving one socket ends the runtime or another socket's
+service: a parse error, a reset, a plugin's or a program's exception of any
+kind (``KeyboardInterrupt`` and trio's cancellation aside) is that socket's
+error. Its pump stops, its readers get ``trio.BrokenResourceError`` with the
+cause chained, the runtime counts it (``Runtime.socket_errors``) and logs one
+line naming the socket and the error's type (rate-limited, never a
+traceback). A redirect whose target fails drops those bytes and is counted
+against the target (``redirect_errors``), never against the source. Program
+errors are logged here too, rate-limited, with the program's name and what
+went wrong (the core counts them and tells the runtime, it does not log).
 
 A stream plugs in by implementing :class:`Endpoint`.
 
@@ -41,6 +51,7 @@ import contextvars
 import errno
 import logging
 import select
+import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -50,6 +61,7 @@ import attrs
 import trio
 
 from .._errors import StrParserError, kernel_error
+from .._progs import Program, describe_error, set_error_observer
 
 if TYPE_CHECKING:
     from .._psock import RxAction, SkPsock
@@ -62,6 +74,7 @@ __all__ = [
     "DatagramEndpoint",
     "current_runtime",
     "data_ready",
+    "escapes_boundary",
     "ingress_put",
     "ingress_try",
     "open_runtime",
@@ -70,6 +83,58 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two log lines about the same thing (later ones are counted).
+LOG_INTERVAL = 10.0
+
+
+class RateLimitedLog:
+    """Log one line per key per :data:`LOG_INTERVAL` seconds; the lines held
+    back are counted and reported with the next one."""
+
+    def __init__(self, logger: logging.Logger, interval: float = LOG_INTERVAL) -> None:
+        self._log = logger
+        self._interval = interval
+        self._last: dict[Any, tuple[float, int]] = {}
+
+    def warning(self, key: Any, message: str, *args: object) -> None:
+        now = time.monotonic()
+        held = self._last.get(key)
+        if held is not None and now - held[0] < self._interval:
+            self._last[key] = (held[0], held[1] + 1)
+            return
+        suppressed = held[1] if held is not None else 0
+        if len(self._last) > 4096:  # bounded: old keys go
+            self._last.clear()
+        self._last[key] = (now, 0)
+        if suppressed:
+            message += " (and %d more like it since the last report)"
+            args = (*args, suppressed)
+        self._log.warning(message, *args)
+
+
+_rate_limited = RateLimitedLog(log)
+
+
+def _log_program_error(prog: Program, error: BaseException) -> None:
+    """The core's error observer: one line per program and kind of error."""
+    _rate_limited.warning(
+        ("program", prog.id, type(error)),
+        "program %s (%s): %s; the run was a DROP",
+        prog.name,
+        prog.prog_type.name,
+        describe_error(error),
+    )
+
+
+set_error_observer(_log_program_error)
+
+
+def escapes_boundary(exc: BaseException) -> bool:
+    """Whether ``exc`` must go on up through a socket's error boundary: trio's
+    cancellation and Ctrl-C; everything else raised while serving one socket
+    is that socket's error."""
+    return isinstance(exc, (trio.Cancelled, KeyboardInterrupt))
 
 _current: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
     "skmsg_runtime", default=None
@@ -263,6 +328,9 @@ class Runtime:
         self._epoll: select.epoll | None = None
         self._watching = False
         self.redirect_errors = 0
+        #: Sockets whose service ended on an error that was not a connection's
+        #: own (a plugin's or an engine's exception), contained here.
+        self.socket_errors = 0
 
     async def rx_action(self, receiver: Endpoint, action: RxAction) -> None:
         """Carry out one receive action of ``receiver``'s pump.
@@ -295,6 +363,16 @@ class Runtime:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self.redirect_errors += 1
             log.debug("redirect to %s dropped: %s", target.describe(), exc)
+        except BaseException as exc:
+            if escapes_boundary(exc):
+                raise
+            self.redirect_errors += 1  # the target's failure, never the source's
+            _rate_limited.warning(
+                ("redirect", type(exc)),
+                "redirect to %s dropped: its stream raised %s",
+                target.describe(),
+                describe_error(exc),
+            )
 
     # -- receive pumps -----------------------------------------------------------------------
     #
@@ -407,10 +485,13 @@ class Runtime:
                     if not reads % 4:  # fairness between busy sockets, whatever the actions
                         await trio.lowlevel.checkpoint()
             except (OSError, trio.BrokenResourceError) as exc:
-                endpoint.rx_failed(exc)
-                self.stop_pump(endpoint)
+                self._failed(endpoint, exc)
             except trio.ClosedResourceError:
                 self.stop_pump(endpoint)
+            except BaseException as exc:
+                if escapes_boundary(exc):
+                    raise
+                self._failed(endpoint, exc, unexpected=True)
             finally:
                 if pump.scope is scope:
                     pump.scope = None
@@ -430,11 +511,43 @@ class Runtime:
                     if not await self._process(endpoint, psock, data):
                         return
             except (OSError, trio.BrokenResourceError) as exc:
-                endpoint.rx_failed(exc)
+                self._failed(endpoint, exc)
             except trio.ClosedResourceError:
                 pass
+            except BaseException as exc:
+                if escapes_boundary(exc):
+                    raise
+                self._failed(endpoint, exc, unexpected=True)
             finally:
                 self._pumps.pop(id(endpoint), None)
+
+    def _failed(self, endpoint: Endpoint, exc: BaseException, *, unexpected: bool = False) -> None:
+        """``endpoint``'s receive service ended on ``exc``: its pump stops and
+        its readers see the error. An ``unexpected`` one (not a connection's own
+        error) is counted and logged, and made a ``BrokenResourceError``."""
+        self.stop_pump(endpoint)
+        if unexpected:
+            self.socket_errors += 1
+            name = _describe(endpoint)
+            _rate_limited.warning(
+                ("socket", type(exc)),
+                "%s: receive failed: %s; the socket is in error",
+                name,
+                describe_error(exc),
+            )
+            err = trio.BrokenResourceError(f"{name}: receive failed: {describe_error(exc)}")
+            err.__cause__ = exc
+            exc = err
+        try:
+            endpoint.rx_failed(exc)
+        except Exception as inner:  # a plugin that cannot even take its error
+            self.socket_errors += 1
+            _rate_limited.warning(
+                ("rx_failed", type(inner)),
+                "%s: rx_failed raised %s",
+                _describe(endpoint),
+                describe_error(inner),
+            )
 
     async def _process(self, endpoint: Endpoint, psock: SkPsock, data: bytes) -> bool:
         """Run ``data`` through the programs and carry out the actions; False
@@ -452,6 +565,13 @@ class Runtime:
         for action in actions:
             await self.rx_action(endpoint, action)
         return True
+
+
+def _describe(endpoint: Endpoint) -> str:
+    try:
+        return endpoint.sk.describe()
+    except Exception:
+        return type(endpoint).__name__
 
 
 @attrs.define(eq=False)

@@ -50,7 +50,7 @@ from typing import Any
 import trio
 
 import skmsg_core as sk
-from skmsg_core.runtime import Runtime, current_runtime, ingress_try, tx_redirect
+from skmsg_core.runtime import Runtime, current_runtime, escapes_boundary, ingress_try, tx_redirect
 
 from ._proto import UDP_PROTO
 from ._util import SendError, UdpStats, _is_udp, _name, _writable_now, cookie_of
@@ -429,7 +429,9 @@ class UdpSocket(trio.abc.AsyncResource):
                             await self._egress_stream(target, owner, view)
                         else:
                             raise trio.ClosedResourceError
-                    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    except BaseException as exc:  # the target's failure, never ours
+                        if escapes_boundary(exc):
+                            raise
                         rt.redirect_errors += 1
                 else:
                     dropped += n
