@@ -25,6 +25,12 @@ Rules, in the kernel's words:
   and by what the program removed in that run, so a send never reports bytes
   that were dropped as sent.
 
+Cancellation: a verdict covers exactly the bytes it ran on and the apply
+window it set. The engine's state moves on *before* an action is handed out
+(the verdict is spent on those bytes, the window reduced by them), so an I/O
+layer that abandons the send at any action, a trio cancellation, leaves no
+verdict pending that a later send could use without running the program.
+
 Deliberate difference: the kernel frees whatever follows the apply window of
 a corked message it redirects (and swallows that redirect's error); we keep
 those bytes and verdict them like any other, and report the error.
@@ -253,11 +259,13 @@ class SendOp(SendOpBase):
                 if verdict is _REDIRECT:
                     target, ingress = psock.sk_redir, psock.redir_ingress
                 _apply(psock, tosend)
-                if verdict is _REDIRECT:
-                    if not psock.apply_bytes:
-                        psock.eval, psock.sk_redir = _NONE, None
-                    if psock.cork is msg:
-                        psock.cork = None
+                # The verdict covers these bytes (and what is left of the apply
+                # window): it ends here, before the bytes are handed on, so a
+                # send cancelled while they go out leaves no verdict behind.
+                if not psock.apply_bytes:
+                    psock.eval, psock.sk_redir = _NONE, None
+                if verdict is _REDIRECT and psock.cork is msg:
+                    psock.cork = None
                 bufs = msg.consume(tosend)
                 more = self._more or msg.size > 0 or self._pos < self._src.nbytes
                 yield TxAction(
@@ -285,8 +293,5 @@ class SendOp(SendOpBase):
                 _apply(psock, tosend)
                 self.copied -= tosend + delta
                 return errno.EACCES
-            if not psock.apply_bytes:
-                psock.eval = _NONE
-                psock.sk_redir = None
             if not msg.size:
                 return 0

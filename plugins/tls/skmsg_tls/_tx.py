@@ -54,7 +54,7 @@ from skmsg_core import (
     program_caller,
 )
 
-__all__ = ["PASS_BATCH", "OpenRecord", "TlsSendOp", "send_whole"]
+__all__ = ["PASS_BATCH", "OpenRecord", "TlsSendOp", "send_lean"]
 
 #: Passed records are handed on together up to this many plaintext bytes.
 PASS_BATCH = 262144
@@ -324,6 +324,13 @@ class TlsSendOp(SendOpBase):
                 send = msg.apply_bytes
             verdict = psock.eval
             msg.apply_bytes = 0
+            # the verdict is spent on these bytes (a split record's rest is
+            # verdicted again): it ends before anything is handed out, so a
+            # send cancelled at a hand-off leaves no verdict for a later one
+            target, ingress = psock.sk_redir, psock.redir_ingress
+            if verdict is not _DROP:
+                psock.eval = _NONE
+                psock.sk_redir = None
             if verdict is _PASS:
                 bufs = msg.consume(send)
                 self._batch.append(bufs[0] if len(bufs) == 1 else memoryview(b"".join(bufs)))
@@ -340,7 +347,6 @@ class TlsSendOp(SendOpBase):
                 if err:
                     self._discard(msg)
                     return err
-                target, ingress = psock.sk_redir, psock.redir_ingress
                 bufs = msg.consume(send)
                 more = self._more or msg.size > 0 or self._pos < self._src.nbytes
                 yield TxAction("redirect", target, ingress, bufs, send, more)
@@ -362,9 +368,6 @@ class TlsSendOp(SendOpBase):
                 self.copied -= send + delta
                 err = yield from self._flush()  # records passed before this one still go
                 return err or errno.EACCES
-            # the remainder of a split record has apply 0: its verdict runs again
-            psock.eval = _NONE
-            psock.sk_redir = None
             if holder.msg is None:
                 return 0
             full_record = False
@@ -474,33 +477,59 @@ def _pass_run(
     return pos, passed, stopped
 
 
-def send_whole(
-    psock: SkPsock, open_rec: OpenRecord, src: memoryview, more: bool
-) -> list[memoryview] | TlsSendOp:
-    """One ``sendmsg`` under an SK_MSG program, the bulk case in one step: if
-    every record of ``src`` passes whole (full records, and without ``more``
-    a short last one), return their plaintext, one view per record, the send
-    done; the caller seals and writes them and adds what went out to
-    ``psock.tx_passed_bytes``. No engine object is made.
+def send_lean(
+    psock: SkPsock,
+    open_rec: OpenRecord,
+    src: memoryview,
+    pos: int,
+    more: bool,
+    *,
+    limit: int = TLS_MAX_PAYLOAD_SIZE,
+    stop: int = PASS_BATCH,
+) -> tuple[list[memoryview], int, TlsSendOp | None]:
+    """One batch of a ``sendmsg`` under an SK_MSG program, the bulk case: the
+    records of ``src`` from ``pos`` while each passes whole (full records of
+    ``limit`` bytes, and without ``more`` a short last one), until the batch
+    holds ``stop`` bytes. No engine object is made for them.
 
-    Otherwise return the :class:`TlsSendOp` to iterate for the send's actions:
-    it carries on exactly where this stopped (the records passed whole so far
-    lead, the record that stopped it is verdicted by bpf_exec_tx_verdict's
-    rules).
+    Returns ``(batch, pos, op)``: the plaintext of the records passed, one
+    view per record (views of ``src`` where the program left them as lent:
+    the caller seals them before anything else runs, so the bytes sealed are
+    the bytes verdicted); the send's position after them; and ``None`` to
+    call again from there (or stop at the end of ``src``), or the
+    :class:`TlsSendOp` to iterate for the rest of the send when a record is
+    not the bulk case or not passed whole: it carries on exactly there (the
+    record that stopped the batch is verdicted by bpf_exec_tx_verdict's
+    rules; ``op.copied`` counts from the start of ``src``).
     """
     prog = psock.msg_parser
-    size = src.nbytes
-    limit = TLS_MAX_PAYLOAD_SIZE
-    if prog is None or not _lean_next(psock, open_rec, size, more, limit):
-        return TlsSendOp(psock, open_rec, src, more=more)
     batch: list[memoryview] = []
+    if prog is None or not _lean_next(psock, open_rec, src.nbytes - pos, more, limit):
+        return batch, pos, _op_from(psock, open_rec, src, pos, more=more, limit=limit, stopped=None)
     rec = SkMsg(psock.max_frags, psock.sk)
-    pos, passed, stopped = _pass_run(
-        psock, prog, rec, src, 0, limit=limit, eor=not more, stop=size, batch=batch
+    end, _passed, stopped = _pass_run(
+        psock, prog, rec, src, pos, limit=limit, eor=not more, stop=stop, batch=batch
     )
-    if stopped is None and pos >= size:
-        return batch
-    op = TlsSendOp(psock, open_rec, src, more=more)
-    op._batch, op._batch_bytes, op._stopped = batch, passed, stopped
+    if stopped is None and (end >= src.nbytes or _lean_next(
+        psock, open_rec, src.nbytes - end, more, limit
+    )):
+        return batch, end, None
+    return batch, end, _op_from(psock, open_rec, src, end, more=more, limit=limit, stopped=stopped)
+
+
+def _op_from(
+    psock: SkPsock,
+    open_rec: OpenRecord,
+    src: memoryview,
+    pos: int,
+    *,
+    more: bool,
+    limit: int,
+    stopped: tuple[SkMsg, Verdict, int] | None,
+) -> TlsSendOp:
+    """The engine for the rest of a send from ``pos`` (``stopped``: the record
+    the lean loop stopped at, which ends before ``pos``)."""
+    op = TlsSendOp(psock, open_rec, src, more=more, record_size=limit)
+    op._stopped = stopped
     op._pos = op.copied = pos
     return op

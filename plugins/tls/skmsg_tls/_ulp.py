@@ -60,7 +60,7 @@ from ._codec import (
 from ._keys import tls13_crypto_info, tls13_next_secret
 from ._rx import ALERT_CLOSE_NOTIFY, ControlRecord, TlsRx, TlsRxError
 from ._stats import TlsStats
-from ._tx import PASS_BATCH, OpenRecord, TlsSendOp, send_whole
+from ._tx import PASS_BATCH, OpenRecord, TlsSendOp, send_lean
 
 if TYPE_CHECKING:
     import ssl
@@ -176,46 +176,52 @@ class TlsSocket:
     async def _write_records(self, records: list[Any], more: bool, ctype: int) -> int:
         """Seal ``records`` and write them with one socket write, under the
         stream's write lock (sequence numbers follow wire order); return their
-        plaintext bytes."""
-        nbytes = sum(map(len, records))
+        plaintext bytes. Records are sealed as soon as the lock is taken; when
+        another write holds it, they are copied first, so that what is sealed
+        is what was handed in (a record may be a sender's buffer lent to a
+        verdict) whatever runs while this waits."""
         stream = self.stream
         lock = stream._write_lock
         try:
             lock.acquire_nowait()
         except trio.WouldBlock:
+            records = [bytes(r) for r in records]
             await lock.acquire()
-        scratch = _SEAL_BUFFERS.take()
         try:
-            out = self._seal_locked(records, ctype, scratch, nbytes)
-            if out:
-                await stream._send_bufs([out], more)
+            return await self._seal_and_send(records, more, ctype)
         finally:
             lock.release()
+
+    async def _seal_and_send(self, records: list[Any], more: bool, ctype: int) -> int:
+        """Seal ``records`` at once and write them with one socket write; return
+        their plaintext bytes. Call under the write lock."""
+        nbytes = sum(map(len, records))
+        scratch = _SEAL_BUFFERS.take()
+        out = self._seal_locked(records, ctype, scratch, nbytes)
+        if out:
+            await self.stream._send_bufs([out], more)
         out.release()  # the write is done with it: the buffer may serve again
         _SEAL_BUFFERS.give(scratch)
         return nbytes
 
-    async def _write_batches(
-        self, records: list[Any], more: bool, psock: sk.SkPsock | None = None
-    ) -> None:
+    async def _write_batches(self, records: list[Any], more: bool) -> None:
         """Seal and write application-data ``records`` (one element per record)
         in batches of about ``PASS_BATCH`` bytes, one socket write each, the
-        last with ``more``; each batch's plaintext bytes are added to
-        ``psock.tx_passed_bytes`` once written (records a verdict passed)."""
-        if len(records) <= _PER_BATCH:  # the common case: one write
-            nbytes = await self._write_records(records, more, TLS_RECORD_TYPE_DATA)
-            if psock is not None:
-                psock.tx_passed_bytes += nbytes
-            return
+        last with ``more``."""
         for i in range(0, len(records), _PER_BATCH):
-            batch = records[i : i + _PER_BATCH]
             last = i + _PER_BATCH >= len(records)
-            nbytes = await self._write_records(batch, more or not last, TLS_RECORD_TYPE_DATA)
-            if psock is not None:
-                psock.tx_passed_bytes += nbytes
+            batch = records if last and not i else records[i : i + _PER_BATCH]
+            await self._write_records(batch, more or not last, TLS_RECORD_TYPE_DATA)
 
     async def sendmsg(self, view: memoryview, more: bool) -> None:
         """``tls_sw_sendmsg``: the stream's ``send_all`` on a TLS stream.
+
+        Under an SK_MSG program the bulk case (records passed whole) is
+        verdicted one batch at a time under the stream's write lock and each
+        batch is sealed before anything else runs: the records are lent from
+        ``view`` (read-only to the program) and what is sealed is what the
+        program was shown, whatever the caller or another task does to the
+        buffer while the send waits on the socket.
 
         Raises:
             skmsg_tcp.SendError: DROP (EACCES) or a failed redirect, with
@@ -232,11 +238,10 @@ class TlsSocket:
             msg = self._open.msg = psock.new_msg()
             msg.append_copy(psock.frag, (bytes(self._plain_open),))
             self._plain_open.clear()
-        op = send_whole(psock, self._open, view, more)
-        if type(op) is list:  # the bulk case: every record passed whole
-            await self._write_batches(op, more, psock)
+        src = view.toreadonly()
+        written, op = await self._send_lean(psock, src, more)
+        if op is None:
             return
-        assert isinstance(op, TlsSendOp)
         for action in op:
             try:
                 if action.kind == "pass":  # one element of bufs per record
@@ -255,13 +260,47 @@ class TlsSocket:
                 if result.err == errno.EACCES
                 else f"redirect failed ({errno.errorcode.get(result.err, result.err)})"
             )
+            accepted = written + result.passed
             err = SendError(
                 result.err,
                 f"send_all on TLS {self.stream.sk.describe()}: {what}; "
-                f"{result.passed} of {view.nbytes} bytes had been accepted",
+                f"{accepted} of {view.nbytes} bytes had been accepted",
             )
-            err.accepted, err.copied = result.passed, max(result.copied, 0)
+            err.accepted, err.copied = accepted, max(result.copied, 0)
             raise err
+
+    async def _send_lean(
+        self, psock: sk.SkPsock, src: memoryview, more: bool
+    ) -> tuple[int, TlsSendOp | None]:
+        """The bulk case of :meth:`sendmsg`: take the write lock, verdict a
+        batch of records (:func:`._tx.send_lean`), seal and write it, release,
+        until the send ends or a record needs the engine. Returns the bytes
+        written and the engine for the rest (None: the send is done)."""
+        stream = self.stream
+        lock = stream._write_lock
+        size = src.nbytes
+        pos = written = 0
+        while True:
+            try:
+                lock.acquire_nowait()
+            except trio.WouldBlock:
+                await lock.acquire()
+            try:
+                # verdicts and sealing with no checkpoint between: nothing runs
+                # in between that could change the lent bytes
+                batch, pos, op = send_lean(psock, self._open, src, pos, more)
+                if batch:
+                    nbytes = await self._seal_and_send(
+                        batch, more or op is not None or pos < size, TLS_RECORD_TYPE_DATA
+                    )
+                    psock.tx_passed_bytes += nbytes
+                    written += nbytes
+                elif op is None:
+                    await trio.lowlevel.checkpoint()
+            finally:
+                lock.release()
+            if op is not None or pos >= size:
+                return written, op
 
     async def _send_plain(self, view: memoryview, more: bool) -> None:
         """No SK_MSG program: cut into records, seal, write in batches."""
