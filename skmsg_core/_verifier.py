@@ -111,9 +111,9 @@ def find_data_misuse(func: Callable[..., Any]) -> str | None:
             skip, target = skip + 1, target.__func__
         elif isinstance(target, types.FunctionType):
             break
-        else:  # a callable object: its bound __call__; a builtin's is not a method
+        else:  # a callable object: its __call__; a builtin's has no Python code
             target = getattr(target, "__call__", None)  # noqa: B004
-            if not isinstance(target, types.MethodType):
+            if not isinstance(target, (types.MethodType, types.FunctionType)):
                 return None
     else:
         return None
