@@ -45,6 +45,7 @@ import attrs
 from ._budget import DEFAULT_BUDGET, ProgramTimeout, program_caller, set_budget
 from ._consts import ATTACH_PROG_TYPE, SK_DROP, SK_PASS, BpfAttachType, BpfProgType
 from ._errors import kernel_error
+from ._verifier import find_data_misuse
 
 __all__ = [
     "ProgStats",
@@ -159,7 +160,9 @@ def map_verdict(ret: object, redirected: bool) -> Verdict:
 
 class ProgramShapeError(TypeError):
     """A callable that cannot be a program: ``kind`` is ``"plain"`` (``async``
-    or a generator) or ``"arity"`` (cannot take ``nargs`` arguments); ``sig``
+    or a generator), ``"arity"`` (cannot take ``nargs`` arguments) or
+    ``"memoryview"`` (uses its context's ``data`` as if it were ``bytes``: the
+    message names the function, the line and what to write instead); ``sig``
     is its signature text where known."""
 
     def __init__(self, kind: str, message: str, sig: str = "") -> None:
@@ -172,10 +175,13 @@ def check_program_callable(func: Callable[..., Any], *, nargs: int = 1) -> None:
     """The verifier's shape rules for a program callable (also used for the CLI's
     two-argument verdicts): a plain function, ``functools.partial`` and callable
     objects seen through, that can be called with ``nargs`` positional arguments.
-    A builtin without a signature is trusted.
+    A builtin without a signature is trusted. Its code must not search, order
+    or call ``bytes``-only methods on its context's ``data`` (a memoryview):
+    see :mod:`skmsg_core._verifier`.
 
     Raises:
-        ProgramShapeError: it is ``async`` or a generator, or takes other arguments.
+        ProgramShapeError: it is ``async`` or a generator, takes other arguments,
+            or misuses ``data`` (kind ``"memoryview"``).
     """
     target: Any = func
     while isinstance(target, functools.partial):
@@ -201,6 +207,9 @@ def check_program_callable(func: Callable[..., Any], *, nargs: int = 1) -> None:
     except TypeError as exc:
         count = {1: "exactly one argument", 2: "two arguments"}.get(nargs, f"{nargs} arguments")
         raise ProgramShapeError("arity", f"must take {count}", str(sig)) from exc
+    misuse = find_data_misuse(func)
+    if misuse is not None:
+        raise ProgramShapeError("memoryview", misuse)
 
 
 @attrs.frozen
@@ -268,8 +277,10 @@ class Program:
 
         Raises:
             OSError(EINVAL): ``func`` is not callable, is ``async`` or a generator
-                function, or cannot be called with exactly one argument (the context);
-                or ``budget`` is not a positive number of seconds.
+                function, cannot be called with exactly one argument (the context),
+                or uses the context's ``data`` as if it were ``bytes`` (the message
+                names the line and what to write instead); or ``budget`` is not a
+                positive number of seconds.
         """
         prog_type = BpfProgType(prog_type)
         label = name or getattr(func, "__qualname__", None) or type(func).__qualname__
@@ -280,6 +291,8 @@ class Program:
         try:
             check_program_callable(func, nargs=1)
         except ProgramShapeError as exc:
+            if exc.kind == "memoryview":
+                raise kernel_error(errno.EINVAL, f"program {label}: {exc}") from exc
             if exc.kind == "plain":
                 why = (
                     f"must be a plain function: a {prog_type.name} program runs to "

@@ -65,8 +65,18 @@ policy file (--policy FILE): a Python file that defines
       drops the message and counts an error.
   parse(skb) -> int               optional; replaces --parser: the length of
       the next message in skb.data, 0 to wait for more bytes, or -errno.
-  Both are checked when the file is loaded (plain functions of the right
-  arguments; no async, no generators). Example: examples/route.py.
+  Both are checked when the file is loaded: plain functions of the right
+  arguments (no async, no generators) that read skb.data as what it is.
+  Reading the bytes: skb.data is a memoryview, not bytes. Search and order a
+  copy of it:
+      if b"FORBIDDEN" in bytes(skb.data): return SK_DROP
+      if bytes(skb.data[4:5]) < b"m": ...
+      n = int.from_bytes(skb.data[:4], "big")
+  skb.data[i], len(skb.data) and skb.data[:3] == b"GET" work on the view.
+  `in` on the view compares single elements and never finds b"FORBIDDEN";
+  <, >, .startswith(), .find() and the like raise on it. Such uses are
+  refused when the file is loaded, naming the line and what to write.
+  Example: examples/route.py; more in docs/policies.md.
   Default policy: round-robin over the backends, pass all.
 
 counters: messages, bytes, and pass/drop/redirect in all and per backend, on

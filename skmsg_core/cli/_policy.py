@@ -20,11 +20,23 @@ A policy file is a Python file that defines
     the length of the next message in ``skb.data``, 0 for "need more", or a
     negative errno. A parser that fails closes that client's connection.
 
+Reading the message's bytes: ``skb.data`` is a memoryview, not ``bytes``
+(no copy is made). ``b"GET" in skb.data`` compares ``b"GET"`` with single
+elements and is never true; ``skb.data < b"m"`` and ``skb.data.startswith(...)``
+raise, which drops the message. Copy what you search or order::
+
+    if b"FORBIDDEN" in bytes(skb.data):          # search
+        return SK_DROP
+    if bytes(skb.data[4:5]) < b"m": ...          # order
+    n = int.from_bytes(skb.data[:4], "big")      # a number
+    skb.data[0], len(skb.data), skb.data[:3] == b"GET"   # fine on the view
+
 The verifier runs when the file is loaded, as the kernel's runs when a
 program is loaded: ``parse`` goes through :meth:`skmsg_core.Program.load`;
 ``verdict`` follows the same rules (a plain function: no ``async``, no
-generator) with its two arguments. Every failure is a :class:`PolicyError`
-naming the file and what is wrong with it.
+generator; ``data`` not used as ``bytes``, see above) with its two
+arguments. Every failure is a :class:`PolicyError` naming the file and what
+is wrong with it; a misuse of ``data`` names the line and what to write.
 """
 
 from __future__ import annotations
@@ -154,8 +166,9 @@ def _verify_verdict(verdict: object, label: str) -> None:
     a two-argument verdict.
 
     Raises:
-        PolicyError: not callable, ``async`` or a generator, or not callable
-            with two positional arguments.
+        PolicyError: not callable, ``async`` or a generator, not callable with
+            two positional arguments, or uses ``skb.data`` as if it were ``bytes``
+            (the message names the line and what to write instead).
     """
     if not callable(verdict):
         raise PolicyError(
@@ -165,6 +178,8 @@ def _verify_verdict(verdict: object, label: str) -> None:
     try:
         check_program_callable(verdict, nargs=2)
     except ProgramShapeError as exc:
+        if exc.kind == "memoryview":
+            raise PolicyError(f"{label}: {exc}") from exc
         if exc.kind == "plain":
             raise PolicyError(
                 f"{label}: verdict must be a plain function: a stream verdict runs to "
