@@ -10,6 +10,7 @@ session becomes resumable. Against ``openssl s_server`` (which prints
 
 from __future__ import annotations
 
+import ctypes
 import ssl
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import trio
 import skmsg_tls as tls
 from skmsg_core.testing import aclose_all, tcp_stream_pair
 
+from . import _openssl
 from ._cli import connect, receive_until, s_server
 from ._peers import Pki, client_context, make_pki, server_context
 
@@ -169,3 +171,59 @@ async def test_a_session_of_another_context_is_refused_and_the_stream_stays_usab
                 await aclose_all([c, d])
     finally:
         await aclose_all([a, peer])
+
+
+_new_session_ticket = _openssl._lib.SSL_new_session_ticket
+_new_session_ticket.argtypes = [ctypes.c_void_p]
+_new_session_ticket.restype = ctypes.c_int
+
+
+def issue_ticket(obj: ssl.SSLObject) -> None:
+    """``SSL_new_session_ticket``: the server's next write sends one more ticket."""
+    sslsock = obj._sslobj  # type: ignore[attr-defined]
+    address = id(sslsock) + _openssl._HEAD + ctypes.sizeof(ctypes.c_void_p)
+    assert _new_session_ticket(ctypes.c_void_p.from_address(address).value) == 1
+
+
+async def test_a_ticket_after_a_key_update_is_taken_under_openssls_own_key(pki: Pki) -> None:
+    """The server moves its key on (KeyUpdate), then sends a third ticket under
+    the new key: it is given to OpenSSL under the key and sequence number its
+    read side stopped at, and the session it makes resumes."""
+    sctx = server_context(pki, VERSIONS["1.3"], tickets=True)
+    cctx = client_context(pki, VERSIONS["1.3"])
+    a, b = await tcp_stream_pair()
+    peer = trio.SSLStream(b, sctx, server_side=True)
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(peer.do_handshake)
+                t = await tls.start_tls(a, cctx, server_hostname="localhost")
+            await peer.send_all(b"1")
+            await receive_until(a, b"1")
+            assert t.tickets_received == 2
+            assert t.ssl_object is not None
+            first = t.ssl_object.session
+            assert first is not None
+            _openssl.request_key_update(peer._ssl_object, requested=False)
+            await peer.send_all(b"2")  # under the next key
+            await receive_until(a, b"2")
+            issue_ticket(peer._ssl_object)
+            await peer.send_all(b"3")  # the ticket, then this
+            await receive_until(a, b"3")
+            assert t.statistics().rx_rekeys == 1
+            assert t.tickets_received == 3 and t.rx_error is None
+            assert t.ssl_object is not None
+            third = t.ssl_object.session
+            assert third is not None and third.has_ticket and third.id != first.id
+    finally:
+        await aclose_all([a, peer])
+    c, d = await tcp_stream_pair()
+    peer = trio.SSLStream(d, sctx, server_side=True)
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(peer.do_handshake)
+                t = await tls.start_tls(c, cctx, server_hostname="localhost", session=third)
+            assert t.ssl_object is not None and t.ssl_object.session_reused
+    finally:
+        await aclose_all([c, peer])

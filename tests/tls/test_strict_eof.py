@@ -161,6 +161,9 @@ async def test_a_killed_s_client_is_a_truncation_on_our_server(pki: Pki, version
                 await tls.start_tls(stream, sctx, server_side=True)
                 await client.send(b"hello from s_client\n")
                 await receive_until(stream, b"hello from s_client\n")
+                # s_client has read all we sent (else the kill would reset)
+                await stream.send_all(b"read this\n")
+                await client.wait_for("^read this$")
                 client.kill()
                 with pytest.raises(trio.BrokenResourceError) as info:
                     await stream.receive_some()
