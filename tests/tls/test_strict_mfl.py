@@ -6,6 +6,7 @@ opened with the server's handshake secret)."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
@@ -19,8 +20,9 @@ import skmsg_tls as tls
 from skmsg_core.testing import aclose_all, tcp_stream_pair
 from skmsg_tcp import SkStream
 
-from ._cli import one_connection, s_client
-from ._peers import Pki, make_pki, server_context
+from . import _openssl
+from ._cli import connect, one_connection, receive_until, s_client, s_server
+from ._peers import Pki, client_context, make_pki, server_context
 from ._ulp_helpers import make_keys, read_records
 
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -166,3 +168,53 @@ async def test_sending_with_a_limit_cuts_records_at_it() -> None:
             await tls.enable_tls(b, keys.b2a, keys.a2b, record_size_limit=10)
     finally:
         await aclose_all([a, b])
+
+
+_set_max_fragment_length = _openssl._lib.SSL_CTX_set_tlsext_max_fragment_length
+_set_max_fragment_length.argtypes = [ctypes.c_void_p, ctypes.c_uint8]
+_set_max_fragment_length.restype = ctypes.c_int
+
+
+def ask_max_fragment_length(ctx: ssl.SSLContext, size: int) -> None:
+    """``SSL_CTX_set_tlsext_max_fragment_length``: the client offers it (Python's
+    ``ssl`` has no API for it)."""
+    mode = {512: 1, 1024: 2, 2048: 3, 4096: 4}[size]
+    ptr = ctypes.c_void_p.from_address(id(ctx) + _openssl._HEAD).value
+    assert _set_max_fragment_length(ptr, mode) == 1
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+async def test_our_client_asking_for_maxfraglen_from_s_server(
+    pki: Pki, tmp_path: Path, version: str
+) -> None:
+    """The client side of the hand-off reads the limit from what the server
+    sent (the ServerHello, or the EncryptedExtensions it opens)."""
+    ctx = client_context(pki, VERSIONS[version])
+    ask_max_fragment_length(ctx, 1024)
+    up = b"u" * 5000 + b"\n"
+    down = b"d" * 3000 + b"\n"
+    msgfile = tmp_path / "msg.txt"
+    async with s_server(
+        pki, f"-tls{version.replace('.', '_')}", "-msg", "-msgfile", str(msgfile)
+    ) as (server, port):
+        stream = await connect(port)
+        try:
+            with trio.fail_after(10):
+                t = await tls.start_tls(stream, ctx, server_hostname="localhost")
+                assert t.record_size_limit == 1024
+                await stream.send_all(up)
+                await server.wait_for(f"^{up.decode().strip()}$")
+                await server.send(down)
+                assert await receive_until(stream, down) == down
+                await stream.send_eof()
+                assert await stream.receive_some() == b""
+                await server.wait()
+        finally:
+            await aclose_all([stream])
+    overhead = 8 + 16 if version == "1.2" else 1 + 16
+    got = record_lengths(msgfile, "<<<")
+    sent = record_lengths(msgfile, ">>>")
+    # 5001 bytes up: 4 full records and 905 bytes; 3001 down: 2 and 953
+    assert got.count(1024 + overhead) == 4 and 905 + overhead in got
+    assert sent.count(1024 + overhead) == 2 and 953 + overhead in sent
+    assert "record_overflow" not in server.output + msgfile.read_text()
