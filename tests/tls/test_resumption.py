@@ -21,7 +21,7 @@ import skmsg_tls as tls
 from skmsg_core.testing import aclose_all, tcp_stream_pair
 
 from . import _openssl
-from ._cli import connect, receive_until, s_server
+from ._cli import connect, one_connection, receive_until, s_client, s_server
 from ._peers import Pki, client_context, make_pki, server_context
 
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -227,3 +227,35 @@ async def test_a_ticket_after_a_key_update_is_taken_under_openssls_own_key(pki: 
             assert t.ssl_object is not None and t.ssl_object.session_reused
     finally:
         await aclose_all([c, peer])
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+async def test_s_client_resumes_with_our_server(pki: Pki, tmp_path: Path, version: str) -> None:
+    """The server side keeps working too: OpenSSL issues the tickets during
+    the hand-off, and a resumed handshake hands off like a full one."""
+    sctx = server_context(pki, VERSIONS[version], tickets=True)
+    sess = tmp_path / "session.pem"
+    reused: list[bool] = []
+    async with one_connection() as (port, accepted):
+        for option in ("-sess_out", "-sess_in"):
+            async with s_client(
+                pki, port, f"-tls{version.replace('.', '_')}", option, str(sess)
+            ) as client:
+                with trio.fail_after(10):
+                    stream = await accepted.receive()
+                    try:
+                        t = await tls.start_tls(stream, sctx, server_side=True)
+                        assert t.ssl_object is not None
+                        reused.append(t.ssl_object.session_reused)
+                        await client.send(b"ping\n")
+                        await receive_until(stream, b"ping\n")
+                        await stream.send_all(b"pong\n")
+                        await client.wait_for("^pong$")  # the tickets were read before
+                        await client.close_stdin()
+                        assert await stream.receive_some() == b""
+                        await client.wait()
+                    finally:
+                        await aclose_all([stream])
+            assert sess.exists()
+    assert reused == [False, True]
+    assert client.count(rf"^Reused, TLSv{version}, ") == 1
