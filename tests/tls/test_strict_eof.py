@@ -39,7 +39,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 def truncated(exc: BaseException) -> bool:
     cause = exc.__cause__
     return (
-        isinstance(cause, tls.TlsRxError)
+        isinstance(cause, tls.TlsTruncationError)
         and cause.errno == errno.EPROTO
         and "without close_notify" in str(cause)
     )

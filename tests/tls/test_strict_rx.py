@@ -305,7 +305,8 @@ async def test_truncation_is_answered_with_decode_error(
     await peer.send((23, b"all of it?"))
     await peer.raw.send_eof()  # TCP FIN, no close_notify
     assert await read_exactly(peer.ours, 10) == b"all of it?"
-    await fails_with(peer, errno.EPROTO, 50, "without close_notify")
+    cause = await fails_with(peer, errno.EPROTO, 50, "without close_notify")
+    assert isinstance(cause, tls.TlsTruncationError)
 
 
 async def test_ignore_unexpected_eof_makes_a_bare_eof_clean(
@@ -331,7 +332,8 @@ async def test_eof_inside_a_record_is_an_error_even_when_ignoring_unexpected_eof
     peer = await make_peer(tcp_stream_pair, tls.TLS_1_3_VERSION, ignore_unexpected_eof=True)
     await peer.raw.send_all(peer.sealer.seal(b"cut short")[:-3])
     await peer.raw.send_eof()
-    await fails_with(peer, errno.EPROTO, 50, "inside a record")
+    cause = await fails_with(peer, errno.EPROTO, 50, "inside a record")
+    assert isinstance(cause, tls.TlsTruncationError)
 
 
 async def test_a_clean_close_notify_and_eof() -> None:

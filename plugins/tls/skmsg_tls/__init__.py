@@ -72,6 +72,7 @@ from ._policy import PatternGuard as PatternGuard  # noqa: E402
 # The ULP on skmsg_tcp streams.
 from ._rx import ControlRecord as ControlRecord  # noqa: E402
 from ._rx import TlsRxError as TlsRxError  # noqa: E402
+from ._rx import TlsTruncationError as TlsTruncationError  # noqa: E402
 from ._start import enable_tls as enable_tls  # noqa: E402
 from ._start import start_tls as start_tls  # noqa: E402
 from ._stats import TLS_STAT_NAMES as TLS_STAT_NAMES  # noqa: E402

@@ -93,6 +93,7 @@ __all__ = [
     "ControlRecord",
     "TlsRx",
     "TlsRxError",
+    "TlsTruncationError",
     "handshake_name",
 ]
 
@@ -152,6 +153,13 @@ class TlsRxError(StrParserError):
     def __init__(self, err: int, message: str, *, alert: int | None = None) -> None:
         super().__init__(err, message)
         self.alert = alert
+
+
+class TlsTruncationError(TlsRxError):
+    """The connection ended before the peer's ``close_notify`` (``EPROTO``):
+    between records (unless ``ssl.OP_IGNORE_UNEXPECTED_EOF``), or inside a
+    record or handshake message. What came before it may be cut short; the
+    type tells it apart from a bad record, as ``ssl.SSLEOFError`` does."""
 
 
 def _unexpected(what: str) -> TlsRxError:
@@ -254,7 +262,7 @@ class TlsRx:
         self.bytes += sum(map(_nbytes, units))
         return units
 
-    def ended(self, ignore_unexpected_eof: bool) -> TlsRxError | None:
+    def ended(self, ignore_unexpected_eof: bool) -> TlsTruncationError | None:
         """The transport reached EOF. Before the peer's ``close_notify`` that is
         a truncation (RFC 8446 §6.1: the peer must send close_notify before it
         closes its write side): an error, unless ``ignore_unexpected_eof`` (as
@@ -267,14 +275,14 @@ class TlsRx:
         if self.error is not None or self.eof:
             return None
         if self.opener.has_partial():
-            err = TlsRxError(
+            err = TlsTruncationError(
                 errno.EPROTO,
                 "the connection ended inside a record "
                 f"({self.opener.buffered} bytes of it arrived)",
                 alert=ALERT_DECODE_ERROR,
             )
         elif self._hs:
-            err = TlsRxError(
+            err = TlsTruncationError(
                 errno.EPROTO,
                 f"the connection ended inside a {handshake_name(self._hs[0])} message",
                 alert=ALERT_DECODE_ERROR,
@@ -283,7 +291,7 @@ class TlsRx:
             self.eof = True
             return None
         else:
-            err = TlsRxError(
+            err = TlsTruncationError(
                 errno.EPROTO,
                 "the peer closed the connection without close_notify (the data may be "
                 "truncated; ssl.OP_IGNORE_UNEXPECTED_EOF accepts such an end)",
