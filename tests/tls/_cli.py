@@ -95,6 +95,7 @@ class OpenSSLTool:
         await self.proc.stdin.send_all(data)
 
     async def close_stdin(self) -> None:
+        """End the tool's input (``s_client`` then shuts TLS down: close_notify)."""
         assert self.proc.stdin is not None
         await self.proc.stdin.aclose()
 
