@@ -2,7 +2,8 @@
 
 Registered through the ``skmsg`` entry-point group exactly as a third-party
 plugin is, so it is also the template for writing one. It registers no
-protocol object yet: the TLS streams arrive with their own issue.
+protocol table: TLS is a ULP on :class:`skmsg_tcp.SkStream` streams
+(:func:`start_tls`), as kTLS is on TCP sockets.
 """
 
 from __future__ import annotations
@@ -19,7 +20,18 @@ def skmsg_protocols() -> Sequence[SkProto]:
     """No TLS protocol table yet."""
     return ()
 
-# The record codec (issue 4, deliverable 1): sans-I/O, re-exported only.
+# TLS alerts: levels, descriptions, names.
+from ._alerts import ALERT_BAD_RECORD_MAC as ALERT_BAD_RECORD_MAC  # noqa: E402
+from ._alerts import ALERT_CLOSE_NOTIFY as ALERT_CLOSE_NOTIFY  # noqa: E402
+from ._alerts import ALERT_DECODE_ERROR as ALERT_DECODE_ERROR  # noqa: E402
+from ._alerts import ALERT_LEVEL_FATAL as ALERT_LEVEL_FATAL  # noqa: E402
+from ._alerts import ALERT_LEVEL_WARNING as ALERT_LEVEL_WARNING  # noqa: E402
+from ._alerts import ALERT_NO_RENEGOTIATION as ALERT_NO_RENEGOTIATION  # noqa: E402
+from ._alerts import ALERT_RECORD_OVERFLOW as ALERT_RECORD_OVERFLOW  # noqa: E402
+from ._alerts import ALERT_UNEXPECTED_MESSAGE as ALERT_UNEXPECTED_MESSAGE  # noqa: E402
+from ._alerts import alert_name as alert_name  # noqa: E402
+
+# The record codec: sans-I/O, re-exported only.
 from ._codec import TLS_1_2_VERSION as TLS_1_2_VERSION  # noqa: E402
 from ._codec import TLS_1_3_VERSION as TLS_1_3_VERSION  # noqa: E402
 from ._codec import TLS_CIPHER_AES_GCM_128 as TLS_CIPHER_AES_GCM_128  # noqa: E402
@@ -27,6 +39,7 @@ from ._codec import TLS_CIPHER_AES_GCM_256 as TLS_CIPHER_AES_GCM_256  # noqa: E4
 from ._codec import TLS_CIPHER_CHACHA20_POLY1305 as TLS_CIPHER_CHACHA20_POLY1305  # noqa: E402
 from ._codec import TLS_HANDSHAKE_KEY_UPDATE as TLS_HANDSHAKE_KEY_UPDATE  # noqa: E402
 from ._codec import TLS_MAX_PAYLOAD_SIZE as TLS_MAX_PAYLOAD_SIZE  # noqa: E402
+from ._codec import TLS_MIN_RECORD_SIZE_LIMIT as TLS_MIN_RECORD_SIZE_LIMIT  # noqa: E402
 from ._codec import TLS_RECORD_TYPE_ALERT as TLS_RECORD_TYPE_ALERT  # noqa: E402
 from ._codec import (  # noqa: E402
     TLS_RECORD_TYPE_CHANGE_CIPHER_SPEC as TLS_RECORD_TYPE_CHANGE_CIPHER_SPEC,
@@ -41,6 +54,7 @@ from ._codec import cipher_name as cipher_name  # noqa: E402
 from ._codec import key_update_message as key_update_message  # noqa: E402
 
 # The key hand-off from a real handshake (OpenSSL through ssl.SSLObject).
+from ._handoff import SessionTicketFeed as SessionTicketFeed  # noqa: E402
 from ._handoff import TlsHandoff as TlsHandoff  # noqa: E402
 from ._handoff import TlsHandoffError as TlsHandoffError  # noqa: E402
 from ._handoff import tls_handoff as tls_handoff  # noqa: E402
@@ -55,9 +69,10 @@ from ._keys import tls13_crypto_info as tls13_crypto_info  # noqa: E402
 from ._keys import tls13_next_secret as tls13_next_secret  # noqa: E402
 from ._policy import PatternGuard as PatternGuard  # noqa: E402
 
-# The ULP on skmsg_tcp streams (issue 4, deliverables 3 and 4).
+# The ULP on skmsg_tcp streams.
 from ._rx import ControlRecord as ControlRecord  # noqa: E402
 from ._rx import TlsRxError as TlsRxError  # noqa: E402
+from ._rx import TlsTruncationError as TlsTruncationError  # noqa: E402
 from ._start import enable_tls as enable_tls  # noqa: E402
 from ._start import start_tls as start_tls  # noqa: E402
 from ._stats import TLS_STAT_NAMES as TLS_STAT_NAMES  # noqa: E402

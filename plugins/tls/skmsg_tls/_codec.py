@@ -8,7 +8,10 @@ here; the handshake stays in a TLS library.
 
 Rules, as the kernel applies them:
 
-- A record carries at most ``TLS_MAX_PAYLOAD_SIZE`` (2^14) bytes of plaintext.
+- A record carries at most ``TLS_MAX_PAYLOAD_SIZE`` (2^14) bytes of plaintext,
+  or fewer when the handshake negotiated a smaller limit (``max_fragment_length``,
+  RFC 6066 §4): :attr:`~_Direction.record_size_limit` then caps what a sealer
+  seals and what an opener accepts (a longer record is ``EMSGSIZE``).
 - TLS 1.3 (RFC 8446 §5.2): outer type 23, legacy version 0x0303, the header is
   the AAD; the plaintext is ``content || inner type || zero padding``; the
   nonce is ``iv XOR seq``. A plaintext of only zeros (no inner type) is
@@ -27,7 +30,12 @@ Rules, as the kernel applies them:
   allowed is ``EMSGSIZE``, one shorter than the cipher overhead or failing
   authentication is ``EBADMSG``. After an error the opener is poisoned: no
   byte of the bad record is released and every further call raises the same
-  error, as a kTLS socket stays in error.
+  error, as a kTLS socket stays in error. Each error also names the fatal
+  alert TLS answers it with (:attr:`TlsRecordError.alert`): ``bad_record_mac``
+  for a record that fails authentication (RFC 8446 §5.2), ``record_overflow``
+  for one too long, ``unexpected_message`` for an outer type TLS 1.3 does not
+  allow or a plaintext without an inner type (§5.4), ``decode_error`` (TLS 1.3)
+  or ``protocol_version`` (TLS 1.2) for a wrong legacy version, as OpenSSL.
 - TLS 1.3 KeyUpdate received: once a record whose last handshake message is a
   KeyUpdate has been returned, reads fail ``EKEYEXPIRED`` (without poisoning)
   until :meth:`RecordOpener.rekey` installs the next key, as newer kernels do.
@@ -53,6 +61,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from skmsg_core import TLS_MAX_PAYLOAD_SIZE
 
+from ._alerts import (
+    ALERT_BAD_RECORD_MAC,
+    ALERT_DECODE_ERROR,
+    ALERT_INTERNAL_ERROR,
+    ALERT_PROTOCOL_VERSION,
+    ALERT_RECORD_OVERFLOW,
+    ALERT_UNEXPECTED_MESSAGE,
+)
+
 __all__ = [
     "TLS_1_2_VERSION",
     "TLS_1_3_VERSION",
@@ -61,6 +78,7 @@ __all__ = [
     "TLS_CIPHER_CHACHA20_POLY1305",
     "TLS_HANDSHAKE_KEY_UPDATE",
     "TLS_MAX_PAYLOAD_SIZE",
+    "TLS_MIN_RECORD_SIZE_LIMIT",
     "TLS_RECORD_TYPE_ALERT",
     "TLS_RECORD_TYPE_CHANGE_CIPHER_SPEC",
     "TLS_RECORD_TYPE_DATA",
@@ -87,6 +105,10 @@ TLS_RECORD_TYPE_DATA: Final = 23
 
 #: Handshake message type of a TLS 1.3 KeyUpdate (RFC 8446 §4.6.3).
 TLS_HANDSHAKE_KEY_UPDATE: Final = 24
+
+#: The smallest record size limit a peer may ask for (RFC 8449 §4; the
+#: ``max_fragment_length`` values of RFC 6066 are 512 to 4096).
+TLS_MIN_RECORD_SIZE_LIMIT: Final = 64
 
 TLS_HEADER_SIZE: Final = 5
 TLS_TAG_SIZE: Final = 16
@@ -206,14 +228,23 @@ class TlsRecordError(OSError):
     stream ended inside a record. ``EKEYEXPIRED``: a KeyUpdate was received and
     the next key is not installed yet. These are faults of the remote peer's
     bytes (or of the keys given); local misuse raises ``ValueError``.
+
+    ``alert`` is the fatal alert description a TLS endpoint answers the error
+    with (``20`` bad_record_mac, ``22`` record_overflow, ...), or None when the
+    error is not a fault of the peer's bytes (``EKEYEXPIRED``, sealing).
     """
 
+    #: The fatal alert this error is answered with, if any.
+    alert: int | None = None
+
     @classmethod
-    def of(cls, err: int, what: str) -> TlsRecordError:
+    def of(cls, err: int, what: str, alert: int | None = None) -> TlsRecordError:
         """Build one in :func:`skmsg_core.kernel_error`'s style: ``what`` names the
-        record at fault, the errno's name follows."""
+        record at fault, the errno's name follows; ``alert`` as the class says."""
         name = errno.errorcode.get(err, str(err))
-        return cls(err, f"{what}: {name} ({os.strerror(err)})")
+        exc = cls(err, f"{what}: {name} ({os.strerror(err)})")
+        exc.alert = alert
+        return exc
 
 
 def key_update_message(update_requested: bool) -> bytes:
@@ -233,9 +264,13 @@ _TYPE_BYTE: Final = tuple(bytes((i,)) for i in range(256))
 _HAVE_INTO: Final = hasattr(AESGCM, "encrypt_into") and hasattr(ChaCha20Poly1305, "encrypt_into")
 
 
-def _too_long(n: int) -> ValueError:
+def _too_long(n: int, limit: int) -> ValueError:
+    if limit == TLS_MAX_PAYLOAD_SIZE:
+        return ValueError(
+            f"seal: {n} bytes of plaintext exceed TLS_MAX_PAYLOAD_SIZE ({TLS_MAX_PAYLOAD_SIZE})"
+        )
     return ValueError(
-        f"seal: {n} bytes of plaintext exceed TLS_MAX_PAYLOAD_SIZE ({TLS_MAX_PAYLOAD_SIZE})"
+        f"seal: {n} bytes of plaintext exceed the negotiated record size limit ({limit})"
     )
 
 
@@ -256,10 +291,41 @@ def _copying_encrypt_into(
 class _Direction:
     """What sealer and opener share: the key state of one direction."""
 
-    __slots__ = ("_aead", "_explicit", "_info", "_into", "_iv", "_salt", "_seq", "_tls13")
+    __slots__ = (
+        "_aead",
+        "_explicit",
+        "_info",
+        "_into",
+        "_iv",
+        "_max_plain",
+        "_salt",
+        "_seq",
+        "_tls13",
+    )
 
     def __init__(self, info: TlsCryptoInfo) -> None:
+        self._max_plain: int = TLS_MAX_PAYLOAD_SIZE
         self._install(info)
+
+    @property
+    def record_size_limit(self) -> int:
+        """The most plaintext one record may carry: ``TLS_MAX_PAYLOAD_SIZE``
+        unless a smaller limit was negotiated (``max_fragment_length``). A key
+        change (:meth:`rekey`) keeps it.
+
+        Setting it raises ValueError outside ``TLS_MIN_RECORD_SIZE_LIMIT`` ..
+        ``TLS_MAX_PAYLOAD_SIZE``.
+        """
+        return self._max_plain
+
+    @record_size_limit.setter
+    def record_size_limit(self, limit: int) -> None:
+        if not TLS_MIN_RECORD_SIZE_LIMIT <= limit <= TLS_MAX_PAYLOAD_SIZE:
+            raise ValueError(
+                f"record_size_limit: {limit} is not {TLS_MIN_RECORD_SIZE_LIMIT}.."
+                f"{TLS_MAX_PAYLOAD_SIZE}"
+            )
+        self._max_plain = limit
 
     def _install(self, info: TlsCryptoInfo) -> None:
         if not isinstance(info, TlsCryptoInfo):
@@ -331,7 +397,7 @@ class RecordSealer(_Direction):
         plaintext; ``len(plaintext) + padding`` may not exceed 2^14.
 
         Raises:
-            ValueError: the plaintext is longer than ``TLS_MAX_PAYLOAD_SIZE``,
+            ValueError: the plaintext is longer than :attr:`record_size_limit`,
                 ``content_type`` is not 1..255, or padding is not allowed.
             TlsRecordError: ``EBADMSG``, the sequence numbers are exhausted
                 (rekey under TLS 1.3, else close); nothing is sealed.
@@ -375,7 +441,7 @@ class RecordSealer(_Direction):
         into ``scratch``.
 
         Raises:
-            ValueError: an element is longer than ``TLS_MAX_PAYLOAD_SIZE`` or
+            ValueError: an element is longer than :attr:`record_size_limit` or
                 ``content_type`` is not 1..255.
             TlsRecordError: ``EBADMSG``, the sequence numbers run out before the
                 last element.
@@ -393,6 +459,7 @@ class RecordSealer(_Direction):
             )
         tls13 = self._tls13
         explicit = self._explicit
+        most = self._max_plain
         if tls13:
             over = TLS_HEADER_SIZE + 1 + TLS_TAG_SIZE
         elif explicit is None:
@@ -420,8 +487,8 @@ class RecordSealer(_Direction):
             for plaintext in records:
                 n = len(plaintext)
                 if n != header_for:
-                    if n > TLS_MAX_PAYLOAD_SIZE:
-                        raise _too_long(n)
+                    if n > most:
+                        raise _too_long(n, most)
                     header = _pack_header(
                         TLS_RECORD_TYPE_DATA, _LEGACY_VERSION, n + 1 + TLS_TAG_SIZE
                     )
@@ -437,8 +504,8 @@ class RecordSealer(_Direction):
             return ov if len(out) == total else ov[:total]
         for plaintext in records:
             n = len(plaintext)
-            if n > TLS_MAX_PAYLOAD_SIZE:
-                raise _too_long(n)
+            if n > most:
+                raise _too_long(n, most)
             if explicit is None:  # TLS 1.2 ChaCha20-Poly1305
                 body = pos + TLS_HEADER_SIZE
                 end = body + n + TLS_TAG_SIZE
@@ -466,6 +533,8 @@ class RecordSealer(_Direction):
     ) -> tuple[bytes, bytes]:
         """(header [+ explicit nonce], ciphertext + tag) of the next record."""
         n = len(plaintext)
+        if n > self._max_plain:
+            raise _too_long(n, self._max_plain)
         if n + padding > TLS_MAX_PAYLOAD_SIZE or padding < 0:
             raise ValueError(
                 f"seal: {n} bytes of plaintext + {padding} of padding exceed "
@@ -658,10 +727,11 @@ class RecordOpener(_Direction):
                 errno.EPROTO,
                 f"TLS record seq {self._seq}: stream ended inside a record "
                 f"({self.buffered} raw bytes held)",
+                ALERT_DECODE_ERROR,
             )
 
-    def _fail(self, err: int, what: str) -> TlsRecordError:
-        exc = TlsRecordError.of(err, f"TLS record seq {self._seq}: {what}")
+    def _fail(self, err: int, what: str, alert: int) -> TlsRecordError:
+        exc = TlsRecordError.of(err, f"TLS record seq {self._seq}: {what}", alert)
         self._error = exc
         return exc
 
@@ -675,7 +745,8 @@ class RecordOpener(_Direction):
 
         Raises:
             TlsRecordError: ``EINVAL`` legacy version not 0x0303 or (TLS 1.3)
-                outer type not 23; ``EMSGSIZE`` record too long; ``EBADMSG``
+                outer type not 23; ``EMSGSIZE`` record too long, or its
+                plaintext longer than :attr:`record_size_limit`; ``EBADMSG``
                 record too short, authentication failed, no inner type, or
                 sequence numbers exhausted. These poison the opener (the error
                 repeats; no byte of the record is released). ``EKEYEXPIRED``:
@@ -696,33 +767,41 @@ class RecordOpener(_Direction):
                 "not installed (call rekey)",
             )
         outer_type, version, length = _unpack_header(buf, pos)
+        tls13 = self._tls13
         if version != _LEGACY_VERSION:
             raise self._fail(
-                errno.EINVAL, f"legacy record version {version:#06x} is not 0x0303"
+                errno.EINVAL,
+                f"legacy record version {version:#06x} is not 0x0303",
+                ALERT_DECODE_ERROR if tls13 else ALERT_PROTOCOL_VERSION,
             )
-        tls13 = self._tls13
         if tls13:
             if outer_type != TLS_RECORD_TYPE_DATA:
                 raise self._fail(
                     errno.EINVAL,
                     f"outer content type {outer_type} (TLS 1.3 records carry 23)",
+                    ALERT_UNEXPECTED_MESSAGE,
                 )
         elif outer_type == 0:
-            raise self._fail(errno.EINVAL, "content type 0")
+            raise self._fail(errno.EINVAL, "content type 0", ALERT_UNEXPECTED_MESSAGE)
         if length > self._limit:
             raise self._fail(
-                errno.EMSGSIZE, f"record length {length} exceeds the maximum {self._limit}"
+                errno.EMSGSIZE,
+                f"record length {length} exceeds the maximum {self._limit}",
+                ALERT_RECORD_OVERFLOW,
             )
         if length < self._overhead:
             raise self._fail(
                 errno.EBADMSG,
                 f"record length {length} is below the cipher overhead {self._overhead}",
+                ALERT_BAD_RECORD_MAC,
             )
         if avail < TLS_HEADER_SIZE + length:
             return None
         seq = self._seq
         if seq > _MAX_SEQ:
-            raise self._fail(errno.EBADMSG, "RX sequence numbers exhausted (2^64 records)")
+            raise self._fail(
+                errno.EBADMSG, "RX sequence numbers exhausted (2^64 records)", ALERT_INTERNAL_ERROR
+            )
         body = pos + TLS_HEADER_SIZE
         end = body + length
         view = memoryview(buf)
@@ -748,7 +827,9 @@ class RecordOpener(_Direction):
                     + _pack_header(outer_type, _LEGACY_VERSION, length - self._overhead),
                 )
         except InvalidTag:
-            raise self._fail(errno.EBADMSG, "authentication failed") from None
+            raise self._fail(
+                errno.EBADMSG, "authentication failed", ALERT_BAD_RECORD_MAC
+            ) from None
         finally:
             view.release()
         return self._opened(inner, outer_type, end)
@@ -761,7 +842,8 @@ class RecordOpener(_Direction):
         type and padding, consume it, watch for a KeyUpdate.
 
         Raises:
-            TlsRecordError: ``EBADMSG``, a TLS 1.3 plaintext of zeros only
+            TlsRecordError: ``EBADMSG``, a TLS 1.3 plaintext of zeros only;
+                ``EMSGSIZE``, more plaintext than :attr:`record_size_limit`
                 (poisoning; nothing is consumed).
         """
         tls13 = self._tls13
@@ -776,13 +858,22 @@ class RecordOpener(_Direction):
                 stripped = inner.rstrip(b"\0")
                 if not stripped:
                     raise self._fail(
-                        errno.EBADMSG, "plaintext is all zeros (no inner content type)"
+                        errno.EBADMSG,
+                        "plaintext is all zeros (no inner content type)",
+                        ALERT_UNEXPECTED_MESSAGE,
                     )
                 content_type = stripped[-1]
                 plaintext = stripped[:-1]
         else:
             content_type = outer_type
             plaintext = inner
+        if len(plaintext) > self._max_plain:
+            raise self._fail(
+                errno.EMSGSIZE,
+                f"{len(plaintext)} bytes of plaintext exceed the negotiated record size "
+                f"limit {self._max_plain}",
+                ALERT_RECORD_OVERFLOW,
+            )
         self._seq += 1
         self._consume(end)
         if tls13 and content_type == TLS_RECORD_TYPE_HANDSHAKE:
@@ -853,6 +944,7 @@ class RecordOpener(_Direction):
         iv = self._iv
         shortest = _MIN_DATA_RECORD13 - TLS_HEADER_SIZE
         limit = self._limit
+        longest = self._max_plain + 1  # content and inner type
         inner = b""
         prefix = _PREFIX13
         length = end = aad_length = 0
@@ -868,7 +960,7 @@ class RecordOpener(_Direction):
                 if length != aad_length:  # RFC 8446 §5.2: the AAD is the header itself
                     aad, aad_length = bytes(view[pos:body]), length
                 inner = decrypt((iv ^ seq).to_bytes(12, "big"), view[body:end], aad)
-                if inner[-1] != TLS_RECORD_TYPE_DATA:
+                if inner[-1] != TLS_RECORD_TYPE_DATA or len(inner) > longest:
                     break
                 units.append(memoryview(inner)[:-1])
                 seq += 1

@@ -27,6 +27,17 @@ What kTLS users do with ``setsockopt(TLS_TX/TLS_RX)`` after ``SSL_do_handshake``
    record layer must follow (TLS 1.3 session tickets OpenSSL sealed as a
    server; the TLS 1.2 Finished at seq 0). Everything OpenSSL wrote is sent
    before returning; bytes it did not read are handed over as ``unconsumed``.
+5. What the server agreed to in its extensions is read from the same bytes:
+   a ``max_fragment_length`` (RFC 6066 §4) in the TLS 1.2 ServerHello, or in
+   the TLS 1.3 EncryptedExtensions (opened with the server's handshake
+   traffic secret from the key log), becomes ``record_size_limit``: OpenSSL
+   enforces it on every record, so the record layer must too.
+6. A TLS 1.3 client gets its session tickets after the handshake, as records
+   the new record layer opens. :class:`SessionTicketFeed` gives each one to
+   the ``SSLObject`` as OpenSSL would have read it (sealed again under the
+   receive key and sequence number OpenSSL's read side is at), so
+   ``ssl_object.session`` resumes a later connection (``session=``), as with
+   ``trio.SSLStream``. A TLS 1.2 ticket comes inside the handshake itself.
 
 Guarantees on concurrency: any number of hand-offs may run concurrently on
 one context, in one trio run or in several threads; the context is modified
@@ -59,18 +70,26 @@ import attrs
 from ._codec import (
     TLS_1_2_VERSION,
     TLS_1_3_VERSION,
+    TLS_MAX_PAYLOAD_SIZE,
+    TLS_RECORD_TYPE_HANDSHAKE,
     RecordOpener,
+    RecordSealer,
     TlsCryptoInfo,
     TlsRecordError,
 )
 from ._keys import cipher_for_suite, tls12_crypto_infos, tls13_crypto_info
 
-__all__ = ["TlsHandoff", "TlsHandoffError", "tls_handoff"]
+__all__ = ["SessionTicketFeed", "TlsHandoff", "TlsHandoffError", "tls_handoff"]
 
 _VERSIONS: Final = {"TLSv1.3": TLS_1_3_VERSION, "TLSv1.2": TLS_1_2_VERSION}
 _REC_CCS: Final = 20
 _REC_HANDSHAKE: Final = 22
 _REC_DATA: Final = 23
+_HS_SERVER_HELLO: Final = 2
+_HS_ENCRYPTED_EXTENSIONS: Final = 8
+_EXT_MAX_FRAGMENT_LENGTH: Final = 1
+#: RFC 6066 §4: the max_fragment_length codes and the record sizes they stand for.
+MAX_FRAGMENT_LENGTHS: Final = {1: 512, 2: 1024, 3: 2048, 4: 4096}
 
 
 class TlsHandoffError(OSError):
@@ -93,8 +112,12 @@ class TlsHandoff:
     traffic secrets (for KeyUpdate; None under TLS 1.2); ``unconsumed`` the raw
     bytes received that OpenSSL did not read: the first bytes of the new record
     layer's input. ``ssl_object`` answers ``getpeercert()``,
-    ``selected_alpn_protocol()``, ``version()``, ``cipher()``; it must not be
-    used for I/O any more (its sequence numbers are stale).
+    ``selected_alpn_protocol()``, ``version()``, ``cipher()``, ``session``;
+    it must not be used for I/O any more (its sequence numbers are stale).
+    ``record_size_limit`` is the most plaintext per record the handshake
+    agreed on, both ways (``max_fragment_length``; else 2^14).
+    ``tickets`` (TLS 1.3 client side) gives the session tickets that arrive
+    later to ``ssl_object``.
     """
 
     version: int
@@ -105,6 +128,64 @@ class TlsHandoff:
     rx_secret: bytes | None
     unconsumed: bytes
     ssl_object: ssl.SSLObject = attrs.field(eq=False, repr=False)
+    record_size_limit: int = TLS_MAX_PAYLOAD_SIZE
+    tickets: SessionTicketFeed | None = attrs.field(default=None, eq=False, repr=False)
+
+
+class SessionTicketFeed:
+    """Gives TLS 1.3 NewSessionTicket messages received after the hand-off to
+    the handshake's ``SSLObject``, so that its ``session`` carries the ticket.
+
+    OpenSSL's read side stopped at the hand-off under the server's first
+    application traffic key (``rx``, at the sequence number it had reached);
+    each message is sealed again under that key, at the next sequence number
+    of its own (OpenSSL's counter, not the record layer's, which may have
+    moved on or changed keys since), written to the object's incoming BIO,
+    and read: OpenSSL takes the ticket into a new session and has nothing more
+    to read. Whatever it writes meanwhile is discarded (its sequence numbers
+    are not the connection's).
+    """
+
+    def __init__(
+        self,
+        sslobj: ssl.SSLObject,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        rx: TlsCryptoInfo,
+        record_size_limit: int = TLS_MAX_PAYLOAD_SIZE,
+    ) -> None:
+        self._sslobj = sslobj
+        self._incoming = incoming
+        self._outgoing = outgoing
+        self._sealer = RecordSealer(rx)
+        self._sealer.record_size_limit = record_size_limit
+        self._limit = record_size_limit
+        #: Tickets OpenSSL took.
+        self.fed = 0
+
+    def feed(self, message: bytes) -> None:
+        """Give one whole NewSessionTicket message (with its 4-byte header).
+
+        Raises:
+            ssl.SSLError: OpenSSL refused it (the message says why); the
+                object's session is unchanged then.
+        """
+        out = bytearray()
+        view = memoryview(message)
+        for pos in range(0, len(message), self._limit):
+            self._sealer.seal_into(out, view[pos : pos + self._limit], TLS_RECORD_TYPE_HANDSHAKE)
+        self._incoming.write(out)
+        try:
+            data = self._sslobj.read(1)
+        except ssl.SSLWantReadError:
+            pass  # the ticket is taken and nothing more is there
+        else:
+            raise ssl.SSLError(
+                f"OpenSSL returned {len(data)} bytes of data for a NewSessionTicket"
+            )
+        finally:
+            self._outgoing.read()
+        self.fed += 1
 
 
 # --- the key log ------------------------------------------------------------
@@ -290,6 +371,106 @@ def _count_tls12(records: list[tuple[int, bytes]], info: TlsCryptoInfo, what: st
     return len(after)
 
 
+def _messages(data: bytes | bytearray) -> Iterator[tuple[int, bytes]]:
+    """(type, body) of each whole handshake message in ``data``."""
+    pos = 0
+    while len(data) - pos >= 4:
+        end = pos + 4 + int.from_bytes(data[pos + 1 : pos + 4], "big")
+        if end > len(data):
+            return
+        yield data[pos], bytes(data[pos + 4 : end])
+        pos = end
+
+
+def _extensions(block: bytes, what: str) -> dict[int, bytes]:
+    """Parse an ``Extension extensions<..>`` vector (its 2-byte length first).
+
+    Raises:
+        TlsHandoffError: ``EPROTO``, the vector does not parse.
+    """
+    bad = TlsHandoffError(errno.EPROTO, f"tls_handoff: the {what} extensions do not parse")
+    if len(block) < 2 or 2 + int.from_bytes(block[:2], "big") != len(block):
+        raise bad
+    out: dict[int, bytes] = {}
+    pos = 2
+    while pos < len(block):
+        if len(block) - pos < 4:
+            raise bad
+        ext = int.from_bytes(block[pos : pos + 2], "big")
+        end = pos + 4 + int.from_bytes(block[pos + 2 : pos + 4], "big")
+        if end > len(block):
+            raise bad
+        out[ext] = block[pos + 4 : end]
+        pos = end
+    return out
+
+
+def _server_hello_extensions(records: list[tuple[int, bytes]]) -> dict[int, bytes]:
+    """The extensions of a TLS 1.2 ServerHello (plaintext handshake records)."""
+    hs = bytearray()
+    for rtype, rec in records:
+        if rtype != _REC_HANDSHAKE:
+            break
+        hs += rec[5:]
+    for mtype, body in _messages(hs):
+        if mtype != _HS_SERVER_HELLO:
+            break
+        # version(2) random(32) session_id<0..32> cipher_suite(2) compression(1)
+        pos = 34
+        if len(body) <= pos:
+            break
+        pos += 1 + body[pos] + 2 + 1
+        if pos == len(body):
+            return {}  # no extensions at all
+        return _extensions(body[pos:], "ServerHello")
+    raise TlsHandoffError(errno.EPROTO, "tls_handoff: no ServerHello found in the handshake bytes")
+
+
+def _encrypted_extensions(
+    records: list[tuple[int, bytes]], hs_info: TlsCryptoInfo
+) -> dict[int, bytes]:
+    """The extensions of the TLS 1.3 EncryptedExtensions: the first message of
+    the server's encrypted flight, opened with its handshake traffic key."""
+    opener = RecordOpener(hs_info.with_seq(0))
+    hs = bytearray()
+    try:
+        for rtype, rec in records:
+            if rtype != _REC_DATA:
+                continue
+            opener.feed(rec)
+            got = opener.next_record()
+            if got is None or got[0] != _REC_HANDSHAKE:
+                break
+            hs += got[1]
+            for mtype, body in _messages(hs):
+                if mtype == _HS_ENCRYPTED_EXTENSIONS:
+                    return _extensions(body, "EncryptedExtensions")
+                break
+    except TlsRecordError:
+        pass
+    raise TlsHandoffError(
+        errno.EPROTO, "tls_handoff: no EncryptedExtensions found in the server's handshake"
+    )
+
+
+def _record_size_limit(extensions: dict[int, bytes]) -> int:
+    """The record size the server's ``max_fragment_length`` agreed to, else 2^14.
+
+    Raises:
+        TlsHandoffError: ``EPROTO``, the extension's value is not one of RFC 6066's.
+    """
+    value = extensions.get(_EXT_MAX_FRAGMENT_LENGTH)
+    if value is None:
+        return TLS_MAX_PAYLOAD_SIZE
+    if len(value) != 1 or value[0] not in MAX_FRAGMENT_LENGTHS:
+        raise TlsHandoffError(
+            errno.EPROTO,
+            f"tls_handoff: the server's max_fragment_length {value.hex()} is not one of "
+            "RFC 6066's (01..04)",
+        )
+    return MAX_FRAGMENT_LENGTHS[value[0]]
+
+
 # --- the hand-off -------------------------------------------------------------
 
 
@@ -300,6 +481,7 @@ async def tls_handoff(
     *,
     server_side: bool,
     server_hostname: str | None = None,
+    session: ssl.SSLSession | None = None,
 ) -> TlsHandoff:
     """Run a TLS handshake with ``ctx`` over raw byte I/O and return the keys.
 
@@ -307,7 +489,8 @@ async def tls_handoff(
     the next raw bytes from the peer (``b""`` at EOF). On return every byte
     OpenSSL wrote (including TLS 1.3 session tickets it sealed) has been sent,
     and the caller's record layer takes over with ``tx``/``rx`` and
-    ``unconsumed``.
+    ``unconsumed``. ``session`` (client side) is a session of an earlier
+    connection to resume, as ``SSLContext.wrap_bio`` takes it.
 
     Raises:
         ssl.SSLError: the handshake failed (``SSLCertVerificationError``,
@@ -316,7 +499,10 @@ async def tls_handoff(
         TlsHandoffError: ``EPROTONOSUPPORT``, the negotiated version, suite or
             compression is not supported by the record layer (the message
             names it; a close_notify is sent best-effort); ``EPROTO``, the
-            secrets are missing from the key log or do not match the bytes.
+            secrets are missing from the key log or do not match the bytes,
+            or the server's extensions do not parse.
+        ValueError, TypeError: ``session`` is not a session of ``ctx`` or is
+            given to a server (``SSLContext.wrap_bio``'s errors).
         Exception: whatever ``send_all``/``receive_some`` raise.
 
     Cancellation: the hand-off is abandoned; the context is already restored
@@ -326,7 +512,11 @@ async def tls_handoff(
     incoming = ssl.MemoryBIO()
     outgoing = ssl.MemoryBIO()
     sslobj = ctx.wrap_bio(
-        incoming, outgoing, server_side=server_side, server_hostname=server_hostname
+        incoming,
+        outgoing,
+        server_side=server_side,
+        server_hostname=server_hostname,
+        session=session,
     )
     sent = bytearray()
     received = bytearray()
@@ -364,7 +554,7 @@ async def tls_handoff(
         unconsumed = incoming.read()
         consumed = received[: len(received) - len(unconsumed)] if unconsumed else received
         try:
-            return _derive(
+            hand = _derive(
                 sslobj,
                 keylog=keylog,
                 sent=bytes(sent),
@@ -372,6 +562,12 @@ async def tls_handoff(
                 unconsumed=unconsumed,
                 server_side=server_side,
             )
+            if hand.version == TLS_1_3_VERSION and not server_side:
+                feed = SessionTicketFeed(
+                    sslobj, incoming, outgoing, hand.rx, hand.record_size_limit
+                )
+                hand = attrs.evolve(hand, tickets=feed)
+            return hand
         except TlsHandoffError:
             with contextlib.suppress(ssl.SSLError):
                 sslobj.unwrap()
@@ -455,6 +651,8 @@ def _derive(
                     f"tls_handoff: {label} does not open the first encrypted handshake "
                     "record (key log and handshake bytes disagree)",
                 )
+        # the loop's last key is the server's handshake key
+        limit = _record_size_limit(_encrypted_extensions(server_records, hs_info))
         c_info = c_info.with_seq(_count_tls13(client_records, c_info))
         s_info = s_info.with_seq(_count_tls13(server_records, s_info))
         tx_secret: bytes | None = s_secret if server_side else c_secret
@@ -462,6 +660,7 @@ def _derive(
     else:
         master = need("CLIENT_RANDOM")
         server_random = _hello_random(server_stream, 2, "ServerHello")
+        limit = _record_size_limit(_server_hello_extensions(server_records))
         c_info, s_info = tls12_crypto_infos(
             master, client_random, server_random, cipher_type, client_seq=0, server_seq=0
         )
@@ -485,5 +684,6 @@ def _derive(
         rx_secret=rx_secret,
         unconsumed=unconsumed,
         ssl_object=sslobj,
+        record_size_limit=limit,
     )
 

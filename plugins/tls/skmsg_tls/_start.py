@@ -28,6 +28,13 @@ When the handshake is done the ULP is installed and the bytes OpenSSL did
 not consume are opened first (through the receive verdict when there is
 one). From then on the stream receives in the reader, as kTLS does in
 ``tls_sw_recvmsg``: no receive pump runs for a TLS stream.
+
+What the handshake agreed on carries over to the record layer: the role
+(which post-handshake messages the peer may send), a ``max_fragment_length``
+(the record size limit both ways), the context's
+``ssl.OP_IGNORE_UNEXPECTED_EOF`` (a TCP EOF without close_notify is then a
+clean end, not an error), and, on a TLS 1.3 client, the session: tickets
+received later are given to ``ssl_object``.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import skmsg_core as sk
 from skmsg_tcp import SkStream
 
 from . import _stats
-from ._codec import TlsCryptoInfo
+from ._codec import TLS_MAX_PAYLOAD_SIZE, TlsCryptoInfo
 from ._handoff import tls_handoff
 from ._ulp import TlsSocket
 
@@ -68,12 +75,17 @@ async def start_tls(
     server_side: bool = False,
     server_hostname: str | None = None,
     strparser: bool = False,
+    session: ssl.SSLSession | None = None,
 ) -> TlsSocket:
     """Run a TLS handshake with ``ctx`` on ``stream``, then take over its record layer.
 
     ``server_hostname`` (client side) is used for SNI and certificate checks,
-    as with ``ssl.SSLContext.wrap_socket``. Everything the context configures
-    (certificates, verification, ALPN, tickets) applies. Afterwards the
+    as with ``ssl.SSLContext.wrap_socket``; ``session`` (client side) resumes
+    the session of an earlier connection (``tls.ssl_object.session`` of one:
+    TLS 1.2 and TLS 1.3 tickets both land there; ``ssl_object.session_reused``
+    tells whether the server took it). Everything the context configures
+    (certificates, verification, ALPN, tickets, ``OP_IGNORE_UNEXPECTED_EOF``)
+    applies. Afterwards the
     stream's ``send_all``/``receive_some`` carry application data, sealed and
     opened by skmsg, with the stream's SK_MSG / SK_SKB programs seeing the
     plaintext. The returned :class:`TlsSocket` gives control records, key
@@ -94,6 +106,10 @@ async def start_tls(
         OSError(ENOTCONN): the stream has sent or received EOF.
         ssl.SSLError, trio.BrokenResourceError: the handshake failed (the
             stream is then unusable, as with ``trio.SSLStream``).
+        skmsg_tls.TlsHandoffError: the handshake agreed on something the
+            record layer cannot take over (see :func:`tls_handoff`).
+        ValueError, TypeError: ``session`` is given to a server or is not a
+            session of ``ctx``.
 
     Cancellation during the handshake leaves the stream unusable.
     """
@@ -122,6 +138,7 @@ async def start_tls(
                 ctx,
                 server_side=server_side,
                 server_hostname=server_hostname,
+                session=session,
             )
         except BaseException:
             stream._ulp_pending = False
@@ -135,6 +152,12 @@ async def start_tls(
             rx_secret=hand.rx_secret,
             ssl_object=hand.ssl_object,
             strparser=strparser,
+            server_side=server_side,
+            ignore_unexpected_eof=bool(
+                hand.ssl_object.context.options & ssl.OP_IGNORE_UNEXPECTED_EOF
+            ),
+            record_size_limit=hand.record_size_limit,
+            tickets=hand.tickets,
         )
         await _install(stream, tls, bytes(hand.unconsumed))
     return tls
@@ -149,22 +172,38 @@ async def enable_tls(
     rx_secret: bytes | None = None,
     received: bytes = b"",
     strparser: bool = False,
+    server_side: bool | None = None,
+    ignore_unexpected_eof: bool = False,
+    record_size_limit: int = TLS_MAX_PAYLOAD_SIZE,
 ) -> TlsSocket:
     """Install the TLS ULP with keys from a handshake done elsewhere: the
     kernel's ``setsockopt(TCP_ULP, "tls")`` then ``TLS_TX`` and ``TLS_RX``.
 
     ``tx_secret``/``rx_secret`` (TLS 1.3 traffic secrets) enable KeyUpdate;
     ``received``: bytes already read from the peer past the handshake, opened
-    first. ``strparser``: as :func:`start_tls`.
+    first. ``strparser``: as :func:`start_tls`. What the handshake agreed on:
+    ``server_side`` (None: unknown; then the peer may send what either end
+    may receive after a handshake), ``ignore_unexpected_eof`` (a TCP EOF
+    without close_notify is a clean end), ``record_size_limit`` (a
+    negotiated ``max_fragment_length``: the most plaintext per record).
 
     Raises:
         TypeError, FileExistsError, trio.BusyResourceError,
         trio.ClosedResourceError, OSError(ENOTCONN): as :func:`start_tls`.
-        ValueError: ``tx`` and ``rx`` differ in version or cipher.
+        ValueError: ``tx`` and ``rx`` differ in version or cipher, or
+            ``record_size_limit`` is not 64..``TLS_MAX_PAYLOAD_SIZE``.
     """
     stream = _check(stream)
     tls = TlsSocket(
-        stream, tx, rx, tx_secret=tx_secret, rx_secret=rx_secret, strparser=strparser
+        stream,
+        tx,
+        rx,
+        tx_secret=tx_secret,
+        rx_secret=rx_secret,
+        strparser=strparser,
+        server_side=server_side,
+        ignore_unexpected_eof=ignore_unexpected_eof,
+        record_size_limit=record_size_limit,
     )
     with stream._send_conflict, stream._receive_conflict:
         rt = stream._runtime

@@ -67,6 +67,9 @@ class TlsStats:
     application data per direction (``tx_bytes`` what was sealed, ``rx_bytes``
     what was opened); control records (alerts, handshake messages) are counted
     apart. ``decrypt_errors`` is 0 or 1 (the first failure ends the stream).
+    ``tx_alerts``: alerts this side sent of its own accord (a fatal alert
+    answering a fault of the peer's, ``no_renegotiation``; not close_notify,
+    nor what ``send_control`` sends).
     """
 
     version: int
@@ -83,3 +86,4 @@ class TlsStats:
     rx_rekeys: int
     rx_key_updates_received: int
     open_record_bytes: int
+    tx_alerts: int = 0

@@ -27,7 +27,24 @@ RX hook as ``sk.ulp_data``). From then on the stream's operations call it:
 
 Control records: :meth:`receive_control` / :meth:`send_control`. EOF:
 ``close_notify`` from the peer; :meth:`send_close_notify` (``send_eof``
-sends it, then half-closes the TCP stream).
+sends it, then half-closes the TCP stream). A TCP EOF without
+``close_notify`` is a truncation and fails receiving, as with
+``trio.SSLStream``, unless the context sets ``ssl.OP_IGNORE_UNEXPECTED_EOF``.
+
+Strict TLS after the hand-off: every fault in the peer's bytes (a record
+that fails authentication, one too long, a message not allowed now, ...)
+fails receiving and is answered with its fatal alert (RFC 8446 §6.2), sealed
+under the current TX keys, once, best effort (written only if the socket
+takes it without waiting and no write is in progress; else when the stream
+is closed); sending ends with it. A TLS 1.2 renegotiation attempt is
+answered with the warning ``no_renegotiation``, written by the reader (it
+waits for a write in progress to finish). TLS 1.3 session tickets are given
+to the handshake's ``ssl_object`` (client side), so ``ssl_object.session``
+resumes a later connection.
+
+The negotiated record size (``max_fragment_length``) is
+:attr:`TlsSocket.record_size_limit`: records sealed carry at most that many
+bytes of plaintext and longer ones received fail with ``record_overflow``.
 """
 
 from __future__ import annotations
@@ -35,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -46,6 +64,13 @@ from skmsg_core.runtime import ingress_put, tx_redirect
 from skmsg_tcp import SendError
 
 from . import _stats
+from ._alerts import (
+    ALERT_CLOSE_NOTIFY,
+    ALERT_DECODE_ERROR,
+    ALERT_LEVEL_FATAL,
+    ALERT_LEVEL_WARNING,
+    alert_name,
+)
 from ._codec import (
     TLS_1_3_VERSION,
     TLS_MAX_PAYLOAD_SIZE,
@@ -55,17 +80,18 @@ from ._codec import (
     BufferPool,
     RecordSealer,
     TlsCryptoInfo,
+    TlsRecordError,
     key_update_message,
 )
 from ._keys import tls13_crypto_info, tls13_next_secret
-from ._rx import ALERT_CLOSE_NOTIFY, ControlRecord, TlsRx, TlsRxError
+from ._rx import ControlRecord, TlsRx, TlsRxError
 from ._stats import TlsStats
 from ._tx import PASS_BATCH, OpenRecord, TlsSendOp, send_lean
 
 if TYPE_CHECKING:
-    import ssl
-
     from skmsg_tcp import SkStream
+
+    from ._handoff import SessionTicketFeed
 
 __all__ = ["TlsSocket"]
 
@@ -80,7 +106,7 @@ _SEAL_BUFFERS = BufferPool(4, 1 << 20)
 #: ``receive_control`` reads the socket only while less opened data than this
 #: waits for ``receive_some``.
 PLAIN_LIMIT = 1 << 20
-_WARNING = 1
+_WARNING = ALERT_LEVEL_WARNING
 
 
 class TlsSocket:
@@ -89,7 +115,17 @@ class TlsSocket:
     Application data still goes through the stream's own ``send_all`` and
     ``receive_some``; this object adds what TLS has beyond a byte stream:
     control records, key updates, the handshake's outcome (``ssl_object``:
-    peer certificate, ALPN, cipher) and counters.
+    peer certificate, ALPN, cipher, session) and counters.
+
+    ``server_side`` (None: unknown) decides which post-handshake messages the
+    peer may send; ``ignore_unexpected_eof`` makes a TCP EOF without
+    close_notify a clean end (``ssl.OP_IGNORE_UNEXPECTED_EOF``);
+    ``record_size_limit`` is the negotiated most plaintext per record;
+    ``tickets`` takes the TLS 1.3 session tickets received for the session.
+
+    Raises:
+        ValueError: ``tx`` and ``rx`` differ in version or cipher, or
+            ``record_size_limit`` is not 64..``TLS_MAX_PAYLOAD_SIZE``.
     """
 
     def __init__(
@@ -102,6 +138,10 @@ class TlsSocket:
         rx_secret: bytes | None = None,
         ssl_object: ssl.SSLObject | None = None,
         strparser: bool = False,
+        server_side: bool | None = None,
+        ignore_unexpected_eof: bool = False,
+        record_size_limit: int = TLS_MAX_PAYLOAD_SIZE,
+        tickets: SessionTicketFeed | None = None,
     ) -> None:
         if tx.version != rx.version or tx.cipher_type != rx.cipher_type:
             raise ValueError(
@@ -117,7 +157,25 @@ class TlsSocket:
         self.ssl_object = ssl_object
         self._sealer = RecordSealer(tx)
         self._tx_secret = tx_secret
-        self.rx = TlsRx(rx, rx_secret)
+        self.rx = TlsRx(rx, rx_secret, server_side=server_side)
+        self._sealer.record_size_limit = record_size_limit
+        self.rx.opener.record_size_limit = record_size_limit
+        #: The most plaintext one record carries, both ways: ``TLS_MAX_PAYLOAD_SIZE``
+        #: unless the handshake negotiated less (``max_fragment_length``).
+        self.record_size_limit = record_size_limit
+        #: A TCP EOF without close_notify is a clean end (``OP_IGNORE_UNEXPECTED_EOF``).
+        self.ignore_unexpected_eof = ignore_unexpected_eof
+        self._tickets = tickets
+        self.rx.keep_tickets = tickets is not None
+        #: Session tickets given to ``ssl_object`` (TLS 1.3, client side).
+        self.tickets_received = 0
+        #: The receive error that ended sending (a fatal alert, ours or the
+        #: peer's), once one did.
+        self._tx_error: TlsRxError | None = None
+        self._alert_owed: bytes | None = None  # a fatal alert not sealed yet
+        self._alert_wire: bytes | None = None  # ... sealed, not written yet
+        #: Alerts this side sent (fatal and warning, close_notify not counted).
+        self.tx_alerts = 0
         self._open = OpenRecord()  # open record under an SK_MSG program
         self._plain_open = bytearray()  # open record without a program
         self._control_lot = trio.lowlevel.ParkingLot()
@@ -229,7 +287,7 @@ class TlsSocket:
             trio.BrokenResourceError, trio.ClosedResourceError: the transport.
         """
         if self._tx_closed:
-            raise trio.ClosedResourceError("can't send data after close_notify")
+            raise self._tx_closed_error()
         psock = self.stream.sk.psock
         if psock is None or psock.msg_parser is None:
             await self._send_plain(view, more)
@@ -311,16 +369,16 @@ class TlsSocket:
             self._open.msg = None
         records: list[Any] = []
         pending = self._plain_open
+        limit = self.record_size_limit
         if pending:
-            take = min(view.nbytes, TLS_MAX_PAYLOAD_SIZE - len(pending))
+            take = min(view.nbytes, limit - len(pending))
             pending += view[:take]
             view = view[take:]
-            if len(pending) >= TLS_MAX_PAYLOAD_SIZE or (not more and not view.nbytes):
+            if len(pending) >= limit or (not more and not view.nbytes):
                 records.append(bytes(pending))
                 pending.clear()
         size = view.nbytes
         pos = 0
-        limit = TLS_MAX_PAYLOAD_SIZE
         while size - pos >= limit or (pos < size and not more):
             records.append(view[pos : pos + limit])
             pos += limit
@@ -336,13 +394,16 @@ class TlsSocket:
         keys, no verdict (``MSG_SENDPAGE_NOPOLICY``).
 
         Raises:
-            OSError(EPIPE): TLS was closed for sending (close_notify sent).
+            OSError(EPIPE): TLS was closed for sending (close_notify or a fatal
+                alert sent).
             trio.BrokenResourceError, trio.ClosedResourceError: the transport.
         """
         if self._tx_closed:
-            raise sk.kernel_error(errno.EPIPE, f"TLS {self.stream.sk.describe()} sent close_notify")
+            raise sk.kernel_error(
+                errno.EPIPE, f"TLS {self.stream.sk.describe()} sent {self._tx_end()}"
+            )
         data = bufs[0] if len(bufs) == 1 else memoryview(b"".join(bufs))
-        limit = TLS_MAX_PAYLOAD_SIZE
+        limit = self.record_size_limit
         await self._write_batches([data[i : i + limit] for i in range(0, data.nbytes, limit)], more)
 
     async def send_control(self, content_type: int, data: bytes | bytearray | memoryview) -> None:
@@ -353,8 +414,9 @@ class TlsSocket:
 
         Raises:
             ValueError: ``content_type`` is application data (23) or not 1..255,
-                or ``data`` is longer than ``TLS_MAX_PAYLOAD_SIZE``.
+                or ``data`` is longer than :attr:`record_size_limit`.
             trio.ClosedResourceError: close_notify was sent already.
+            trio.BrokenResourceError: sending ended with a fatal alert of ours.
             skmsg_tcp.SendError: the open record's verdict dropped it.
             trio.BusyResourceError: another task is sending on the stream.
         """
@@ -363,15 +425,20 @@ class TlsSocket:
                 f"send_control: content type {content_type} is not a control record type "
                 "(use send_all for application data, 23)"
             )
-        if len(data) > TLS_MAX_PAYLOAD_SIZE:
+        if len(data) > self.record_size_limit:
+            limit = self.record_size_limit
             raise ValueError(
-                f"send_control: {len(data)} bytes exceed TLS_MAX_PAYLOAD_SIZE "
-                f"({TLS_MAX_PAYLOAD_SIZE})"
+                f"send_control: {len(data)} bytes exceed "
+                + (
+                    f"TLS_MAX_PAYLOAD_SIZE ({limit})"
+                    if limit == TLS_MAX_PAYLOAD_SIZE
+                    else f"the negotiated record size limit ({limit})"
+                )
             )
         stream = self.stream
         with stream._send_conflict:
             if self._tx_closed:
-                raise trio.ClosedResourceError("can't send after close_notify")
+                raise self._tx_closed_error()
             await self._flush_open()
             await self._write_records([bytes(data)], False, content_type)
             if content_type == TLS_RECORD_TYPE_ALERT and bytes(data[1:2]) == b"\0":
@@ -394,7 +461,7 @@ class TlsSocket:
         stream = self.stream
         with stream._send_conflict:
             if self._tx_closed:
-                raise trio.ClosedResourceError("can't send after close_notify")
+                raise self._tx_closed_error()
             await self._flush_open()
             lock = stream._write_lock
             async with lock:
@@ -405,13 +472,21 @@ class TlsSocket:
                 await stream._send_bufs([memoryview(out)], False)
 
     async def send_close_notify(self) -> None:
-        """Send the ``close_notify`` alert (once); sending ends after it.
+        """Send the ``close_notify`` alert (once); sending ends after it. After a
+        fatal alert of ours nothing is sent, except that alert if it is still
+        owed (it waits for a write in progress then).
 
         Raises:
             trio.BrokenResourceError, trio.ClosedResourceError: the transport.
         """
         if self._tx_closed:
-            await trio.lowlevel.checkpoint()
+            if self._alert_owed is None and self._alert_wire is None:
+                await trio.lowlevel.checkpoint()
+                return
+            async with self.stream._write_lock:
+                wire = self._take_owed_alert()
+                if wire:
+                    await self.stream._send_bufs([memoryview(wire)], False)
             return
         await self._flush_open()
         self._tx_closed = True
@@ -423,20 +498,25 @@ class TlsSocket:
         await self.send_close_notify()
 
     def ulp_close(self) -> None:
-        """The stream's ``aclose``: ``close_notify`` if the socket takes it at
-        once, then the TLS context goes."""
+        """The stream's ``aclose``: ``close_notify`` (or a fatal alert still
+        owed) if the socket takes it at once, then the TLS context goes."""
         self.close_notify_nowait()
         self.release()
 
     @property
     def rx_ended(self) -> bool:
-        """The peer's ``close_notify`` came: EOF once the data before it is read."""
+        """The peer's ``close_notify`` came (or, with ``ignore_unexpected_eof``,
+        the TCP EOF): EOF once the data before it is read."""
         return self.rx.eof
 
     def close_notify_nowait(self) -> None:
-        """Best effort, for ``aclose``: seal close_notify and write it only if the
-        socket takes it at once and no write is in progress."""
-        if self._tx_closed or self.stream._write_lock.locked():
+        """Best effort, for ``aclose``: seal close_notify (or the fatal alert
+        still owed) and write it only if the socket takes it at once and no
+        write is in progress."""
+        if self._tx_closed:
+            self._write_owed_alert_nowait()
+            return
+        if self.stream._write_lock.locked():
             return
         self._tx_closed = True
         raw = self.stream._raw
@@ -451,6 +531,103 @@ class TlsSocket:
         except (OSError, ValueError):
             return
 
+    # -- alerts of ours -----------------------------------------------------------------
+
+    def _tx_end(self) -> str:
+        """What ended sending, for error messages."""
+        err = self._tx_error
+        if err is None:
+            return "close_notify"
+        if err.alert is None:
+            return f"the peer's fatal alert ({err})"
+        return f"a fatal {alert_name(err.alert)} alert ({err})"
+
+    def _tx_closed_error(self) -> trio.ClosedResourceError | trio.BrokenResourceError:
+        """The error a send raises once sending ended: ClosedResourceError after
+        our close_notify, BrokenResourceError (the receive error as its cause)
+        after a fatal alert, ours or the peer's."""
+        err = self._tx_error
+        if err is None:
+            return trio.ClosedResourceError("can't send after close_notify")
+        broken = trio.BrokenResourceError(
+            f"TLS {self.stream.sk.describe()}: can't send after {self._tx_end()}"
+        )
+        broken.__cause__ = err
+        return broken
+
+    def _fatal_alert_nowait(self, err: TlsRxError) -> None:
+        """Receiving failed for good: sending ends (RFC 8446 §6.2: a fatal
+        alert sent or received closes the connection), with the fatal alert
+        ``err.alert`` when the fault is the peer's bytes (none after our
+        close_notify, nor for the peer's own fatal alert). It is written now if
+        the socket takes it at once and no write is in progress; otherwise it
+        stays owed for :meth:`close_notify_nowait` (``aclose``) and
+        :meth:`send_close_notify` (``send_eof``). Never blocks, never raises."""
+        if self._tx_closed:
+            return
+        self._tx_closed = True
+        self._tx_error = err
+        if err.alert is not None:
+            self._alert_owed = bytes((ALERT_LEVEL_FATAL, err.alert))
+            self._write_owed_alert_nowait()
+
+    def _take_owed_alert(self) -> bytes | None:
+        """The owed fatal alert's record, sealed now if it was not yet (call
+        with no write in progress); it is owed no more."""
+        wire, self._alert_wire = self._alert_wire, None
+        alert, self._alert_owed = self._alert_owed, None
+        if alert is not None:
+            out = bytearray()
+            try:
+                self._sealer.seal_into(out, alert, TLS_RECORD_TYPE_ALERT)
+            except (TlsRecordError, ValueError):  # the TX sequence ran out
+                return None
+            self.tx_control_records += 1
+            self.tx_alerts += 1
+            log.debug(
+                "TLS %s: fatal alert %s", self.stream.sk.describe(), alert_name(alert[1])
+            )
+            wire = bytes(out)
+        return wire
+
+    def _write_owed_alert_nowait(self) -> None:
+        """Write the owed fatal alert if no write is in progress and the socket
+        takes it at once; if the socket takes none of it now it stays owed, a
+        part written is the end of it (sending has ended)."""
+        raw = self.stream._raw
+        if raw is None or self.stream._write_lock.locked():
+            return
+        wire = self._take_owed_alert()
+        if not wire:
+            return
+        try:
+            raw.send(wire)
+        except BlockingIOError:
+            self._alert_wire = wire
+        except OSError:
+            return
+
+    async def _send_owed_warnings(self) -> None:
+        """Write the warning alerts the receive path owes the peer (TLS 1.2
+        ``no_renegotiation``), waiting for a write in progress to finish; with
+        sending ended they are dropped. A cancelled wait leaves them owed."""
+        owed = self.rx.alerts_owed
+        while owed:
+            if self._tx_closed:
+                owed.clear()
+                return
+            alert = bytes((_WARNING, owed[0]))
+            try:
+                await self._write_records([alert], False, TLS_RECORD_TYPE_ALERT)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                owed.clear()  # the transport failed: the reader will see it
+                return
+            owed.popleft()
+            self.tx_alerts += 1
+            log.debug(
+                "TLS %s: warning alert %s", self.stream.sk.describe(), alert_name(alert[1])
+            )
+
     # -- RX ---------------------------------------------------------------------------------
 
     async def rx_input(self, data: bytes | bytearray | memoryview) -> None:
@@ -464,7 +641,11 @@ class TlsSocket:
         attached, the plaintext is framed into messages first.
 
         An error (a bad record; a parser failure) is kept in
-        :attr:`rx_error` for after the data before it; it is not raised.
+        :attr:`rx_error` for after the data before it; it is not raised. A
+        fault in the peer's bytes is answered with its fatal alert, and
+        sending ends (see the module). Session tickets go to ``ssl_object``;
+        a refused renegotiation's warning alert is written before returning
+        (waiting for a write in progress).
         """
         rx = self.rx
         if rx.error is not None:
@@ -475,6 +656,9 @@ class TlsSocket:
             units = rx.open_records(data)
         except TlsRxError as exc:
             units = exc.messages
+            self._fatal_alert_nowait(exc)
+        if rx.tickets:
+            self._give_tickets()
         psock = self.stream.sk.psock
         if psock is None or psock.rx_mode is None:
             self._queue_plain(units, rx.bytes - opened)
@@ -495,6 +679,34 @@ class TlsSocket:
                     await self._redirect(action)
         if len(rx.controls) != before or rx.eof or self.rx_error is not None:
             self._control_lot.unpark_all()
+        if rx.alerts_owed:
+            await self._send_owed_warnings()
+
+    def _give_tickets(self) -> None:
+        """Hand the NewSessionTickets received to ``ssl_object`` (its session
+        becomes resumable). One OpenSSL refuses fails receiving with
+        ``decode_error``."""
+        rx = self.rx
+        feed = self._tickets
+        while rx.tickets:
+            msg = rx.tickets.popleft()
+            if feed is None:
+                continue
+            try:
+                feed.feed(msg)
+            except ssl.SSLError as exc:
+                if rx.error is None:
+                    err = TlsRxError(
+                        errno.EPROTO,
+                        f"OpenSSL refused the server's NewSessionTicket: {exc}",
+                        alert=ALERT_DECODE_ERROR,
+                    )
+                    err.__cause__ = exc
+                    rx.error = err
+                    self._fatal_alert_nowait(err)
+                rx.tickets.clear()
+                return
+            self.tickets_received += 1
 
     def rx_fill(self, recv_into: Callable[[memoryview], int], max_bytes: int) -> int:
         """Read up to ``max_bytes`` from the socket with ``recv_into`` straight
@@ -539,14 +751,14 @@ class TlsSocket:
         return self.rx.error or self._parse_error
 
     def transport_eof(self) -> None:
-        """The TCP stream ended. Inside a record that is an error (``EPROTO``)."""
-        if self.rx.error is None and not self.rx.eof and self.rx.opener.has_partial():
-            err = TlsRxError(
-                errno.EPROTO,
-                f"TLS {self.stream.sk.describe()}: the connection ended inside a record "
-                f"({self.rx.opener.buffered} bytes of it arrived)",
-            )
-            self.rx.error = err
+        """The TCP stream ended. Before the peer's close_notify that is an error
+        (``EPROTO``, answered with ``decode_error`` as OpenSSL does): a
+        truncation, unless ``ignore_unexpected_eof`` (then it is the end of the
+        data), and always inside a record."""
+        rx = self.rx
+        err = rx.ended(self.ignore_unexpected_eof)
+        if err is not None:
+            self._fatal_alert_nowait(err)
         self._tcp_eof = True
         self._control_lot.unpark_all()
 
@@ -583,10 +795,11 @@ class TlsSocket:
         taken, as kTLS keeps control records behind unread data).
 
         Raises:
-            trio.EndOfChannel: the peer's close_notify or the TCP EOF came and
-                every control record before it was taken.
-            trio.BrokenResourceError: receiving failed (bad record, fatal alert);
-                ``__cause__`` carries the errno.
+            trio.EndOfChannel: the peer's close_notify (or, with
+                ``ignore_unexpected_eof``, a bare TCP EOF) came and every
+                control record before it was taken.
+            trio.BrokenResourceError: receiving failed (bad record, fatal alert,
+                a TCP EOF without close_notify); ``__cause__`` carries the errno.
             trio.ClosedResourceError: the stream was closed.
         """
         stream = self.stream
@@ -635,6 +848,7 @@ class TlsSocket:
             self.rx.rekeys,
             self.rx.key_updates_received,
             self._open.size + len(self._plain_open),
+            self.tx_alerts,
         )
 
     def release(self) -> None:
