@@ -170,6 +170,51 @@ async def test_sending_with_a_limit_cuts_records_at_it() -> None:
         await aclose_all([a, b])
 
 
+@pytest.mark.parametrize("program", ["pass", "apply", "push"])
+async def test_an_sk_msg_program_sees_records_cut_at_the_limit(program: str) -> None:
+    """Under an SK_MSG program the verdict unit is the record, at most the
+    negotiated limit: the bulk path, the engine (apply splits), and a push
+    that grows a record past the limit (sealed as more records)."""
+    import skmsg_core as sk
+
+    a, b = await tcp_stream_pair()
+    m = sk.SockMap(1)
+    sizes: list[int] = []
+
+    def prog(msg: sk.SkMsg) -> int:
+        sizes.append(msg.size)
+        if program == "apply":
+            sk.msg_apply_bytes(msg, 300)
+        elif program == "push":
+            sk.msg_push_data(msg, 0, 10, 0)
+        return sk.SK_PASS
+
+    try:
+        m.attach(prog, sk.SK_MSG_VERDICT)
+        m.update(0, a)
+        keys = make_keys(tls.TLS_1_2_VERSION)
+        await tls.enable_tls(a, keys.a2b, keys.b2a, record_size_limit=1024)
+        opener = tls.RecordOpener(keys.a2b)
+        data = os.urandom(5000)
+        await a.send_all(data)
+        # 5 records of at most 1024 bytes; apply cuts each into 300-byte ones;
+        # a push of 10 makes the four full ones 1034 bytes: 1024 + 10 each
+        want = {"pass": 5, "apply": 4 * 4 + 4, "push": 4 * 2 + 1}[program]
+        with trio.fail_after(10):
+            recs = await read_records(b, opener, want)
+        assert max(len(d) for _, d in recs) <= 1024
+        assert max(sizes) <= 1024
+        plain = b"".join(d for _, d in recs)
+        if program == "push":
+            chunks = [data[i : i + 1024] for i in range(0, len(data), 1024)]
+            assert plain == b"".join(bytes(10) + c for c in chunks)
+        else:
+            assert plain == data
+    finally:
+        await aclose_all([a, b])
+        m.close()
+
+
 _set_max_fragment_length = _openssl._lib.SSL_CTX_set_tlsext_max_fragment_length
 _set_max_fragment_length.argtypes = [ctypes.c_void_p, ctypes.c_uint8]
 _set_max_fragment_length.restype = ctypes.c_int

@@ -349,3 +349,24 @@ async def test_sends_waiting_on_full_sockets_at_once_each_seal_their_own_bytes(
         assert got == payloads
     finally:
         await aclose_all([s for pair in pairs for s in pair])
+
+
+async def test_a_push_past_the_record_limit_is_sealed_as_more_records(
+    tcp_stream_pair: Pair, sockmap: sk.SockMap
+) -> None:
+    """A program that pushes bytes into a full record: no record on the wire
+    is longer than TLS allows; the peer gets every byte, pushed ones included."""
+    a, b = tcp_stream_pair
+
+    def grow(msg: sk.SkMsg) -> int:
+        return sk.SK_PASS if sk.msg_push_data(msg, 0, 100, 0) == 0 else sk.SK_DROP
+
+    sockmap.attach(grow, sk.SK_MSG_VERDICT)
+    sockmap.update(0, a)
+    _, opener = await tls_to_raw(a)
+    data = os.urandom(2 * 16384)
+    await a.send_all(data)
+    recs = await read_records(b, opener, 4)
+    assert max(len(p) for _, p in recs) <= 16384
+    plain = b"".join(p for _, p in recs)
+    assert plain == bytes(100) + data[:16384] + bytes(100) + data[16384:]

@@ -97,8 +97,6 @@ __all__ = ["TlsSocket"]
 
 log = logging.getLogger(__name__)
 
-#: Whole records sealed and written together (about PASS_BATCH bytes).
-_PER_BATCH = PASS_BATCH // TLS_MAX_PAYLOAD_SIZE
 #: Sealing buffers shared by the process's TLS sockets: a write seals into
 #: one and gives it back once written (kTLS seals into its open record's
 #: pages the same way).
@@ -163,6 +161,8 @@ class TlsSocket:
         #: The most plaintext one record carries, both ways: ``TLS_MAX_PAYLOAD_SIZE``
         #: unless the handshake negotiated less (``max_fragment_length``).
         self.record_size_limit = record_size_limit
+        #: Whole records sealed and written together (about PASS_BATCH bytes).
+        self._per_batch = max(1, PASS_BATCH // record_size_limit)
         #: A TCP EOF without close_notify is a clean end (``OP_IGNORE_UNEXPECTED_EOF``).
         self.ignore_unexpected_eof = ignore_unexpected_eof
         self._tickets = tickets
@@ -252,8 +252,13 @@ class TlsSocket:
 
     async def _seal_and_send(self, records: list[Any], more: bool, ctype: int) -> int:
         """Seal ``records`` at once and write them with one socket write; return
-        their plaintext bytes. Call under the write lock."""
+        their plaintext bytes. A record a program's ``msg_push_data`` made longer
+        than :attr:`record_size_limit` is sealed as several records (the kernel
+        would seal one the peer must refuse). Call under the write lock."""
         nbytes = sum(map(len, records))
+        limit = self.record_size_limit
+        if nbytes > limit and max(map(len, records)) > limit:
+            records = [r[i : i + limit] for r in records for i in range(0, len(r), limit)]
         scratch = _SEAL_BUFFERS.take()
         out = self._seal_locked(records, ctype, scratch, nbytes)
         if out:
@@ -266,9 +271,10 @@ class TlsSocket:
         """Seal and write application-data ``records`` (one element per record)
         in batches of about ``PASS_BATCH`` bytes, one socket write each, the
         last with ``more``."""
-        for i in range(0, len(records), _PER_BATCH):
-            last = i + _PER_BATCH >= len(records)
-            batch = records if last and not i else records[i : i + _PER_BATCH]
+        per = self._per_batch
+        for i in range(0, len(records), per):
+            last = i + per >= len(records)
+            batch = records if last and not i else records[i : i + per]
             await self._write_records(batch, more or not last, TLS_RECORD_TYPE_DATA)
 
     async def sendmsg(self, view: memoryview, more: bool) -> None:
@@ -346,7 +352,9 @@ class TlsSocket:
             try:
                 # verdicts and sealing with no checkpoint between: nothing runs
                 # in between that could change the lent bytes
-                batch, pos, op = send_lean(psock, self._open, src, pos, more)
+                batch, pos, op = send_lean(
+                    psock, self._open, src, pos, more, limit=self.record_size_limit
+                )
                 if batch:
                     nbytes = await self._seal_and_send(
                         batch, more or op is not None or pos < size, TLS_RECORD_TYPE_DATA
