@@ -5,10 +5,12 @@ programs check (or ignore) those values; none raises, whatever it is given
 (the kernel's verifier would refuse a program passing bad types):
 
 - an argument that is not an ``int`` (a ``bool`` neither), or out of the
-  range the kernel's ``u32`` arguments allow, is ``-EINVAL``;
-- a push that would make the message larger than :data:`MSG_SIZE_MAX` is
-  ``-ENOMEM``, as the kernel's page allocation fails for it; nothing is
-  allocated then.
+  range the kernel's ``u32`` arguments allow, is ``-EINVAL``; but for a
+  push's length, where only a negative one is ``-EINVAL``:
+- a push that would make the message larger than :data:`MSG_SIZE_MAX`,
+  however many bytes it asks for (``2**32 - 1``, ``2**32`` or ``2**62``
+  alike), is ``-ENOMEM``, as the kernel's page allocation fails for it;
+  nothing is allocated then.
 
 Cost grows with the bytes a call touches, never with the message's size:
 elements are split by adjusting offsets, and only ``msg_pull_data`` (or a full
@@ -124,11 +126,12 @@ def msg_push_data(msg: SkMsg, start: int, length: int, flags: int = 0) -> int:
     boundary and two inside one; without them that element and the new bytes are
     copied into one new element. The ``data`` window is reset to the first element.
 
-    Returns 0, ``-EINVAL`` for ``flags``, ``start > size`` or an argument that
-    is not a u32 ``int``, or ``-ENOMEM`` when the message would grow past
-    :data:`MSG_SIZE_MAX` (nothing is allocated).
+    Returns 0, ``-EINVAL`` for ``flags``, ``start > size``, a ``start`` or
+    ``flags`` that is not a u32 ``int`` or a ``length`` that is not an ``int``
+    or is negative, or ``-ENOMEM`` when the message would grow past
+    :data:`MSG_SIZE_MAX`, however large ``length`` is (nothing is allocated).
     """
-    if not _u32_args(start, length, flags) or flags:
+    if not _u32_args(start, flags) or flags or type(length) is not int or length < 0:
         return -errno.EINVAL
     if length == 0:
         return 0
