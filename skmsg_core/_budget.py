@@ -12,8 +12,11 @@ Rules
   the runner counts that run as a DROP and an error (a ``timeouts`` count
   too), as for any program that raises. A parse program interrupted so is a
   parse error of its connection.
-* The budget belongs to the callable: a function loaded twice with two
-  budgets is held to the smaller one.
+* The watchdog knows a run by its code, so the budget is the callable's: a
+  function loaded twice (two programs) is held to the smaller of their
+  budgets, and is unbounded only when every program of it is (``None``).
+  A program's own budget, set again, replaces what it set before (larger
+  or smaller); a program that is gone no longer holds its callable.
 * Precision: runs are looked at every quarter of the smallest budget in
   force (at least every :data:`MIN_PERIOD`), so a run is interrupted between
   its budget and its budget plus one period.
@@ -53,6 +56,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -86,8 +90,14 @@ class ProgramTimeout(BaseException):
 
 #: Codes of the functions that call programs (the frames programs run under).
 _callers: set[types.CodeType] = set()
-#: A program's code -> (its budget in seconds, its name).
-_budgets: dict[types.CodeType, tuple[float, str]] = {}
+#: A program's code -> {owner's key: (its budget in seconds or None, its name)}.
+_owners: dict[types.CodeType, dict[int, tuple[float | None, str]]] = {}
+#: A program's code -> (the budget in force: the smallest of its owners', None
+#: when all of theirs are None; the name of the owner that set it).
+_budgets: dict[types.CodeType, tuple[float | None, str]] = {}
+#: Held while the two tables change (an owner may be forgotten by the garbage
+#: collector in any thread, even inside set_budget: hence reentrant).
+_lock = threading.RLock()
 
 
 def program_caller(func: _F) -> _F:
@@ -118,9 +128,11 @@ def code_of(func: Any) -> types.CodeType | None:
     return None
 
 
-def set_budget(func: Any, budget: float | None, name: str) -> None:
-    """Hold runs of ``func`` to ``budget`` seconds (None: no bound), or to the
-    budget it already has if that is smaller, and make sure the watchdog runs.
+def set_budget(func: Any, budget: float | None, name: str, owner: object = None) -> None:
+    """Set ``owner``'s budget for runs of ``func`` to ``budget`` seconds (None:
+    no bound), replacing what ``owner`` set before; runs are held to the
+    smallest budget of the live owners of ``func``'s code (``owner`` None: one
+    owner for all such calls, never forgotten). Makes sure the watchdog runs.
 
     Raises:
         ValueError: ``budget`` is not a positive number of seconds.
@@ -128,13 +140,38 @@ def set_budget(func: Any, budget: float | None, name: str) -> None:
     if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
         raise ValueError(f"a program's budget is a positive number of seconds, not {budget!r}")
     code = code_of(func)
-    if code is None or budget is None:
+    if code is None:
         return
-    seconds = float(budget)
-    held = _budgets.get(code)
-    if held is None or seconds < held[0]:
-        _budgets[code] = (seconds, name)
-    _watchdog.ensure()
+    key = id(owner) if owner is not None else 0
+    with _lock:
+        owners = _owners.setdefault(code, {})
+        if owner is not None and key not in owners:
+            weakref.finalize(owner, _forget, code, key)
+        owners[key] = (None if budget is None else float(budget), name)
+        _settle(code)
+    if budget is not None:
+        _watchdog.ensure()
+
+
+def _forget(code: types.CodeType, key: int) -> None:
+    """An owner of ``code``'s budget is gone."""
+    with _lock:
+        owners = _owners.get(code)
+        if owners is not None and owners.pop(key, None) is not None:
+            if owners:
+                _settle(code)
+            else:
+                del _owners[code]
+                _budgets.pop(code, None)
+
+
+def _settle(code: types.CodeType) -> None:
+    """Recompute the budget in force for ``code`` from its owners'."""
+    bounded = [(b, n) for b, n in _owners[code].values() if b is not None]
+    if bounded:
+        _budgets[code] = min(bounded, key=lambda held: held[0])
+    else:
+        _budgets[code] = (None, "")
 
 
 class _Watchdog:
@@ -171,7 +208,9 @@ class _Watchdog:
                 self._thread.start()
 
     def _period(self) -> float:
-        smallest = min((b for b, _ in _budgets.values()), default=DEFAULT_BUDGET)
+        smallest = min(
+            (b for b, _ in list(_budgets.values()) if b is not None), default=DEFAULT_BUDGET
+        )
         return max(MIN_PERIOD, smallest / 4)
 
     def _run(self) -> None:
@@ -197,6 +236,8 @@ class _Watchdog:
                 seen[ident] = (found, now)
                 continue
             budget, name = _budgets.get(found.f_code, (DEFAULT_BUDGET, found.f_code.co_name))
+            if budget is None:  # no bound
+                continue
             if now - held[1] > budget:
                 self._interrupt(ident, found, name, budget)
                 seen[ident] = (found, now)  # the next interrupt a budget later, if need be

@@ -306,13 +306,16 @@ class Program:
         return prog
 
     def set_budget(self, budget: float | None) -> None:
-        """Hold each run to ``budget`` seconds from now on (None: no bound).
+        """Hold each run to ``budget`` seconds from now on (None: no bound),
+        replacing this program's budget, larger or smaller. The watchdog knows
+        a run by its callable's code: a callable loaded as two programs is
+        held to the smaller of their budgets (see :mod:`._budget`).
 
         Raises:
             OSError(EINVAL): ``budget`` is not a positive number of seconds.
         """
         try:
-            set_budget(self.func, budget, self.name)
+            set_budget(self.func, budget, self.name, self)
         except ValueError as exc:
             raise kernel_error(errno.EINVAL, f"program {self.name}: {exc}") from None
         self.budget = budget

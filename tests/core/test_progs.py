@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import errno
 import functools
+import gc
+import itertools
+import time
+import types
 from typing import Any
 
 import pytest
@@ -169,3 +173,63 @@ def test_check_program_callable_for_other_arities() -> None:
         sk.check_program_callable(two, nargs=1)
     assert info.value.kind == "arity" and "exactly one argument" in str(info.value)
     assert info.value.sig == "(skb: 'Any', backends: 'Any') -> 'int'"
+
+
+# -- budgets: what a program's statistics say is what the watchdog enforces ------------------
+
+#: How long the slow program runs; budgets below are well under or over it.
+SLOW = 0.25
+
+
+def _slow(ctx: Any) -> int:
+    time.sleep(SLOW)
+    return sk.SK_PASS
+
+
+def _timed_out(prog: sk.Program) -> bool:
+    """Run ``prog`` once; whether the watchdog interrupted it."""
+    before = prog.statistics().timeouts
+    prog.run_verdict(sk.SkBuff().reset(memoryview(b"x")))
+    return prog.statistics().timeouts > before
+
+
+_names = itertools.count()
+
+
+def _fresh() -> Any:
+    """The slow program with a code object of its own (budgets belong to code)."""
+    code = _slow.__code__.replace(co_name=f"_slow_{next(_names)}")
+    return types.FunctionType(code, globals())
+
+
+def test_a_budget_of_none_is_no_bound() -> None:
+    sk.Program.load(_fresh(), sk.BpfProgType.SK_SKB)  # the watchdog runs
+    prog = sk.Program.load(_fresh(), sk.BpfProgType.SK_SKB, budget=None)
+    assert prog.statistics().budget is None
+    assert not _timed_out(prog)
+
+
+def test_attach_with_a_budget_above_the_default_holds_to_it() -> None:
+    smap = sk.SockMap(1)
+    prog = smap.attach(_fresh(), sk.SK_SKB_VERDICT, budget=SLOW * 4)
+    assert prog.statistics().budget == SLOW * 4
+    assert not _timed_out(prog)
+    smap.close()
+
+
+def test_set_budget_replaces_the_program_own_budget_larger_or_smaller() -> None:
+    prog = sk.Program.load(_fresh(), sk.BpfProgType.SK_SKB, budget=0.05)
+    prog.set_budget(SLOW * 4)
+    assert not _timed_out(prog)
+    prog.set_budget(0.05)
+    assert _timed_out(prog)
+
+
+def test_one_callable_in_two_programs_is_held_to_the_smaller_budget_while_both_live() -> None:
+    func = _fresh()
+    lax = sk.Program.load(func, sk.BpfProgType.SK_SKB, budget=SLOW * 4)
+    strict = sk.Program.load(func, sk.BpfProgType.SK_SKB, budget=0.05)
+    assert _timed_out(lax)
+    del strict
+    gc.collect()
+    assert not _timed_out(lax)
