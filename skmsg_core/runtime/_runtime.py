@@ -524,7 +524,9 @@ class Runtime:
     def _failed(self, endpoint: Endpoint, exc: BaseException, *, unexpected: bool = False) -> None:
         """``endpoint``'s receive service ended on ``exc``: its pump stops and
         its readers see the error. An ``unexpected`` one (not a connection's own
-        error) is counted and logged, and made a ``BrokenResourceError``."""
+        error) is counted and logged, and made a ``BrokenResourceError``. An
+        ``rx_failed`` that raises is counted and logged too, and the readers are
+        woken all the same: they find the pump stopped and fail closed."""
         self.stop_pump(endpoint)
         if unexpected:
             self.socket_errors += 1
@@ -540,14 +542,23 @@ class Runtime:
             exc = err
         try:
             endpoint.rx_failed(exc)
-        except Exception as inner:  # a plugin that cannot even take its error
+        except BaseException as inner:  # a plugin that cannot even take its error
+            if escapes_boundary(inner):
+                raise
             self.socket_errors += 1
             _rate_limited.warning(
                 ("rx_failed", type(inner)),
-                "%s: rx_failed raised %s",
+                "%s: rx_failed raised %s; the socket is in error",
                 _describe(endpoint),
                 describe_error(inner),
             )
+            # its readers find the pump stopped with receive programs installed,
+            # and must fail closed then (never read around the verdict)
+            try:
+                endpoint.wake_readers()
+            except BaseException as again:
+                if escapes_boundary(again):
+                    raise
 
     async def _process(self, endpoint: Endpoint, psock: SkPsock, data: bytes) -> bool:
         """Run ``data`` through the programs and carry out the actions; False

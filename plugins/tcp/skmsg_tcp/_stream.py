@@ -566,6 +566,15 @@ class SkStream(trio.abc.HalfCloseableStream):
                 if self._rx_eof:
                     await trio.lowlevel.checkpoint()
                     return b""
+                if psock is not None and psock.rx_mode is not None and rt is not None and (
+                    not pumping and ulp is None and not self._ulp_pending
+                ):
+                    # receive programs, but their pump stopped and left no error:
+                    # fail closed, never read around the verdict
+                    await trio.lowlevel.checkpoint()
+                    raise trio.BrokenResourceError(
+                        f"{self.sk.describe()}: the receive pump stopped on an error"
+                    )
                 raw = self._raw
                 want = max_bytes if ulp is None else _ULP_RECEIVE_SIZE
                 if not pumping and raw is not None:
