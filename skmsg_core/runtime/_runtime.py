@@ -290,30 +290,49 @@ async def tx_redirect(action: TxAction) -> None:
     """Carry out an SK_MSG redirect: the bytes go out of the target's transport
     (below its own program) or into its ingress queue.
 
+    Whatever the target raises while taking them (but cancellation and
+    Ctrl-C) is the target's failure, reported to the sender as ``EPIPE`` with
+    the target's error as the cause, and counted in the current runtime's
+    ``redirect_errors`` (an error that is not the transport's is also logged,
+    rate-limited), as a failed receive redirect is.
+
     Raises:
-        OSError(EPIPE): the target has no psock or no stream, or its transport
-            failed.
+        OSError(EPIPE): the target has no psock or no stream, or it failed.
     """
     target = action.target
     assert target is not None
     if target.psock is None or target.dead:
         raise kernel_error(errno.EPIPE, f"redirect target {target.describe()} is gone")
-    dgram = _queue_datagram(target)
-    if action.ingress:
-        if dgram is not None:  # one message, one datagram; a full queue drops it (counted)
-            dgram(_joined(action.bufs), None)
-            await trio.lowlevel.checkpoint()
-            return
-        if not await ingress_put(target, action.bufs, action.nbytes):
-            raise kernel_error(errno.EPIPE, f"redirect target {target.describe()} is gone")
-        return
-    endpoint: Endpoint | None = target.owner
-    if endpoint is None:
-        raise kernel_error(errno.EPIPE, f"redirect target {target.describe()} has no stream")
-    bufs = [_joined(action.bufs)] if dgram is not None and action.bufs else action.bufs
     try:
+        dgram = _queue_datagram(target)
+        if action.ingress:
+            if dgram is not None:  # one message, one datagram; a full queue drops it (counted)
+                dgram(_joined(action.bufs), None)
+                await trio.lowlevel.checkpoint()
+                return
+            if not await ingress_put(target, action.bufs, action.nbytes):
+                raise kernel_error(errno.EPIPE, f"redirect target {target.describe()} is gone")
+            return
+        endpoint: Endpoint | None = target.owner
+        if endpoint is None:
+            raise kernel_error(errno.EPIPE, f"redirect target {target.describe()} has no stream")
+        bufs = [_joined(action.bufs)] if dgram is not None and action.bufs else action.bufs
         await endpoint.egress_write(bufs, action.more)
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+    except BaseException as exc:
+        if escapes_boundary(exc):
+            raise
+        rt = current_runtime()
+        if rt is not None:
+            rt.redirect_errors += 1
+        if isinstance(exc, OSError) and exc.errno == errno.EPIPE and exc.__cause__ is None:
+            raise  # said above: the target is gone
+        if not isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
+            _rate_limited.warning(
+                ("redirect", type(exc)),
+                "redirect to %s failed: its stream raised %s",
+                target.describe(),
+                describe_error(exc),
+            )
         raise kernel_error(errno.EPIPE, f"redirect to {target.describe()} failed") from exc
 
 
