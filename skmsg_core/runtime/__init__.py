@@ -16,5 +16,6 @@ from ._runtime import escapes_boundary as escapes_boundary
 from ._runtime import ingress_put as ingress_put
 from ._runtime import ingress_try as ingress_try
 from ._runtime import open_runtime as open_runtime
+from ._runtime import socket_error as socket_error
 from ._runtime import space_freed as space_freed
 from ._runtime import tx_redirect as tx_redirect

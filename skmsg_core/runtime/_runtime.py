@@ -78,6 +78,7 @@ __all__ = [
     "ingress_put",
     "ingress_try",
     "open_runtime",
+    "socket_error",
     "space_freed",
     "tx_redirect",
 ]
@@ -548,17 +549,7 @@ class Runtime:
         woken all the same: they find the pump stopped and fail closed."""
         self.stop_pump(endpoint)
         if unexpected:
-            self.socket_errors += 1
-            name = _describe(endpoint)
-            _rate_limited.warning(
-                ("socket", type(exc)),
-                "%s: receive failed: %s; the socket is in error",
-                name,
-                describe_error(exc),
-            )
-            err = trio.BrokenResourceError(f"{name}: receive failed: {describe_error(exc)}")
-            err.__cause__ = exc
-            exc = err
+            exc = socket_error(endpoint, exc, self)
         try:
             endpoint.rx_failed(exc)
         except BaseException as inner:  # a plugin that cannot even take its error
@@ -595,6 +586,30 @@ class Runtime:
         for action in actions:
             await self.rx_action(endpoint, action)
         return True
+
+
+def socket_error(
+    endpoint: Endpoint, exc: BaseException, rt: Runtime | None
+) -> trio.BrokenResourceError:
+    """What ``endpoint``'s readers get when its receive service raised ``exc``
+    unexpectedly (not a connection's own error: a plugin's or an engine's
+    exception of any kind): a ``trio.BrokenResourceError`` naming the socket,
+    with ``exc`` as its cause. It is counted in ``rt.socket_errors`` (when
+    there is a runtime) and logged once per kind of error (rate-limited, no
+    traceback). For a stream that receives in its reader (a ULP's) as the
+    runtime does for a pump."""
+    name = _describe(endpoint)
+    if rt is not None:
+        rt.socket_errors += 1
+    _rate_limited.warning(
+        ("socket", type(exc)),
+        "%s: receive failed: %s; the socket is in error",
+        name,
+        describe_error(exc),
+    )
+    err = trio.BrokenResourceError(f"{name}: receive failed: {describe_error(exc)}")
+    err.__cause__ = exc
+    return err
 
 
 def _describe(endpoint: Endpoint) -> str:

@@ -41,7 +41,14 @@ import attrs
 import trio
 
 import skmsg_core as sk
-from skmsg_core.runtime import Runtime, current_runtime, space_freed, tx_redirect
+from skmsg_core.runtime import (
+    Runtime,
+    current_runtime,
+    escapes_boundary,
+    socket_error,
+    space_freed,
+    tx_redirect,
+)
 
 from ._proto import TCP_PROTO
 
@@ -623,9 +630,21 @@ class SkStream(trio.abc.HalfCloseableStream):
     async def _ulp_transport(self, ulp: StreamUlp, data: bytes | None) -> None:
         """Hand bytes read from the socket to the ULP (which runs the receive
         verdict in this, the reader's, context): ``data``, or b"" for those
-        :meth:`StreamUlp.rx_fill` read; None is EOF."""
+        :meth:`StreamUlp.rx_fill` read; None is EOF.
+
+        This is the stream's receive service, run by the reader instead of a
+        pump, and it has the runtime's boundary: whatever the ULP raises
+        (cancellation and Ctrl-C aside) puts the stream in error for good
+        (``receive_some`` raises ``trio.BrokenResourceError`` with it as the
+        cause, after the plaintext passed before it), counted and logged as
+        a pump's (:func:`skmsg_core.runtime.socket_error`)."""
         if data is not None:
-            await ulp.rx_input(data)
+            try:
+                await ulp.rx_input(data)
+            except BaseException as exc:
+                if escapes_boundary(exc):
+                    raise
+                self._rx_error = socket_error(self, exc, self._runtime or current_runtime())
         else:
             ulp.transport_eof()
             self._rx_eof = True
@@ -640,6 +659,9 @@ class SkStream(trio.abc.HalfCloseableStream):
         if err is not None:
             await trio.lowlevel.checkpoint()
             raise trio.BrokenResourceError(f"{self.sk.describe()}: {err}") from err
+        if self._rx_error is not None:  # the ULP raised (see _ulp_transport)
+            await trio.lowlevel.checkpoint()
+            raise self._rx_error
         if ulp.rx_ended or self._rx_eof:
             await trio.lowlevel.checkpoint()
             return b""
