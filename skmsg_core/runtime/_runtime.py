@@ -133,9 +133,14 @@ set_error_observer(_log_program_error)
 
 def escapes_boundary(exc: BaseException) -> bool:
     """Whether ``exc`` must go on up through a socket's error boundary: trio's
-    cancellation and Ctrl-C; everything else raised while serving one socket
-    is that socket's error."""
-    return isinstance(exc, (trio.Cancelled, KeyboardInterrupt))
+    cancellation and Ctrl-C, alone or in an exception group (a nursery's);
+    everything else raised while serving one socket is that socket's error."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(_ESCAPING) is not None
+    return isinstance(exc, _ESCAPING)
+
+
+_ESCAPING = (trio.Cancelled, KeyboardInterrupt)
 
 _current: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
     "skmsg_runtime", default=None
