@@ -31,7 +31,7 @@ import trio.testing
 import skmsg_core as sk
 import skmsg_tcp
 import skmsg_udp
-from skmsg_core.runtime import Runtime, escapes_boundary
+from skmsg_core.runtime import Runtime, escapes_boundary, open_runtime
 from skmsg_core.runtime import _runtime as runtime_module
 from skmsg_core.testing import aclose_all, tcp_stream_pair
 from skmsg_tcp import SkStream
@@ -581,3 +581,40 @@ async def test_udp_a_send_step_that_raises_fails_that_send_only(
         assert await receive_datagrams(f, 1) == [b"after"]  # nothing before it
         smap.close()
     no_traceback(capfd, caplog)
+
+
+# -- what must go up: Ctrl-C, alone or in a group -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [KeyboardInterrupt, lambda: BaseExceptionGroup("x", [ValueError(), KeyboardInterrupt()])],
+    ids=["KeyboardInterrupt", "group-with-KeyboardInterrupt"],
+)
+async def test_ctrl_c_goes_up_through_the_boundary(
+    make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(BaseException) as info:
+        with trio.fail_after(TIMEOUT):
+            async with open_runtime():
+                client, server = await tcp_stream_pair()
+                smap = sk.SockMap(1)
+                try:
+                    smap.attach(lambda skb: sk.SK_PASS, sk.SK_SKB_VERDICT)
+                    smap.update(0, server)
+                    await trio.testing.wait_all_tasks_blocked()
+                    monkeypatch.setattr(server, "transport_recv_nowait", _raiser(make))
+                    await client.send_all(b"x")
+                    await trio.sleep_forever()  # ended by the runtime's failure
+                finally:
+                    smap.close()
+                    await aclose_all((client, server))
+    assert any(isinstance(e, KeyboardInterrupt) for e in _leaves(info.value)), repr(info.value)
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            yield from _leaves(sub)
+    else:
+        yield exc
