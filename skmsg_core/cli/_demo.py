@@ -14,6 +14,7 @@ reply: a message the policy dropped has none.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING
 import trio
 
 import skmsg_core as sk
+from skmsg_core._progs import describe_error
+from skmsg_core.runtime import RateLimitedLog, escapes_boundary
 
 from ._parsers import Framing
 from ._tls import client_context
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
     from ._proxy import Proxy
 
 __all__ = ["DEMO_PAYLOADS", "run_demo", "serve_echo"]
+
+limited_log = RateLimitedLog(logging.getLogger("skmsg_core.cli"))
 
 #: What the demo client sends, one message each.
 DEMO_PAYLOADS = (b"hello", b"kiwi", b"zebra", b"!secret")
@@ -52,6 +57,8 @@ async def serve_echo(
     tag = f"[backend {index}] ".encode()
 
     async def echo(stream: trio.SocketStream) -> None:
+        # one connection's failure (a policy parser's exception of any kind) ends
+        # that connection only, as the proxy's own clients' do
         parser = sk.StrParser(framing.parse)
         async with stream:
             try:
@@ -59,8 +66,15 @@ async def serve_echo(
                     out = b"".join(framing.reply(tag, bytes(m)) for m in parser.feed(data))
                     if out:
                         await stream.send_all(out)
-            except (sk.StrParserError, trio.BrokenResourceError):
-                return
+            except BaseException as exc:
+                if escapes_boundary(exc):
+                    raise
+                if not isinstance(exc, (sk.StrParserError, trio.BrokenResourceError)):
+                    limited_log.warning(
+                        ("echo", type(exc)),
+                        "backend %d: a connection raised %s; it was closed",
+                        index, describe_error(exc),
+                    )
 
     async with trio.open_nursery() as nursery:
         host, port = listeners[0].socket.getsockname()[:2]

@@ -62,7 +62,9 @@ policy file (--policy FILE): a Python file that defines
       and return its result (SK_PASS, or SK_DROP if that backend is gone), or
       return SK_DROP. SK_PASS with no redirect delivers the message to the
       proxy, which counts it as "pass" and discards it. A verdict that raises
-      drops the message and counts an error.
+      (anything, sys.exit() too) or returns anything but SK_PASS or SK_DROP
+      (an int) drops the message and counts an error; the proxy and its other
+      clients carry on.
   parse(skb) -> int               optional; replaces --parser: the length of
       the next message in skb.data, 0 to wait for more bytes, or -errno.
   Both are checked when the file is loaded: plain functions of the right
@@ -234,17 +236,20 @@ def _proxy_command(args: argparse.Namespace) -> int:
     interval = args.stats_interval
     if interval is None:
         interval = DEFAULT_STATS_INTERVAL if sys.stdout.isatty() and sys.stderr.isatty() else 0.0
+    # the proxy's lines and the runtime's (a program's or a socket's error) alike
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("skmsg proxy: %(message)s"))
-    logger = logging.getLogger("skmsg_core.cli")
-    logger.addHandler(handler)
-    saved_level = logger.level
+    top, logger = logging.getLogger("skmsg_core"), logging.getLogger("skmsg_core.cli")
+    top.addHandler(handler)
+    saved = top.level, logger.level
+    top.setLevel(logging.WARNING)
     logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         return trio.run(_run, config, interval, args.demo)
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved_level)
+        top.removeHandler(handler)
+        top.setLevel(saved[0])
+        logger.setLevel(saved[1])
 
 
 async def _run(config: ProxyConfig | UdpProxyConfig, interval: float, demo: bool) -> int:

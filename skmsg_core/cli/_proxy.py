@@ -36,6 +36,17 @@ EOF. Once one direction has finished the other has ``drain_timeout`` seconds,
 then everything closes. A client whose stream cannot be framed is closed (an
 HTTP client is told why first).
 
+The boundary around a client
+----------------------------
+Nothing one client does, and nothing raised while serving it, ends the proxy
+or another client's service. The programs fail closed (a policy verdict that
+raises, returns something that is not a verdict or runs longer than its budget
+is a counted DROP); the runtime contains each socket's
+receive service; and each client's task here contains what escapes its own
+serving (a plugin's or the proxy's exception of any kind, cancellation and
+Ctrl-C aside): that client's connections are closed, the error is counted
+(``client_errors``) and logged once per kind (rate-limited, no traceback).
+
 Clients that half-closed before they could enter the map
 --------------------------------------------------------
 The kernel refuses a TCP socket that is not ESTABLISHED (or LISTEN) into a
@@ -65,7 +76,8 @@ import trio
 
 import skmsg_core as sk
 import skmsg_tcp
-from skmsg_core.runtime import Runtime, open_runtime
+from skmsg_core._progs import describe_error
+from skmsg_core.runtime import RateLimitedLog, Runtime, escapes_boundary, open_runtime
 
 from ._demo import serve_echo
 from ._parsers import FRAMINGS, Framing, FramingError
@@ -76,6 +88,9 @@ from ._tls import TlsOptions, originate, terminate
 __all__ = ["Address", "Proxy", "ProxyConfig", "ProxyError", "run_proxy"]
 
 log = logging.getLogger("skmsg_core.cli")
+#: One line per kind of failure (and per kind of error) every few seconds, however
+#: many clients hit it.
+limited_log = RateLimitedLog(log)
 
 
 class ProxyError(Exception):
@@ -141,10 +156,12 @@ class ProxyPrograms:
 
     A subclass sets ``policy``, ``counters``, ``verdict``, ``listen``,
     ``runtime``, ``_index`` (backend cookie -> backend index) and
-    ``_logged_errors``; ``unit`` names what one verdict judges in the log.
+    ``_logged_errors``; ``unit`` names what one verdict judges in the log,
+    ``client`` what one client's service is.
     """
 
     unit = "message"
+    client = "client"
     policy: Policy
     counters: ProxyCounters
     verdict: sk.Program
@@ -157,8 +174,11 @@ class ProxyPrograms:
         """Run the policy's verdict on a client's ``skb`` given that client's
         ``backends`` (``None``: an unknown client, a DROP), counting per backend.
 
+        The per-backend counts read the return as the runner does
+        (:func:`skmsg_core.verdict_of`): none of its code runs.
+
         Raises:
-            Exception: whatever the policy raised (logged; the program fails
+            BaseException: whatever the policy raised (logged; the program fails
                 closed: a counted DROP).
         """
         c = self.counters
@@ -170,8 +190,9 @@ class ProxyPrograms:
             return sk.SK_DROP
         try:
             ret = self.policy.verdict(skb, backends)
-        except Exception as exc:
-            self._policy_failed(exc)
+        except BaseException as exc:
+            if not isinstance(exc, KeyboardInterrupt):
+                self._policy_failed(exc)
             c.judged()
             raise
         redir = skb.sk_redir
@@ -179,7 +200,7 @@ class ProxyPrograms:
             i = self._index.get(redir.cookie)
             if i is not None:
                 b = c.backends[i]
-                if ret == sk.SK_PASS and type(ret) is not bool:
+                if sk.verdict_of(ret):
                     b.msgs += 1
                     b.bytes += n
                 else:
@@ -198,14 +219,25 @@ class ProxyPrograms:
                 self.counters.backends[i].reply_dropped_bytes += skb.len
         return ret
 
-    def _policy_failed(self, exc: Exception) -> None:
+    def _policy_failed(self, exc: BaseException) -> None:
         self._logged_errors += 1
         if self._logged_errors <= 3:
             more = "" if self._logged_errors < 3 else " (further errors are counted, not shown)"
             log.warning(
-                "policy %s: verdict raised %s: %s; the %s was dropped%s",
-                self.policy.name, type(exc).__name__, exc, self.unit, more,
+                "policy %s: verdict raised %s; the %s was dropped%s",
+                self.policy.name, describe_error(exc), self.unit, more,
             )
+
+    def _client_failed(self, peer: str, exc: BaseException) -> None:
+        """Serving the client ``peer`` raised ``exc``, which is not to go up
+        (:func:`~skmsg_core.runtime.escapes_boundary`): count it, log it
+        (rate-limited); its connections are closed by then."""
+        self.counters.client_errors += 1
+        limited_log.warning(
+            ("client", type(exc)),
+            "%s %s: serving it raised %s; its connections were closed",
+            self.client, peer, describe_error(exc),
+        )
 
     def statistics(self) -> ProxyStats:
         """A snapshot of the proxy's counters."""
@@ -289,11 +321,22 @@ class Proxy(ProxyPrograms):
         await trio.serve_listeners(self.serve_client, listeners, handler_nursery=handler_nursery)
 
     async def serve_client(self, client: skmsg_tcp.SkStream) -> None:
-        """Proxy one client until both directions end; never raises for the
-        connection's own failures (they are logged and counted).
+        """Proxy one client until both directions end. Never raises but
+        cancellation and Ctrl-C (:func:`~skmsg_core.runtime.escapes_boundary`):
+        the connection's own failures are logged and counted, and anything
+        else raised while serving it closes its connections and is counted in
+        ``client_errors`` and logged (rate-limited); the proxy carries on.
 
         Cancellation closes the client and its backend connections.
         """
+        try:
+            await self._serve_client(client)
+        except BaseException as exc:
+            if escapes_boundary(exc):
+                raise
+            self._client_failed(_fmt(client.sk.remote_addr), exc)
+
+    async def _serve_client(self, client: skmsg_tcp.SkStream) -> None:
         c = self.counters
         c.clients_total += 1
         c.clients_open += 1
@@ -453,7 +496,9 @@ class Proxy(ProxyPrograms):
                     if target is None:
                         raise trio.ClosedResourceError
                     await target.egress_write([msg], False)
-                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                except BaseException as exc:  # the target's failure, as in the runtime
+                    if escapes_boundary(exc):
+                        raise
                     self.runtime.redirect_errors += 1
 
     async def _parse_failed(

@@ -59,7 +59,10 @@ class ProxyStats:
     user space with the same programs; ``parse_errors``: clients closed
     because their stream could not be framed; ``connect_errors``: clients
     refused because a backend could not be reached; ``redirect_errors``:
-    redirects whose target failed while the bytes were written.
+    redirects whose target failed while the bytes were written;
+    ``client_errors``: clients (UDP: sessions) closed because serving them
+    raised an error that was not their connection's own (a plugin's, the
+    proxy's); the proxy and its other clients carried on.
     """
 
     listen: tuple[str, ...]
@@ -77,6 +80,7 @@ class ProxyStats:
     connect_errors: int
     redirect_errors: int
     backends: tuple[BackendStats, ...]
+    client_errors: int = 0
 
 
 class ProxyCounters:
@@ -92,6 +96,7 @@ class ProxyCounters:
         self.userspace_clients = 0
         self.parse_errors = 0
         self.connect_errors = 0
+        self.client_errors = 0
         self._lot = trio.lowlevel.ParkingLot()
 
     def judged(self) -> None:
@@ -133,6 +138,7 @@ class ProxyCounters:
                              b.reply_dropped_bytes)
                 for b in self.backends
             ),
+            self.client_errors,
         )
 
 
@@ -178,4 +184,6 @@ def format_table(s: ProxyStats) -> str:
     reply_lost = sum(b.reply_dropped_bytes for b in s.backends)
     if reply_lost:
         errors += f", reply bytes for gone clients {reply_lost}"
+    if s.client_errors:
+        errors += f", clients closed on an error {s.client_errors}"
     return "\n".join([head, cols, *rows, errors])

@@ -28,7 +28,10 @@ runtime's, both ways; the proxy's own tasks set sessions up and expire them.
   redirect is sent out of the chosen backend socket.
 
 A session with no datagram either way for ``idle_timeout`` seconds is closed
-(UDP has no end of stream). Counters and the table are the TCP proxy's
+(UDP has no end of stream). Whatever is raised while opening, carrying or
+closing one session (cancellation and Ctrl-C aside) closes that session and is
+counted (``client_errors``) and logged, rate-limited: the proxy and the other
+sessions carry on, as in the TCP proxy. Counters and the table are the TCP proxy's
 (:mod:`._stats`): ``clients`` are sessions; ``backend connect`` errors are
 sessions that could not be opened (``--max-clients`` reached, no socket).
 """
@@ -45,7 +48,7 @@ import trio
 
 import skmsg_core as sk
 import skmsg_udp
-from skmsg_core.runtime import Runtime, open_runtime
+from skmsg_core.runtime import Runtime, escapes_boundary, open_runtime
 
 from ._policy import Policy, PolicyError
 from ._proxy import Address, ProxyError, ProxyPrograms, _why
@@ -100,6 +103,7 @@ class UdpProxy(ProxyPrograms):
 
     udp = True
     unit = "datagram"
+    client = "client session"
 
     def __init__(
         self,
@@ -152,17 +156,26 @@ class UdpProxy(ProxyPrograms):
     async def serve(self) -> None:
         """Receive new clients' datagrams on the listener until cancelled.
 
+        A datagram whose session cannot be opened or carried (anything raised
+        but cancellation and Ctrl-C) closes that session, is counted
+        (``client_errors``) and logged; the next datagram is served.
+
         Cancellation closes every session.
         """
         try:
             while True:
                 data, peer = await self.listener.recvfrom()
-                session = self._by_peer.get(peer)
-                if session is None:
-                    session = self._open_session(peer)
+                try:
+                    session = self._by_peer.get(peer)
                     if session is None:
-                        continue
-                self._carry(session, data)
+                        session = self._open_session(peer)
+                        if session is None:
+                            continue
+                    self._carry(session, data)
+                except BaseException as exc:
+                    if escapes_boundary(exc):
+                        raise
+                    await self._session_failed(peer, exc)
         finally:
             with trio.CancelScope(shield=True):
                 for session in list(self.sessions.values()):
@@ -170,7 +183,12 @@ class UdpProxy(ProxyPrograms):
 
     def _open_session(self, peer: Any) -> _Session | None:
         """Sockets and maps for a new client ``peer``; None (counted, logged) if
-        it cannot be served."""
+        it cannot be served.
+
+        Raises:
+            BaseException: what opening raised, if not an ``OSError`` (nothing
+                it opened is left open).
+        """
         c = self.counters
         label = _fmt(peer)
         conns: list[skmsg_udp.UdpSocket] = []
@@ -196,9 +214,7 @@ class UdpProxy(ProxyPrograms):
             session = _Session(peer, client, conns, backends)
             self.sessions[key] = session
             self.clients.update(key, client)
-        except OSError as exc:
-            c.connect_errors += 1
-            log.warning("client %s refused: %s", label, exc.strerror or exc)
+        except BaseException as exc:  # nothing half-made stays behind, whatever it was
             if client is not None:
                 self.sessions.pop(client.sk.cookie, None)
                 client.close()
@@ -208,6 +224,10 @@ class UdpProxy(ProxyPrograms):
                 conn.close()
             if backends is not None:
                 backends.close()
+            if not isinstance(exc, OSError):
+                raise
+            c.connect_errors += 1
+            log.warning("client %s refused: %s", label, exc.strerror or exc)
             return None
         self._by_peer[peer] = session
         c.clients_total += 1
@@ -226,8 +246,22 @@ class UdpProxy(ProxyPrograms):
             if target is None:
                 raise trio.ClosedResourceError
             target.egress_send_nowait(data)
-        except (OSError, trio.ClosedResourceError):
+        except BaseException as exc:  # the target's failure, as in the runtime
+            if escapes_boundary(exc):
+                raise
             self.runtime.redirect_errors += 1
+
+    async def _session_failed(self, peer: Any, exc: BaseException) -> None:
+        """Serving ``peer`` raised ``exc``: close its session (if it has one),
+        count and log it."""
+        session = self._by_peer.get(peer)
+        if session is not None:
+            try:
+                await self._close_session(session)
+            except BaseException as again:
+                if escapes_boundary(again):
+                    raise
+        self._client_failed(_fmt(peer), exc)
 
     async def _close_session(self, session: _Session) -> None:
         key = session.client.sk.cookie
@@ -257,7 +291,12 @@ class UdpProxy(ProxyPrograms):
                 if activity != session.activity:
                     session.activity, session.last_active = activity, now
                 elif now - session.last_active >= timeout:
-                    await self._close_session(session)
+                    try:
+                        await self._close_session(session)
+                    except BaseException as exc:
+                        if escapes_boundary(exc):
+                            raise
+                        self._client_failed(_fmt(session.peer), exc)
 
 
 def _reuseport_socket(listener: skmsg_udp.UdpSocket, peer: Any) -> socket.socket:
