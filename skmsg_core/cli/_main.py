@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import textwrap
@@ -62,11 +63,13 @@ policy file (--policy FILE): a Python file that defines
       and return its result (SK_PASS, or SK_DROP if that backend is gone), or
       return SK_DROP. SK_PASS with no redirect delivers the message to the
       proxy, which counts it as "pass" and discards it. A verdict that raises
-      (anything, sys.exit() too) or returns anything but SK_PASS or SK_DROP
-      (an int) drops the message and counts an error; the proxy and its other
-      clients carry on.
+      (anything, sys.exit() too), returns anything but SK_PASS or SK_DROP (an
+      int), or runs longer than --policy-budget drops the message and counts
+      an error; the proxy and its other clients carry on.
   parse(skb) -> int               optional; replaces --parser: the length of
-      the next message in skb.data, 0 to wait for more bytes, or -errno.
+      the next message in skb.data, 0 to wait for more bytes, or -errno. A
+      parse that raises, returns no length or errno, or runs longer than
+      --policy-budget closes that client.
   Both are checked when the file is loaded: plain functions of the right
   arguments (no async, no generators) that read skb.data as what it is.
   Reading the bytes: skb.data is a memoryview, not bytes. Search and order a
@@ -125,6 +128,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _budget(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
@@ -171,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--stats-interval", metavar="SECONDS", type=_seconds, default=None,
         help="print the counters to stderr every SECONDS (0: only at exit; default 2 "
         "when stdout and stderr are terminals, else 0)",
+    )
+    proxy.add_argument(
+        "--policy-budget", metavar="SECONDS", type=_budget, default=sk.DEFAULT_BUDGET,
+        help="the longest one run of the policy's verdict or parse (and of the proxy's "
+        "own programs) may last: a longer run is interrupted, its message dropped and "
+        "counted as an error, so a slow policy cannot stall other clients (default "
+        f"{sk.DEFAULT_BUDGET:g})",
     )
     proxy.add_argument(
         "--max-clients", metavar="N", type=_positive, default=1024,
@@ -230,6 +250,7 @@ def _proxy_command(args: argparse.Namespace) -> int:
         policy=args.policy,
         max_clients=args.max_clients,
         tls=tls,
+        policy_budget=args.policy_budget,
     )
     if args.udp:
         config = udp_config(args, listen)

@@ -40,8 +40,8 @@ The boundary around a client
 ----------------------------
 Nothing one client does, and nothing raised while serving it, ends the proxy
 or another client's service. The programs fail closed (a policy verdict that
-raises, returns something that is not a verdict or runs longer than its budget
-is a counted DROP); the runtime contains each socket's
+raises, returns something that is not a verdict or runs longer than its budget,
+``--policy-budget``, is a counted DROP); the runtime contains each socket's
 receive service; and each client's task here contains what escapes its own
 serving (a plugin's or the proxy's exception of any kind, cancellation and
 Ctrl-C aside): that client's connections are closed, the error is counted
@@ -148,6 +148,9 @@ class ProxyConfig:
     drain_timeout: float = 5.0
     #: ``--tls`` / ``--backend-tls``: see :mod:`._tls` (None: plain TCP both ways).
     tls: TlsOptions | None = None
+    #: ``--policy-budget``: the seconds one run of the policy's programs (and the
+    #: proxy's own) may last before it is interrupted and counted as a DROP.
+    policy_budget: float = sk.DEFAULT_BUDGET
 
 
 class ProxyPrograms:
@@ -279,13 +282,18 @@ class Proxy(ProxyPrograms):
         self._index: dict[int, int] = {}  # backend connection cookie -> backend index
         self._userspace: set[int] = set()  # cookies of clients carried in user space
         self._logged_errors = 0
+        budget = config.policy_budget
+        if policy.parse is not None:
+            policy.parse.set_budget(budget)
         self.parser = policy.parse or sk.Program.load(
-            framing.parse, sk.BpfProgType.SK_SKB, name=f"parse ({framing.name})"
+            framing.parse, sk.BpfProgType.SK_SKB, name=f"parse ({framing.name})", budget=budget
         )
         self.verdict = sk.Program.load(
-            self._route, sk.BpfProgType.SK_SKB, name=f"verdict ({policy.name})"
+            self._route, sk.BpfProgType.SK_SKB, name=f"verdict ({policy.name})", budget=budget
         )
-        self.reply = sk.Program.load(self._reply, sk.BpfProgType.SK_SKB, name="reply")
+        self.reply = sk.Program.load(
+            self._reply, sk.BpfProgType.SK_SKB, name="reply", budget=budget
+        )
         self.clients.attach(self.parser, sk.SK_SKB_STREAM_PARSER)
         self.clients.attach(self.verdict, sk.SK_SKB_STREAM_VERDICT)
 

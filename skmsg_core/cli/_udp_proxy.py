@@ -73,6 +73,8 @@ class UdpProxyConfig:
     max_clients: int = 1024
     echo_backends: int = 2
     idle_timeout: float = 30.0
+    #: ``--policy-budget``: see :class:`~skmsg_core.cli.ProxyConfig`.
+    policy_budget: float = sk.DEFAULT_BUDGET
 
 
 @attrs.frozen
@@ -131,10 +133,13 @@ class UdpProxy(ProxyPrograms):
         self._owner: dict[int, int] = {}  # backend socket cookie -> client socket cookie
         self._index: dict[int, int] = {}  # backend socket cookie -> backend index
         self._logged_errors = 0
+        budget = config.policy_budget
         self.verdict = sk.Program.load(
-            self._route, sk.BpfProgType.SK_SKB, name=f"verdict ({policy.name})"
+            self._route, sk.BpfProgType.SK_SKB, name=f"verdict ({policy.name})", budget=budget
         )
-        self.reply = sk.Program.load(self._reply, sk.BpfProgType.SK_SKB, name="reply")
+        self.reply = sk.Program.load(
+            self._reply, sk.BpfProgType.SK_SKB, name="reply", budget=budget
+        )
         self.clients.attach(self.verdict, sk.SK_SKB_VERDICT)
 
     # -- the programs --------------------------------------------------------------------
@@ -471,6 +476,7 @@ def udp_config(args: Any, listen: Address) -> UdpProxyConfig:
         backends=tuple(args.backend),
         policy=args.policy,
         max_clients=args.max_clients,
+        policy_budget=args.policy_budget,
     )
 
 

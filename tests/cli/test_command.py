@@ -57,11 +57,12 @@ def test_proxy_help_documents_every_option_and_the_policy_file(
     code, out, _ = run(["proxy", "--help"], capsys)
     assert code == 0
     for option in ("--listen HOST:PORT", "--backend HOST:PORT", "--parser",
-                   "--policy FILE", "--stats-interval SECONDS", "--demo", "--max-clients"):
+                   "--policy FILE", "--stats-interval SECONDS", "--demo", "--max-clients",
+                   "--policy-budget SECONDS"):
         assert option in out
     for word in ("length-prefixed", "line", "http", "verdict(skb, backends)", "parse(skb)",
                  "sk_redirect_map", "SK_DROP", "round-robin", "embedded echo", "Ctrl-C",
-                 "status 2"):
+                 "status 2", "sys.exit()", "runs longer than --policy-budget"):
         assert word in out
 
 
@@ -84,6 +85,11 @@ def test_no_command_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
         (["--parser", "xml"], "invalid choice: 'xml'"),
         (["--stats-interval", "-1"], "'-1' is not a number of seconds"),
         (["--max-clients", "0"], "'0' is not a positive integer"),
+        (["--policy-budget", "0"], "'0' is not a number of seconds > 0"),
+        (["--policy-budget", "-0.5"], "'-0.5' is not a number of seconds > 0"),
+        (["--policy-budget", "nan"], "'nan' is not a number of seconds > 0"),
+        (["--policy-budget", "inf"], "'inf' is not a number of seconds > 0"),
+        (["--policy-budget", "soon"], "'soon' is not a number of seconds > 0"),
     ],
 )
 def test_bad_arguments_are_refused(
