@@ -479,6 +479,61 @@ async def test_tls_a_receive_step_that_raises_is_that_socket_error(
     no_traceback(capfd, caplog)
 
 
+@pytest.mark.parametrize("make", EXCEPTIONS)
+@pytest.mark.parametrize("step", ["program", "target egress"])
+async def test_tls_a_send_step_that_raises_fails_that_send_only(
+    step: str, make: Make, *, skmsg_runtime: Runtime, monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    raised: list[BaseException] = []
+
+    def recording() -> BaseException:
+        raised.append(make())
+        return raised[-1]
+
+    (a, b), (t_client, t_server) = await tcp_stream_pair(), await tcp_stream_pair()
+    smap = sk.SockMap(2)
+
+    def program(msg: sk.SkMsg) -> int:  # "X...": to the target's egress
+        data = bytes(msg.data)
+        if step == "program" and b"BOOM" in data:
+            raise recording()
+        if data.startswith(b"X"):
+            return sk.msg_redirect_map(msg, smap, 1, 0)
+        return sk.SK_PASS
+
+    try:
+        prog = smap.attach(program, sk.SK_MSG_VERDICT)
+        smap.update(0, a)  # the kernel's order: into the map, then TLS
+        smap.update(1, t_server)
+        await enable_both(a, b)
+        if step == "target egress":
+            monkeypatch.setattr(t_server, "egress_write", _async_raiser(recording))
+        redirect_errors = skmsg_runtime.redirect_errors
+        with pytest.raises(PermissionError) as info:
+            await a.send_all(b"X BOOM")
+        if step == "program":
+            assert info.value.errno == errno.EACCES
+            assert prog.statistics().errors == 1
+        else:
+            assert info.value.errno == errno.EPIPE
+            assert skmsg_runtime.redirect_errors == redirect_errors + 1
+            monkeypatch.undo()
+            await a.send_all(b"X after")  # a redirect is no sticky verdict
+            assert await read_exactly(t_client, 7) == b"X after"  # nothing before it
+            await a.send_all(b"passed")
+        await a.send_eof()
+        with trio.fail_after(TIMEOUT):
+            got = b""
+            while chunk := await b.receive_some():
+                got += chunk
+        assert got == (b"passed" if step == "target egress" else b"")
+    finally:
+        smap.close()
+        await aclose_all((a, b, t_client, t_server))
+    no_traceback(capfd, caplog)
+
+
 # -- UDP: the datagram loop ----------------------------------------------------------------
 
 
