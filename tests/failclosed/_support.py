@@ -96,37 +96,82 @@ class PolicyAbort(BaseException):
     """A program's own ``BaseException`` subclass."""
 
 
-def _exit() -> object:
+def _exit(ctx: Any) -> object:
     sys.exit()
 
 
-def _abort() -> object:
+def _abort(ctx: Any) -> object:
     raise PolicyAbort("the policy gave up")
+
+
+def _write(field: str, value: object) -> Callable[[Any], object]:
+    """Set the context's ``field`` to ``value`` (``SELF``: the context's own
+    socket), then pass."""
+
+    def write(ctx: Any) -> object:
+        setattr(ctx, field, ctx.sk if value is SELF else value)
+        return sk.SK_PASS
+
+    return write
+
+
+SELF = object()
 
 
 @attrs.frozen
 class Bad:
-    """What a program does with a message it does not like: return a value that
-    is not a verdict, or raise. ``error``: the type of the program's
+    """What a program does with a message it does not like (``behave(ctx)``):
+    return a value that is not a verdict, raise, or write a context field the
+    engines read after the run. ``error``: the type of the program's
     ``last_error`` then; ``names``: what that error's text names."""
 
-    behave: Callable[[], object]
+    behave: Callable[[Any], object]
     error: type[BaseException]
     names: str
 
 
 BAD = [
-    pytest.param(Bad(lambda: 1.0, sk.VerdictError, "float"), id="float"),
-    pytest.param(Bad(lambda: Fraction(1), sk.VerdictError, "fractions.Fraction"), id="fraction"),
-    pytest.param(Bad(lambda: complex(1), sk.VerdictError, "complex"), id="complex"),
-    pytest.param(Bad(lambda: True, sk.VerdictError, "bool"), id="true"),
-    pytest.param(Bad(EqAlways, sk.VerdictError, "EqAlways"), id="eq-always"),
-    pytest.param(Bad(lambda: Decimal("sNaN"), sk.VerdictError, "decimal.Decimal"), id="snan"),
-    pytest.param(Bad(EqRaises, sk.VerdictError, "EqRaises"), id="eq-raises"),
-    pytest.param(Bad(BoolRaises, sk.VerdictError, "BoolRaises"), id="bool-raises"),
-    pytest.param(Bad(lambda: FakeArray([1, 1]), sk.VerdictError, "FakeArray"), id="array"),
+    pytest.param(Bad(lambda _: 1.0, sk.VerdictError, "float"), id="float"),
+    pytest.param(
+        Bad(lambda _: Fraction(1), sk.VerdictError, "fractions.Fraction"), id="fraction"
+    ),
+    pytest.param(Bad(lambda _: complex(1), sk.VerdictError, "complex"), id="complex"),
+    pytest.param(Bad(lambda _: True, sk.VerdictError, "bool"), id="true"),
+    pytest.param(Bad(lambda _: EqAlways(), sk.VerdictError, "EqAlways"), id="eq-always"),
+    pytest.param(Bad(lambda _: Decimal("sNaN"), sk.VerdictError, "decimal.Decimal"), id="snan"),
+    pytest.param(Bad(lambda _: EqRaises(), sk.VerdictError, "EqRaises"), id="eq-raises"),
+    pytest.param(Bad(lambda _: BoolRaises(), sk.VerdictError, "BoolRaises"), id="bool-raises"),
+    pytest.param(Bad(lambda _: FakeArray([1, 1]), sk.VerdictError, "FakeArray"), id="array"),
     pytest.param(Bad(_exit, SystemExit, "SystemExit"), id="sys-exit"),
     pytest.param(Bad(_abort, PolicyAbort, "PolicyAbort"), id="base-exception"),
+]
+
+#: Writes an SK_MSG program may not make: the fields the TX engine reads after
+#: the run are read-only, apply/cork take a u32 only.
+WRITES_MSG = [
+    pytest.param(Bad(_write(f, v), e, e.__name__), id=f"write-{f}-{i}")
+    for i, (f, v, e) in enumerate([
+        ("sk_redir", SELF, AttributeError),
+        ("flags", sk.BPF_F_INGRESS, AttributeError),
+        ("size", 10**9, AttributeError),
+        ("start", -1, AttributeError),
+        ("max_frags", 0, AttributeError),
+        ("apply_bytes", 2**40, ValueError),
+        ("apply_bytes", -1, ValueError),
+        ("apply_bytes", 1.5, TypeError),
+        ("cork_bytes", "1", TypeError),
+        ("cork_bytes", EqAlways(), TypeError),
+    ])
+]
+#: Writes an SK_SKB program may not make: the fields the RX engines read.
+WRITES_SKB = [
+    pytest.param(Bad(_write(f, v), AttributeError, "AttributeError"), id=f"write-{f}-{i}")
+    for i, (f, v) in enumerate([
+        ("sk_redir", SELF),
+        ("flags", sk.BPF_F_INGRESS),
+        ("len", -5),
+        ("len", 10**9),
+    ])
 ]
 
 
@@ -136,7 +181,7 @@ def policy(bad: Bad) -> Callable[[Any], Any]:
 
     def program(ctx: Any) -> Any:
         if b"BAD" in bytes(ctx.data):
-            return bad.behave()
+            return bad.behave(ctx)
         return sk.SK_PASS
 
     return program

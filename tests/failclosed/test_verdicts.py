@@ -1,6 +1,8 @@
 """A verdict program that returns anything but an ``int`` equal to SK_PASS or
-SK_DROP, or raises anything (``sys.exit()`` and a ``BaseException`` of its own
-too), drops that message, on real loopback sockets of every protocol, sending
+SK_DROP, raises anything (``sys.exit()`` and a ``BaseException`` of its own
+too), or writes a context field the engines read after it (``sk_redir``,
+``flags``, ``len``, ``size`` ...; apply/cork take a u32 only), drops that
+message, on real loopback sockets of every protocol, sending
 and receiving: the send fails with EACCES, a received message is not
 delivered, the run is counted in ``errors`` with a ``last_error`` naming what
 the program did, the runtime logs one line, the value's own code never runs
@@ -23,6 +25,8 @@ from tests.tls._ulp_helpers import enable_both
 
 from ._support import (
     BAD,
+    WRITES_MSG,
+    WRITES_SKB,
     Bad,
     check_failed_closed,
     frame,
@@ -54,7 +58,7 @@ def _eacces(exc: BaseException) -> None:
 # -- TCP -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", BAD)
+@pytest.mark.parametrize("bad", BAD + WRITES_MSG)
 async def test_tcp_send_is_eacces_and_nothing_leaves(
     bad: Bad, tcp_stream_pair: Pair, sockmap: sk.SockMap, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -70,7 +74,7 @@ async def test_tcp_send_is_eacces_and_nothing_leaves(
     check_failed_closed(prog, bad, caplog, runs=2)
 
 
-@pytest.mark.parametrize("bad", BAD)
+@pytest.mark.parametrize("bad", BAD + WRITES_SKB)
 async def test_tcp_receive_drops_that_message_and_the_pumps_carry_on(
     bad: Bad, two_pairs: tuple[Pair, Pair], sockmap: sk.SockMap,
     caplog: pytest.LogCaptureFixture, skmsg_runtime: Runtime,
@@ -93,7 +97,7 @@ async def test_tcp_receive_drops_that_message_and_the_pumps_carry_on(
 # -- TLS (the kTLS-style record layer: programs see the plaintext) ------------------------
 
 
-@pytest.mark.parametrize("bad", BAD)
+@pytest.mark.parametrize("bad", BAD + WRITES_MSG)
 async def test_tls_send_is_eacces_and_no_record_leaves(
     bad: Bad, tcp_stream_pair: Pair, sockmap: sk.SockMap, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -110,7 +114,7 @@ async def test_tls_send_is_eacces_and_no_record_leaves(
     check_failed_closed(prog, bad, caplog, runs=2)
 
 
-@pytest.mark.parametrize("bad", BAD)
+@pytest.mark.parametrize("bad", BAD + WRITES_SKB)
 async def test_tls_receive_drops_that_record_and_the_stream_carries_on(
     bad: Bad, tcp_stream_pair: Pair, sockmap: sk.SockMap, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -129,7 +133,7 @@ async def test_tls_receive_drops_that_record_and_the_stream_carries_on(
 # -- UDP -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", BAD)
+@pytest.mark.parametrize("bad", BAD + WRITES_MSG)
 async def test_udp_send_is_eacces_and_that_datagram_never_leaves(
     bad: Bad, sockmap: sk.SockMap, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -146,7 +150,7 @@ async def test_udp_send_is_eacces_and_that_datagram_never_leaves(
         check_failed_closed(prog, bad, caplog, runs=3)
 
 
-@pytest.mark.parametrize("bad", BAD)
+@pytest.mark.parametrize("bad", BAD + WRITES_SKB)
 async def test_udp_receive_drops_that_datagram_and_the_pumps_carry_on(
     bad: Bad, sockmap: sk.SockMap, caplog: pytest.LogCaptureFixture, skmsg_runtime: Runtime
 ) -> None:
@@ -163,3 +167,48 @@ async def test_udp_receive_drops_that_datagram_and_the_pumps_carry_on(
         assert await receive_datagrams(d, 1) == [b"ok-d"]
         check_failed_closed(prog, bad, caplog, runs=4)
         assert skmsg_runtime.socket_errors == 0
+
+
+# -- a writable view kept past the run ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("proto", ["tcp", "tls", "udp"])
+async def test_a_data_view_kept_and_written_after_the_run_changes_nothing_sent(
+    proto: str, skmsg_runtime: Runtime
+) -> None:
+    """The program keeps ``msg.data`` (writable during its run) and redirects
+    the message into another socket's receive queue, where it waits as views
+    of the message's buffers; writing the kept view afterwards must not reach
+    the bytes that socket then reads."""
+    kept: list[memoryview] = []
+    smap = sk.SockMap(2)
+
+    def program(msg: sk.SkMsg) -> int:
+        kept.append(msg.data)
+        return sk.msg_redirect_map(msg, smap, 1, sk.BPF_F_INGRESS)
+
+    smap.attach(program, sk.SK_MSG_VERDICT)
+    if proto == "udp":
+        a, b = await skmsg_udp.udp_socket_pair()
+        c, d = await skmsg_udp.udp_socket_pair()
+        async with a, b, c, d:
+            smap.update(0, a)
+            smap.update(1, d)
+            await a.send(b"the original")
+            kept[0][:] = b"X" * len(kept[0])
+            assert await receive_datagrams(d, 1) == [b"the original"]
+        smap.close()
+        return
+    (a, b), (c, d) = await tcp_stream_pair(), await tcp_stream_pair()
+    try:
+        smap.update(0, a)  # the kernel's order: into the map, then TLS
+        smap.update(1, d)
+        if proto == "tls":
+            await enable_both(a, b)
+        await a.send_all(b"the original")
+        assert kept and not kept[0].readonly and len(kept[0]) == 12
+        kept[0][:] = b"X" * 12
+        assert await read_exactly(d, 12) == b"the original"
+    finally:
+        smap.close()
+        await aclose_all((a, b, c, d))
