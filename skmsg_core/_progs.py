@@ -409,8 +409,8 @@ class Program:
     def not_a_verdict(self, ret: object) -> VerdictError:
         """The error that a run returning ``ret`` (not a verdict) is counted with."""
         return VerdictError(
-            f"program {self.name} returned {describe_value(ret)}, not a verdict: "
-            "a verdict program returns SK_PASS or SK_DROP (an int); the run was a DROP"
+            f"program {self.name} returned {describe_value(ret)}, not a verdict "
+            "(SK_PASS or SK_DROP, an int)"
         )
 
     def is_pass(self, ret: object) -> bool:
