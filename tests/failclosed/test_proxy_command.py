@@ -161,8 +161,8 @@ async def skmsg_proxy(mode: str, *args: str) -> AsyncIterator[RunningProxy]:
         finally:
             with trio.CancelScope(shield=True), trio.fail_after(TIMEOUT):
                 for c in proxy.clients:
-                    if c.stream is not None:
-                        await trio.aclose_forcefully(c.stream)
+                    if c.stream is not None:  # TLS: with close_notify (no truncation)
+                        await c.stream.aclose()
                     elif c.sock is not None:
                         c.sock.close()
                 proc.send_signal(signal.SIGINT)
