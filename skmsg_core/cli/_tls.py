@@ -130,11 +130,16 @@ def write_self_signed(hostnames: Sequence[str] = ("localhost",)) -> tuple[str, s
 def server_context(cert_path: str, key_path: str | None = None) -> ssl.SSLContext:
     """A server context with the certificate chain at ``cert_path`` (and its key).
 
+    A client that closes TCP without ``close_notify`` (many HTTP clients do)
+    ends its connection as a close would (``OP_IGNORE_UNEXPECTED_EOF``, what
+    ``trio.SSLStream(https_compatible=True)`` does), not as a TLS error.
+
     Raises:
         OSError, ssl.SSLError: the files cannot be read or do not match.
     """
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert_path, key_path)
+    ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
     return ctx
 
 

@@ -594,25 +594,27 @@ class Runtime:
 
 
 def socket_error(
-    endpoint: Endpoint, exc: BaseException, rt: Runtime | None
+    endpoint: Endpoint, exc: BaseException, rt: Runtime | None, *, what: str = "receive"
 ) -> trio.BrokenResourceError:
-    """What ``endpoint``'s readers get when its receive service raised ``exc``
-    unexpectedly (not a connection's own error: a plugin's or an engine's
-    exception of any kind): a ``trio.BrokenResourceError`` naming the socket,
-    with ``exc`` as its cause. It is counted in ``rt.socket_errors`` (when
-    there is a runtime) and logged once per kind of error (rate-limited, no
-    traceback). For a stream that receives in its reader (a ULP's) as the
-    runtime does for a pump."""
+    """What ``endpoint``'s readers (or, with ``what="send"``, the sender) get
+    when its service raised ``exc`` unexpectedly (not a connection's own
+    error: a plugin's or an engine's exception of any kind): a
+    ``trio.BrokenResourceError`` naming the socket, with ``exc`` as its cause.
+    It is counted in ``rt.socket_errors`` (when there is a runtime) and logged
+    once per kind of error (rate-limited, no traceback). For a stream that
+    receives in its reader (a ULP's), and for sends, as the runtime does for a
+    pump."""
     name = _describe(endpoint)
     if rt is not None:
         rt.socket_errors += 1
     _rate_limited.warning(
-        ("socket", type(exc)),
-        "%s: receive failed: %s; the socket is in error",
+        (what, type(exc)),
+        "%s: %s failed: %s; the socket is in error",
         name,
+        what,
         describe_error(exc),
     )
-    err = trio.BrokenResourceError(f"{name}: receive failed: {describe_error(exc)}")
+    err = trio.BrokenResourceError(f"{name}: {what} failed: {describe_error(exc)}")
     err.__cause__ = exc
     return err
 

@@ -212,3 +212,27 @@ def test_proxy_help_documents_the_tls_options(capsys: pytest.CaptureFixture[str]
     for option in ("--tls", "--cert PEM", "--key PEM", "--backend-tls", "--backend-ca PEM",
                    "--backend-hostname NAME", "--backend-insecure"):
         assert option in out
+
+
+async def test_a_client_closing_tcp_without_close_notify_is_a_close(
+    ca: trustme.CA, tmp_path: pathlib.Path
+) -> None:
+    """Many HTTP clients close TCP without close_notify: the proxy counts that
+    as the client's close, not as a TLS or parse error, and other clients go on."""
+    async with running(ca, tmp_path) as (proxy, _, cert):
+        rude = await tls_client(proxy, cert)
+        await rude.send_all(frame(b"apple"))
+        assert await replies(rude, 1) == [b"[b0] apple"]
+        await rude.transport_stream.aclose()  # TCP FIN, no close_notify
+        polite = await tls_client(proxy, cert)
+        try:
+            await polite.send_all(frame(b"zebra"))
+            assert await replies(polite, 1) == [b"[b1] zebra"]
+        finally:
+            await trio.aclose_forcefully(polite)
+        with trio.fail_after(TIMEOUT):
+            while proxy.counters.clients_open:  # both gone, the rude one too
+                await trio.sleep(0.01)
+        assert proxy.counters.clients_total == 2
+        assert proxy.counters.parse_errors == 0
+        assert proxy.counters.client_errors == 0

@@ -467,29 +467,16 @@ class SkStream(trio.abc.HalfCloseableStream):
             # Consecutive PASS windows (apply_bytes splits a send into many) are
             # written together, up to _PASS_BATCH bytes: one syscall, not one
             # per window; the verdicts still run window by window.
-            held: list[memoryview] = []
-            held_bytes = 0
-            for action in op:
-                try:
-                    if action.kind == "pass":
-                        held += action.bufs
-                        held_bytes += action.nbytes
-                        if action.more and held_bytes < _PASS_BATCH:
-                            continue
-                        await self._locked_send(held, action.more)
-                        held, held_bytes = [], 0
-                    else:
-                        if held:
-                            await self._locked_send(held, True)
-                            held, held_bytes = [], 0
-                        await tx_redirect(action)
-                except OSError as exc:
-                    op.fail(exc.errno or errno.EIO)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    op.fail(errno.EPIPE)
+            cause: BaseException | None = None
+            try:
+                cause = await self._carry_out(op)
+            except BaseException as exc:
+                if escapes_boundary(exc) or isinstance(
+                    exc, (trio.BrokenResourceError, trio.ClosedResourceError)
+                ):
                     raise
-            if held:  # the caller's more=True kept the last windows back
-                await self._locked_send(held, True)
+                # not a connection's own error: a plugin's or an engine's
+                raise socket_error(self, exc, self._runtime, what="send") from exc
             result = op.result()
             if result.err:
                 err = SendError(
@@ -503,7 +490,46 @@ class SkStream(trio.abc.HalfCloseableStream):
                     + f"; {result.passed} of {view.nbytes} bytes had been accepted",
                 )
                 err.accepted, err.copied = result.passed, max(result.copied, 0)
-                raise err
+                raise err from cause
+
+    async def _carry_out(self, op: sk.SendOp) -> OSError | None:
+        """Carry out ``op``'s actions: passes to this socket (consecutive PASS
+        windows, which apply_bytes makes of one send, written together up to
+        _PASS_BATCH bytes: one syscall, not one per window; the verdicts still
+        run window by window), redirects to their targets. An ``OSError`` fails
+        the send (``op.fail``) and is returned, for the error's cause.
+
+        Raises:
+            trio.BrokenResourceError, trio.ClosedResourceError: this socket's
+                transport (the send is failed with EPIPE first).
+        """
+        cause: OSError | None = None
+        held: list[memoryview] = []
+        held_bytes = 0
+        for action in op:
+            try:
+                if action.kind == "pass":
+                    held += action.bufs
+                    held_bytes += action.nbytes
+                    if action.more and held_bytes < _PASS_BATCH:
+                        continue
+                    await self._locked_send(held, action.more)
+                    held, held_bytes = [], 0
+                else:
+                    if held:
+                        await self._locked_send(held, True)
+                        held, held_bytes = [], 0
+                    await tx_redirect(action)
+            except OSError as exc:
+                op.fail(exc.errno or errno.EIO)
+                cause = exc
+                held, held_bytes = [], 0  # the send ends: what failed is not retried
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                op.fail(errno.EPIPE)
+                raise
+        if held:  # the caller's more=True kept the last windows back
+            await self._locked_send(held, True)
+        return cause
 
     async def wait_send_all_might_not_block(self) -> None:
         with self._send_conflict:

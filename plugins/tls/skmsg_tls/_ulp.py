@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 import skmsg_core as sk
-from skmsg_core.runtime import ingress_put, tx_redirect
+from skmsg_core.runtime import escapes_boundary, ingress_put, socket_error, tx_redirect
 from skmsg_tcp import SendError
 
 from . import _stats
@@ -303,20 +303,31 @@ class TlsSocket:
             msg.append_copy(psock.frag, (bytes(self._plain_open),))
             self._plain_open.clear()
         src = view.toreadonly()
-        written, op = await self._send_lean(psock, src, more)
-        if op is None:
-            return
-        for action in op:
-            try:
-                if action.kind == "pass":  # one element of bufs per record
-                    await self._write_records(action.bufs, action.more, TLS_RECORD_TYPE_DATA)
-                else:
-                    await tx_redirect(action)
-            except OSError as exc:
-                op.fail(exc.errno or errno.EIO)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                op.fail(errno.EPIPE)
+        cause: OSError | None = None
+        try:
+            written, op = await self._send_lean(psock, src, more)
+            if op is None:
+                return
+            for action in op:
+                try:
+                    if action.kind == "pass":  # one element of bufs per record
+                        await self._write_records(action.bufs, action.more, TLS_RECORD_TYPE_DATA)
+                    else:
+                        await tx_redirect(action)
+                except OSError as exc:
+                    op.fail(exc.errno or errno.EIO)
+                    cause = exc
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    op.fail(errno.EPIPE)
+                    raise
+        except BaseException as exc:
+            if escapes_boundary(exc) or isinstance(
+                exc, (trio.BrokenResourceError, trio.ClosedResourceError)
+            ):
                 raise
+            # not a connection's own error: a plugin's or an engine's
+            stream = self.stream
+            raise socket_error(stream, exc, stream._runtime, what="send") from exc
         result = op.result()
         if result.err:
             what = (
@@ -331,7 +342,7 @@ class TlsSocket:
                 f"{accepted} of {view.nbytes} bytes had been accepted",
             )
             err.accepted, err.copied = accepted, max(result.copied, 0)
-            raise err
+            raise err from cause
 
     async def _send_lean(
         self, psock: sk.SkPsock, src: memoryview, more: bool
