@@ -17,7 +17,7 @@ import trio
 import skmsg_core as sk
 from skmsg_core.testing import aclose_all, tcp_stream_pair
 from skmsg_tcp import SkStream
-from tests.tls._ulp_helpers import enable_both, read_exactly
+from tests.tls._ulp_helpers import enable_both
 
 Pair = tuple[SkStream, SkStream]
 SMALL = 4096
@@ -158,10 +158,3 @@ async def test_tls_pass_after_cancelled_bulk_send_runs_the_program(
         assert prog.run_cnt == runs + 1
     finally:
         await aclose_all([a, b])
-
-
-async def test_read_exactly_helper_still_reads(tcp_stream_pair: Pair) -> None:
-    """The helpers above read real bytes (a guard for this module's own rig)."""
-    a, b = tcp_stream_pair
-    await a.send_all(b"ping")
-    assert await read_exactly(b, 4) == b"ping"
