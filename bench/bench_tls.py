@@ -72,7 +72,7 @@ from bench._tcp_helpers import (
     socket_pair,
     timed_transfer,
 )
-from skmsg_core.cli._tls import client_context, server_context, write_self_signed
+from skmsg._tls import client_context, server_context, write_self_signed
 from skmsg_core.runtime import open_runtime
 from skmsg_tcp import SkStream
 

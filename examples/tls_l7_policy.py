@@ -27,7 +27,7 @@ import trio
 import skmsg_core as sk
 import skmsg_tcp
 import skmsg_tls
-from skmsg_core.cli._tls import client_context, server_context, write_self_signed
+from skmsg._tls import client_context, server_context, write_self_signed
 from skmsg_core.runtime import open_runtime
 
 FORBIDDEN_PATH = b"/admin"

@@ -46,12 +46,15 @@ from ._maps import SockMapLink as SockMapLink
 from ._plugins import Plugins as Plugins
 from ._plugins import get_plugin_manager as get_plugin_manager
 from ._plugins import plugins as plugins
+from ._plugins import sock_from as sock_from
 from ._progs import Program as Program
 from ._progs import ProgramShapeError as ProgramShapeError
 from ._progs import ProgStats as ProgStats
 from ._progs import Verdict as Verdict
 from ._progs import VerdictError as VerdictError
 from ._progs import check_program_callable as check_program_callable
+from ._progs import describe_error as describe_error
+from ._progs import describe_value as describe_value
 from ._progs import enable_stats as enable_stats
 from ._progs import set_error_observer as set_error_observer
 from ._progs import verdict_of as verdict_of
@@ -74,7 +77,6 @@ from ._sock import SkProto as SkProto
 from ._sock import SkProtoBase as SkProtoBase
 from ._sock import Sock as Sock
 from ._sock import next_cookie as next_cookie
-from ._sock import sock_from as sock_from
 from ._strparser import LengthPrefixParser as LengthPrefixParser
 from ._strparser import StrParser as StrParser
 from ._tx import SendOp as SendOp

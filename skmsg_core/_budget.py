@@ -36,7 +36,14 @@ the engines' loops) are registered with :func:`program_caller`; walking a
 stack from its innermost frame, the frame just inside the first caller frame
 met is the *program frame*, and its code object finds the program's budget.
 The same frame object seen again in a later sample is the same run; once it
-has been seen for longer than its budget the watchdog interrupts it:
+has been seen for longer than its budget the watchdog interrupts it (a full
+collection of the garbage collector between two looks starts every run's
+clock again, once per run: a pause of the whole interpreter is not a
+program's doing; nor
+is a run interrupted while its thread is runnable and has used less than its
+budget of CPU time: a computing run is held to its budget of CPU time, a
+blocked one to its budget of wall time, and the machine's load is not the
+program's doing):
 
 * on the main thread, with a signal (:data:`SIGNAL`, a real-time signal
   nobody else uses) whose handler raises :class:`ProgramTimeout` only if that
@@ -50,6 +57,7 @@ daemon, and starts again in a forked child on its next load.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import signal
 import sys
@@ -185,8 +193,11 @@ class _Watchdog:
         #: The main thread's program frame a signal was sent for.
         self.target: types.FrameType | None = None
         self.target_message = ""
-        #: thread id -> (program frame, when it was first seen)
-        self._seen: dict[int, tuple[types.FrameType, float]] = {}
+        #: thread id -> (program frame, when its clock started, the thread's
+        #: CPU time then, whether a collection's pause was forgiven it)
+        self._seen: dict[int, tuple[types.FrameType, float, float, bool]] = {}
+        #: full collections of the garbage collector at the last look
+        self._full_gcs = 0
         self.interrupts = 0
 
     def ensure(self) -> None:
@@ -225,6 +236,15 @@ class _Watchdog:
         now = time.monotonic()
         callers = _callers
         seen = self._seen
+        full_gcs = gc.get_stats()[2]["collections"]
+        if full_gcs != self._full_gcs:
+            # a full collection ran (holding the interpreter lock, so this
+            # thread could not look): its pause is not the programs' to pay,
+            # once per run (a program that collects in a loop is no excuse)
+            self._full_gcs = full_gcs
+            for ident, (frame, _, _, forgiven) in list(seen.items()):
+                if not forgiven:
+                    seen[ident] = (frame, now, _cpu_time(ident), True)
         live: set[int] = set()
         for ident, frame in sys._current_frames().items():
             found = _program_frame(frame, callers)
@@ -233,14 +253,15 @@ class _Watchdog:
             live.add(ident)
             held = seen.get(ident)
             if held is None or held[0] is not found:
-                seen[ident] = (found, now)
+                seen[ident] = (found, now, _cpu_time(ident), False)
                 continue
             budget, name = _budgets.get(found.f_code, (DEFAULT_BUDGET, found.f_code.co_name))
             if budget is None:  # no bound
                 continue
-            if now - held[1] > budget:
+            if now - held[1] > budget and not _starved(ident, held[2], budget):
                 self._interrupt(ident, found, name, budget)
-                seen[ident] = (found, now)  # the next interrupt a budget later, if need be
+                # the next interrupt a budget later, if need be
+                seen[ident] = (found, now, _cpu_time(ident), held[3])
         for ident in list(seen):
             if ident not in live:
                 del seen[ident]
@@ -273,6 +294,41 @@ class _Watchdog:
         self._seen = {}
         self.target = None
         self._main_ident = threading.main_thread().ident
+
+
+def _cpu_time(ident: int) -> float:
+    """The CPU time thread ``ident`` has used (0.0 where that is not known)."""
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(ident))
+    except (AttributeError, OSError, OverflowError):
+        return 0.0
+
+
+def _starved(ident: int, cpu_then: float, budget: float) -> bool:
+    """Whether a run over budget on the wall clock is so only because its
+    thread shares the CPUs (runnable, with less than the budget of CPU time
+    used since the run was first seen): the machine's load, not the program.
+    A thread that sleeps or blocks in a call is never starved."""
+    if not cpu_then:
+        return False
+    if _cpu_time(ident) - cpu_then >= budget:
+        return False
+    native = _native_id_of(ident)
+    if native is None:
+        return False
+    try:
+        with open(f"/proc/self/task/{native}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state == b"R"
+
+
+def _native_id_of(ident: int) -> int | None:
+    for thread in threading.enumerate():
+        if thread.ident == ident:
+            return thread.native_id
+    return None
 
 
 def _program_frame(

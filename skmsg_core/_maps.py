@@ -35,10 +35,10 @@ from ._consts import (
     BpfAttachType,
 )
 from ._errors import kernel_error
-from ._plugins import loaded_plugins
+from ._plugins import loaded_plugins, sock_from
 from ._progs import Program
 from ._psock import SkPsock
-from ._sock import Sock, refresh, sock_from
+from ._sock import Sock, refresh
 
 __all__ = ["MapStats", "SockHash", "SockMap", "SockMapBase", "SockMapLink"]
 

@@ -8,21 +8,23 @@ manager is built on first use; :func:`get_plugin_manager` returns it.
 from __future__ import annotations
 
 import errno
+import os
+import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import hookspecs
+from ._consts import S32_MAX
 from ._errors import kernel_error
-from ._sock import SkProto
+from ._sock import SkProto, Sock, _by_fd, refresh
 
 if TYPE_CHECKING:
     from ._maps import SockMapBase
     from ._psock import SkPsock
-    from ._sock import Sock
 
-__all__ = ["Plugins", "get_plugin_manager", "loaded_plugins", "plugins"]
+__all__ = ["Plugins", "get_plugin_manager", "loaded_plugins", "plugins", "sock_from"]
 
 
 class Plugins:
@@ -157,3 +159,50 @@ def plugins() -> Plugins:
         pm.check_pending()
         _plugins = Plugins(pm)
     return _plugins
+
+
+def sock_from(value: object) -> Sock:
+    """Resolve what a map update was handed to a :class:`Sock`.
+
+    Accepts a :class:`Sock`, an object with an ``sk`` attribute holding one, or
+    an ``int`` file descriptor (the kernel's value). An fd no plugin registered
+    is offered to the plugins (``skmsg_sock_from_fd``): a protocol that can
+    serve a socket nobody wrapped (UDP, as in the kernel) adopts it.
+    A registered socket whose fd was closed or reused is looked at afresh.
+
+    Raises:
+        OSError(EINVAL): an int fd below 0 or above ``S32_MAX``.
+        OSError(EBADF): an fd that is not open, or a socket already closed.
+        OSError(EOPNOTSUPP): an open socket fd no protocol plugin serves.
+        OSError(ENOTSOCK): anything else.
+    """
+    if isinstance(value, Sock):
+        sk = value
+    elif isinstance(getattr(value, "sk", None), Sock):
+        sk = value.sk  # type: ignore[attr-defined]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if value < 0 or value > S32_MAX:
+            raise kernel_error(errno.EINVAL, f"socket fd {value} out of range 0..S32_MAX")
+        found = _by_fd.get(value)
+        if found is not None:
+            refresh(found)  # a plugin may find its fd closed or reused (then it is dead)
+            if found.dead:
+                found = None
+        if found is None:
+            try:
+                mode = os.fstat(value).st_mode
+            except OSError as exc:
+                raise kernel_error(errno.EBADF, f"fd {value} is not open") from exc
+            if not stat.S_ISSOCK(mode):
+                raise kernel_error(errno.ENOTSOCK, f"fd {value} is not a socket")
+            found = plugins().sock_from_fd(value)  # loads the plugins only now
+            if found is None:
+                raise kernel_error(
+                    errno.EOPNOTSUPP, f"fd {value} is a socket no skmsg protocol serves"
+                )
+        sk = found
+    else:
+        raise kernel_error(errno.ENOTSOCK, f"{type(value).__name__} object is not a socket")
+    if sk.dead:
+        raise kernel_error(errno.EBADF, f"{sk.describe()} is closed")
+    return sk

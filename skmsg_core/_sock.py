@@ -16,28 +16,25 @@ send and receive; the core never asks again on the hot path.
 
 Anything a map is handed may be a :class:`Sock`, an object with an ``sk``
 attribute that is one (a stream), or an ``int`` file descriptor of a socket a
-plugin registered.
+plugin registered (:func:`skmsg_core._plugins.sock_from` resolves it, through
+the plugins when the fd is not known yet).
 """
 
 from __future__ import annotations
 
-import errno
 import itertools
-import os
 import socket
-import stat
 import weakref
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
 
-from ._consts import S32_MAX, TcpState
-from ._errors import kernel_error
+from ._consts import TcpState
 
 if TYPE_CHECKING:
     from ._psock import SkPsock
 
-__all__ = ["SkFields", "SkProto", "SkProtoBase", "Sock", "next_cookie", "sock_from"]
+__all__ = ["SkFields", "SkProto", "SkProtoBase", "Sock", "next_cookie", "refresh"]
 
 _ESTABLISHED, _LISTEN = int(TcpState.ESTABLISHED), int(TcpState.LISTEN)
 # Cookies start past zero, as the kernel's (0 means "no cookie").
@@ -245,57 +242,6 @@ class Sock:
         addr = f" {self.local_addr}" if self.local_addr else ""
         peer = f"->{self.remote_addr}" if self.remote_addr else ""
         return f"{proto} socket (cookie {self.cookie}){addr}{peer}"
-
-
-def sock_from(value: object) -> Sock:
-    """Resolve what a map update was handed to a :class:`Sock`.
-
-    Accepts a :class:`Sock`, an object with an ``sk`` attribute holding one, or
-    an ``int`` file descriptor (the kernel's value). An fd no plugin registered
-    is offered to the plugins (``skmsg_sock_from_fd``): a protocol that can
-    serve a socket nobody wrapped (UDP, as in the kernel) adopts it.
-    A registered socket whose fd was closed or reused is looked at afresh.
-
-    Raises:
-        OSError(EINVAL): an int fd below 0 or above ``S32_MAX``.
-        OSError(EBADF): an fd that is not open, or a socket already closed.
-        OSError(EOPNOTSUPP): an open socket fd no protocol plugin serves.
-        OSError(ENOTSOCK): anything else.
-    """
-    if isinstance(value, Sock):
-        sk = value
-    elif isinstance(getattr(value, "sk", None), Sock):
-        sk = value.sk  # type: ignore[attr-defined]
-    elif isinstance(value, int) and not isinstance(value, bool):
-        if value < 0 or value > S32_MAX:
-            raise kernel_error(errno.EINVAL, f"socket fd {value} out of range 0..S32_MAX")
-        found = _by_fd.get(value)
-        if found is not None:
-            refresh(found)  # a plugin may find its fd closed or reused (then it is dead)
-            if found.dead:
-                found = None
-        if found is None:
-            try:
-                mode = os.fstat(value).st_mode
-            except OSError as exc:
-                raise kernel_error(errno.EBADF, f"fd {value} is not open") from exc
-            if not stat.S_ISSOCK(mode):
-                raise kernel_error(errno.ENOTSOCK, f"fd {value} is not a socket")
-            # here, not at the top: _plugins imports this module, and plain calls
-            # never load the plugins
-            from ._plugins import plugins  # noqa: PLC0415
-
-            found = plugins().sock_from_fd(value)
-            if found is None:
-                raise kernel_error(
-                    errno.EOPNOTSUPP, f"fd {value} is a socket no skmsg protocol serves"
-                )
-        sk = found
-    else:
-        raise kernel_error(errno.ENOTSOCK, f"{type(value).__name__} object is not a socket")
-    if sk.dead:
-        raise kernel_error(errno.EBADF, f"{sk.describe()} is closed")
-    return sk
 
 
 class SkFields:

@@ -32,7 +32,7 @@ def test_dns_route_example_loads_and_reads_only_well_formed_queries() -> None:
     refuses what is not a well-formed query."""
     import runpy
 
-    from skmsg_core.cli import Policy
+    from skmsg import Policy
 
     path = ROOT / "examples" / "dns_route.py"
     assert Policy.from_file(path).parse is None

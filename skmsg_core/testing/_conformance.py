@@ -71,7 +71,7 @@ import trio.testing
 
 import skmsg_core as sk
 
-from ._streams import aclose_all, ensure_runtime
+from ._runtime import aclose_all, ensure_runtime
 
 __all__ = ["Clogger", "PairMaker", "check_protocol_plugin"]
 

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 CORE = pathlib.Path(__file__).resolve().parents[2] / "skmsg_core"
-#: The one runtime module tree (and testing helpers, CLI) that may import trio.
-ALLOWED = {"runtime", "testing", "cli", "pytest_plugin"}
+#: The one runtime module tree (and the testing helpers) that may import trio.
+ALLOWED = {"runtime", "testing", "pytest_plugin"}
 
 
 def test_importing_the_core_imports_no_trio() -> None:

@@ -6,6 +6,9 @@ import errno
 import functools
 import gc
 import itertools
+import multiprocessing
+import multiprocessing.process
+import os
 import time
 import types
 from typing import Any
@@ -233,3 +236,89 @@ def test_one_callable_in_two_programs_is_held_to_the_smaller_budget_while_both_l
     del strict
     gc.collect()
     assert not _timed_out(lax)
+
+
+def _computes(cpu: float) -> Any:
+    """A program that computes (pure Python) until its thread used ``cpu`` s."""
+
+    def compute(ctx: Any) -> int:
+        start = time.thread_time()
+        while time.thread_time() - start < cpu:
+            pass
+        return sk.SK_PASS
+
+    return compute
+
+
+def _hogs(n: int) -> list[multiprocessing.process.BaseProcess]:
+    """``n`` processes that keep the CPUs busy (the machine under load)."""
+    ctx = multiprocessing.get_context("fork")
+    hogs = [ctx.Process(target=_spin_forever, daemon=True) for _ in range(n)]
+    for h in hogs:
+        h.start()
+    return hogs
+
+
+def _spin_forever() -> None:
+    while True:
+        pass
+
+
+def test_a_computing_run_is_held_to_cpu_time_not_to_the_machine_s_load() -> None:
+    """With the CPUs shared by busy processes, a run that computes for less
+    than its budget takes longer than the budget on the wall clock: it is not
+    the program's doing, and it is not interrupted; one that computes past its
+    budget still is."""
+    short = sk.Program.load(_computes(0.06), sk.BpfProgType.SK_SKB, budget=0.1)
+    long = sk.Program.load(_computes(5.0), sk.BpfProgType.SK_SKB, budget=0.1)
+    hogs = _hogs(2 * (os.cpu_count() or 2))
+    try:
+        walls = []
+        for _ in range(10):
+            start = time.monotonic()
+            assert not _timed_out(short)
+            walls.append(time.monotonic() - start)
+        assert max(walls) > 0.1, "the load made a run outlast its budget on the wall clock"
+        start = time.monotonic()
+        assert _timed_out(long)
+        assert time.monotonic() - start < 2.0
+    finally:
+        for h in hogs:
+            h.kill()
+
+
+def test_a_full_collection_s_pause_is_forgiven_once_per_run() -> None:
+    """A run that a full garbage collection stalls is given its budget again,
+    once: a program that collects in a loop is still interrupted."""
+
+    def collects(ctx: Any) -> int:
+        while True:
+            gc.collect()
+
+    prog = sk.Program.load(collects, sk.BpfProgType.SK_SKB, budget=0.1)
+    start = time.monotonic()
+    assert _timed_out(prog)
+    assert time.monotonic() - start < 1.0
+
+
+def test_a_run_a_full_collection_stalls_is_not_interrupted_for_it() -> None:
+    """A full collection over a large heap holds the interpreter for longer
+    than the budget, in the middle of a run: the pause is the interpreter's,
+    not the program's."""
+    heap = [[i] for i in range(3_000_000)]  # a full collection takes ~0.2 s
+    paused: list[float] = []
+
+    def stalled(ctx: Any) -> int:
+        time.sleep(0.04)  # the watchdog sees the run start
+        start = time.monotonic()
+        gc.collect()  # the pause
+        paused.append(time.monotonic() - start)
+        time.sleep(0.04)  # and looks again after it
+        return sk.SK_PASS
+
+    prog = sk.Program.load(stalled, sk.BpfProgType.SK_SKB, budget=0.1)
+    try:
+        assert not _timed_out(prog)
+        assert paused[0] > 0.1, "the collection outlasted the budget"
+    finally:
+        del heap

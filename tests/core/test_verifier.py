@@ -350,7 +350,7 @@ def test_every_program_in_the_project_passes() -> None:
     program (a context argument) is walked; none is refused (these files only)."""
     this = pathlib.Path(__file__).resolve()
     walked = []
-    for top in ("skmsg_core", "plugins", "examples", "tests"):
+    for top in ("skmsg_core", "plugins", "app", "examples", "tests"):
         for path in sorted((ROOT / top).rglob("*.py")):
             if path.resolve() == this:
                 continue

@@ -33,8 +33,9 @@ import skmsg_tcp
 import skmsg_udp
 from skmsg_core.runtime import Runtime, escapes_boundary, open_runtime
 from skmsg_core.runtime import _runtime as runtime_module
-from skmsg_core.testing import aclose_all, tcp_stream_pair
+from skmsg_core.testing import aclose_all
 from skmsg_tcp import SkStream
+from skmsg_tcp.testing import tcp_stream_pair
 from skmsg_tls._rx import TlsRx
 from tests.tls._ulp_helpers import enable_both
 

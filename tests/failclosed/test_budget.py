@@ -22,8 +22,9 @@ import trio
 import skmsg_core as sk
 import skmsg_udp
 from skmsg_core.runtime import Runtime
-from skmsg_core.testing import aclose_all, tcp_stream_pair
+from skmsg_core.testing import aclose_all
 from skmsg_tcp import SkStream
+from skmsg_tcp.testing import tcp_stream_pair
 from tests.tls._ulp_helpers import enable_both
 
 from ._support import TIMEOUT, frame, read_exactly, receive_datagrams, runtime_records

@@ -20,7 +20,8 @@ import pytest
 import skmsg_core as sk
 import skmsg_udp
 from skmsg_core import msg_apply_bytes, msg_cork_bytes, msg_pop_data, msg_pull_data, msg_push_data
-from skmsg_core.testing import aclose_all, tcp_stream_pair
+from skmsg_core.testing import aclose_all
+from skmsg_tcp.testing import tcp_stream_pair
 from tests.tls._ulp_helpers import enable_both
 
 from ._support import EqAlways, read_exactly, receive_datagrams

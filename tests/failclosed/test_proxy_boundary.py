@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 import trio
 
-from skmsg_core.cli import Address, Proxy, ProxyConfig, run_proxy
-from skmsg_core.cli import _proxy as proxy_module
-from skmsg_core.cli._tls import TlsOptions, client_context, server_context, write_self_signed
-from skmsg_core.cli._udp_proxy import UdpProxy, UdpProxyConfig, run_udp_proxy
+from skmsg import Address, Proxy, ProxyConfig, run_proxy
+from skmsg import _proxy as proxy_module
+from skmsg._tls import TlsOptions, client_context, server_context, write_self_signed
+from skmsg._udp_proxy import UdpProxy, UdpProxyConfig, run_udp_proxy
 from skmsg_core.runtime import RateLimitedLog
 
 from ._support import TIMEOUT, frame
 
-CLI_LOGGER = "skmsg_core.cli"
+CLI_LOGGER = "skmsg"
 
 
 class Injected(BaseException):

@@ -23,7 +23,7 @@ import attrs
 import pytest
 import trio
 
-from skmsg_core.cli._tls import client_context
+from skmsg._tls import client_context
 
 from ._support import frame
 

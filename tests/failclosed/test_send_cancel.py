@@ -15,8 +15,9 @@ import pytest
 import trio
 
 import skmsg_core as sk
-from skmsg_core.testing import aclose_all, tcp_stream_pair
+from skmsg_core.testing import aclose_all
 from skmsg_tcp import SkStream
+from skmsg_tcp.testing import tcp_stream_pair
 from tests.tls._ulp_helpers import enable_both
 
 Pair = tuple[SkStream, SkStream]

@@ -44,7 +44,7 @@ async def test_processing_restarts_after_a_psock_went_without_restore() -> None:
     again starts receive processing afresh."""
     import skmsg_core as sk
     import skmsg_tcp
-    from skmsg_core.testing import tcp_stream_pair
+    from skmsg_tcp.testing import tcp_stream_pair
 
     class NeverRestores(skmsg_tcp.TcpProto):
         def psock_update_sk_prot(self, s: sk.Sock, psock: sk.SkPsock, restore: bool) -> int:

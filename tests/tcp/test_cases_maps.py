@@ -25,7 +25,7 @@ import trio
 import skmsg_core as sk
 import skmsg_tcp
 from skmsg_core.runtime import open_runtime
-from skmsg_core.testing import tcp_stream_pair
+from skmsg_tcp.testing import tcp_stream_pair
 
 from ._topology import open_listener, port_of, read_exact, tcp_pair
 

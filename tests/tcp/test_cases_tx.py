@@ -26,7 +26,7 @@ import pytest
 import skmsg_core as sk
 import skmsg_tcp
 from skmsg_core.runtime import open_runtime
-from skmsg_core.testing import tcp_stream_pair
+from skmsg_tcp.testing import tcp_stream_pair
 from tests.core._support import SEND_LARGE, SEND_MANY, SEND_ONE, TEST_SEND, payload
 
 from ._topology import (

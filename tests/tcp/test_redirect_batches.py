@@ -12,7 +12,7 @@ import trio
 
 import skmsg_core as sk
 from skmsg_core.runtime import current_runtime, open_runtime
-from skmsg_core.testing import tcp_stream_pair
+from skmsg_tcp.testing import tcp_stream_pair
 
 
 def parse(skb: sk.SkBuff) -> int:

@@ -14,7 +14,8 @@ import trio
 import skmsg_core as sk
 import skmsg_tcp
 from skmsg_core.runtime import Runtime, current_runtime
-from skmsg_core.testing import check_protocol_plugin, clog_tcp_pair, tcp_stream_pair
+from skmsg_core.testing import check_protocol_plugin
+from skmsg_tcp.testing import clog_tcp_pair, tcp_stream_pair
 
 Pair = tuple[Any, Any]
 

@@ -14,7 +14,7 @@ import skmsg_core as sk
 import skmsg_core.pytest_plugin
 import skmsg_tcp
 from skmsg_core.runtime import Runtime, current_runtime
-from skmsg_core.testing import TestServer
+from skmsg_tcp.testing import TestServer
 
 from .test_streams import drop_x, frame, parse_length_prefixed, receive_exactly
 

@@ -11,13 +11,8 @@ import trio.testing
 import skmsg_core as sk
 import skmsg_tcp
 from skmsg_core.runtime import current_runtime, open_runtime
-from skmsg_core.testing import (
-    TestServer,
-    clog_tcp_pair,
-    ensure_runtime,
-    open_test_server,
-    tcp_stream_pair,
-)
+from skmsg_core.testing import ensure_runtime
+from skmsg_tcp.testing import TestServer, clog_tcp_pair, open_test_server, tcp_stream_pair
 
 
 async def receive_exactly(stream: skmsg_tcp.SkStream, n: int) -> bytes:

@@ -16,8 +16,9 @@ import trustme
 
 import skmsg_core as sk
 import skmsg_tls as tls
-from skmsg_core.testing import aclose_all, tcp_stream_pair
+from skmsg_core.testing import aclose_all
 from skmsg_tcp import SkStream
+from skmsg_tcp.testing import tcp_stream_pair
 
 from ._openssl import request_key_update, set_tls13_suites, tls13_suites_offered
 

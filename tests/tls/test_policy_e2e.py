@@ -15,7 +15,7 @@ import pytest
 import trio
 
 import skmsg_tcp
-from skmsg_core.cli._tls import server_context, write_self_signed
+from skmsg._tls import server_context, write_self_signed
 from skmsg_core.runtime import open_runtime
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

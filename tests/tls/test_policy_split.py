@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 import skmsg_core as sk
 import skmsg_tls as tls
 from skmsg_core.runtime import open_runtime
-from skmsg_core.testing import aclose_all, tcp_stream_pair
+from skmsg_core.testing import aclose_all
 from skmsg_tcp import SendError, SkStream
+from skmsg_tcp.testing import tcp_stream_pair
 
 from ._ulp_helpers import enable_both
 

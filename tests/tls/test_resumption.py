@@ -18,7 +18,8 @@ import pytest
 import trio
 
 import skmsg_tls as tls
-from skmsg_core.testing import aclose_all, tcp_stream_pair
+from skmsg_core.testing import aclose_all
+from skmsg_tcp.testing import tcp_stream_pair
 
 from . import _openssl
 from ._cli import connect, one_connection, receive_until, s_client, s_server

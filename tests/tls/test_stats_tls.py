@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import skmsg_tls as tls
-from skmsg_core.testing import aclose_all, tcp_stream_pair
+from skmsg_core.testing import aclose_all
 from skmsg_tcp import SkStream
+from skmsg_tcp.testing import tcp_stream_pair
 
 from ._ulp_helpers import enable_both, read_exactly
 

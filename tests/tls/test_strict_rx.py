@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from trio.testing import wait_all_tasks_blocked
 
 import skmsg_tls as tls
-from skmsg_core.testing import aclose_all, tcp_stream_pair
+from skmsg_core.testing import aclose_all
 from skmsg_tcp import SkStream
+from skmsg_tcp.testing import tcp_stream_pair
 
 from ._ulp_helpers import Keys, make_keys, read_exactly, read_records
 

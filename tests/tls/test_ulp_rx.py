@@ -308,7 +308,8 @@ async def test_strparser_option_frames_the_plaintext_into_messages(
 async def test_receive_verdict_redirects_plaintext_out_of_another_socket(
     skmsg_runtime: object, sockmap: sk.SockMap
 ) -> None:
-    from skmsg_core.testing import aclose_all, tcp_stream_pair
+    from skmsg_core.testing import aclose_all
+    from skmsg_tcp.testing import tcp_stream_pair
 
     a, b = await tcp_stream_pair()
     c, c_peer = await tcp_stream_pair()
@@ -341,7 +342,8 @@ async def test_receive_verdict_redirects_plaintext_out_of_another_socket(
 async def test_bytes_redirected_into_a_tls_socket_with_ingress_are_read_as_plaintext(
     skmsg_runtime: object, sockmap: sk.SockMap
 ) -> None:
-    from skmsg_core.testing import aclose_all, tcp_stream_pair
+    from skmsg_core.testing import aclose_all
+    from skmsg_tcp.testing import tcp_stream_pair
 
     a, b = await tcp_stream_pair()
     x, _x_peer = await tcp_stream_pair()

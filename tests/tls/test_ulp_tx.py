@@ -188,7 +188,8 @@ async def test_cork_holds_the_record_until_the_bytes_come(
 async def test_redirect_hands_plaintext_to_the_targets_own_tls(
     skmsg_runtime: object, sockmap: sk.SockMap
 ) -> None:
-    from skmsg_core.testing import aclose_all, tcp_stream_pair
+    from skmsg_core.testing import aclose_all
+    from skmsg_tcp.testing import tcp_stream_pair
 
     a, a_peer = await tcp_stream_pair()
     c, c_peer = await tcp_stream_pair()
@@ -318,7 +319,8 @@ async def test_sends_waiting_on_full_sockets_at_once_each_seal_their_own_bytes(
     a write that waits: three connections whose peers do not read yet (every
     socket buffer fills, every write waits), some sends below a pass program,
     each still delivers exactly its own bytes once its peer reads."""
-    from skmsg_core.testing import aclose_all, tcp_stream_pair
+    from skmsg_core.testing import aclose_all
+    from skmsg_tcp.testing import tcp_stream_pair
 
     pairs = [await tcp_stream_pair() for _ in range(3)]
     smap = sk.SockMap(max_entries=2)

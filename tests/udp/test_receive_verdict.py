@@ -12,7 +12,7 @@ import trio.testing
 import skmsg_core as sk
 import skmsg_udp
 from skmsg_core.runtime import Runtime
-from skmsg_core.testing import tcp_stream_pair
+from skmsg_tcp.testing import tcp_stream_pair
 
 from ._support import TIMEOUT, nothing_arrives, receive_n, udp_pair
 

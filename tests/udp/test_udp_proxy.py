@@ -17,8 +17,8 @@ import pytest
 import trio
 import trio.testing
 
-from skmsg_core.cli import Address, ProxyError
-from skmsg_core.cli._udp_proxy import UdpProxy, UdpProxyConfig, run_udp_proxy
+from skmsg import Address, ProxyError
+from skmsg._udp_proxy import UdpProxy, UdpProxyConfig, run_udp_proxy
 
 from ._dns import answer, parse_question, query, read_answer
 
@@ -205,7 +205,7 @@ async def test_bad_configuration_is_a_proxy_error(tmp_path: pathlib.Path) -> Non
 
 
 def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "skmsg_core.cli", *args]
+    return [sys.executable, "-m", "skmsg", *args]
 
 
 def test_udp_demo_exits_0_and_prints_the_replies() -> None:

@@ -88,7 +88,7 @@ def adopt_fd(fd: int) -> sk.Sock | None:
 async def udp_socket_pair(host: str = "127.0.0.1") -> tuple[UdpSocket, UdpSocket]:
     """Two new :class:`UdpSocket` on ``host`` (``"::1"`` for IPv6), each bound to
     a free port and connected to the other: the datagram counterpart of
-    :func:`skmsg_core.testing.tcp_stream_pair`, and the pair maker the UDP
+    :func:`skmsg_tcp.testing.tcp_stream_pair`, and the pair maker the UDP
     plugin's conformance check runs on.
 
     Raises:

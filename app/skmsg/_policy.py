@@ -162,7 +162,7 @@ class Policy:
 
 
 def _verify_verdict(verdict: object, label: str) -> None:
-    """The verifier's rules (:func:`skmsg_core._progs.check_program_callable`) for
+    """The verifier's rules (:func:`skmsg_core.check_program_callable`) for
     a two-argument verdict.
 
     Raises:

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import skmsg_core as sk
-from skmsg_core.cli._parsers import (
+from skmsg._parsers import (
     FRAMINGS,
     MAX_HEADER_BYTES,
     MAX_LINE_BYTES,

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 import skmsg_core as sk
-from skmsg_core.cli import Policy, PolicyError
-from skmsg_core.cli._policy import RoundRobin
+from skmsg import Policy, PolicyError
+from skmsg._policy import RoundRobin
 
 
 def sock() -> sk.Sock:

@@ -54,7 +54,7 @@ __all__ = [
     "write_self_signed",
 ]
 
-log = logging.getLogger("skmsg_core.cli")
+log = logging.getLogger("skmsg")
 
 
 @attrs.frozen

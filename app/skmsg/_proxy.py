@@ -76,10 +76,10 @@ import trio
 
 import skmsg_core as sk
 import skmsg_tcp
-from skmsg_core._progs import describe_error
+from skmsg_core import describe_error
 from skmsg_core.runtime import RateLimitedLog, Runtime, escapes_boundary, open_runtime
 
-from ._demo import serve_echo
+from ._echo import serve_echo
 from ._parsers import FRAMINGS, Framing, FramingError
 from ._policy import Policy, PolicyError
 from ._stats import ProxyCounters, ProxyStats
@@ -87,7 +87,7 @@ from ._tls import TlsOptions, originate, terminate
 
 __all__ = ["Address", "Proxy", "ProxyConfig", "ProxyError", "run_proxy"]
 
-log = logging.getLogger("skmsg_core.cli")
+log = logging.getLogger("skmsg")
 #: One line per kind of failure (and per kind of error) every few seconds, however
 #: many clients hit it.
 limited_log = RateLimitedLog(log)

@@ -16,8 +16,8 @@ import trio
 import trio.testing
 
 import skmsg_core as sk
-from skmsg_core.cli import Address, Proxy, ProxyConfig, format_table, run_proxy
-from skmsg_core.cli._parsers import parse_length_prefixed
+from skmsg import Address, Proxy, ProxyConfig, format_table, run_proxy
+from skmsg._parsers import parse_length_prefixed
 
 TIMEOUT = 10  # a guard against hangs; every wait below ends on an event
 
@@ -283,7 +283,7 @@ async def test_a_verdict_that_raises_drops_the_message_and_counts_an_error(
                 raise RuntimeError("kaboom")
             return sk.sk_redirect_map(skb, backends, 0, 0)
     """)
-    caplog.set_level(logging.WARNING, logger="skmsg_core.cli")
+    caplog.set_level(logging.WARNING, logger="skmsg")
     async with proxy_running(policy=policy) as proxy:
         client = await connect(proxy)
         reader = Reader(client)
@@ -377,7 +377,7 @@ async def test_backends_closing_end_the_client_session() -> None:
 
 
 async def test_a_client_over_max_clients_is_refused(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="skmsg_core.cli")
+    caplog.set_level(logging.WARNING, logger="skmsg")
     async with proxy_running(max_clients=1) as proxy:
         first = await connect(proxy)
         reader = Reader(first)
@@ -395,7 +395,7 @@ async def test_a_client_over_max_clients_is_refused(caplog: pytest.LogCaptureFix
 async def test_a_backend_gone_after_start_refuses_new_clients(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="skmsg_core.cli")
+    caplog.set_level(logging.WARNING, logger="skmsg")
     listening = trio.socket.socket()
     await listening.bind(("127.0.0.1", 0))
     listening.listen()  # the start-up probe connects into the backlog

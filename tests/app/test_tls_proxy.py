@@ -18,9 +18,9 @@ import trio
 import trustme
 
 import skmsg_core as sk
-from skmsg_core.cli import Address, Proxy, ProxyConfig, main, run_proxy
-from skmsg_core.cli._parsers import parse_length_prefixed
-from skmsg_core.cli._tls import TlsOptions, client_context, server_context, write_self_signed
+from skmsg import Address, Proxy, ProxyConfig, main, run_proxy
+from skmsg._parsers import parse_length_prefixed
+from skmsg._tls import TlsOptions, client_context, server_context, write_self_signed
 
 TIMEOUT = 10
 POLICY = """
@@ -177,7 +177,7 @@ async def test_a_plain_client_on_a_tls_proxy_is_refused(
 
 def test_cli_tls_demo_makes_a_certificate_and_runs() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "skmsg_core.cli", "proxy", "--demo", "--tls"],
+        [sys.executable, "-m", "skmsg", "proxy", "--demo", "--tls"],
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert done.returncode == 0, done.stderr

@@ -14,8 +14,8 @@ import sys
 import pytest
 import trio
 
-from skmsg_core.cli import main
-from skmsg_core.cli._demo import DEMO_PAYLOADS
+from skmsg import main
+from skmsg._demo import DEMO_PAYLOADS
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TIMEOUT = 20
@@ -38,7 +38,7 @@ def refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "skmsg_core.cli", *args]
+    return [sys.executable, "-m", "skmsg", *args]
 
 
 # -- help -----------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ class Pipe:
 
 
 def test_example_policy_file_loads() -> None:
-    from skmsg_core.cli import Policy
+    from skmsg import Policy
 
     path = ROOT / "examples" / "route.py"
     policy = Policy.from_file(path)

@@ -14,9 +14,9 @@ import pytest
 import trio
 
 import skmsg_core as sk
-from skmsg_core.cli import Address, Policy, PolicyError, ProxyConfig, main, run_proxy
-from skmsg_core.cli._policy import RoundRobin
-from skmsg_core.cli._tls import TlsOptions, client_context, server_context, write_self_signed
+from skmsg import Address, Policy, PolicyError, ProxyConfig, main, run_proxy
+from skmsg._policy import RoundRobin
+from skmsg._tls import TlsOptions, client_context, server_context, write_self_signed
 
 from .test_proxy import Backend, backends, frame
 from .test_tls_proxy import replies

@@ -56,7 +56,7 @@ from ._stats import ProxyCounters
 
 __all__ = ["UdpProxy", "UdpProxyConfig", "run_udp_demo", "run_udp_proxy", "serve_udp_echo"]
 
-log = logging.getLogger("skmsg_core.cli")
+log = logging.getLogger("skmsg")
 
 #: What the UDP demo client sends, one datagram each.
 UDP_DEMO_PAYLOADS = (b"hello", b"kiwi", b"zebra", b"!secret")
@@ -73,7 +73,7 @@ class UdpProxyConfig:
     max_clients: int = 1024
     echo_backends: int = 2
     idle_timeout: float = 30.0
-    #: ``--policy-budget``: see :class:`~skmsg_core.cli.ProxyConfig`.
+    #: ``--policy-budget``: see :class:`~skmsg.ProxyConfig`.
     policy_budget: float = sk.DEFAULT_BUDGET
 
 
@@ -99,7 +99,7 @@ class UdpProxy(ProxyPrograms):
 
     Built by :func:`run_udp_proxy`, which hands it to ``task_status.started``.
     The attributes the command's announcement and demo read are the TCP
-    :class:`~skmsg_core.cli.Proxy`'s: ``listen``, ``backends``, ``embedded``,
+    :class:`~skmsg.Proxy`'s: ``listen``, ``backends``, ``embedded``,
     ``policy``, ``framing``, ``counters``, ``verdict``, :meth:`statistics`.
     """
 

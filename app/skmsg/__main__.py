@@ -1,4 +1,4 @@
-"""``python -m skmsg_core.cli``: the ``skmsg`` command."""
+"""``python -m skmsg``: the ``skmsg`` command."""
 
 from __future__ import annotations
 

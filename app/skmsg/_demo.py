@@ -1,10 +1,4 @@
-"""The embedded echo backends and the demo client of ``skmsg proxy``.
-
-An echo backend frames what it receives with the proxy's framing (the core's
-:class:`~skmsg_core.StrParser`, sans-I/O) and answers each message with the
-same message tagged with its name (``[backend 0] ...``; an HTTP request gets
-a ``200`` response), so a reply shows which backend served it. With a policy
-file's own parser it echoes each message unchanged.
+"""The demo client of ``skmsg proxy`` (``--demo``).
 
 The demo client (``--demo``) sends a few framed messages one at a time. The
 proxy runs in the same process, so after each send the client waits for the
@@ -14,7 +8,6 @@ reply: a message the policy dropped has none.
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -22,64 +15,18 @@ from typing import TYPE_CHECKING
 import trio
 
 import skmsg_core as sk
-from skmsg_core._progs import describe_error
-from skmsg_core.runtime import RateLimitedLog, escapes_boundary
 
-from ._parsers import Framing
 from ._tls import client_context
 
 if TYPE_CHECKING:
     from ._proxy import Proxy
 
-__all__ = ["DEMO_PAYLOADS", "run_demo", "serve_echo"]
-
-limited_log = RateLimitedLog(logging.getLogger("skmsg_core.cli"))
+__all__ = ["DEMO_PAYLOADS", "run_demo"]
 
 #: What the demo client sends, one message each.
 DEMO_PAYLOADS = (b"hello", b"kiwi", b"zebra", b"!secret")
 #: How long the demo client waits for a verdict, then for a reply.
 DEMO_TIMEOUT = 5.0
-
-
-async def serve_echo(
-    index: int,
-    framing: Framing,
-    *,
-    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve an echo backend named ``backend {index}`` on 127.0.0.1 (an ephemeral
-    port) until cancelled; ``task_status.started`` gets its ``(host, port)``.
-
-    Raises:
-        OSError: it cannot listen.
-    """
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    tag = f"[backend {index}] ".encode()
-
-    async def echo(stream: trio.SocketStream) -> None:
-        # one connection's failure (a policy parser's exception of any kind) ends
-        # that connection only, as the proxy's own clients' do
-        parser = sk.StrParser(framing.parse)
-        async with stream:
-            try:
-                async for data in stream:
-                    out = b"".join(framing.reply(tag, bytes(m)) for m in parser.feed(data))
-                    if out:
-                        await stream.send_all(out)
-            except BaseException as exc:
-                if escapes_boundary(exc):
-                    raise
-                if not isinstance(exc, (sk.StrParserError, trio.BrokenResourceError)):
-                    limited_log.warning(
-                        ("echo", type(exc)),
-                        "backend %d: a connection raised %s; it was closed",
-                        index, describe_error(exc),
-                    )
-
-    async with trio.open_nursery() as nursery:
-        host, port = listeners[0].socket.getsockname()[:2]
-        await nursery.start(trio.serve_listeners, echo, listeners)
-        task_status.started((str(host), int(port)))
 
 
 async def run_demo(proxy: Proxy, say: Callable[[str], None]) -> int:

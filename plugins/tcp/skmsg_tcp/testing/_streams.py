@@ -1,4 +1,4 @@
-"""Real loopback streams and a running test server, for tests of skmsg programs.
+"""Real loopback TCP streams and a running test server, for tests of skmsg programs.
 
 Theory of operation
 -------------------
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any, TypeAlias
 
 import attrs
@@ -31,24 +31,17 @@ import trio
 import trio.testing
 
 import skmsg_core as sk
-from skmsg_core.runtime import Runtime, current_runtime, open_runtime
+from skmsg_core.testing import aclose_all, ensure_runtime
 
-# mypy cannot follow the editable install's mapping of plugins/tcp to skmsg_tcp.
-from skmsg_tcp import (
-    SkListener,
-    SkStream,
-    open_tcp_listeners,
-    open_tcp_stream,
-)
+from .._listener import SkListener, open_tcp_listeners, open_tcp_stream
+from .._stream import SkStream
 
 __all__ = [
     "Handler",
     "ProgramLike",
     "TestServer",
-    "aclose_all",
     "clog_tcp_pair",
     "echo",
-    "ensure_runtime",
     "open_test_server",
     "tcp_stream_pair",
 ]
@@ -57,36 +50,6 @@ __all__ = [
 Handler: TypeAlias = Callable[[SkStream], Awaitable[object]]
 #: A program as a map's ``attach`` takes it: a loaded Program or a plain function.
 ProgramLike: TypeAlias = sk.Program | Callable[[Any], Any]
-
-
-@contextlib.asynccontextmanager
-async def ensure_runtime() -> AsyncIterator[Runtime]:
-    """The current runtime, or a new one open for the length of the block.
-
-    Unlike a bare ``open_runtime`` block, an exception raised by the body comes
-    out as itself, not wrapped in an exception group by the runtime's nursery;
-    a failure of a runtime task still comes out as the nursery's group.
-    """
-    rt = current_runtime()
-    if rt is not None:
-        yield rt
-        return
-    body_error: BaseException | None = None
-    async with open_runtime() as rt:
-        try:
-            yield rt
-        except BaseException as exc:
-            body_error = exc
-    if body_error is not None:
-        raise body_error
-
-
-async def aclose_all(resources: Iterable[trio.abc.AsyncResource]) -> None:
-    """Close every one of ``resources`` now, even in a cancelled scope (each with
-    ``trio.aclose_forcefully``, shielded so one cancellation cannot skip the rest)."""
-    with trio.CancelScope(shield=True):
-        for each in resources:
-            await trio.aclose_forcefully(each)
 
 
 async def tcp_stream_pair(host: str = "127.0.0.1") -> tuple[SkStream, SkStream]:

@@ -1,6 +1,6 @@
 """The ``skmsg`` command line: arguments, output, signals, exit codes.
 
-The one place of ``skmsg_core.cli`` that writes to the terminal: what the
+The one place of ``skmsg`` that writes to the terminal: what the
 proxy listens on and the demo's replies to stdout; counters, warnings and
 errors to stderr. Exit codes: 0 done (Ctrl-C is a normal way to stop), 1 the
 demo missed replies, 2 a bad command line, policy file, address or backend
@@ -103,6 +103,9 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+
+#: The loggers whose lines ``skmsg proxy`` writes to stderr: its own first.
+_LOGGERS = ("skmsg", "skmsg_core", "skmsg_tcp", "skmsg_tls", "skmsg_udp")
 
 def _listen_address(text: str) -> Address:
     try:
@@ -260,17 +263,19 @@ def _proxy_command(args: argparse.Namespace) -> int:
     # the proxy's lines and the runtime's (a program's or a socket's error) alike
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("skmsg proxy: %(message)s"))
-    top, logger = logging.getLogger("skmsg_core"), logging.getLogger("skmsg_core.cli")
-    top.addHandler(handler)
-    saved = top.level, logger.level
-    top.setLevel(logging.WARNING)
-    logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    # the layers below log under their own names; this application under "skmsg"
+    loggers = [logging.getLogger(name) for name in _LOGGERS]
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.WARNING)
+    loggers[0].setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         return trio.run(_run, config, interval, args.demo)
     finally:
-        top.removeHandler(handler)
-        top.setLevel(saved[0])
-        logger.setLevel(saved[1])
+        for lg, level in zip(loggers, saved, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
 
 
 async def _run(config: ProxyConfig | UdpProxyConfig, interval: float, demo: bool) -> int:

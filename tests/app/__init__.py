@@ -1,0 +1,1 @@
+"""Tests of the ``skmsg`` command (``skmsg``): end to end over real sockets."""

@@ -1,1 +1,0 @@
-"""Tests of the ``skmsg`` command (``skmsg_core.cli``): end to end over real sockets."""
