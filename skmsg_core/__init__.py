@@ -47,6 +47,7 @@ from ._plugins import Plugins as Plugins
 from ._plugins import get_plugin_manager as get_plugin_manager
 from ._plugins import plugins as plugins
 from ._plugins import sock_from as sock_from
+from ._progs import HelperError as HelperError
 from ._progs import Program as Program
 from ._progs import ProgramShapeError as ProgramShapeError
 from ._progs import ProgStats as ProgStats

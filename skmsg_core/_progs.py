@@ -52,6 +52,7 @@ __all__ = [
     "Program",
     "ProgramShapeError",
     "Verdict",
+    "HelperError",
     "VerdictError",
     "check_program_callable",
     "describe_error",
@@ -88,6 +89,12 @@ _SK_PASS_MEMBER, _SK_DROP_MEMBER = SK_PASS, SK_DROP
 _OUR_MODULES = ("builtins", "skmsg_core._budget", "skmsg_core._progs")
 #: Called with (program, error) for every error a run records; see set_error_observer.
 _error_observer: Callable[[Program, BaseException], None] | None = None
+
+
+class HelperError(ValueError):
+    """A helper a program called was given what it can never take (a key of
+    the wrong type or size for the map, flags it does not know): counted as the
+    run's error with this reason, whatever the program then returned."""
 
 
 class VerdictError(TypeError):
@@ -365,6 +372,8 @@ class Program:
                 ctx.end_run()
                 return account(None, ctx, exc)
             ctx.end_run()  # what the program could write is the message's no more
+            if ctx._helper_error is not None:
+                self.helper_failed(ctx)
             if ret is sk_pass and ctx.sk_redir is None:  # the common case, inline
                 self.run_cnt += 1
                 self.passed += 1
@@ -423,6 +432,23 @@ class Program:
             self.record_error(self.not_a_verdict(ret))
             return False
         return ok
+
+    def after_run(self, ctx: Any) -> None:
+        """What a runner does when a run on ``ctx`` ends, raise or not, for an
+        engine that calls the program itself: ``ctx.end_run()`` (what the
+        program could write is the message's no more) and the count of a
+        helper's noted mistake (:meth:`helper_failed`)."""
+        ctx.end_run()
+        if ctx._helper_error is not None:
+            self.helper_failed(ctx)
+
+    def helper_failed(self, ctx: Any) -> None:
+        """Count the mistake a helper noted on ``ctx`` during the run (a
+        :class:`HelperError`), and clear the note. For engines that call the
+        program themselves: call it when ``ctx._helper_error`` is set."""
+        reason = ctx._helper_error
+        ctx._helper_error = None
+        self.record_error(HelperError(f"program {self.name}: {reason}"))
 
     def record_error(self, error: BaseException) -> None:
         """Count one run's error (not the run itself): ``errors``, ``timeouts``

@@ -445,6 +445,8 @@ class SkPsock:
             except BaseException as exc:  # fail closed: a DROP, whatever was raised
                 ret = sk_drop
                 prog.record_error(exc)
+            if skb._helper_error is not None:
+                prog.helper_failed(skb)
             ok = ret is sk_pass or (ret is not sk_drop and prog.is_pass(ret))
             if ok and skb._redir is None:
                 passed.append(unit)
@@ -535,6 +537,8 @@ class SkPsock:
             except BaseException as exc:  # fail closed: a DROP, whatever was raised
                 ret = sk_drop
                 prog.record_error(exc)
+            if skb._helper_error is not None:
+                prog.helper_failed(skb)
             if ret is sk_pass or (ret is not sk_drop and prog.is_pass(ret)):
                 target = skb._redir
                 if target is None:
@@ -625,6 +629,8 @@ class SkPsock:
         except BaseException as exc:  # fail closed: a DROP, whatever was raised
             ret = _SK_DROP
             prog.record_error(exc)
+        if skb._helper_error is not None:
+            prog.helper_failed(skb)
         target = skb._redir
         skb._buf = skb._data = _EMPTY_VIEW
         unit = view if start == 0 and end == view.nbytes else view[start:end]

@@ -140,6 +140,7 @@ class SkMsg(SkFields):
         "_elems",
         "_exposed",
         "_flags",
+        "_helper_error",
         "_lent_win",
         "_max_frags",
         "_redir",
@@ -163,6 +164,8 @@ class SkMsg(SkFields):
         self._redir: Sock | None = None
         # buffers a writable ``data`` view was taken of during this run
         self._exposed: list[memoryview] | None = None
+        # a helper's note of the program's mistake, for the runner to count
+        self._helper_error: str | None = None
         # The data window: (element index, offset in element, length), or None.
         self._win: tuple[int, int, int] | None = None
         # reset_lazy's sender view, until the bytes are copied (materialize)
