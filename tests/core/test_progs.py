@@ -79,6 +79,7 @@ def test_verifier_accepts_callables_and_defaults() -> None:
 def test_verdict_mapping(ret: object, redirected: bool, want: sk.Verdict) -> None:
     class Ctx:
         sk_redir = object() if redirected else None
+        _helper_error = None
 
         def end_run(self) -> None:
             pass
