@@ -173,6 +173,22 @@ class StrParser:
         self._msgs = self._bytes = self._need_more = 0
         self._too_big = self._bad_hdr = self._errors = 0
 
+    def replace_parse(
+        self, parse: Callable[[SkBuff], int], *, native: LengthPrefixParser | None = None
+    ) -> None:
+        """Frame with ``parse`` (and its ``native`` form) from now on: a message
+        already pending is framed by it when more bytes arrive (a length the
+        old program gave stands). Counters carry on.
+
+        Raises:
+            TypeError: ``parse`` is not callable.
+        """
+        if not callable(parse):
+            raise TypeError(f"strparser: parse program {parse!r} is not callable")
+        self._parse = parse
+        self._native = native
+        self._name = getattr(parse, "__qualname__", None) or repr(parse)
+
     @property
     def pending(self) -> int:
         """Bytes held for an incomplete message (0 after an error)."""
