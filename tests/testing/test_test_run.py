@@ -57,7 +57,7 @@ def test_sk_msg_sees_an_iovec_as_elements() -> None:
 
 
 def test_sk_msg_redirect_reports_target_and_flags() -> None:
-    m, (b0, b1) = backends()
+    m, (_, b1) = backends()
     r = test_run(
         lambda msg: sk.msg_redirect_map(msg, m, 1, sk.BPF_F_INGRESS), b"x", sk.SK_MSG_VERDICT
     )
