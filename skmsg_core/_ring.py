@@ -490,11 +490,26 @@ class SkMsg(SkFields):
         number of bytes taken (fewer than offered means the ring filled: the
         kernel's internal ``-ENOSPC``).
         """
-        if len(buffers) == 1:
-            src = memoryview(buffers[0]).cast("B")
-        else:
-            src = memoryview(b"".join(buffers))
-        total = src.nbytes if limit < 0 else min(limit, src.nbytes)
+        left = -1 if limit < 0 else limit
+        taken = 0
+        for buf in buffers:
+            if not left:
+                break
+            src = buf if type(buf) is memoryview else memoryview(buf)
+            if src.format != "B" or src.ndim != 1:
+                src = src.cast("B")
+            want = src.nbytes if left < 0 else min(left, src.nbytes)
+            got = self._copy_in(frag, src, want)
+            taken += got
+            if left > 0:
+                left -= got
+            if got < want:  # the ring is full
+                break
+        return taken
+
+    def _copy_in(self, frag: PageFrag, src: memoryview, total: int) -> int:
+        """Copy the first ``total`` bytes of ``src`` into ``frag``'s chunks and
+        onto the end; returns how many were taken (fewer: the ring is full)."""
         taken = 0
         elems = self._elems
         while taken < total:

@@ -39,7 +39,7 @@ those bytes and verdict them like any other, and report the error.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -116,13 +116,12 @@ class SendOpBase:
                 op.fail(exc.errno)
         result = op.result()
 
-    A subclass sets ``psock``, ``_src`` (the send's bytes) and ``_more``, and
+    A subclass sets ``psock`` and ``_more`` (and holds the send's bytes), and
     implements ``_sendmsg`` (the generator of actions that reads ``_failure``
     after each one) and ``_corked`` (whether bytes wait after the send).
     """
 
     psock: SkPsock
-    _src: memoryview
     _more: bool
 
     def __init__(self) -> None:
@@ -195,29 +194,59 @@ class SendOp(SendOpBase):
     """
 
     def __init__(
-        self, psock: SkPsock, data: bytes | bytearray | memoryview, *, more: bool = False
+        self,
+        psock: SkPsock,
+        data: bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview],
+        *,
+        more: bool = False,
     ) -> None:
+        """``data``: the send's bytes, or an iovec (a sequence of buffers, one
+        send, one message: copied into the message buffer by buffer, never
+        joined first).
+
+        Raises:
+            TypeError: ``data`` (or a buffer of it) is not bytes-like.
+        """
         self.psock = psock
-        self._src = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            bufs = [data if type(data) is memoryview else memoryview(data)]
+        else:
+            bufs = [b if type(b) is memoryview else memoryview(b) for b in data]
+        bufs = [b if b.format == "B" and b.ndim == 1 else b.cast("B") for b in bufs]
+        #: What is left to copy into the message, from the send's position on.
+        self._rest = [b for b in bufs if b.nbytes]
+        self._size = sum(b.nbytes for b in self._rest)
         self._more = more
         super().__init__()
 
     def _corked(self) -> bool:
         return self.psock.cork is not None and self.psock.cork.size > 0
 
+    def _take(self, n: int) -> None:
+        """``n`` more bytes of the send were copied into the message."""
+        self._pos += n
+        rest = self._rest
+        while n:
+            b = rest[0]
+            if b.nbytes <= n:
+                n -= b.nbytes
+                del rest[0]
+            else:
+                rest[0] = b[n:]
+                n = 0
+
     # -- tcp_bpf_sendmsg -----------------------------------------------------------------
 
     def _sendmsg(self) -> Generator[TxAction, None, None]:
         psock = self.psock
-        src = self._src
-        size = src.nbytes
+        size = self._size
         while self._pos < size:
             if not psock.tx_enabled:
                 self.err = errno.EPIPE
                 return
             msg = psock.cork if psock.cork is not None else psock.new_msg()
-            taken = msg.append_copy(psock.frag, (src[self._pos :],))
-            self._pos += taken
+            taken = msg.append_copy(psock.frag, self._rest)
+            self._take(taken)
             enospc = self._pos < size
             self.copied += taken
             if psock.cork_bytes:
@@ -267,7 +296,7 @@ class SendOp(SendOpBase):
                 if verdict is _REDIRECT and psock.cork is msg:
                     psock.cork = None
                 bufs = msg.consume(tosend)
-                more = self._more or msg.size > 0 or self._pos < self._src.nbytes
+                more = self._more or msg.size > 0 or self._pos < self._size
                 yield TxAction(
                     TX_REDIRECT if target is not None else TX_PASS,
                     target,
