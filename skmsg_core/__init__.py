@@ -32,6 +32,7 @@ from ._consts import BpfProgType as BpfProgType
 from ._consts import SkAction as SkAction
 from ._consts import TcpState as TcpState
 from ._errors import StrParserError as StrParserError
+from ._errors import errno_name as errno_name
 from ._errors import kernel_error as kernel_error
 from ._helpers import msg_apply_bytes as msg_apply_bytes
 from ._helpers import msg_cork_bytes as msg_cork_bytes

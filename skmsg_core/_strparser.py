@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from ._consts import DEFAULT_QUEUE_BYTES
-from ._errors import StrParserError
+from ._errors import StrParserError, errno_name
 from ._progs import describe_error, describe_value
 from ._skb import SkBuff
 
@@ -455,7 +455,7 @@ class StrParser:
 
     def _fail(self, err: int, what: str) -> StrParserError:
         """Record the sticky error ``err`` (parse program ``what``); drop held bytes."""
-        name = errno.errorcode.get(err, f"errno {err}")
+        name = errno_name(err)
         exc = StrParserError(
             err, f"strparser: parse program {self._name} {what}: {name} ({_strerror(err)})"
         )

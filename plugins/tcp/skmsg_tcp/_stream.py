@@ -233,7 +233,7 @@ def _translate(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceEr
     return trio.BrokenResourceError(f"socket connection broken: {exc}")
 
 
-def cookie_of(sock: trio.socket.SocketType) -> int:
+def cookie_of(sock: trio.socket.SocketType | stdsocket.socket) -> int:
     """The kernel's socket cookie (``SO_COOKIE``), or a fresh one where unsupported."""
     try:
         raw = sock.getsockopt(stdsocket.SOL_SOCKET, SO_COOKIE, 8)
@@ -497,7 +497,7 @@ class SkStream(trio.abc.HalfCloseableStream):
                     + (
                         "the SK_MSG program dropped the data"
                         if result.err == errno.EACCES
-                        else f"redirect failed ({errno.errorcode.get(result.err, result.err)})"
+                        else f"redirect failed ({sk.errno_name(result.err)})"
                     )
                     + f"; {result.passed} of {nbytes} bytes had been accepted",
                 )
