@@ -285,7 +285,8 @@ class SkFields:
     ``family``; ``local_ip4``/``remote_ip4`` (``None`` unless AF_INET) and
     ``local_ip6``/``remote_ip6`` (``None`` unless AF_INET6) as address strings;
     ``local_port``/``remote_port`` in host byte order (the kernel gives
-    ``remote_port`` in network order; a deliberate difference).
+    ``remote_port`` in network order; a deliberate difference). What the
+    socket's ULP negotiated is read through the socket: ``msg.sk.tls``.
     """
 
     __slots__ = ()
