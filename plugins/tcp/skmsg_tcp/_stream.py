@@ -96,7 +96,8 @@ class StreamStats:
 
 class StreamUlp(Protocol):
     """What an upper-layer protocol installed on an :class:`SkStream` provides
-    (``stream._ulp``; TLS's is ``skmsg_tls.TlsSocket``): the stream hands it
+    (``stream._ulp``; TLS's is the private ``skmsg_tls._ulp.TlsUlp``, behind the
+    user's ``skmsg_tls.TlsSocket``): the stream hands it
     its sends, redirects to its egress, the bytes its reader reads, and its
     shutdown, as the kernel's ``sk_prot`` swap hands them to a ULP."""
 
@@ -290,7 +291,7 @@ class SkStream(trio.abc.HalfCloseableStream):
         self._rx_error: BaseException | None = None
         self._rx_eof = False
         self._closed = False
-        #: The ULP serving this stream (TLS: ``skmsg_tls.TlsSocket``): send_all,
+        #: The ULP serving this stream (TLS: ``skmsg_tls._ulp.TlsUlp``): send_all,
         #: receive_some and redirects to this egress go through it.
         self._ulp: StreamUlp | None = None
         #: A ULP is being set up (a handshake is running): no receive pump may
