@@ -188,7 +188,7 @@ async def enable_tls(
     negotiated ``max_fragment_length``: the most plaintext per record).
 
     Raises:
-        TypeError, FileExistsError, trio.BusyResourceError,
+        TypeError, FileExistsError, trio.BusyResourceError: as :func:`start_tls`.
         trio.ClosedResourceError, OSError(ENOTCONN): as :func:`start_tls`.
         ValueError: ``tx`` and ``rx`` differ in version or cipher, or
             ``record_size_limit`` is not 64..``TLS_MAX_PAYLOAD_SIZE``.
