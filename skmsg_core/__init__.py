@@ -71,9 +71,11 @@ from ._redirect import sk_redirect_map as sk_redirect_map
 from ._reuseport import ReuseportGroup as ReuseportGroup
 from ._reuseport import ReuseportMd as ReuseportMd
 from ._reuseport import sk_select_reuseport as sk_select_reuseport
+from ._ring import FileSpan as FileSpan
 from ._ring import PageFrag as PageFrag
 from ._ring import Sge as Sge
 from ._ring import SkMsg as SkMsg
+from ._ring import pread_exactly as pread_exactly
 from ._skb import SkBuff as SkBuff
 from ._sock import SkProto as SkProto
 from ._sock import SkProtoBase as SkProtoBase
@@ -81,6 +83,8 @@ from ._sock import Sock as Sock
 from ._sock import next_cookie as next_cookie
 from ._strparser import LengthPrefixParser as LengthPrefixParser
 from ._strparser import StrParser as StrParser
+from ._tx import FILE_MSG_BYTES as FILE_MSG_BYTES
+from ._tx import FileSendOp as FileSendOp
 from ._tx import SendOp as SendOp
 from ._tx import SendOpBase as SendOpBase
 from ._tx import SendResult as SendResult

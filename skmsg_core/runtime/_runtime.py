@@ -302,27 +302,32 @@ async def tx_redirect(action: TxAction) -> None:
     ``redirect_errors`` (an error that is not the transport's is also logged,
     rate-limited), as a failed receive redirect is.
 
+    A file's bytes (:class:`~skmsg_core.FileSpan`, from a send of a file)
+    are read into memory for the target.
+
     Raises:
         OSError(EPIPE): the target has no psock or no stream, or it failed.
+        OSError(EIO): the file of a file's bytes is shorter than it was.
     """
     target = action.target
     assert target is not None
     if target.psock is None or target.dead:
         raise kernel_error(errno.EPIPE, f"redirect target {target.describe()} is gone")
+    views = [b if isinstance(b, memoryview) else b.view() for b in action.bufs]
     try:
         dgram = _queue_datagram(target)
         if action.ingress:
             if dgram is not None:  # one message, one datagram; a full queue drops it (counted)
-                dgram(_joined(action.bufs), None)
+                dgram(_joined(views), None)
                 await trio.lowlevel.checkpoint()
                 return
-            if not await ingress_put(target, action.bufs, action.nbytes):
+            if not await ingress_put(target, views, action.nbytes):
                 raise kernel_error(errno.EPIPE, f"redirect target {target.describe()} is gone")
             return
         endpoint: Endpoint | None = target.owner
         if endpoint is None:
             raise kernel_error(errno.EPIPE, f"redirect target {target.describe()} has no stream")
-        bufs = [_joined(action.bufs)] if dgram is not None and action.bufs else action.bufs
+        bufs = [_joined(views)] if dgram is not None and views else views
         await endpoint.egress_write(bufs, action.more)
     except BaseException as exc:
         if escapes_boundary(exc):

@@ -311,7 +311,8 @@ class TlsSocket:
             for action in op:
                 try:
                     if action.kind == "pass":  # one element of bufs per record
-                        await self._write_records(action.bufs, action.more, TLS_RECORD_TYPE_DATA)
+                        records = list(action.bufs)
+                        await self._write_records(records, action.more, TLS_RECORD_TYPE_DATA)
                     else:
                         await tx_redirect(action)
                 except OSError as exc:
