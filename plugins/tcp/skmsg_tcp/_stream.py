@@ -560,8 +560,8 @@ class SkStream(trio.abc.HalfCloseableStream):
         Raises:
             ValueError: ``file`` is not a regular file, or ``offset``/``count``
                 is negative.
-            SendError, trio.BusyResourceError, trio.ClosedResourceError,
-                trio.BrokenResourceError: as :meth:`send_all`.
+            SendError, trio.BusyResourceError: as :meth:`send_all`.
+            trio.ClosedResourceError, trio.BrokenResourceError: as :meth:`send_all`.
             OSError(EIO): the file ends before the bytes it had when the send
                 began (it shrank under the send).
 

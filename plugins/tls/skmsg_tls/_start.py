@@ -202,7 +202,7 @@ async def enable_tls(
     ran here, so no server name, ALPN protocol or peer certificate.
 
     Raises:
-        TypeError, FileExistsError, trio.BusyResourceError,
+        TypeError, FileExistsError, trio.BusyResourceError: as :func:`start_tls`.
         trio.ClosedResourceError, OSError(ENOTCONN): as :func:`start_tls`.
         ValueError: ``tx`` and ``rx`` differ in version or cipher, or
             ``record_size_limit`` is not 64..``TLS_MAX_PAYLOAD_SIZE``.

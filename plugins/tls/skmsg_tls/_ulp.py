@@ -743,7 +743,7 @@ class TlsUlp:
         has ended (close_notify, an error) what is read is let go.
 
         Raises:
-            Whatever ``recv_into`` raises; nothing is added then.
+            Exception: whatever ``recv_into`` raises; nothing is added then.
         """
         rx = self.rx
         if rx.error is not None or rx.eof:
