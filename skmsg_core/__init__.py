@@ -31,6 +31,7 @@ from ._consts import BpfAttachType as BpfAttachType
 from ._consts import BpfProgType as BpfProgType
 from ._consts import SkAction as SkAction
 from ._consts import TcpState as TcpState
+from ._errors import SendError as SendError
 from ._errors import StrParserError as StrParserError
 from ._errors import errno_name as errno_name
 from ._errors import kernel_error as kernel_error

@@ -537,7 +537,7 @@ class UdpSocket(trio.abc.AsyncResource):
             try:
                 await tx_redirect(sk.TxAction("redirect", target, ingress, bufs, size, False))
             except OSError as exc:
-                err = SendError(
+                err = SendError.of(
                     errno.EPIPE,
                     f"send on {self.sk.describe()}: redirect to {target.describe()} "
                     f"failed: {exc.strerror}",
@@ -546,7 +546,7 @@ class UdpSocket(trio.abc.AsyncResource):
             psock.tx_redirected_bytes += size
             return n
         psock.tx_dropped_bytes += msg.free()
-        raise SendError(
+        raise SendError.of(
             errno.EACCES,
             f"send on {self.sk.describe()}: the SK_MSG program dropped the datagram "
             f"({n} bytes)",
