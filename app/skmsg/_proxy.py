@@ -69,6 +69,8 @@ import errno
 import logging
 import os
 import socket
+import time
+from collections import Counter
 from collections.abc import Iterator
 
 import attrs
@@ -77,9 +79,16 @@ import trio
 import skmsg_core as sk
 import skmsg_tcp
 from skmsg_core import describe_error
-from skmsg_core.runtime import RateLimitedLog, Runtime, escapes_boundary, open_runtime
+from skmsg_core.runtime import (
+    RateLimitedLog,
+    Runtime,
+    escapes_boundary,
+    log_event,
+    open_runtime,
+)
 
 from ._echo import serve_echo
+from ._metrics import LatencyHistogram
 from ._parsers import FRAMINGS, Framing, FramingError
 from ._policy import Policy, PolicyError
 from ._stats import ProxyCounters, ProxyStats
@@ -159,8 +168,15 @@ class ProxyPrograms:
 
     A subclass sets ``policy``, ``counters``, ``verdict``, ``listen``,
     ``runtime``, ``_index`` (backend cookie -> backend index) and
-    ``_logged_errors``; ``unit`` names what one verdict judges in the log,
-    ``client`` what one client's service is.
+    ``_logged_errors``, and calls :meth:`_observe` with its backend count;
+    ``unit`` names what one verdict judges in the log, ``client`` what one
+    client's service is.
+
+    Observability: ``latency[i]`` is backend ``i``'s reply latency (from a
+    message's redirect to that backend connection until the next bytes it
+    sends back; ``_pending``: backend connection cookie -> when the oldest
+    unanswered message left), ``closed`` counts clients closed by reason
+    (:meth:`_closed` logs the event too).
     """
 
     unit = "message"
@@ -172,6 +188,20 @@ class ProxyPrograms:
     runtime: Runtime
     _index: dict[int, int]
     _logged_errors: int
+    latency: list[LatencyHistogram]
+    closed: Counter[str]
+    _pending: dict[int, float]
+
+    def _observe(self, backends: int) -> None:
+        """Set up the reply latency histograms and the closed-by-reason counts."""
+        self.latency = [LatencyHistogram() for _ in range(backends)]
+        self.closed = Counter()
+        self._pending = {}
+
+    def _closed(self, peer: str, reason: str, **fields: object) -> None:
+        """Client ``peer`` was closed for ``reason``: count it, log the event."""
+        self.closed[reason] += 1
+        log_event(log, logging.INFO, "client_closed", client=peer, reason=reason, **fields)
 
     def _judge(self, skb: sk.SkBuff, backends: sk.SockMap | None) -> int:
         """Run the policy's verdict on a client's ``skb`` given that client's
@@ -206,6 +236,7 @@ class ProxyPrograms:
                 if sk.verdict_of(ret):
                     b.msgs += 1
                     b.bytes += n
+                    self._pending.setdefault(redir.cookie, time.monotonic())
                 else:
                     b.dropped += 1
         c.judged()
@@ -216,6 +247,9 @@ class ProxyPrograms:
         or dropped by ``ret``; returns ``ret``."""
         i = self._index.get(cookie)
         if i is not None:
+            sent = self._pending.pop(cookie, None)
+            if sent is not None:
+                self.latency[i].observe(time.monotonic() - sent)
             if ret == sk.SK_PASS:
                 self.counters.backends[i].reply_bytes += skb.len
             else:
@@ -275,6 +309,7 @@ class Proxy(ProxyPrograms):
         self.embedded = not config.backends
         self.runtime = runtime
         self.counters = ProxyCounters([str(b) for b in backends])
+        self._observe(len(backends))
         self.clients = sk.SockHash(max_entries=config.max_clients, name="clients")
         #: client cookie -> that client's backend connections (a hash of maps)
         self.sessions: dict[int, sk.SockMap] = {}
@@ -402,6 +437,7 @@ class Proxy(ProxyPrograms):
                 for conn in conns:
                     self._owner.pop(conn.sk.cookie, None)
                     self._index.pop(conn.sk.cookie, None)
+                    self._pending.pop(conn.sk.cookie, None)
                 if backends is not None:
                     backends.close()
                 for stream in (client, *conns):
