@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from ._dnsload import ask, dns_servers, names, proxy_command
+from bench._dns_peers import ask, dns_servers, names, proxy_command
 
 QUERIES = 1000
 THREADS = 16

@@ -1,6 +1,7 @@
 """Real DNS peers for load through ``skmsg proxy --udp``: dnslib servers, dnspython
 clients asking from a fresh source port per query (as resolvers do), from
-many threads. Shared by the load test and ``bench/bench_proxy_udp.py``."""
+many threads, and the real command in front of the servers. Used by
+``bench_proxy_udp.py`` and by ``tests/udp/test_udp_proxy_dns_load.py``."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import dns.rdatatype
 from dnslib import QTYPE, RR, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 POLICY = str(ROOT / "examples" / "dns_route.py")
 INTERNAL_ADDRESS, PUBLIC_ADDRESS = "10.0.0.1", "192.0.2.7"
 #: dnslib logs every request and reply by default; these peers log nothing.
