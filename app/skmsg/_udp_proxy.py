@@ -239,8 +239,9 @@ class UdpProxy(ProxyPrograms):
         session.datagrams_in += 1
         session.bytes_in += skb.len
         ret = self._judge(skb, session.unit.backends)
-        if ret == sk.SK_PASS and skb.sk_redir is not None:
-            session.waiting = True  # a request went to a backend
+        if skb.sk_redir is not None and sk.verdict_of(ret):
+            session.waiting = True  # a request went to a backend (the return read as
+            # the runner reads it: none of its code runs)
         return ret
 
     def _reply(self, skb: sk.SkBuff) -> int:

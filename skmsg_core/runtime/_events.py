@@ -19,7 +19,7 @@ import json
 import logging
 from typing import Any
 
-__all__ = ["format_event", "log_event"]
+__all__ = ["format_event", "format_fields", "log_event"]
 
 _PLAIN = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -43,11 +43,14 @@ def _value(value: object) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+def format_fields(fields: dict[str, Any]) -> str:
+    """``k=v k=v ...`` for ``fields``, in their order (see the rules)."""
+    return " ".join(f"{key}={_value(value)}" for key, value in fields.items())
+
+
 def format_event(event: str, fields: dict[str, Any]) -> str:
     """``event=NAME k=v ...``: the line for ``event`` with ``fields`` (see the rules)."""
-    parts = [f"event={_value(event)}"]
-    parts.extend(f"{key}={_value(value)}" for key, value in fields.items())
-    return " ".join(parts)
+    return format_fields({"event": event, **fields})
 
 
 def log_event(logger: logging.Logger, level: int, event: str, **fields: Any) -> None:
