@@ -74,6 +74,10 @@ BUCKETS = (
 )
 
 
+#: The listen backlog the proxy's TCP listeners ask for (trio's default).
+LISTEN_BACKLOG = 0xFFFF
+
+
 @attrs.define(slots=True)
 class LatencyHistogram:
     """Observed durations in :data:`BUCKETS` (plus +Inf), their sum and count.
@@ -189,8 +193,10 @@ def _address(name: tuple[Any, ...]) -> Address:
 
 def _proc_net(address: str, inode: int, *, udp: bool, v6: bool) -> Listener:
     """The ``/proc/net/{tcp,udp}{,6}`` line of socket ``inode``: for a TCP
-    listener ``rx_queue`` is its accept queue and ``tx_queue`` its backlog; for
-    UDP ``rx_queue`` is the bytes queued and the last column the drops."""
+    listener ``rx_queue`` is its accept queue (its limit is not shown there:
+    the backlog the proxy asks for, :data:`LISTEN_BACKLOG`, capped by
+    ``net.core.somaxconn``); for UDP ``rx_queue`` is the bytes queued and the
+    last column the drops."""
     path = f"/proc/net/{'udp' if udp else 'tcp'}{'6' if v6 else ''}"
     try:
         with open(path, encoding="ascii") as f:
@@ -198,14 +204,22 @@ def _proc_net(address: str, inode: int, *, udp: bool, v6: bool) -> Listener:
             for line in f:
                 cols = line.split()
                 if len(cols) > 9 and cols[9] == str(inode):
-                    tx, rx = (int(x, 16) for x in cols[4].split(":"))
+                    rx = int(cols[4].split(":")[1], 16)
                     if udp:
                         return Listener(address, rx, None, int(cols[-1]) if len(cols) > 12
                                         else None)
-                    return Listener(address, rx, tx, None)
+                    return Listener(address, rx, _backlog(), None)
     except OSError:
         pass
     return Listener(address, None, None, None)
+
+
+def _backlog() -> int | None:
+    try:
+        with open("/proc/sys/net/core/somaxconn", encoding="ascii") as f:
+            return min(LISTEN_BACKLOG, int(f.read()))
+    except (OSError, ValueError):
+        return None
 
 
 # -- rendering --------------------------------------------------------------------------------
