@@ -90,6 +90,9 @@ counters: messages, bytes, and pass/drop/redirect in all and per backend, on
 stderr every --stats-interval seconds (default: every 2s when stdout and
 stderr are terminals, else only at exit). Ctrl-C (SIGINT) or SIGTERM stops
 the proxy: connections close, the final counters are printed, exit status 0.
+Log lines on stderr are one event per line, key=value (ts=... level=...
+event=client_closed client=... reason=...); -v adds each connection's life.
+--metrics HOST:PORT serves Prometheus metrics; names in docs/proxy.md.
 Bad arguments, a policy file that fails to load, a taken --listen address or
 an unreachable --backend exit with status 2 and a one-line error.
 
