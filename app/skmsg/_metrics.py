@@ -441,19 +441,24 @@ class MetricsServer:
     httpd: Any
     thread: threading.Thread
     address: Address
+    #: whether program run-time accounting was on before this server turned it on
+    stats_were_enabled: bool = True
 
     def close(self) -> None:
-        """Stop serving and close the socket (blocks up to half a second)."""
+        """Stop serving and close the socket (blocks up to half a second); turn
+        program run-time accounting back off if this server turned it on."""
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(timeout=5)
+        if not self.stats_were_enabled:
+            sk.enable_stats(False)
 
 
 def start_metrics(proxy: ProxyPrograms, address: Address,
                   trio_token: trio.lowlevel.TrioToken) -> MetricsServer:
     """Serve ``proxy``'s metrics (and this process's: CPU, memory, open fds) at
     ``http://address/metrics``. Turns on programs' run-time accounting
-    (:func:`skmsg_core.enable_stats`).
+    (:func:`skmsg_core.enable_stats`) until :meth:`MetricsServer.close`.
 
     Raises:
         OSError: it cannot listen on ``address`` (``EADDRINUSE`` ...).
@@ -461,10 +466,11 @@ def start_metrics(proxy: ProxyPrograms, address: Address,
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProxyCollector(proxy, trio_token))
     registry.register(ProcessCollector(registry=None))
-    sk.enable_stats()
     try:
         httpd, thread = start_http_server(address.port, address.host, registry=registry)
     except socket.gaierror as exc:
         raise OSError(errno.EADDRNOTAVAIL, f"cannot resolve {address.host!r}") from exc
+    before = sk.stats_enabled()
+    sk.enable_stats()
     host, port = httpd.server_address[:2]
-    return MetricsServer(httpd, thread, _address((str(host), int(port))))
+    return MetricsServer(httpd, thread, _address((str(host), int(port))), before)

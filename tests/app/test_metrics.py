@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+import skmsg_core as sk
 from bench._dns_peers import dns_servers
 from skmsg import Address, Proxy, ProxyConfig, run_proxy
 from skmsg._metrics import MetricsServer, Snapshot, render, snapshot, start_metrics
@@ -134,6 +135,7 @@ async def test_tcp_metrics_move_as_traffic_flows() -> None:
             assert value(after, "skmsg_proxy_clients_closed_total", proto="tcp",
                          reason="done") == 1
             assert value(after, "skmsg_proxy_backend_connections") == 0
+        assert not sk.stats_enabled()  # the server turned run-time accounting on, then off
         nursery.cancel_scope.cancel()
 
 
