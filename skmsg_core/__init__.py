@@ -60,6 +60,7 @@ from ._progs import describe_error as describe_error
 from ._progs import describe_value as describe_value
 from ._progs import enable_stats as enable_stats
 from ._progs import set_error_observer as set_error_observer
+from ._progs import stats_enabled as stats_enabled
 from ._progs import verdict_of as verdict_of
 from ._psock import PsockStats as PsockStats
 from ._psock import RxAction as RxAction
