@@ -267,7 +267,7 @@ class Sock:
 def format_addr(addr: SockAddr) -> str:
     """An address for messages: a tuple as it prints, a path as itself, an
     abstract AF_UNIX name as ``@name`` (``ss``'s notation), none as ``-``."""
-    if addr is None or addr == "" or addr == b"":
+    if not addr:
         return "-"
     if isinstance(addr, bytes):
         name = addr[1:] if addr[:1] == b"\0" else addr
