@@ -444,7 +444,7 @@ class UnixDatagramSocket(trio.abc.AsyncResource):
         Cancellation: the datagram was either sent whole or not at all.
         """
         self._check_open()
-        if peer_name(self._raw) is None:
+        if self.sk.remote_addr is None and peer_name(self._raw) is None:
             await trio.lowlevel.checkpoint()
             raise sk.kernel_error(
                 errno.ENOTCONN, f"send on {self.sk.describe()}: the socket is not connected"
