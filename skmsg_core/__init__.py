@@ -82,6 +82,8 @@ from ._skb import SkBuff as SkBuff
 from ._sock import SkProto as SkProto
 from ._sock import SkProtoBase as SkProtoBase
 from ._sock import Sock as Sock
+from ._sock import SockAddr as SockAddr
+from ._sock import format_addr as format_addr
 from ._sock import next_cookie as next_cookie
 from ._strparser import LengthPrefixParser as LengthPrefixParser
 from ._strparser import StrParser as StrParser

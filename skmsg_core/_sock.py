@@ -34,7 +34,7 @@ import itertools
 import socket
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeAlias, runtime_checkable
 
 import attrs
 
@@ -43,7 +43,21 @@ from ._consts import TcpState
 if TYPE_CHECKING:
     from ._psock import SkPsock
 
-__all__ = ["SkFields", "SkProto", "SkProtoBase", "Sock", "next_cookie", "refresh"]
+__all__ = [
+    "SkFields",
+    "SkProto",
+    "SkProtoBase",
+    "Sock",
+    "SockAddr",
+    "format_addr",
+    "next_cookie",
+    "refresh",
+]
+
+#: A socket address as Python's ``socket`` module gives it: ``(host, port, ...)``
+#: for AF_INET/AF_INET6, a ``str`` path or ``bytes`` abstract name for AF_UNIX,
+#: or ``None`` for none.
+SockAddr: TypeAlias = tuple[Any, ...] | str | bytes | None
 
 _ESTABLISHED, _LISTEN = int(TcpState.ESTABLISHED), int(TcpState.LISTEN)
 # Cookies start past zero, as the kernel's (0 means "no cookie").
@@ -164,8 +178,14 @@ class Sock:
     type: int = socket.SOCK_STREAM
     protocol: int = socket.IPPROTO_TCP
     _state: int = TcpState.CLOSE
-    local_addr: tuple[Any, ...] | None = None
-    remote_addr: tuple[Any, ...] | None = None
+    #: The socket's own address as Python's ``socket`` module gives it: a tuple
+    #: for AF_INET/AF_INET6, a ``str`` path or an abstract ``bytes`` name
+    #: (``b"\\0name"``) for AF_UNIX, ``""`` for an unnamed AF_UNIX socket;
+    #: ``None`` when unknown or unbound.
+    local_addr: SockAddr = None
+    #: The peer's address, in the same forms (``""``: an unnamed AF_UNIX peer,
+    #: such as a socketpair's); ``None`` when not connected.
+    remote_addr: SockAddr = None
     cookie: int = attrs.field(factory=next_cookie)
     fileno: int = -1
     owner: Any = None
@@ -274,9 +294,22 @@ class Sock:
     def describe(self) -> str:
         """A short name for errors: protocol, cookie and addresses."""
         proto = self.sk_prot.name if self.sk_prot is not None else "?"
-        addr = f" {self.local_addr}" if self.local_addr else ""
-        peer = f"->{self.remote_addr}" if self.remote_addr else ""
+        addr = f" {format_addr(self.local_addr)}" if self.local_addr else ""
+        peer = f"->{format_addr(self.remote_addr)}" if self.remote_addr else ""
         return f"{proto} socket (cookie {self.cookie}){addr}{peer}"
+
+
+def format_addr(addr: SockAddr) -> str:
+    """An address for messages: a tuple as it prints, a path as itself, an
+    abstract AF_UNIX name as ``@name`` (``ss``'s notation), none as ``-``."""
+    if not addr:
+        return "-"
+    if isinstance(addr, bytes):
+        name = addr[1:] if addr[:1] == b"\0" else addr
+        return "@" + name.decode("utf-8", "backslashreplace")
+    if isinstance(addr, str):
+        return "@" + addr[1:] if addr.startswith("\0") else addr
+    return str(addr)
 
 
 class SkFields:
@@ -285,8 +318,10 @@ class SkFields:
     ``family``; ``local_ip4``/``remote_ip4`` (``None`` unless AF_INET) and
     ``local_ip6``/``remote_ip6`` (``None`` unless AF_INET6) as address strings;
     ``local_port``/``remote_port`` in host byte order (the kernel gives
-    ``remote_port`` in network order; a deliberate difference). What the
-    socket's ULP negotiated is read through the socket: ``msg.sk.tls``.
+    ``remote_port`` in network order; a deliberate difference). A socket of
+    another family (AF_UNIX) has no IP address and no port: ``None`` and 0, as
+    the kernel's fields read zero for it. What the socket's ULP negotiated is
+    read through the socket: ``msg.sk.tls``.
     """
 
     __slots__ = ()
@@ -321,10 +356,16 @@ class SkFields:
         return _ip(self.sk, local=False, v6=True)
 
 
+_INET = (socket.AF_INET, socket.AF_INET6)
+
+
 def _addr(sk: Sock | None, local: bool) -> tuple[Any, ...] | None:
-    if sk is None:
+    """The socket's IP address tuple, or None (no socket, no address, or a
+    family without IP addresses)."""
+    if sk is None or sk.family not in _INET:
         return None
-    return sk.local_addr if local else sk.remote_addr
+    addr = sk.local_addr if local else sk.remote_addr
+    return addr if isinstance(addr, tuple) else None
 
 
 def _port(sk: Sock | None, local: bool) -> int:

@@ -1,8 +1,8 @@
 """Each plugin is a distribution of its own, as a third party's would be.
 
 Into a fresh virtual environment with only the core installed, ``pip install
-./plugins/tcp`` (then udp, then tls) gives a working plugin whose ``skmsg``
-entry point the core finds; before it, the core serves no protocol. Real
+./plugins/tcp`` (then udp, then tls, then unix) gives a working plugin whose
+``skmsg`` entry point the core finds; before it, the core serves no protocol. Real
 installs (not editable), from the project's own files; the dependencies come
 from the package index as on any fresh machine.
 """
@@ -51,7 +51,7 @@ SERVED = """
     import errno, importlib.metadata as md, skmsg_core as sk
     names = sorted(e.name for e in md.entry_points(group="skmsg"))
     served = []
-    for name in ("tcp", "udp"):
+    for name in ("tcp", "udp", "unix-stream", "unix-dgram"):
         try:
             sk.plugins().protocol(name)
             served.append(name)
@@ -73,13 +73,24 @@ def test_each_plugin_installs_on_its_own_and_the_core_finds_it(fresh: pathlib.Pa
     pip(fresh, str(ROOT / "plugins" / "udp"))
     assert python(fresh, SERVED).startswith("['tcp', 'udp'] ['tcp', 'udp']")
     pip(fresh, str(ROOT / "plugins" / "tls"))
-    assert python(fresh, SERVED).startswith("['tcp', 'tls', 'udp']")
+    assert python(fresh, SERVED).startswith("['tcp', 'tls', 'udp'] ['tcp', 'udp']")
+    pip(fresh, str(ROOT / "plugins" / "unix"))
+    assert python(fresh, SERVED).startswith(
+        "['tcp', 'tls', 'udp', 'unix'] ['tcp', 'udp', 'unix-stream', 'unix-dgram']"
+    )
+    # written as a third party writes a plugin: it needs the core, no other plugin
+    requires = python(fresh, """
+        import importlib.metadata as md
+        print(sorted(r.split(">")[0] for r in md.requires("skmsg-unix")))
+    """)
+    assert requires == "['attrs', 'skmsg-core', 'trio']"
     # each works as installed: the conformance check every protocol plugin
     # passes, and a program of the core on a real socket pair
     out = python(fresh, """
-        import functools, trio, skmsg_core as sk, skmsg_tcp, skmsg_tls, skmsg_udp
+        import functools, trio, skmsg_core as sk, skmsg_tcp, skmsg_tls, skmsg_udp, skmsg_unix
         from skmsg_core.testing import check_protocol_plugin
         from skmsg_tcp.testing import clog_tcp_pair, tcp_stream_pair
+        from skmsg_unix.testing import clog_unix_pair
 
         async def main():
             await check_protocol_plugin(
@@ -88,6 +99,14 @@ def test_each_plugin_installs_on_its_own_and_the_core_finds_it(fresh: pathlib.Pa
             await check_protocol_plugin(
                 functools.partial(skmsg_udp.udp_socket_pair, "127.0.0.1"),
                 proto=skmsg_udp.UDP_PROTO, kind="datagram",
+            )
+            await check_protocol_plugin(
+                skmsg_unix.unix_stream_pair, proto=skmsg_unix.UNIX_STREAM_PROTO,
+                clog=clog_unix_pair,
+            )
+            await check_protocol_plugin(
+                skmsg_unix.unix_dgram_pair, proto=skmsg_unix.UNIX_DGRAM_PROTO,
+                kind="datagram",
             )
             a, b = await tcp_stream_pair()
             m = sk.SockMap(1)

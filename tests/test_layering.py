@@ -23,6 +23,7 @@ LAYERS: dict[str, tuple[pathlib.Path, int]] = {
     "skmsg_tcp": (ROOT / "plugins" / "tcp" / "skmsg_tcp", 1),
     "skmsg_tls": (ROOT / "plugins" / "tls" / "skmsg_tls", 1),
     "skmsg_udp": (ROOT / "plugins" / "udp" / "skmsg_udp", 1),
+    "skmsg_unix": (ROOT / "plugins" / "unix" / "skmsg_unix", 1),
     "skmsg": (ROOT / "app" / "skmsg", 2),
 }
 LEVEL_NAMES = {0: "the core", 1: "a plugin", 2: "the application"}

@@ -703,7 +703,7 @@ def _why(exc: BaseException) -> str:
     return str(exc)
 
 
-def _fmt(addr: tuple[object, ...] | None) -> str:
-    if not addr or len(addr) < 2:
+def _fmt(addr: sk.SockAddr) -> str:
+    if not isinstance(addr, tuple) or len(addr) < 2:
         return "?"
     return str(Address.of(addr))

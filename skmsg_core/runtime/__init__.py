@@ -15,6 +15,7 @@ from ._runtime import RateLimitedLog as RateLimitedLog
 from ._runtime import Runtime as Runtime
 from ._runtime import current_runtime as current_runtime
 from ._runtime import data_ready as data_ready
+from ._runtime import egress_try as egress_try
 from ._runtime import escapes_boundary as escapes_boundary
 from ._runtime import ingress_put as ingress_put
 from ._runtime import ingress_try as ingress_try

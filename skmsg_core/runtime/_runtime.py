@@ -42,6 +42,9 @@ stays one datagram (fragments of one SK_MSG message are joined; each message
 of a receive batch is one datagram), and its receive queue never makes a
 sender wait: a full queue drops the datagram and counts it in the target's
 ``sk.drops`` (UDP's contract), as :func:`ingress_try` does for any target.
+A datagram socket's own receive loop never waits on a redirect target
+either: :func:`ingress_try` and :func:`egress_try` queue or send one message
+now, or drop it and count it.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ __all__ = [
     "DatagramEndpoint",
     "current_runtime",
     "data_ready",
+    "egress_try",
     "escapes_boundary",
     "ingress_put",
     "ingress_try",
@@ -236,6 +240,17 @@ class DatagramEndpoint(Endpoint, Protocol):
         """
         ...
 
+    def egress_send_nowait(self, data: bytes | memoryview) -> bool:
+        """Send ``data`` as one datagram now, below this socket's SK_MSG
+        program, or drop it (counted by the socket) when the socket cannot take
+        it without waiting. Returns whether it was sent (:func:`egress_try`).
+
+        Raises:
+            trio.ClosedResourceError: the socket was closed.
+            OSError: the send failed otherwise.
+        """
+        ...
+
 
 def _queue_datagram(target: Sock) -> Any:
     """The target's ``queue_datagram`` if it is a datagram socket, else None."""
@@ -268,6 +283,73 @@ def ingress_try(target: Sock, data: memoryview) -> bool:
     psock.queue_msg([data])
     data_ready(psock)
     return True
+
+
+def _writable_now(fd: int) -> bool:
+    """Whether ``fd`` takes bytes without waiting (``poll``: any fd number)."""
+    poller = select.poll()
+    try:
+        poller.register(fd, select.POLLOUT)
+        events = poller.poll(0)
+    except (OSError, ValueError):
+        return False
+    return any(ev & select.POLLOUT and not ev & (select.POLLERR | select.POLLNVAL)
+               for _, ev in events)
+
+
+async def egress_try(target: Sock, data: memoryview) -> bool:
+    """Send one message out of ``target``'s transport now, or drop it.
+
+    For a sender that must never wait (a datagram socket's receive loop), as
+    :func:`ingress_try` is for receive queues. A datagram target
+    (:meth:`DatagramEndpoint.egress_send_nowait`) sends it as one datagram, or
+    drops it when its send buffer is full (counted by the target). A stream
+    target writes it with :meth:`Endpoint.egress_write`, in order with its
+    other writes, if its socket takes bytes now; otherwise the message is
+    dropped and counted in ``target.drops``. A target without a psock, dead, or
+    without an endpoint drops it too. Returns whether it went out.
+
+    Whatever the target raises while taking it (cancellation and Ctrl-C aside)
+    is the target's failure, never the sender's: the message is dropped and
+    counted in the current runtime's ``redirect_errors`` (an error that is not
+    the transport's is also logged, rate-limited), and False returned.
+
+    Cancellation: the message was sent whole or not at all for a datagram
+    target; a stream target's write may have been cut short, as any
+    cancelled ``egress_write``.
+    """
+    psock = target.psock
+    owner = target.owner
+    if psock is None or not psock.tx_enabled or target.dead or owner is None:
+        target.drops += 1
+        return False
+    try:
+        send_now = getattr(owner, "egress_send_nowait", None)
+        if send_now is not None:
+            sent = bool(send_now(data))
+            await trio.lowlevel.checkpoint()
+            return sent
+        fd = owner.transport_fileno()
+        if fd >= 0 and not _writable_now(fd):
+            target.drops += 1
+            await trio.lowlevel.checkpoint()
+            return False
+        await owner.egress_write([data], False)
+        return True
+    except BaseException as exc:
+        if escapes_boundary(exc):
+            raise
+        rt = current_runtime()
+        if rt is not None:
+            rt.redirect_errors += 1
+        if not isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
+            _rate_limited.warning(
+                ("redirect", type(exc)),
+                "redirect to %s dropped: its stream raised %s",
+                target.describe(),
+                describe_error(exc),
+            )
+        return False
 
 
 _writable: weakref.WeakKeyDictionary[SkPsock, trio.lowlevel.ParkingLot] = (

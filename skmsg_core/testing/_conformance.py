@@ -23,6 +23,9 @@ state cannot hide another's bug. The steps, in order:
 4. **trio's stream contract** (stream plugins): ``check_half_closeable_stream``
    (``check_two_way_stream`` for a stream that cannot half-close) plain, and in
    maps with pass programs (SK_MSG verdict; stream parser + verdict; all three).
+   A stream that is not TCP (``sk.is_tcp`` false, as a Unix stream) cannot
+   take a stream parser (the kernel runs one on TCP only: ``EOPNOTSUPP``), so
+   its maps have a stream verdict alone in the parser's place.
 5. **SK_MSG DROP** (stream plugins): ``send_all`` fails with a
    ``PermissionError`` of errno ``EACCES`` and the peer never sees the bytes.
 6. **SK_SKB redirect** (stream plugins): between two connections, to the
@@ -449,8 +452,17 @@ _IN_MAPS: tuple[tuple[str, dict[str, Callable[[Any], Any]]], ...] = (
 )
 
 
+#: For a stream that is not TCP: no stream parser (the kernel's rule), a verdict alone.
+_IN_MAPS_NOT_TCP: tuple[tuple[str, dict[str, Callable[[Any], Any]]], ...] = (
+    ("an SK_MSG pass verdict", {"msg_verdict": _pass}),
+    ("a stream verdict alone, pass", {"stream_verdict": _pass}),
+    ("SK_MSG and stream verdict, both pass", {"msg_verdict": _pass, "stream_verdict": _pass}),
+)
+
+
 async def _check_trio_streams(run: _Run) -> None:
     a, _ = await run.pair("trio's stream contract: make a pair")
+    configs = _IN_MAPS if a.sk.is_tcp else _IN_MAPS_NOT_TCP
     half = isinstance(a, trio.abc.HalfCloseableStream)
     if not half and not isinstance(a, trio.abc.Stream):
         with run.step("trio's stream contract"):
@@ -465,7 +477,7 @@ async def _check_trio_streams(run: _Run) -> None:
 
     with run.step(f"trio.testing.{name} on a plain stream"):
         await check(plain, _clogged(run, plain))
-    for label, progs in _IN_MAPS:
+    for label, progs in configs:
 
         async def in_map(progs: dict[str, Callable[[Any], Any]] = progs) -> tuple[Any, Any]:
             x, y = await run.pair("make a pair")

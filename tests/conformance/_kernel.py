@@ -141,6 +141,11 @@ def run_on_kernel(sc: Scenario) -> dict[str, Any]:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 socks[name] = s
                 reader.add(name, s)
+        for a_name, b_name, kind in sc.socketpairs:
+            for name, s in zip((a_name, b_name), _socketpair(kind), strict=True):
+                s.settimeout(SEND_TIMEOUT)
+                socks[name] = s
+                reader.add(name, s)
         results = [
             _step(sc, step=step, obj=obj, socks=socks, extra=extra, reader=reader)
             for step in sc.steps
@@ -235,7 +240,40 @@ def _step(
     raise AssertionError(f"unhandled step {op}")
 
 
+def _socketpair(kind: str) -> tuple[socket.socket, socket.socket]:
+    """Two sockets of ``kind`` connected to each other (see ``socketpairs``)."""
+    if kind == "unix_stream":
+        return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    if kind == "unix_dgram":
+        return socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a.bind(("127.0.0.1", 0))
+    b.bind(("127.0.0.1", 0))
+    a.connect(b.getsockname())
+    b.connect(a.getsockname())
+    return a, b
+
+
+def special_unix(name: str, extra: list[socket.socket]) -> socket.socket:
+    """The throw-away AF_UNIX sockets of the scenarios (shared by both sides)."""
+    if name == "unix_seqpacket":
+        s, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        extra.append(peer)
+    else:
+        stype = socket.SOCK_DGRAM if name.endswith("dgram") else socket.SOCK_STREAM
+        s = socket.socket(socket.AF_UNIX, stype)
+        if not name.startswith("fresh"):
+            s.bind(b"")  # autobind: a fresh abstract name
+        if name.startswith("listening"):
+            s.listen(4)
+    extra.append(s)
+    return s
+
+
 def _special(name: str, extra: list[socket.socket]) -> socket.socket:
+    if "unix" in name:
+        return special_unix(name, extra)
     if name in ("fresh_udp", "bound_udp"):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         if name == "bound_udp":

@@ -10,6 +10,13 @@ than ``name`` and ``steps`` optional):
 ``listeners``     listener names, e.g. ``["s1"]``
 ``pairs``         ``[[client, server, listener], ...]``: ``client`` connects to
                   ``listener`` and the accepted socket is ``server``
+``socketpairs``   ``[[a, b, kind], ...]``: two sockets connected to each other
+                  without a listener; ``kind`` is ``"unix_stream"`` or
+                  ``"unix_dgram"`` (``socketpair(AF_UNIX, ...)``) or ``"udp"``
+                  (two loopback UDP sockets, bound and connected to each
+                  other). A send on a datagram socket is one datagram; its
+                  peer's bytes are compared joined (boundaries are not: the
+                  kernel's ``sk_msg_recvmsg`` merges queued datagrams)
 ``msg``           the SK_MSG program ``msg_verdict``: ``ops`` (up to 6 of
                   ``{op = "apply"|"cork"|"pull"|"push"|"pop", a, b, from_run,
                   to_run, drop_on_error}``), ``verdict`` (``"pass"``, ``"drop"``
@@ -43,7 +50,10 @@ value 8), ``hash_a`` (SOCKHASH, u32 keys, 20 entries), ``map_v4`` (SOCKMAP,
 value 4, 4 entries). Programs: ``msg_verdict``, ``skb_parser``, ``skb_verdict``,
 ``skb_verdict_plain``; attach types ``msg_verdict``, ``stream_parser``,
 ``stream_verdict``, ``skb_verdict``. ``sock`` may also name a throw-away
-socket: ``fresh_tcp``, ``bound_tcp``, ``fresh_udp``, ``bound_udp``. Flags are numbers or
+socket: ``fresh_tcp``, ``bound_tcp``, ``fresh_udp``, ``bound_udp``,
+``fresh_unix_stream``, ``bound_unix_stream``, ``listening_unix_stream``,
+``fresh_unix_dgram``, ``bound_unix_dgram`` (bound to an abstract name, not
+connected), ``unix_seqpacket`` (one end of a ``SOCK_SEQPACKET`` socketpair). Flags are numbers or
 ``BPF_ANY``/``BPF_NOEXIST``/``BPF_EXIST``/``BPF_F_INGRESS``. Shapes are
 test_sockmap's ``[[iov_len, iov_count, rate], ...]`` or one of its names
 (``send_one``, ``send_many``, ``send_large``, ``test_send``); payload byte j of
@@ -63,7 +73,20 @@ SCENARIO_DIR = Path(__file__).parent / "scenarios"
 MAPS = ("map_a", "map_b", "map_c", "hash_a", "map_v4")
 PROGS = ("msg_verdict", "skb_parser", "skb_verdict", "skb_verdict_plain")
 ATTACH = ("msg_verdict", "stream_parser", "stream_verdict", "skb_verdict")
-SPECIAL_SOCKS = ("fresh_tcp", "bound_tcp", "fresh_udp", "bound_udp")
+SPECIAL_SOCKS = (
+    "fresh_tcp",
+    "bound_tcp",
+    "fresh_udp",
+    "bound_udp",
+    "fresh_unix_stream",
+    "bound_unix_stream",
+    "listening_unix_stream",
+    "fresh_unix_dgram",
+    "bound_unix_dgram",
+    "unix_seqpacket",
+)
+#: ``socketpairs`` kinds, and whether each is a stream.
+SOCKETPAIR_KINDS = {"unix_stream": True, "unix_dgram": False, "udp": False}
 FLAGS = {"BPF_ANY": 0, "BPF_NOEXIST": 1, "BPF_EXIST": 2, "BPF_F_INGRESS": 1}
 SHAPES = {
     "send_one": [[1, 1, 1], [1, 1024, 1], [1024, 1, 1]],
@@ -123,6 +146,10 @@ class Scenario:
         self.doc: str = raw.get("doc", "")
         self.listeners: list[str] = list(raw.get("listeners", []))
         self.pairs: list[tuple[str, str, str]] = [tuple(p) for p in raw.get("pairs", [])]  # type: ignore[misc]
+        self.socketpairs: list[tuple[str, str, str]] = [
+            tuple(p)  # type: ignore[misc]
+            for p in raw.get("socketpairs", [])
+        ]
         self.msg: dict[str, Any] = raw.get("msg", {})
         self.skb: dict[str, Any] = raw.get("skb", {})
         self.steps: list[dict[str, Any]] = raw["steps"]
@@ -188,12 +215,26 @@ class Scenario:
             out.append(Send(iov, more))
         return out * repeat
 
+    def kind_of(self, name: str) -> str:
+        """``"tcp"`` for a socket of ``pairs`` (or ``connect``/``accept``), else
+        its ``socketpairs`` kind."""
+        for a, b, kind in self.socketpairs:
+            if name in (a, b):
+                return kind
+        return "tcp"
+
+    def is_stream(self, name: str) -> bool:
+        kind = self.kind_of(name)
+        return kind == "tcp" or SOCKETPAIR_KINDS[kind]
+
     @property
     def connected(self) -> list[str]:
         """Every connected socket's name, in creation order."""
         names: list[str] = []
         for client, server, _ in self.pairs:
             names += [client, server]
+        for a, b, _ in self.socketpairs:
+            names += [a, b]
         for step in self.steps:
             if step["op"] == "connect":
                 names.append(step["client"])
@@ -229,6 +270,15 @@ def _check(sc: Scenario) -> None:
         if listener not in sc.listeners:
             raise bad(f"pair {list(pair)!r}: no listener named {listener!r}")
         names |= {client, server}
+    for sp in sc.socketpairs:
+        if len(sp) != 3 or sp[2] not in SOCKETPAIR_KINDS:
+            raise bad(
+                f"socketpairs entries are [a, b, kind] with kind one of "
+                f"{', '.join(SOCKETPAIR_KINDS)}, got {list(sp)!r}"
+            )
+        if names & set(sp[:2]):
+            raise bad(f"socketpairs {list(sp)!r}: a name is taken")
+        names |= set(sp[:2])
     ops = sc.msg_ops
     if len(ops) > 6:
         raise bad(f"msg.ops: at most 6 ops, got {len(ops)}")
@@ -279,8 +329,12 @@ def _check(sc: Scenario) -> None:
             shape = step.get("shape")
             if isinstance(shape, str) and shape not in SHAPES:
                 raise bad(f"step {i} (send): unknown shape {shape!r} (known: {', '.join(SHAPES)})")
+            if step.get("more") and sc.kind_of(step["sock"]) != "tcp":
+                raise bad(f"step {i} (send): more (MSG_MORE) is for TCP sockets only")
         if op in ("close", "shutdown") and step["sock"] not in names:
-            raise bad(f"step {i} (close): unknown socket {step['sock']!r}")
+            raise bad(f"step {i} ({op}): unknown socket {step['sock']!r}")
+        if op == "shutdown" and not sc.is_stream(step["sock"]):
+            raise bad(f"step {i} (shutdown): {step['sock']!r} is a datagram socket")
         if op == "connect":
             if step["listener"] not in sc.listeners:
                 raise bad(f"step {i} (connect): unknown listener {step['listener']!r}")
@@ -306,14 +360,18 @@ def _merge_topology(raw: dict[str, Any], topologies: dict[str, Any], where: str)
         chain.insert(0, topologies[name])
         name = topologies[name].get("extends")
     merged: dict[str, Any] = {"listeners": [], "pairs": [], "steps": [], "skb": {}, "msg": {}}
+    socketpairs: list[Any] = []
     for topo in [*chain, raw]:
         merged["listeners"] += [
             x for x in topo.get("listeners", []) if x not in merged["listeners"]
         ]
         merged["pairs"] += topo.get("pairs", [])
+        socketpairs += topo.get("socketpairs", [])
         merged["steps"] += topo.get("steps", [])
         merged["skb"] = {**merged["skb"], **topo.get("skb", {})}
         merged["msg"] = {**merged["msg"], **topo.get("msg", {})}
+    if socketpairs:  # only where used: the digest of every other scenario stays as it was
+        merged["socketpairs"] = socketpairs
     out = dict(raw)
     out.update(merged)
     return out

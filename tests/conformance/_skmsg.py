@@ -1,11 +1,13 @@
-"""Play a scenario on skmsg: the BPF programs' Python twins, SkStreams, skmsg maps.
+"""Play a scenario on skmsg: the BPF programs' Python twins, the plugins' sockets, skmsg maps.
 
 The programs here do, line for line, what ``bpf/sockmap_conf.bpf.c`` does with
 the same parameters (the ops in order, each limited to its runs; the verdict
-rules; the same log). Sends are ``send_all``; its outcome is turned into what
-the kernel's ``sendmsg`` returns: the byte count, ``SendError.sent`` when a
-DROP or a failed redirect ended it after some bytes were accepted, else the
-errno.
+rules; the same log). Sends are ``send_all`` on a stream (TCP's ``SkStream``,
+``skmsg_unix.UnixStream``) and ``send`` on a datagram socket
+(``skmsg_udp.UdpSocket``, ``skmsg_unix.UnixDatagramSocket``); the outcome is
+turned into what the kernel's ``sendmsg`` returns: the byte count,
+``SendError.sent`` when a DROP or a failed redirect ended it after some bytes
+were accepted, else the errno.
 
 ``hints`` (what the kernel's run received, per peer, at each ``settle`` and at
 the end) only say how long to wait: skmsg's side reads until it has at least
@@ -23,9 +25,12 @@ import trio
 
 import skmsg_core as sk
 import skmsg_tcp
+import skmsg_udp
+import skmsg_unix
 from skmsg_core.runtime import open_runtime
 
 from ._bpf import LOG_RUNS, MAX_OPS, errno_name
+from ._kernel import special_unix
 from ._results import encode_bytes, queued_bytes, run_length
 from ._scenario import Scenario, flag_value
 
@@ -162,33 +167,39 @@ class Programs:
         return self._finish(v, redir)
 
 
+def _is_stream(sock: Any) -> bool:
+    return hasattr(sock, "receive_some")
+
+
 class Peers:
-    """Reader tasks, one per connected stream, collecting what each receives."""
+    """Reader tasks, one per connected socket, collecting what each receives
+    (a datagram socket's datagrams joined, as the kernel side's)."""
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
         self.received: dict[str, bytearray] = {}
         self.scopes: dict[str, trio.CancelScope] = {}
-        self.streams: dict[str, skmsg_tcp.SkStream] = {}
+        self.streams: dict[str, Any] = {}
         self.done: set[str] = set()
         #: how a peer's reading ended: "EOF" or an errno name (absent: still open)
         self.ends: dict[str, str] = {}
         self.changed = trio.Event()
         self.last = trio.current_time()
 
-    def add(self, name: str, stream: skmsg_tcp.SkStream) -> None:
+    def add(self, name: str, stream: Any) -> None:
         self.received[name] = bytearray()
         self.streams[name] = stream
         scope = trio.CancelScope()
         self.scopes[name] = scope
         self.nursery.start_soon(self._read, name, stream, scope)
 
-    async def _read(self, name: str, stream: skmsg_tcp.SkStream, scope: trio.CancelScope) -> None:
+    async def _read(self, name: str, stream: Any, scope: trio.CancelScope) -> None:
+        receive = stream.receive_some if _is_stream(stream) else stream.receive
         try:
             with scope:
                 while True:
                     try:
-                        data = await stream.receive_some(1 << 20)
+                        data = await receive(1 << 20)
                     except trio.BrokenResourceError as exc:
                         cause = exc.__cause__
                         err = cause.errno if isinstance(cause, OSError) else None
@@ -215,7 +226,9 @@ class Peers:
             psock = stream.sk.psock
             if psock is not None and psock.ingress_bytes:
                 return True
-            fd = stream.socket.fileno()
+            if not _is_stream(stream) and stream.statistics().queued:
+                return True
+            fd = stream.sk.fileno if not stream.sk.dead else -1
             if fd >= 0 and queued_bytes(fd):
                 return True
         return False
@@ -237,7 +250,7 @@ class Peers:
 
 
 def _send_result(exc: BaseException) -> int | str:
-    if isinstance(exc, skmsg_tcp.SendError):
+    if isinstance(exc, sk.SendError):  # every plugin's send errors
         return exc.sent if exc.sent > 0 else errno_name(exc.errno or errno.EIO)
     if isinstance(exc, OSError):
         return errno_name(exc.errno or errno.EIO)
@@ -271,7 +284,7 @@ async def run_on_skmsg(sc: Scenario, hints: dict[str, Any] | None = None) -> dic
     }
     progs = Programs(sc, maps)
     listeners: dict[str, skmsg_tcp.SkListener] = {}
-    streams: dict[str, skmsg_tcp.SkStream] = {}
+    streams: dict[str, Any] = {}
     extra: list[stdsocket.socket] = []
     results: list[Any] = []
     async with open_runtime(), trio.open_nursery() as nursery:
@@ -285,6 +298,10 @@ async def run_on_skmsg(sc: Scenario, hints: dict[str, Any] | None = None) -> dic
                 streams[server] = await listeners[listener].accept()
                 peers.add(client, streams[client])
                 peers.add(server, streams[server])
+            for a_name, b_name, kind in sc.socketpairs:
+                streams[a_name], streams[b_name] = await _socketpair(kind)
+                peers.add(a_name, streams[a_name])
+                peers.add(b_name, streams[b_name])
             settles = iter(settle_hints)
             for step in sc.steps:
                 results.append(
@@ -324,6 +341,14 @@ async def run_on_skmsg(sc: Scenario, hints: dict[str, Any] | None = None) -> dic
     }
 
 
+async def _socketpair(kind: str) -> tuple[Any, Any]:
+    if kind == "unix_stream":
+        return await skmsg_unix.unix_stream_pair()
+    if kind == "unix_dgram":
+        return await skmsg_unix.unix_dgram_pair()
+    return await skmsg_udp.udp_socket_pair("127.0.0.1")
+
+
 def _key(maps: dict[str, sk.SockMapBase], name: str, key: int) -> Any:
     return hash_key(key) if name == "hash_a" else key
 
@@ -335,7 +360,7 @@ async def _step(
     maps: dict[str, sk.SockMapBase],
     progs: Programs,
     listeners: dict[str, skmsg_tcp.SkListener],
-    streams: dict[str, skmsg_tcp.SkStream],
+    streams: dict[str, Any],
     extra: list[stdsocket.socket],
     peers: Peers,
     settles: Any,
@@ -386,7 +411,12 @@ async def _step(
             data = s.data
             try:
                 with trio.fail_after(SEND_TIMEOUT):
-                    await stream.send_all(data, more=s.more)
+                    if isinstance(stream, skmsg_tcp.SkStream):
+                        await stream.send_all(data, more=s.more)
+                    elif _is_stream(stream):
+                        await stream.send_all(data)
+                    else:
+                        await stream.send(data)
             except trio.TooSlowError:
                 out.append("ETIMEDOUT")
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -421,6 +451,8 @@ async def _step(
 
 
 def _special(name: str, extra: list[stdsocket.socket]) -> stdsocket.socket:
+    if "unix" in name:
+        return special_unix(name, extra)
     if name in ("fresh_udp", "bound_udp"):
         s = stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
         if name == "bound_udp":

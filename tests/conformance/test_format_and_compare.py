@@ -76,6 +76,26 @@ def load(tmp_path: Path, text: str) -> list[Any]:
             "[[scenario]]\nname = 'a'\nsteps = []\n[[scenario.declared]]\nid = 'x'\n",
             "declared difference without 'doc'",
         ),
+        (
+            "[[scenario]]\nname = 'a'\nsocketpairs = [['u0', 'u1', 'unix_seqpacket']]\n"
+            "steps = []\n",
+            "kind one of unix_stream, unix_dgram, udp",
+        ),
+        (
+            "[[scenario]]\nname = 'a'\ntopology = 'one_pair'\n"
+            "socketpairs = [['c1', 'u1', 'unix_stream']]\nsteps = []\n",
+            "a name is taken",
+        ),
+        (
+            "[[scenario]]\nname = 'a'\nsocketpairs = [['u0', 'u1', 'unix_stream']]\n"
+            "steps = [{ op = 'send', sock = 'u0', data = 'x', more = true }]\n",
+            "more (MSG_MORE) is for TCP sockets only",
+        ),
+        (
+            "[[scenario]]\nname = 'a'\nsocketpairs = [['d0', 'd1', 'unix_dgram']]\n"
+            "steps = [{ op = 'shutdown', sock = 'd0' }]\n",
+            "'d0' is a datagram socket",
+        ),
     ],
 )
 def test_malformed_scenarios_are_named(tmp_path: Path, text: str, message: str) -> None:

@@ -49,7 +49,8 @@ def test_case_44_value_minus_one_is_einval_and_int_max_is_ebadf(
 
 def test_fd_values_resolve_registered_sockets_and_refuse_others(net: Net) -> None:
     m = sk.SockMap(max_entries=2)
-    a, b = socket.socketpair()
+    # SOCK_SEQPACKET: a socket no skmsg protocol serves (nor the kernel's sockmap)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with a, b, open(os.devnull, "rb") as devnull:
         s = net.sock()
         s.register_fd(a.fileno())

@@ -16,9 +16,11 @@ from ._support import MemProto, Net
 
 def test_builtins_load_through_the_skmsg_entry_point_group() -> None:
     eps = {ep.name: ep.value for ep in metadata.entry_points(group="skmsg")}
-    assert eps == {"tcp": "skmsg_tcp", "tls": "skmsg_tls", "udp": "skmsg_udp"}
+    assert eps == {
+        "tcp": "skmsg_tcp", "tls": "skmsg_tls", "udp": "skmsg_udp", "unix": "skmsg_unix"
+    }
     names = sk.plugins().plugin_names()
-    assert {"tcp", "tls", "udp"} <= set(names)
+    assert {"tcp", "tls", "udp", "unix"} <= set(names)
 
 
 def test_a_third_party_plugin_registers_a_protocol_and_ulp() -> None:

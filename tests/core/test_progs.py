@@ -163,6 +163,38 @@ def test_context_fields_from_the_socket() -> None:
     assert skb.load_bytes(3, 5) == -errno.EFAULT
 
 
+@pytest.mark.parametrize(
+    ("local", "remote"),
+    [("/run/app.sock", "/run/peer.sock"), (b"\0skmsg-abstract", ""), ("", None)],
+    ids=["paths", "abstract-and-unnamed", "unnamed-unconnected"],
+)
+def test_context_fields_of_a_unix_socket_have_no_ip_or_port(local: Any, remote: Any) -> None:
+    """An AF_UNIX socket's address is a path or a name: the IP fields are None and
+    the ports 0, as the kernel's fields read zero; never a character of the path."""
+    import socket
+
+    s = sk.Sock(
+        None, family=socket.AF_UNIX, protocol=0, local_addr=local, remote_addr=remote
+    )
+    for ctx in (sk.SkBuff(s), sk.SkMsg.from_bytes(b"x")):
+        ctx.sk = s
+        assert ctx.family == socket.AF_UNIX
+        assert (ctx.local_ip4, ctx.remote_ip4, ctx.local_ip6, ctx.remote_ip6) == (None,) * 4
+        assert (ctx.local_port, ctx.remote_port) == (0, 0)
+
+
+def test_format_addr_names_every_family() -> None:
+    assert sk.format_addr(("127.0.0.1", 80)) == "('127.0.0.1', 80)"
+    assert sk.format_addr("/run/app.sock") == "/run/app.sock"
+    assert sk.format_addr(b"\0skmsg") == "@skmsg"
+    assert sk.format_addr("\0skmsg") == "@skmsg"
+    assert sk.format_addr(b"\0\xff") == "@\\xff"
+    assert sk.format_addr("") == sk.format_addr(None) == "-"
+    s = sk.Sock(sk.SkProtoBase(), local_addr=b"\0a", remote_addr="/p", cookie=7)
+    assert s.describe() == "proto socket (cookie 7) @a->/p"
+
+
+
 def test_check_program_callable_for_other_arities() -> None:
     async def coro(skb: Any, backends: Any) -> int:
         return 1

@@ -129,7 +129,7 @@ def test_case_65_unconnected_stream_refused_datagram_accepted(
     make: Callable[[], sk.SockMapBase],
 ) -> None:
     """An unconnected stream socket is refused EOPNOTSUPP; an unconnected (but
-    bound) datagram socket (UDP here; AF_UNIX has no skmsg plugin) enters."""
+    bound) datagram socket (UDP here; tests/unix for AF_UNIX) enters."""
     m = make()
     with (
         stdsocket.socket(stdsocket.AF_UNIX, stdsocket.SOCK_STREAM) as stream,

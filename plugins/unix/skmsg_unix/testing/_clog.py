@@ -1,0 +1,48 @@
+"""Clogging a connected pair of Unix streams, for trio's clogged-stream tests."""
+
+from __future__ import annotations
+
+import socket as stdsocket
+
+import trio
+import trio.testing
+
+from .._stream import UnixStream
+
+__all__ = ["clog_unix_pair"]
+
+
+async def clog_unix_pair(left: UnixStream, right: UnixStream) -> None:
+    """Clog a connected pair both ways, as trio's "clogged stream" tests want:
+    afterwards ``send_all`` on either side blocks until the other side receives.
+
+    A Unix stream's bytes in flight are charged to the *sender* (its
+    ``SO_SNDBUF``), so that is what shrinks, with the ingress queue of a stream
+    already in a map (so its receive pump stops reading soon); then writes go
+    below any program until they have blocked twice in a row with every task
+    idle. Clog a pair *after* putting it into maps.
+
+    Raises:
+        OSError: a socket option could not be set, or the connection failed.
+        TypeError: ``left`` or ``right`` is not a :class:`UnixStream`.
+    """
+    for s in (left, right):
+        if not isinstance(s, UnixStream):
+            raise TypeError(f"clog_unix_pair takes UnixStreams, not {type(s).__name__}")
+    await _fill(left, right)
+    await _fill(right, left)
+
+
+async def _fill(sender: UnixStream, receiver: UnixStream) -> None:
+    sender.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, 4096)
+    psock = receiver.sk.psock
+    if psock is not None:
+        psock.rcvbuf = 4096
+    chunk = memoryview(b"x" * 1024)
+    blocked = 0
+    while blocked < 2:
+        with trio.move_on_after(0.03) as scope:
+            await sender.egress_write([chunk], False)  # below the SK_MSG program
+        blocked = blocked + 1 if scope.cancelled_caught else 0
+        if blocked:
+            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
