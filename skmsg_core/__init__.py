@@ -1,6 +1,6 @@
 """skmsg: the Linux sk_msg / sockmap / kTLS programming model in user space.
 
-``skmsg_core`` is the generic sk_msg layer (seed 000, parts i and ii): the
+``skmsg_core`` is the generic sk_msg layer (the kernel's ``net/core/skmsg.c``): the
 message ring and its helpers, programs and verdicts, socket maps, psocks, the
 TX verdict engine and the stream parser. It is sans-I/O: it imports neither
 trio nor a socket API, and protocols plug in through :mod:`.hookspecs`.

@@ -385,7 +385,7 @@ class SockMapBase:
 
         Raises:
             OSError(EBUSY): the slot holds a program already (or the verdict rule).
-            and the errors of :meth:`attach`.
+            OSError(EINVAL, EOPNOTSUPP): as :meth:`attach`.
         """
         slot, program = self._prepare(prog, attach_type)
         if self.progs[slot] is not None:

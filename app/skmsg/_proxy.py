@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The data path is the kernel's sockmap proxy (seed 003), carried by the
+The data path is the kernel's sockmap proxy (a stream verdict's redirect), carried by the
 runtime's receive pumps; the proxy's own tasks only set connections up, watch
 them end and tear them down. No proxy task reads or writes a message (but for
 clients that half-closed before they could enter the map: see below).

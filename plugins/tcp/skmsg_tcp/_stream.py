@@ -102,7 +102,8 @@ class StreamStats:
 
 class StreamUlp(Protocol):
     """What an upper-layer protocol installed on an :class:`SkStream` provides
-    (``stream._ulp``; TLS's is ``skmsg_tls.TlsSocket``): the stream hands it
+    (``stream._ulp``; TLS's is the private ``skmsg_tls._ulp.TlsUlp``, behind the
+    user's ``skmsg_tls.TlsSocket``): the stream hands it
     its sends, redirects to its egress, the bytes its reader reads, and its
     shutdown, as the kernel's ``sk_prot`` swap hands them to a ULP."""
 
@@ -298,7 +299,7 @@ class SkStream(trio.abc.HalfCloseableStream):
         self._aborted: BaseException | None = None
         self._rx_eof = False
         self._closed = False
-        #: The ULP serving this stream (TLS: ``skmsg_tls.TlsSocket``): send_all,
+        #: The ULP serving this stream (TLS: ``skmsg_tls._ulp.TlsUlp``): send_all,
         #: receive_some and redirects to this egress go through it.
         self._ulp: StreamUlp | None = None
         #: A ULP is being set up (a handshake is running): no receive pump may
@@ -628,8 +629,8 @@ class SkStream(trio.abc.HalfCloseableStream):
         Raises:
             ValueError: ``file`` is not a regular file, or ``offset``/``count``
                 is negative.
-            SendError, trio.BusyResourceError, trio.ClosedResourceError,
-                trio.BrokenResourceError: as :meth:`send_all`.
+            SendError, trio.BusyResourceError: as :meth:`send_all`.
+            trio.ClosedResourceError, trio.BrokenResourceError: as :meth:`send_all`.
             OSError(EIO): the file ends before the bytes it had when the send
                 began (it shrank under the send).
 

@@ -489,8 +489,9 @@ class UdpSocket(trio.abc.AsyncResource):
         4-tuple of IPv6); with an SK_MSG program, through its verdict.
 
         Raises:
-            The errors of :meth:`send`, but EDESTADDRREQ; ``ValueError`` for an
-            address that is not a tuple.
+            SendError, OSError, trio.ClosedResourceError: as :meth:`send`
+                (never EDESTADDRREQ).
+            ValueError: ``address`` is not a tuple.
         """
         self._check_open()
         resolved = await self._resolve(address)
