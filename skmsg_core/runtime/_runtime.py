@@ -65,7 +65,7 @@ import trio
 from .._errors import StrParserError, kernel_error
 from .._progs import Program, describe_error, set_error_observer
 from ._boundary import escapes_boundary
-from ._tail import TailIO, _Tail, rx_tail
+from ._tail import TailIO, rx_tail
 
 if TYPE_CHECKING:
     from .._psock import RxAction, SkPsock
@@ -442,13 +442,6 @@ class Runtime:
         """Whether ``endpoint``'s receive processing is running (busy or idle)."""
         return id(endpoint) in self._pumps
 
-    def tail_left(self, endpoint: Endpoint) -> int:
-        """Bytes of a message tail (see :mod:`._tail`) still to come from
-        ``endpoint``'s socket before its pump reads anything else; 0 when no
-        tail is under way."""
-        pump = self._pumps.get(id(endpoint))
-        return pump.tail.left if pump is not None and pump.tail is not None else 0
-
     def _arm(self, pump: _Pump) -> None:
         """Watch ``pump``'s socket for the next readable event (one-shot)."""
         if self._epoll is None:
@@ -644,8 +637,6 @@ class _Pump:
     scope: trio.CancelScope | None = None
     registered: bool = False
     stopped: bool = False
-    #: A message tail under way (its bytes still in the socket).
-    tail: _Tail | None = None
 
 
 def current_runtime() -> Runtime | None:

@@ -21,8 +21,8 @@ verdict said:
 
 Flow control stays: bytes wait in one pipe (at most :data:`PIPE_BYTES`)
 while the target does not take them, and the source is not read meanwhile.
-A source that stalls mid-tail parks its own pump only (it waits for the
-socket to become readable, the tail's state kept by the pump); other
+A source that stalls mid-tail parks its own pump only (its burst waits for
+the socket to become readable, the rest of the tail still to take); other
 sockets run on. Writes to the same target wait, as for any message being
 written.
 
@@ -103,7 +103,7 @@ class SpliceEndpoint(Protocol):
         aborted).
 
         Raises:
-            whatever ``move`` raises.
+            BaseException: whatever ``move`` raises.
         """
         ...
 
@@ -123,8 +123,8 @@ class _SourceFailed(Exception):
 
 
 class _Tail:
-    """A tail under way (kept on the source's pump): bytes still in the
-    source, and whether any of the message reached the target."""
+    """A tail under way: bytes still in the source, and whether any of the
+    message reached the target."""
 
     __slots__ = ("left", "started")
 
@@ -212,9 +212,6 @@ async def rx_tail(rt: Runtime, source: Endpoint, psock: SkPsock, action: RxActio
             and its readers get the error).
     """
     tail = _Tail(action.tail)
-    pump = rt._pumps.get(id(source))
-    if pump is not None:
-        pump.tail = tail
     try:
         if action.kind == RX_DROP:
             await _discard(rt, source, psock, tail)
@@ -225,25 +222,19 @@ async def rx_tail(rt: Runtime, source: Endpoint, psock: SkPsock, action: RxActio
             and await _splice_redirect(rt, source, psock, action, tail)
         ):
             return
-        data = await _read_tail(source, tail)
+        data = await _read_whole(source, action, tail)
         whole = RxAction(
-            action.kind,
-            action.target,
-            action.ingress,
-            [*action.bufs, data],
-            action.nbytes + data.nbytes,
-            action.msgs,
+            action.kind, action.target, action.ingress, [data], data.nbytes, action.msgs
         )
         await rt.rx_action(source, whole)
     except BaseException as exc:
-        if tail.left and not isinstance(exc, _SourceFailed):
-            # cancelled (or failed) with bytes of the message still in the
-            # source: what follows in it is no message start
+        if tail.left and not isinstance(exc, (OSError, trio.BrokenResourceError)):
+            # cancelled (or an engine's failure) with bytes of the message still
+            # in the source: what follows in it is no message start. The
+            # source's own failure needs nothing more: its pump stops on it and
+            # its readers get it.
             _abort(source, _cut_short(source, tail, "receiving stopped"))
         raise
-    finally:
-        if pump is not None and pump.tail is tail:
-            pump.tail = None
 
 
 async def _splice_redirect(
@@ -419,15 +410,21 @@ async def _discard(rt: Runtime, source: Any, psock: SkPsock, tail: _Tail) -> Non
         tail.left -= len(data)
 
 
-async def _read_tail(source: Any, tail: _Tail) -> memoryview:
-    """The tail, read into memory.
+async def _read_whole(source: Any, action: RxAction, tail: _Tail) -> memoryview:
+    """The whole message read into memory, as one buffer: the action's bytes,
+    then the tail read from the source (a datagram target takes one buffer as
+    one datagram). Bounded: the stream parser refused any message longer than
+    its ``max_msg_size``.
 
     Raises:
         OSError, trio.BrokenResourceError: the source failed or closed first.
     """
-    buf = bytearray(tail.left)
+    buf = bytearray(action.nbytes + tail.left)
     view = memoryview(buf)
     got = 0
+    for b in action.bufs:
+        view[got : got + b.nbytes] = b
+        got += b.nbytes
     while tail.left:
         data = await _recv_some(source, min(tail.left, READ_CHUNK), tail)
         n = len(data)

@@ -184,7 +184,7 @@ def test_a_large_message_is_verdicted_on_its_head_and_leaves_a_tail(net: Net) ->
 
 
 def test_a_program_that_reads_every_byte_holds_the_message_whole(net: Net) -> None:
-    src, dst, seen = tail_rig(net, None)
+    src, _, seen = tail_rig(net, None)
     psock = src.psock
     assert psock is not None
     big = framed(body(300_000, 7))
@@ -284,15 +284,16 @@ def test_any_split_frames_every_message_and_each_tail_exactly(
     got: dict[str, bytearray] = {"redirect": bytearray(), "drop": bytearray()}
     pos = 0
     bounds = [*cuts, len(wire)]
-    for b in bounds:
-        if b <= pos:
+    for bound in bounds:
+        if bound <= pos:
             continue
-        for action in psock.rx_feed(wire[pos:b]):
+        end = bound
+        for action in psock.rx_feed(wire[pos:end]):
             got[action.kind] += b"".join(action.bufs)
             if action.tail:  # the I/O layer takes it from the stream, never feeds it
-                got[action.kind] += wire[b : b + action.tail]
-                b += action.tail
-        pos = b
+                got[action.kind] += wire[end : end + action.tail]
+                end += action.tail
+        pos = end
     expect_drop = [
         i
         for i, msg in enumerate(msgs)

@@ -377,7 +377,7 @@ class SkStream(trio.abc.HalfCloseableStream):
         aborted.
 
         Raises:
-            whatever ``move`` raises.
+            BaseException: whatever ``move`` raises.
 
         Cancellation: while waiting for the lock, nothing is written.
         """
