@@ -32,6 +32,7 @@ from ._consts import BpfAttachType as BpfAttachType
 from ._consts import BpfProgType as BpfProgType
 from ._consts import SkAction as SkAction
 from ._consts import TcpState as TcpState
+from ._errors import SendError as SendError
 from ._errors import StrParserError as StrParserError
 from ._errors import errno_name as errno_name
 from ._errors import kernel_error as kernel_error
@@ -61,6 +62,7 @@ from ._progs import describe_error as describe_error
 from ._progs import describe_value as describe_value
 from ._progs import enable_stats as enable_stats
 from ._progs import set_error_observer as set_error_observer
+from ._progs import stats_enabled as stats_enabled
 from ._progs import verdict_of as verdict_of
 from ._psock import PsockStats as PsockStats
 from ._psock import RxAction as RxAction

@@ -49,3 +49,41 @@ class StrParserError(ConnectionError):
         super().__init__(*args)
         self.messages = []
         self.actions = []
+
+
+class SendError(OSError):
+    """A send the SK_MSG program's verdict (or a redirect it chose) ended: the
+    kernel's ``sendmsg`` failing or returning short.
+
+    Its class is the one ``OSError(errno)`` gives for the errno, so
+    ``except PermissionError`` catches a DROP (``EACCES``) and ``except
+    BrokenPipeError`` a redirect whose target went away (``EPIPE``); every one
+    of them is also a ``SendError``. Build one with :meth:`of`.
+
+    ``sent`` is the kernel's return value, one number: the bytes of this call
+    the socket took (passed, redirected, or held by a cork) before the error;
+    ``sendmsg`` returns it when it is above 0, and fails with ``errno`` when
+    it is 0. ``accepted`` is what of it already left (passed or redirected,
+    not held).
+    """
+
+    sent: int = 0
+    accepted: int = 0
+
+    @classmethod
+    def of(cls, err: int, message: str, *, sent: int = 0, accepted: int = 0) -> SendError:
+        """A ``SendError`` of the class matching ``err`` (``EACCES`` gives a
+        ``SendError`` that is a ``PermissionError``, ...), with its counts."""
+        kind = _SEND_ERRORS.get(err)
+        if kind is None:
+            base = type(OSError(err, ""))
+            kind = cls if base is OSError else type(f"Send{base.__name__}", (cls, base), {})
+            kind.__module__ = cls.__module__
+            kind.__doc__ = f"A :class:`SendError` that is a ``{base.__name__}``."
+            _SEND_ERRORS[err] = kind
+        exc = kind(err, message)
+        exc.sent, exc.accepted = sent, accepted
+        return exc
+
+
+_SEND_ERRORS: dict[int, type[SendError]] = {}

@@ -73,6 +73,7 @@ __all__ = [
     "describe_error",
     "describe_value",
     "enable_stats",
+    "stats_enabled",
     "map_verdict",
     "set_error_observer",
     "verdict_of",
@@ -86,6 +87,11 @@ def enable_stats(on: bool = True) -> None:
     """Turn run-time accounting of every program on or off (``bpf_stats_enabled``)."""
     global _stats_enabled
     _stats_enabled = on
+
+
+def stats_enabled() -> bool:
+    """Whether run-time accounting is on (:func:`enable_stats`)."""
+    return _stats_enabled
 
 
 class Verdict(enum.IntEnum):

@@ -468,6 +468,14 @@ class SkMsg(SkFields):
         """The redirect target the helpers recorded; set by the helpers only."""
         return self._redir
 
+    def spend_redirect(self) -> None:
+        """For a verdict engine: the redirect the helpers recorded was carried
+        out and its verdict is spent (its apply window is used up). Clears
+        ``sk_redir`` and ``flags``, so a later run on the rest of the message
+        that calls no redirect helper is a pass, as in the kernel."""
+        self._redir = None
+        self._flags = 0
+
     @property
     def apply_bytes(self) -> int:
         """The apply window ``msg_apply_bytes`` set (0: the whole message)."""

@@ -302,6 +302,7 @@ class SendOp(SendOpBase):
                 # send cancelled while they go out leaves no verdict behind.
                 if not psock.apply_bytes:
                     psock.eval, psock.sk_redir = _NONE, None
+                    msg.spend_redirect()
                 if verdict is _REDIRECT and psock.cork is msg:
                     psock.cork = None
                 bufs = msg.consume_spans(tosend)

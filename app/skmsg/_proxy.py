@@ -69,6 +69,8 @@ import errno
 import logging
 import os
 import socket
+import time
+from collections import Counter
 from collections.abc import Iterator
 
 import attrs
@@ -77,9 +79,16 @@ import trio
 import skmsg_core as sk
 import skmsg_tcp
 from skmsg_core import describe_error
-from skmsg_core.runtime import RateLimitedLog, Runtime, escapes_boundary, open_runtime
+from skmsg_core.runtime import (
+    RateLimitedLog,
+    Runtime,
+    escapes_boundary,
+    log_event,
+    open_runtime,
+)
 
 from ._echo import serve_echo
+from ._metrics import LatencyHistogram
 from ._parsers import FRAMINGS, Framing, FramingError
 from ._policy import Policy, PolicyError
 from ._stats import ProxyCounters, ProxyStats
@@ -159,8 +168,15 @@ class ProxyPrograms:
 
     A subclass sets ``policy``, ``counters``, ``verdict``, ``listen``,
     ``runtime``, ``_index`` (backend cookie -> backend index) and
-    ``_logged_errors``; ``unit`` names what one verdict judges in the log,
-    ``client`` what one client's service is.
+    ``_logged_errors``, and calls :meth:`_observe` with its backend count;
+    ``unit`` names what one verdict judges in the log, ``client`` what one
+    client's service is.
+
+    Observability: ``latency[i]`` is backend ``i``'s reply latency (from a
+    message's redirect to that backend connection until the next bytes it
+    sends back; ``_pending``: backend connection cookie -> when the oldest
+    unanswered message left), ``closed`` counts clients closed by reason
+    (:meth:`_closed` logs the event too).
     """
 
     unit = "message"
@@ -172,6 +188,22 @@ class ProxyPrograms:
     runtime: Runtime
     _index: dict[int, int]
     _logged_errors: int
+    latency: list[LatencyHistogram]
+    closed: Counter[str]
+    _pending: dict[int, float]
+    #: The listening sockets, for their accept queues in the metrics.
+    listen_sockets: tuple[socket.socket | trio.socket.SocketType, ...] = ()
+
+    def _observe(self, backends: int) -> None:
+        """Set up the reply latency histograms and the closed-by-reason counts."""
+        self.latency = [LatencyHistogram() for _ in range(backends)]
+        self.closed = Counter()
+        self._pending = {}
+
+    def _closed(self, peer: str, reason: str, **fields: object) -> None:
+        """Client ``peer`` was closed for ``reason``: count it, log the event."""
+        self.closed[reason] += 1
+        log_event(log, logging.INFO, "client_closed", client=peer, reason=reason, **fields)
 
     def _judge(self, skb: sk.SkBuff, backends: sk.SockMap | None) -> int:
         """Run the policy's verdict on a client's ``skb`` given that client's
@@ -206,6 +238,7 @@ class ProxyPrograms:
                 if sk.verdict_of(ret):
                     b.msgs += 1
                     b.bytes += n
+                    self._pending.setdefault(redir.cookie, time.monotonic())
                 else:
                     b.dropped += 1
         c.judged()
@@ -216,6 +249,9 @@ class ProxyPrograms:
         or dropped by ``ret``; returns ``ret``."""
         i = self._index.get(cookie)
         if i is not None:
+            sent = self._pending.pop(cookie, None)
+            if sent is not None:
+                self.latency[i].observe(time.monotonic() - sent)
             if ret == sk.SK_PASS:
                 self.counters.backends[i].reply_bytes += skb.len
             else:
@@ -225,21 +261,18 @@ class ProxyPrograms:
     def _policy_failed(self, exc: BaseException) -> None:
         self._logged_errors += 1
         if self._logged_errors <= 3:
-            more = "" if self._logged_errors < 3 else " (further errors are counted, not shown)"
-            log.warning(
-                "policy %s: verdict raised %s; the %s was dropped%s",
-                self.policy.name, describe_error(exc), self.unit, more,
-            )
+            more = {} if self._logged_errors < 3 else {"next": "counted, not logged"}
+            log_event(log, logging.WARNING, "policy_error", policy=self.policy.name,
+                      error=describe_error(exc), dropped=self.unit, **more)
 
     def _client_failed(self, peer: str, exc: BaseException) -> None:
         """Serving the client ``peer`` raised ``exc``, which is not to go up
         (:func:`~skmsg_core.runtime.escapes_boundary`): count it, log it
         (rate-limited); its connections are closed by then."""
         self.counters.client_errors += 1
-        limited_log.warning(
-            ("client", type(exc)),
-            "%s %s: serving it raised %s; its connections were closed",
-            self.client, peer, describe_error(exc),
+        limited_log.event(
+            ("client", type(exc)), "client_error", client=peer, error=describe_error(exc),
+            closed=self.client,
         )
 
     def statistics(self) -> ProxyStats:
@@ -275,6 +308,7 @@ class Proxy(ProxyPrograms):
         self.embedded = not config.backends
         self.runtime = runtime
         self.counters = ProxyCounters([str(b) for b in backends])
+        self._observe(len(backends))
         self.clients = sk.SockHash(max_entries=config.max_clients, name="clients")
         #: client cookie -> that client's backend connections (a hash of maps)
         self.sessions: dict[int, sk.SockMap] = {}
@@ -352,6 +386,10 @@ class Proxy(ProxyPrograms):
         key = client.sk.cookie
         conns: list[skmsg_tcp.SkStream] = []
         backends: sk.SockMap | None = None
+        proto = "tls" if self.config.tls is not None and self.config.tls.server else "tcp"
+        log_event(log, logging.INFO, "client_accepted", client=peer, proto=proto)
+        opened = time.monotonic()
+        reason = "refused"
         try:
             try:
                 with trio.fail_after(self.config.connect_timeout):
@@ -359,8 +397,9 @@ class Proxy(ProxyPrograms):
                         conns.append(await skmsg_tcp.open_tcp_stream(addr.host, addr.port))
             except (OSError, trio.TooSlowError) as exc:
                 c.connect_errors += 1
-                log.warning("client %s refused: backend %s: %s", peer,
-                            self.backends[len(conns)], _why(exc))
+                log_event(log, logging.WARNING, "client_refused", client=peer,
+                          reason="backend_connect", backend=str(self.backends[len(conns)]),
+                          error=_why(exc))
                 return
             backends = sk.SockMap(max_entries=len(conns), name=f"backends of {peer}")
             backends.attach(self.reply, sk.SK_SKB_VERDICT)
@@ -371,7 +410,8 @@ class Proxy(ProxyPrograms):
                 try:
                     backends.update(i, conn)
                 except OSError as exc:  # it closed at once (not ESTABLISHED any more)
-                    log.info("client %s: backend %s: %s", peer, self.backends[i], exc.strerror)
+                    log_event(log, logging.INFO, "backend_closed", client=peer,
+                              backend=str(self.backends[i]), error=exc.strerror)
                     continue
                 tls = self.config.tls  # the kernel's order: into the map, then TLS
                 if tls is not None and tls.client is not None and not await originate(
@@ -381,7 +421,8 @@ class Proxy(ProxyPrograms):
                 live.append(conn)
             if not live:
                 c.connect_errors += 1
-                log.warning("client %s refused: every backend closed its connection", peer)
+                log_event(log, logging.WARNING, "client_refused", client=peer,
+                          reason="no_backend", error="every backend closed its connection")
                 return
             self.sessions[key] = backends
             in_map = self._insert(client, key, peer)
@@ -391,23 +432,31 @@ class Proxy(ProxyPrograms):
             if tls is not None and tls.server is not None and not await terminate(
                 client, tls, self.config.connect_timeout
             ):
+                reason = "tls_handshake"
                 return
-            log.info("client %s connected%s", peer,
-                     "" if in_map else " (half-closed already: carried in user space)")
-            await self._session(client, live, peer, in_map)
+            log_event(log, logging.INFO, "client_connected", client=peer,
+                      backends=",".join(str(self.backends[self._index[x.sk.cookie]]) for x in live),
+                      userspace=not in_map)
+            reason = await self._session(client, live, peer, in_map)
+        except BaseException as exc:
+            reason = "shutdown" if escapes_boundary(exc) else "error"
+            raise
         finally:
+            stats = client.statistics()
             with trio.CancelScope(shield=True):
                 self.sessions.pop(key, None)
                 self._userspace.discard(key)
                 for conn in conns:
                     self._owner.pop(conn.sk.cookie, None)
                     self._index.pop(conn.sk.cookie, None)
+                    self._pending.pop(conn.sk.cookie, None)
                 if backends is not None:
                     backends.close()
                 for stream in (client, *conns):
                     await stream.aclose()
             c.clients_open -= 1
-            log.info("client %s closed", peer)
+            self._closed(peer, reason, proto=proto, seconds=round(time.monotonic() - opened, 3),
+                         bytes_in=stats.bytes_received, bytes_out=stats.bytes_sent)
 
     def _insert(self, client: skmsg_tcp.SkStream, key: int, peer: str) -> bool | None:
         """Put ``client`` into ``clients``: True; or mark it for user space when it
@@ -419,20 +468,25 @@ class Proxy(ProxyPrograms):
                 self._userspace.add(key)
                 self.counters.userspace_clients += 1
                 return False
-            log.warning("client %s refused: %s", peer, exc.strerror)
+            log_event(log, logging.WARNING, "client_refused", client=peer, reason="clients_map",
+                      error=exc.strerror)
             return None
         return True
 
     async def _session(
         self, client: skmsg_tcp.SkStream, conns: list[skmsg_tcp.SkStream], peer: str,
         in_map: bool,
-    ) -> None:
+    ) -> str:
+        """Carry ``client``'s session until both directions end (or one did and
+        the drain timeout passed); returns why it ended (see ``docs/proxy.md``)."""
+        reason = ""
         up_done = trio.Event()  # the client sent EOF; every backend was told
         down_done = trio.Event()  # every backend closed; the client was told
         remaining = len(conns)
         to_client = trio.StrictFIFOLock()  # user space only: one sender at a time
 
         async def from_client() -> None:
+            nonlocal reason
             try:
                 if in_map:
                     while await client.receive_some():
@@ -442,16 +496,21 @@ class Proxy(ProxyPrograms):
             except trio.BrokenResourceError as exc:
                 cause = exc.__cause__
                 if isinstance(cause, sk.StrParserError):
+                    reason = "parse_error"
                     await self._parse_failed(client, peer, cause)
                 else:
-                    log.info("client %s: connection broken: %s", peer, cause or exc)
+                    reason = "broken"
+                    log_event(log, logging.INFO, "client_broken", client=peer,
+                              error=str(cause or exc))
                 nursery.cancel_scope.cancel()
                 return
             except sk.StrParserError as exc:
+                reason = "parse_error"
                 await self._parse_failed(client, peer, exc)
                 nursery.cancel_scope.cancel()
                 return
             except trio.ClosedResourceError:
+                reason = "closed"
                 nursery.cancel_scope.cancel()
                 return
             for conn in conns:
@@ -482,6 +541,9 @@ class Proxy(ProxyPrograms):
                 await up_done.wait()
                 await down_done.wait()
             nursery.cancel_scope.cancel()
+        if reason:
+            return reason
+        return "done" if up_done.is_set() and down_done.is_set() else "drain_timeout"
 
     async def _carry_in_user_space(self, client: skmsg_tcp.SkStream) -> None:
         """What the runtime does for a client in ``clients``, for one that could not
@@ -515,14 +577,14 @@ class Proxy(ProxyPrograms):
         self.counters.parse_errors += 1
         refused = cause.__cause__
         if isinstance(refused, FramingError):
-            log.warning("client %s: the %s framing refused its stream: %s",
-                        peer, self.framing.name, refused)
+            log_event(log, logging.WARNING, "parse_error", client=peer,
+                      framing=self.framing.name, error=str(refused))
             if self.framing.refuse is not None:
                 with trio.move_on_after(1), contextlib.suppress(OSError, trio.BrokenResourceError,
                                                                 trio.ClosedResourceError):
                     await client.send_all(self.framing.refuse(refused))
         else:
-            log.warning("client %s: %s", peer, cause)
+            log_event(log, logging.WARNING, "parse_error", client=peer, error=str(cause))
 
 
 async def run_proxy(
@@ -556,6 +618,7 @@ async def run_proxy(
                 ])
             proxy = Proxy(config, policy=policy, framing=framing, listen=listen,
                           backends=backends, runtime=runtime)
+            proxy.listen_sockets = tuple(lst.socket for lst in listeners)
             nursery.start_soon(proxy.serve, listeners, nursery)
             task_status.started(proxy)
     finally:

@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import skmsg_tls
+from skmsg_core.runtime import log_event
 
 if TYPE_CHECKING:
     from skmsg_tcp import SkStream
@@ -293,7 +294,8 @@ async def terminate(client: SkStream, options: TlsOptions, timeout: float) -> bo
             # the proxy's policy is per message: frame the plaintext with its parser
             await skmsg_tls.start_tls(client, options.server, server_side=True, strparser=True)
     except (OSError, ssl.SSLError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-        log.warning("client %s: TLS handshake failed: %s", _peer(client), _reason(exc))
+        log_event(log, logging.WARNING, "tls_handshake_failed", client=_peer(client),
+                  error=_reason(exc))
         return False
     return True
 
@@ -307,7 +309,8 @@ async def originate(conn: SkStream, options: TlsOptions, host: str, timeout: flo
         with trio.fail_after(timeout):
             await skmsg_tls.start_tls(conn, options.client, server_hostname=name)
     except (OSError, ssl.SSLError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-        log.warning("backend %s: TLS handshake failed: %s", _peer(conn), _reason(exc))
+        log_event(log, logging.WARNING, "tls_handshake_failed", backend=_peer(conn),
+                  error=_reason(exc))
         return False
     return True
 

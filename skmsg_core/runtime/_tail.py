@@ -55,8 +55,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from .._errors import kernel_error
+from .._progs import describe_error
 from .._psock import RX_DROP, RX_REDIRECT, RxAction
 from ._boundary import escapes_boundary
+from ._events import log_event
 
 if TYPE_CHECKING:
     from .._psock import SkPsock
@@ -286,7 +288,14 @@ async def _splice_redirect(
         if escapes_boundary(exc):
             raise
         rt.redirect_errors += 1  # the target's failure, never the source's
-        log.debug("redirect to %s dropped mid-message: %r", target.describe(), exc)
+        log_event(
+            log,
+            logging.DEBUG,
+            "redirect_dropped",
+            target=target.describe(),
+            error=describe_error(exc),
+            tail_left=tail.left,
+        )
     await _discard(rt, source, psock, tail)
     return True
 

@@ -291,7 +291,8 @@ async def test_a_verdict_that_raises_drops_the_message_and_counts_an_error(
         assert await reader.messages(1) == [b"[backend 0] fine"]
         s = proxy.statistics()
         assert (s.msgs, s.dropped, s.redirected, s.policy_errors) == (2, 1, 1, 1)
-        assert "verdict raised RuntimeError: kaboom; the message was dropped" in caplog.text
+        assert 'event=policy_error policy=' in caplog.text
+        assert 'error="RuntimeError: kaboom" dropped=message' in caplog.text
         await client.aclose()
 
 
@@ -406,7 +407,9 @@ async def test_a_backend_gone_after_start_refuses_new_clients(
         with trio.fail_after(TIMEOUT):
             assert await client.receive_some() == b""
         assert proxy.statistics().connect_errors == 1
-        assert f"backend {addr}: connection refused (ECONNREFUSED)" in caplog.text
+        port = client.socket.getsockname()[1]
+        assert (f"event=client_refused client=127.0.0.1:{port} reason=backend_connect "
+                f'backend={addr} error="connection refused (ECONNREFUSED)"') in caplog.text
         await client.aclose()
 
 

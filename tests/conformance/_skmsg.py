@@ -3,7 +3,7 @@
 The programs here do, line for line, what ``bpf/sockmap_conf.bpf.c`` does with
 the same parameters (the ops in order, each limited to its runs; the verdict
 rules; the same log). Sends are ``send_all``; its outcome is turned into what
-the kernel's ``sendmsg`` returns: the byte count, ``SendError.copied`` when a
+the kernel's ``sendmsg`` returns: the byte count, ``SendError.sent`` when a
 DROP or a failed redirect ended it after some bytes were accepted, else the
 errno.
 
@@ -238,7 +238,7 @@ class Peers:
 
 def _send_result(exc: BaseException) -> int | str:
     if isinstance(exc, skmsg_tcp.SendError):
-        return exc.copied if exc.copied > 0 else errno_name(exc.errno or errno.EIO)
+        return exc.sent if exc.sent > 0 else errno_name(exc.errno or errno.EIO)
     if isinstance(exc, OSError):
         return errno_name(exc.errno or errno.EIO)
     cause = exc.__cause__

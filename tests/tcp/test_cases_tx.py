@@ -333,7 +333,7 @@ async def test_drop_after_partial_pass_says_what_was_accepted() -> None:
         with pytest.raises(skmsg_tcp.SendError) as info:
             await ts.c1.send_all(b"abcdefghij")
         assert info.value.errno == errno.EACCES
-        assert (info.value.accepted, info.value.copied) == (3, 7)
+        assert (info.value.accepted, info.value.sent) == (3, 7)
         assert await read_exact(ts.p2, 3) == b"abc"
         await assert_quiet(ts.p2)
 

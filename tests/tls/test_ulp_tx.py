@@ -372,3 +372,39 @@ async def test_a_push_past_the_record_limit_is_sealed_as_more_records(
     assert max(len(p) for _, p in recs) <= 16384
     plain = b"".join(p for _, p in recs)
     assert plain == bytes(100) + data[:16384] + bytes(100) + data[16384:]
+
+
+async def test_a_rerun_after_a_redirect_window_passes_unless_it_redirects_again(
+    skmsg_runtime: object, sockmap: sk.SockMap
+) -> None:
+    """apply 4 and redirect, then a run on the rest that calls no redirect
+    helper: the rest passes on the sender's own connection (as the kernel's
+    sk_msg does since the redirect target stopped outliving its window)."""
+    from skmsg_core.testing import aclose_all
+    from skmsg_tcp.testing import tcp_stream_pair
+
+    a, a_peer = await tcp_stream_pair()
+    c, c_peer = await tcp_stream_pair()
+    try:
+        sockmap.update(1, c)
+        runs: list[bytes] = []
+
+        def prog(msg: sk.SkMsg) -> int:
+            runs.append(bytes(msg.data))
+            if len(runs) == 1:
+                sk.msg_apply_bytes(msg, 4)
+                return sk.msg_redirect_map(msg, sockmap, 1, 0)
+            return sk.SK_PASS
+
+        sockmap.attach(prog, sk.SK_MSG_VERDICT)
+        sockmap.update(0, a)
+        keys = make_keys()
+        await tls.enable_tls(a, keys.a2b, keys.b2a)
+        await a.send_all(b"0123456789")
+        with trio.fail_after(5):
+            assert await read_exactly(c_peer, 4) == b"0123"
+            [(_, plain)] = await read_records(a_peer, tls.RecordOpener(keys.a2b), 1)
+        assert plain == b"456789"
+        assert runs == [b"0123456789", b"456789"]
+    finally:
+        await aclose_all((a, a_peer, c, c_peer))

@@ -77,15 +77,7 @@ _JOIN_ABOVE = 8
 _ULP_RECEIVE_SIZE = 262144
 
 
-class SendError(PermissionError):
-    """``send_all`` ended by a DROP verdict (``errno`` EACCES) or a failed redirect.
-
-    ``accepted``: bytes of this call that were passed or redirected before it
-    ended; ``copied``: what the kernel's ``sendmsg`` would have counted.
-    """
-
-    accepted: int = 0
-    copied: int = 0
+SendError = sk.SendError
 
 
 @attrs.frozen
@@ -578,9 +570,11 @@ class SkStream(trio.abc.HalfCloseableStream):
         message.
 
         Raises:
-            SendError: (a ``PermissionError``, errno EACCES) the program dropped
-                the data; ``accepted`` says how much of this call had already
-                gone. Also EPIPE when a redirect target went away.
+            SendError: of the class the errno makes it: a ``PermissionError``
+                (EACCES) when the program dropped the data, a
+                ``BrokenPipeError`` (EPIPE) when a redirect target went away;
+                ``sent`` is the kernel's return value (bytes of this call
+                taken), ``accepted`` what of it already left.
             trio.BusyResourceError: another task is sending on this stream.
             trio.ClosedResourceError: the stream was closed, or EOF was sent.
             trio.BrokenResourceError: the connection is broken, or was aborted
@@ -692,7 +686,7 @@ class SkStream(trio.abc.HalfCloseableStream):
             raise socket_error(self, exc, self._runtime, what="send") from exc
         result = op.result()
         if result.err:
-            err = SendError(
+            err = SendError.of(
                 result.err,
                 f"{what} on {self.sk.describe()}: "
                 + (
@@ -703,8 +697,9 @@ class SkStream(trio.abc.HalfCloseableStream):
                     else f"the send failed ({sk.errno_name(result.err)})"
                 )
                 + f"; {result.passed} of {nbytes} bytes had been accepted",
+                sent=max(result.copied, 0),
+                accepted=result.passed,
             )
-            err.accepted, err.copied = result.passed, max(result.copied, 0)
             raise err from cause
 
     async def _carry_out(self, op: sk.SendOp) -> OSError | None:

@@ -169,7 +169,7 @@ class TlsSocket(trio.abc.AsyncResource):
             trio.ClosedResourceError: close_notify was sent already.
             trio.BrokenResourceError: sending ended with a fatal alert, or
                 the transport broke.
-            skmsg_tcp.SendError: the open record's verdict dropped it.
+            skmsg_core.SendError: (a PermissionError) the open record's verdict dropped it.
             trio.BusyResourceError: another task is sending on the stream.
 
         Cancellation while the record is being written leaves the stream in an

@@ -331,6 +331,7 @@ class TlsSendOp(SendOpBase):
             if verdict is not _DROP:
                 psock.eval = _NONE
                 psock.sk_redir = None
+                msg.spend_redirect()
             if verdict is _PASS:
                 bufs = msg.consume(send)
                 self._batch.append(bufs[0] if len(bufs) == 1 else memoryview(b"".join(bufs)))

@@ -69,7 +69,6 @@ import trio
 
 import skmsg_core as sk
 from skmsg_core.runtime import escapes_boundary, ingress_put, socket_error, tx_redirect
-from skmsg_tcp import SendError
 
 from . import _stats
 from ._alerts import (
@@ -296,7 +295,8 @@ class TlsUlp:
         buffer while the send waits on the socket.
 
         Raises:
-            skmsg_tcp.SendError: DROP (EACCES) or a failed redirect, with
+            skmsg_core.SendError: DROP (a PermissionError, EACCES) or a failed
+                redirect (a BrokenPipeError, EPIPE), with
                 ``accepted`` as on plain TCP.
             trio.BrokenResourceError, trio.ClosedResourceError: the transport.
         """
@@ -342,15 +342,16 @@ class TlsUlp:
             what = (
                 "the SK_MSG program dropped the record"
                 if result.err == errno.EACCES
-                else f"redirect failed ({errno.errorcode.get(result.err, result.err)})"
+                else f"redirect failed ({sk.errno_name(result.err)})"
             )
             accepted = written + result.passed
-            err = SendError(
+            err = sk.SendError.of(
                 result.err,
                 f"send_all on TLS {self.stream.sk.describe()}: {what}; "
                 f"{accepted} of {view.nbytes} bytes had been accepted",
+                sent=max(result.copied, 0),
+                accepted=accepted,
             )
-            err.accepted, err.copied = accepted, max(result.copied, 0)
             raise err from cause
 
     async def _send_lean(
@@ -445,7 +446,7 @@ class TlsUlp:
                 or ``data`` is longer than :attr:`record_size_limit`.
             trio.ClosedResourceError: close_notify was sent already.
             trio.BrokenResourceError: sending ended with a fatal alert of ours.
-            skmsg_tcp.SendError: the open record's verdict dropped it.
+            skmsg_core.SendError: (a PermissionError) the open record's verdict dropped it.
             trio.BusyResourceError: another task is sending on the stream.
         """
         if content_type == TLS_RECORD_TYPE_DATA or not 0 < content_type < 256:

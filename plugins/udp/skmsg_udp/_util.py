@@ -16,12 +16,11 @@ __all__ = ["SO_COOKIE", "SendError", "UdpStats", "cookie_of"]
 SO_COOKIE = getattr(stdsocket, "SO_COOKIE", 57)
 
 
-class SendError(PermissionError):
-    """A datagram ``send``/``sendto`` ended by the SK_MSG program: a DROP
-    (``errno`` EACCES) or a redirect whose target failed (EPIPE). Nothing of
-    the datagram was sent (``accepted`` is 0)."""
-
-    accepted: int = 0
+#: A datagram ``send``/``sendto`` the SK_MSG program ended: a DROP (a
+#: ``PermissionError``, EACCES) or a redirect whose target failed (a
+#: ``BrokenPipeError``, EPIPE). Nothing of the datagram was sent (``sent`` and
+#: ``accepted`` are 0).
+SendError = sk.SendError
 
 
 @attrs.frozen
