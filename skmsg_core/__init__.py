@@ -19,6 +19,7 @@ from ._consts import BPF_NOEXIST as BPF_NOEXIST
 from ._consts import FRAG_SIZE as FRAG_SIZE
 from ._consts import MAX_MSG_FRAGS as MAX_MSG_FRAGS
 from ._consts import MSG_SIZE_MAX as MSG_SIZE_MAX
+from ._consts import RX_TAIL_MIN_BYTES as RX_TAIL_MIN_BYTES
 from ._consts import SK_DROP as SK_DROP
 from ._consts import SK_MSG_VERDICT as SK_MSG_VERDICT
 from ._consts import SK_PASS as SK_PASS
@@ -53,6 +54,7 @@ from ._progs import HelperError as HelperError
 from ._progs import Program as Program
 from ._progs import ProgramShapeError as ProgramShapeError
 from ._progs import ProgStats as ProgStats
+from ._progs import ReadsError as ReadsError
 from ._progs import Verdict as Verdict
 from ._progs import VerdictError as VerdictError
 from ._progs import check_program_callable as check_program_callable
@@ -78,6 +80,7 @@ from ._ring import PageFrag as PageFrag
 from ._ring import Sge as Sge
 from ._ring import SkMsg as SkMsg
 from ._ring import pread_exactly as pread_exactly
+from ._skb import ALL_BYTES as ALL_BYTES
 from ._skb import SkBuff as SkBuff
 from ._sock import SkProto as SkProto
 from ._sock import SkProtoBase as SkProtoBase

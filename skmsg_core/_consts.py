@@ -24,6 +24,12 @@ S32_MAX = 2**31 - 1
 MAX_BPF_STACK = 512
 #: Default ``sk_rcvbuf``/``sk_sndbuf``-like limit for queues, in bytes.
 DEFAULT_QUEUE_BYTES = 212992
+#: A framed message at least this long, whose stream verdict declared how many
+#: of its bytes it reads (``reads``), is verdicted as soon as those bytes and its
+#: length are in; the rest of it (its *tail*) is moved by the I/O layer without
+#: a copy into Python where the destination allows it. Shorter messages take
+#: the batched path.
+RX_TAIL_MIN_BYTES = 65536
 
 
 class SkAction(enum.IntEnum):

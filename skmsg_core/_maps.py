@@ -46,7 +46,8 @@ _map_ids = itertools.count(1)
 
 
 class _Keep:
-    """The default of ``attach(budget=...)``: keep (or give) the default budget."""
+    """The default of ``attach(budget=..., reads=...)``: keep what the program
+    has (a function loaded by ``attach`` gets the defaults)."""
 
 
 _KEEP = _Keep()
@@ -313,6 +314,7 @@ class SockMapBase:
         attach_type: BpfAttachType,
         *,
         budget: float | _Keep | None = _KEEP,
+        reads: int | _Keep | None = _KEEP,
     ) -> Program:
         """``BPF_PROG_ATTACH``: attach ``prog`` (a loaded :class:`Program` or a plain
         function, loaded here with the type ``attach_type`` takes), replacing the
@@ -325,10 +327,15 @@ class SockMapBase:
         loaded here gets :data:`~skmsg_core.DEFAULT_BUDGET` unless given one, a
         loaded program keeps its own unless given one.
 
+        ``reads``: for a receive (``SK_SKB``) program, how many of a message's
+        first bytes it reads (None: every byte); a program keeps its own
+        declaration unless given one. See :class:`Program`'s "Declared reads".
+
         Raises:
             OSError(EINVAL): the program's type does not fit ``attach_type``, it
                 fails the verifier (see :meth:`Program.load`), or ``budget`` is
-                not a positive number of seconds.
+                not a positive number of seconds, or ``reads`` is not None or an int
+                >= 0 or is given for an ``SK_MSG`` program.
             OSError(EOPNOTSUPP): ``attach_type`` is not a socket-map attach type.
             OSError(EBUSY): a stream verdict where an skb verdict is attached, or the
                 reverse; or a link holds the slot.
@@ -336,6 +343,8 @@ class SockMapBase:
         slot, program = self._prepare(prog, attach_type)
         if self._links[slot] is not None:
             raise kernel_error(errno.EBUSY, f"{self.name}: a link holds {attach_type.name}")
+        if not isinstance(reads, _Keep):
+            program.set_reads(reads)
         if not isinstance(budget, _Keep):
             program.set_budget(budget)
         self.progs[slot] = program

@@ -20,6 +20,20 @@ Running is fail-closed, and nothing a program does escapes its runner:
 - a run that goes on longer than the program's budget is interrupted
   (:mod:`._budget`) and is a DROP counted in ``errors`` and ``timeouts``.
 
+Declared reads
+--------------
+An ``SK_SKB`` program may declare how many of a message's bytes it reads
+(``reads=N`` at :meth:`Program.load` or ``attach``; ``None``, the default, is
+every byte). Its ``skb.data`` then holds the message's first ``N`` bytes only
+while ``skb.len`` stays the message's length, as the kernel's linear
+``data``..``data_end`` window is shorter than the skb; the bytes past them
+need never enter Python (:data:`~skmsg_core.RX_TAIL_MIN_BYTES`). A read past
+them is the run's error, never a silent copy: ``skb.load_bytes`` past them
+returns ``-EFAULT`` and counts a :class:`HelperError` naming the declaration;
+an index past them raises ``IndexError``, a DROP counted as a
+:class:`ReadsError` that names it; a slice past them is short, as any
+Python slice of a shorter buffer.
+
 Every error is also handed to the error observer, if one is set
 (:func:`set_error_observer`): the core does not log, the runtime does.
 
@@ -51,6 +65,7 @@ __all__ = [
     "ProgStats",
     "Program",
     "ProgramShapeError",
+    "ReadsError",
     "Verdict",
     "HelperError",
     "VerdictError",
@@ -101,6 +116,27 @@ class HelperError(ValueError):
     """A helper a program called was given what it can never take (a key of
     the wrong type or size for the map, flags it does not know): counted as the
     run's error with this reason, whatever the program then returned."""
+
+
+class ReadsError(IndexError):
+    """A program that declared its reads (``reads=N``) raised ``IndexError``:
+    it indexed ``skb.data`` past the ``N`` bytes it holds (kept as the
+    program's ``last_error``, with the ``IndexError`` as its cause; the run
+    was a DROP)."""
+
+
+def check_reads(reads: object, what: str) -> int | None:
+    """``reads`` if it is a valid declaration (None, or an ``int`` >= 0).
+
+    Raises:
+        OSError(EINVAL): anything else, naming ``what``.
+    """
+    if reads is None or (type(reads) is int and reads >= 0):
+        return reads
+    raise kernel_error(
+        errno.EINVAL,
+        f"{what}: reads must be None (every byte) or an int >= 0, not {describe_value(reads)}",
+    )
 
 
 class VerdictError(TypeError):
@@ -245,6 +281,8 @@ class ProgStats:
     errors: int
     timeouts: int = 0
     budget: float | None = DEFAULT_BUDGET
+    #: The declared reads (None: every byte).
+    reads: int | None = None
 
 
 @attrs.define(eq=False)
@@ -269,6 +307,9 @@ class Program:
     last_error: BaseException | None = None
     #: Seconds a run may last (None: no bound); see :mod:`skmsg_core._budget`.
     budget: float | None = DEFAULT_BUDGET
+    #: How many of a message's first bytes an SK_SKB program reads (None: every
+    #: byte); see the module's "Declared reads".
+    reads: int | None = None
     # run_verdict's runners, made on first use: untimed and timed (enable_stats)
     _runners: list[Callable[[Any], Verdict] | None] = attrs.field(
         factory=lambda: [None, None], init=False, repr=False, eq=False
@@ -282,18 +323,22 @@ class Program:
         *,
         name: str | None = None,
         budget: float | None = DEFAULT_BUDGET,
+        reads: int | None = None,
     ) -> Program:
         """Verify ``func`` as a program of ``prog_type`` and load it.
 
         ``budget``: the seconds one run may last before it is interrupted and
         counted as a DROP (None: no bound; see :mod:`skmsg_core._budget`).
+        ``reads``: for an ``SK_SKB`` program, how many of a message's first
+        bytes it reads (None: every byte); see the module's "Declared reads".
 
         Raises:
             OSError(EINVAL): ``func`` is not callable, is ``async`` or a generator
                 function, cannot be called with exactly one argument (the context),
                 or uses the context's ``data`` as if it were ``bytes`` (the message
                 names the line and what to write instead); or ``budget`` is not a
-                positive number of seconds.
+                positive number of seconds; or ``reads`` is not None or an int
+                >= 0, or is given for a program that is not ``SK_SKB``.
         """
         prog_type = BpfProgType(prog_type)
         label = name or getattr(func, "__qualname__", None) or type(func).__qualname__
@@ -316,7 +361,29 @@ class Program:
             raise kernel_error(errno.EINVAL, f"program {label}{exc.sig} {why}") from exc
         prog = cls(func, prog_type, str(label))
         prog.set_budget(budget)
+        if reads is not None:
+            prog.set_reads(reads)
         return prog
+
+    def set_reads(self, reads: int | None) -> None:
+        """Declare how many of a message's first bytes this ``SK_SKB`` program
+        reads from now on (None: every byte); engines read it at each batch,
+        so the next message honours it.
+
+        Raises:
+            OSError(EINVAL): ``reads`` is not None or an int >= 0, or this is
+                not an ``SK_SKB`` program (an ``SK_MSG`` program reads what it
+                pulls).
+        """
+        reads = check_reads(reads, f"program {self.name}")
+        if reads is not None and self.prog_type != BpfProgType.SK_SKB:
+            raise kernel_error(
+                errno.EINVAL,
+                f"program {self.name} is {self.prog_type.name}: reads is for SK_SKB programs"
+                + (" (an SK_MSG program reads what it pulls)"
+                   if self.prog_type == BpfProgType.SK_MSG else ""),
+            )
+        self.reads = reads
 
     def set_budget(self, budget: float | None) -> None:
         """Hold each run to ``budget`` seconds from now on (None: no bound),
@@ -459,7 +526,17 @@ class Program:
     def record_error(self, error: BaseException) -> None:
         """Count one run's error (not the run itself): ``errors``, ``timeouts``
         for a :class:`ProgramTimeout`, ``last_error``; then tell the error
-        observer. Never raises."""
+        observer. Never raises. An ``IndexError`` of a program that declared
+        its reads is recorded as a :class:`ReadsError` naming them."""
+        if self.reads is not None and isinstance(error, IndexError) and not isinstance(
+            error, ReadsError
+        ):
+            wrapped = ReadsError(
+                f"program {self.name} raised {describe_error(error)}: it declared reads="
+                f"{self.reads}, and skb.data holds the message's first {self.reads} bytes only"
+            )
+            wrapped.__cause__ = error
+            error = wrapped
         self.errors += 1
         if isinstance(error, ProgramTimeout):
             self.timeouts += 1
@@ -523,6 +600,7 @@ class Program:
             self.errors,
             self.timeouts,
             self.budget,
+            self.reads,
         )
 
     def __repr__(self) -> str:

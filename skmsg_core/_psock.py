@@ -19,6 +19,21 @@ The psock holds the state of the TX verdict engine (``eval``, ``apply_bytes``,
 :mod:`._tx` drives, and the receive side: :meth:`SkPsock.rx_feed` turns bytes
 read from the transport into :class:`RxAction` values, and the ingress queue
 (``ingress_msg``) holds bytes waiting for the application's receive call.
+
+Tails
+-----
+A framed message of at least :data:`~skmsg_core.RX_TAIL_MIN_BYTES` whose
+stream verdict declared its reads (``reads=N``) is not held until it is
+whole: as soon as its length and its first ``N`` bytes are in, the verdict
+runs on them (``skb.data`` is those bytes, ``skb.len`` the whole length) and
+:meth:`SkPsock.rx_feed` returns, as its last action, the message's bytes held
+so far with ``tail`` set to the bytes of it still in the socket. The I/O layer
+moves those to the same destination before it reads anything else from the
+socket (``splice(2)`` to a stream's egress, so they never enter Python; a
+DROP discards them unread), and counts what it moved so in
+``rx_spliced_bytes`` and ``rx_discarded_bytes``. The verdict's counters count
+the whole message when it runs. Shorter messages, and messages of programs
+that read every byte, are held whole and verdicted in batches as before.
 """
 
 from __future__ import annotations
@@ -31,12 +46,19 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._budget import program_caller
-from ._consts import BPF_F_INGRESS, DEFAULT_QUEUE_BYTES, MAX_MSG_FRAGS, SK_DROP, SK_PASS
+from ._consts import (
+    BPF_F_INGRESS,
+    DEFAULT_QUEUE_BYTES,
+    MAX_MSG_FRAGS,
+    RX_TAIL_MIN_BYTES,
+    SK_DROP,
+    SK_PASS,
+)
 from ._errors import StrParserError, kernel_error
 from ._plugins import loaded_plugins
 from ._progs import Program, Verdict
 from ._ring import PageFrag, SkMsg
-from ._skb import SkBuff
+from ._skb import ALL_BYTES, SkBuff
 from ._strparser import LengthPrefixParser, StrParser
 
 if TYPE_CHECKING:
@@ -64,6 +86,11 @@ class RxAction:
     (to ``target``'s egress, or its ingress queue when ``ingress``) or
     ``"drop"``. ``bufs`` are zero-copy views, in order; ``nbytes`` their total;
     ``msgs`` how many verdict units were merged into this action.
+
+    ``tail``: bytes of this action's (last) message still in the socket after
+    ``bufs``: the I/O layer takes exactly those from the socket next, before
+    anything else it reads, and sends them the same way (see the module's
+    "Tails"). Only the last action of a feed has one.
     """
 
     kind: str
@@ -72,6 +99,7 @@ class RxAction:
     bufs: list[memoryview]
     nbytes: int
     msgs: int = 1
+    tail: int = 0
 
 
 def take_queued(q: deque[memoryview], max_bytes: int) -> bytes:
@@ -135,6 +163,13 @@ class PsockStats:
     rx_dropped_bytes: int
     ingress_bytes: int
     ingress_queue_limit: int
+    #: Bytes of message tails moved from the socket to another by ``splice(2)``
+    #: (never read into Python); they are counted in ``rx_redirected_bytes`` too.
+    rx_spliced_bytes: int = 0
+    #: Bytes of dropped message tails discarded unread (counted in
+    #: ``rx_dropped_bytes`` or, after a redirect target failed, in
+    #: ``rx_redirected_bytes``).
+    rx_discarded_bytes: int = 0
 
 
 class SkPsock:
@@ -159,11 +194,14 @@ class SkPsock:
         "msg_parser",
         "rcvbuf",
         "redir_ingress",
+        "rx_discarded_bytes",
         "rx_dropped_bytes",
         "rx_mode",
         "rx_msgs",
         "rx_passed_bytes",
         "rx_redirected_bytes",
+        "rx_spliced_bytes",
+        "rx_tail_min",
         "sk",
         "sk_redir",
         "skb_verdict",
@@ -213,6 +251,10 @@ class SkPsock:
         self.rx_passed_bytes = 0
         self.rx_redirected_bytes = 0
         self.rx_dropped_bytes = 0
+        self.rx_spliced_bytes = 0
+        self.rx_discarded_bytes = 0
+        #: Messages at least this long may leave a tail (:data:`RX_TAIL_MIN_BYTES`).
+        self.rx_tail_min = RX_TAIL_MIN_BYTES
 
     @property
     def frag(self) -> PageFrag:
@@ -386,7 +428,8 @@ class SkPsock:
         programs everything passes. Units with the same destination are merged
         into one action (in order), so the I/O layer writes once per
         destination per batch; consecutive messages with one destination are
-        one zero-copy slice of ``data``.
+        one zero-copy slice of ``data``. A message that leaves a tail (see the
+        module's "Tails") is the last action, alone, with ``tail`` set.
 
         Raises:
             StrParserError: the stream parser failed (the socket is in error); its
@@ -413,6 +456,11 @@ class SkPsock:
                 self._verdict_spans(unit, 0, [unit.nbytes], prog, batch)
             if ends:
                 self._verdict_spans(view, start, ends, prog, batch)
+            need = strp.pending_length
+            if need >= self.rx_tail_min and prog is not None and prog.reads is not None:
+                reads = prog.reads
+                if strp.pending >= (reads if reads < need else need):
+                    self._verdict_tail(strp.take_pending(), need, prog, batch)
             return batch.actions
         if view.nbytes:
             prog = self.stream_verdict or self.skb_verdict if self.rx_mode == "verdict" else None
@@ -446,11 +494,13 @@ class SkPsock:
         pass_at = 0  # how many actions came before the first passed unit
         b_pass = n_other = dead = n_redir = b_redir = b_drop = 0
         skb._redir = None  # kept None between units: reset after each redirect
+        reads = ALL_BYTES if prog.reads is None else prog.reads
+        skb._reads = reads
         for unit in units:
             n = unit.nbytes
             if not n:
                 continue
-            skb._data = unit
+            skb._data = unit if n <= reads else unit[:reads]
             skb._len = n
             try:
                 ret = func(skb)
@@ -529,6 +579,8 @@ class SkPsock:
         add = batch.add
         skb: Any = self._skb  # Any: the program's helpers set fields the loop resets
         skb._buf = view
+        reads = prog.reads
+        skb._reads = ALL_BYTES if reads is None else reads
         sk_pass, sk_drop = _SK_PASS, _SK_DROP
         dead = 0
         # the current run: the messages view[run_start:off], bound for one place
@@ -632,6 +684,8 @@ class SkPsock:
         outcomes and counters without the runs a batch of messages needs."""
         skb: Any = self._skb  # Any: the program's helpers set fields the loop resets
         skb._buf = view
+        reads = prog.reads
+        skb._reads = ALL_BYTES if reads is None else reads
         skb._off = start
         skb._len = n = end - start
         skb._data = None
@@ -666,6 +720,54 @@ class SkPsock:
             prog.dropped += 1  # a raise too
         self.rx_dropped_bytes += n
         batch.add(RX_DROP, None, False, unit, 1)
+
+    @program_caller
+    def _verdict_tail(
+        self, held: memoryview, length: int, prog: Program, batch: _RxBatch
+    ) -> None:
+        """The verdict of a message of ``length`` bytes of which ``held`` are in
+        (at least the program's declared reads): :meth:`_verdict_one`'s outcomes
+        and counters for the whole message, as an action of its own, last in
+        ``batch``, whose ``tail`` is the bytes still to come."""
+        skb: Any = self._skb  # Any: the program's helpers set fields the loop resets
+        skb._buf = held
+        skb._reads = prog.reads
+        skb._off = 0
+        skb._len = length
+        skb._data = None
+        skb._redir = None
+        try:
+            ret = prog.timed_func()(skb)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # fail closed: a DROP, whatever was raised
+            ret = _SK_DROP
+            prog.record_error(exc)
+        if skb._helper_error is not None:
+            prog.helper_failed(skb)
+        target = skb._redir
+        skb._buf = skb._data = _EMPTY_VIEW
+        prog.run_cnt += 1
+        self.rx_msgs += 1
+        tail = length - held.nbytes
+        if ret is _SK_PASS or (ret is not _SK_DROP and prog.is_pass(ret)):
+            if target is None:
+                prog.passed += 1
+                self.rx_passed_bytes += length
+                batch.actions.append(RxAction(RX_PASS, None, False, [held], held.nbytes, 1, tail))
+                return
+            prog.redirected += 1  # the program's REDIRECT, even to a target that is gone
+            tp = target.psock
+            if tp is not None and not target.dead and tp.tx_enabled:
+                self.rx_redirected_bytes += length
+                batch.actions.append(
+                    RxAction(RX_REDIRECT, target, bool(skb._flags), [held], held.nbytes, 1, tail)
+                )
+                return
+        else:
+            prog.dropped += 1  # a raise too
+        self.rx_dropped_bytes += length
+        batch.actions.append(RxAction(RX_DROP, None, False, [held], held.nbytes, 1, tail))
 
     # -- the ingress queue (psock->ingress_msg) ------------------------------------------
 
@@ -731,6 +833,8 @@ class SkPsock:
             self.rx_dropped_bytes,
             self.ingress_bytes,
             self.rcvbuf,
+            self.rx_spliced_bytes,
+            self.rx_discarded_bytes,
         )
 
     def __repr__(self) -> str:

@@ -4,11 +4,17 @@ One object is reused for every run of a receive engine: a program must not
 keep it past its return (a BPF program cannot either). ``data`` is read-only
 here, a deliberate difference from the kernel's direct packet writes: received
 bytes are shared with the receive buffer.
+
+A program that declared its reads (``reads=N``, see :class:`~skmsg_core.Program`)
+sees ``data`` cut to the message's first ``N`` bytes while ``len`` stays the
+message's length: the kernel's linear ``data``..``data_end`` window, shorter
+than the skb. The engine running it sets the window (``_reads``) per batch.
 """
 
 from __future__ import annotations
 
 import errno
+import sys
 from typing import TYPE_CHECKING
 
 from ._sock import SkFields
@@ -19,15 +25,18 @@ if TYPE_CHECKING:
 __all__ = ["SkBuff"]
 
 _EMPTY = memoryview(b"")
+#: ``_reads`` of a program that reads every byte.
+ALL_BYTES = sys.maxsize
 
 
 class SkBuff(SkFields):
     """The ``__sk_buff`` subset SK_SKB programs use.
 
     ``len``: bytes of the message (for a parser, of everything accumulated so
-    far); ``data``: those bytes, a memoryview; ``sk``: the socket it arrived
-    on. The redirect helpers set ``sk_redir`` and ``flags``; those and
-    ``len`` are read-only to a program (the engines read them after it).
+    far); ``data``: those bytes, a memoryview (its first ``reads`` bytes only,
+    for a program that declared them); ``sk``: the socket it arrived on. The
+    redirect helpers set ``sk_redir`` and ``flags``; those and ``len`` are
+    read-only to a program (the engines read them after it).
     """
 
     __slots__ = (
@@ -37,6 +46,7 @@ class SkBuff(SkFields):
         "_helper_error",
         "_len",
         "_off",
+        "_reads",
         "_redir",
         "mark",
         "priority",
@@ -53,6 +63,8 @@ class SkBuff(SkFields):
         self._off = 0
         self._data: memoryview | None = _EMPTY
         self._len = 0
+        # the program's declared reads (ALL_BYTES: every byte): ``data`` ends there
+        self._reads = ALL_BYTES
         self._redir: Sock | None = None
         self._flags = 0
         # a helper's note of the program's mistake, for the runner to count
@@ -82,11 +94,14 @@ class SkBuff(SkFields):
 
     @property
     def data(self) -> memoryview:
-        """The message's bytes, a read-only memoryview."""
+        """The message's bytes, a read-only memoryview: its first ``reads``
+        bytes for a program that declared them."""
         data = self._data
         if data is None:
             off = self._off
-            data = self._data = self._buf[off : off + self._len]
+            n = self._len
+            reads = self._reads
+            data = self._data = self._buf[off : off + (n if n < reads else reads)]
         return data
 
     @data.setter
@@ -94,16 +109,24 @@ class SkBuff(SkFields):
         self._data = data
 
     def reset(self, data: memoryview) -> SkBuff:
-        """Point this context at ``data`` and clear the redirect state; returns self."""
-        self._data = data
-        self._len = data.nbytes
+        """Point this context at ``data`` (cut to the declared reads, set
+        before) and clear the redirect state; returns self."""
+        n = data.nbytes
+        if n > self._reads:
+            self._buf, self._off, self._data = data, 0, None
+        else:
+            self._data = data
+        self._len = n
         self._redir = None
         self._flags = 0
         return self
 
     def load_bytes(self, offset: int, length: int) -> bytes | int:
         """``bpf_skb_load_bytes``: a copy of ``length`` bytes at ``offset``, or
-        ``-EFAULT`` when the range is not inside the message."""
+        ``-EFAULT`` when the range is not inside the message. A range inside
+        the message but past the bytes the program declared it reads is
+        ``-EFAULT`` too, and the run's counted error (a
+        :class:`~skmsg_core.HelperError` naming the declaration)."""
         if (
             type(offset) is not int
             or type(length) is not int
@@ -111,6 +134,13 @@ class SkBuff(SkFields):
             or length <= 0
             or offset + length > self._len
         ):
+            return -errno.EFAULT
+        if offset + length > self._reads:
+            self._helper_error = (
+                f"load_bytes({offset}, {length}) reads past the first {self._reads} bytes "
+                f"of the message, all the program declared it reads (reads={self._reads}); "
+                "it returned -EFAULT"
+            )
             return -errno.EFAULT
         return bytes(self.data[offset : offset + length])
 

@@ -173,6 +173,23 @@ class StrParser:
         self._msgs = self._bytes = self._need_more = 0
         self._too_big = self._bad_hdr = self._errors = 0
 
+    @property
+    def max_msg_size(self) -> int:
+        """The longest message accepted, in bytes. The kernel's strparser reads
+        ``sk_rcvbuf`` at each check, so raising or lowering the socket's
+        buffer changes it for the next message; setting this is that change.
+
+        Raises (on set):
+            ValueError: less than 1.
+        """
+        return self._max
+
+    @max_msg_size.setter
+    def max_msg_size(self, value: int) -> None:
+        if type(value) is not int or value < 1:
+            raise ValueError(f"strparser: max_msg_size {value!r} is not an int of at least 1")
+        self._max = value
+
     def replace_parse(
         self, parse: Callable[[SkBuff], int], *, native: LengthPrefixParser | None = None
     ) -> None:
@@ -193,6 +210,33 @@ class StrParser:
     def pending(self) -> int:
         """Bytes held for an incomplete message (0 after an error)."""
         return len(self._acc)
+
+    @property
+    def pending_length(self) -> int:
+        """The length of the incomplete message held, once the program has given
+        it; 0 while it is not known (or nothing is held)."""
+        return self._need
+
+    def take_pending(self) -> memoryview:
+        """Hand over the incomplete message whose length is known: the bytes
+        held of it, as a read-only view that stays valid. The message is
+        counted (``msgs``, ``bytes`` its whole length), and the next byte fed
+        starts a new message: the rest of this one, ``pending_length`` less
+        the bytes returned (its *tail*), is the caller's to take from the
+        stream first, and must never be fed.
+
+        Raises:
+            ValueError: no message of known length is held.
+        """
+        need = self._need
+        if not need or self._error is not None:
+            raise ValueError("strparser: no message of known length is held")
+        held = memoryview(self._acc).toreadonly()
+        self._acc = bytearray()
+        self._need = 0
+        self._msgs += 1
+        self._bytes += need
+        return held
 
     @property
     def error(self) -> StrParserError | None:

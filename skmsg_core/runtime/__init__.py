@@ -23,3 +23,5 @@ from ._runtime import open_runtime as open_runtime
 from ._runtime import socket_error as socket_error
 from ._runtime import space_freed as space_freed
 from ._runtime import tx_redirect as tx_redirect
+from ._tail import PIPE_BYTES as PIPE_BYTES
+from ._tail import SpliceEndpoint as SpliceEndpoint

@@ -31,7 +31,9 @@ against the target (``redirect_errors``), never against the source. Program
 errors are logged here too, rate-limited, with the program's name and what
 went wrong (the core counts them and tells the runtime, it does not log).
 
-A stream plugs in by implementing :class:`Endpoint`.
+A stream plugs in by implementing :class:`Endpoint`; one that implements
+:class:`~skmsg_core.runtime.SpliceEndpoint` too takes message tails with
+``splice(2)`` (see :mod:`._tail`).
 
 Datagrams
 ---------
@@ -65,7 +67,9 @@ import trio
 
 from .._errors import StrParserError, kernel_error
 from .._progs import Program, describe_error, set_error_observer
+from ._boundary import escapes_boundary
 from ._events import log_event
+from ._tail import TailIO, rx_tail
 
 if TYPE_CHECKING:
     from .._psock import RxAction, SkPsock
@@ -155,17 +159,6 @@ def _log_program_error(prog: Program, error: BaseException) -> None:
 
 set_error_observer(_log_program_error)
 
-
-def escapes_boundary(exc: BaseException) -> bool:
-    """Whether ``exc`` must go on up through a socket's error boundary: trio's
-    cancellation and Ctrl-C, alone or in an exception group (a nursery's);
-    everything else raised while serving one socket is that socket's error."""
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.subgroup(_ESCAPING) is not None
-    return isinstance(exc, _ESCAPING)
-
-
-_ESCAPING = (trio.Cancelled, KeyboardInterrupt)
 
 _current: contextvars.ContextVar[Runtime | None] = contextvars.ContextVar(
     "skmsg_runtime", default=None
@@ -464,6 +457,7 @@ class Runtime:
         #: Sockets whose service ended on an error that was not a connection's
         #: own (a plugin's or an engine's exception), contained here.
         self.socket_errors = 0
+        self._tail_io = TailIO()
 
     async def rx_action(self, receiver: Endpoint, action: RxAction) -> None:
         """Carry out one receive action of ``receiver``'s pump.
@@ -698,7 +692,10 @@ class Runtime:
             endpoint.rx_failed(exc)
             return False
         for action in actions:
-            await self.rx_action(endpoint, action)
+            if action.tail:  # the last action: its message's tail is in the socket
+                await rx_tail(self, endpoint, psock, action)
+            else:
+                await self.rx_action(endpoint, action)
         return True
 
 
@@ -765,15 +762,20 @@ async def open_runtime() -> AsyncIterator[Runtime]:
             connection's own error, which its stream raises).
     """
     body_error: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-        rt = Runtime(nursery)
-        token = _current.set(rt)
-        try:
-            yield rt
-        except BaseException as exc:
-            body_error = exc
-        finally:
-            _current.reset(token)
-            nursery.cancel_scope.cancel()
+    tail_io = TailIO()
+    try:
+        async with trio.open_nursery() as nursery:
+            rt = Runtime(nursery)
+            rt._tail_io = tail_io
+            token = _current.set(rt)
+            try:
+                yield rt
+            except BaseException as exc:
+                body_error = exc
+            finally:
+                _current.reset(token)
+                nursery.cancel_scope.cancel()
+    finally:
+        tail_io.close()  # the pipes the runtime's tails kept
     if body_error is not None:
         raise body_error

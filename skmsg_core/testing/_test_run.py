@@ -119,7 +119,8 @@ def test_run(
     message's elements, one each (a ``sendmsg`` iovec's pages). ``sk``: the
     socket the context belongs to (default :func:`test_sock`). ``repeat``:
     run that many times, each on a fresh message of ``data``, and report the
-    last run and the mean run time (the kernel's ``repeat``).
+    last run and the mean run time (the kernel's ``repeat``). A verdict that
+    declared its reads (``Program.reads``) sees them only, as on a socket.
 
     Raises:
         OSError(EINVAL): the program fails the verifier or does not fit
@@ -147,7 +148,7 @@ def test_run(
     ret: object = None
     verdict = Verdict.NONE
     for _ in range(repeat):
-        ctx = _context(attach_type, data, owner)
+        ctx = _context(attach_type, data, owner, None if attach_type is _PARSER else program.reads)
         start = time.perf_counter_ns()
         if attach_type is _PARSER:
             try:
@@ -167,7 +168,7 @@ def test_run(
         verdict=verdict,
         retval=ret,
         error=error,
-        data=ctx.tobytes() if is_msg else bytes(ctx.data),
+        data=ctx.tobytes() if is_msg else _skb_bytes(ctx),
         redirect=redirect,
         flags=flags,
         ingress=bool(flags & BPF_F_INGRESS),
@@ -198,10 +199,16 @@ def _run_verdict(program: Program, ctx: Any) -> tuple[object, Verdict]:
     return ret, program.account(ret, ctx)
 
 
+def _skb_bytes(skb: Any) -> bytes:
+    """The whole message of a context ``_context`` made, past any declared reads."""
+    return bytes(skb._buf if skb._len > skb._reads else skb.data)
+
+
 def _context(
     attach_type: BpfAttachType,
     data: bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview],
     sk: Sock,
+    reads: int | None = None,
 ) -> SkMsg | SkBuff:
     if attach_type is SK_MSG_VERDICT:
         if isinstance(data, (bytes, bytearray, memoryview)):
@@ -214,5 +221,7 @@ def _context(
     if not isinstance(data, (bytes, bytearray, memoryview)):
         data = b"".join(data)
     skb = SkBuff(sk)
+    if reads is not None:
+        skb._reads = reads
     skb.reset(memoryview(bytes(data)).toreadonly())
     return skb

@@ -22,6 +22,12 @@ redirects to its egress and its receives: it seals records after the SK_MSG
 verdict, and opens records and runs the receive verdict in ``receive_some``
 itself (as kTLS does in ``tls_sw_recvmsg``), so no receive pump runs for it.
 
+A message's tail (the bytes of a large message past those its verdict
+declared it reads) moves between two plain streams with ``splice(2)``, never
+read into Python: out of the source socket, into the target under its
+write lock (:meth:`SkStream.egress_splice`). A message cut short mid-tail
+aborts the streams it ran through (:meth:`SkStream.abort`).
+
 Leaving the last map restores plain operation. A task blocked in
 ``receive_some`` waits inside a cancel scope that every change cancels, so
 it always looks again at the queue, the pump and the socket.
@@ -36,7 +42,7 @@ import os
 import socket as stdsocket
 import stat as stdstat
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -281,6 +287,8 @@ class SkStream(trio.abc.HalfCloseableStream):
         self._recv_scope: trio.CancelScope | None = None
         self._runtime: Runtime | None = current_runtime()
         self._rx_error: BaseException | None = None
+        #: Why the connection was aborted (a message through it cut short).
+        self._aborted: BaseException | None = None
         self._rx_eof = False
         self._closed = False
         #: The ULP serving this stream (TLS: ``skmsg_tls._ulp.TlsUlp``): send_all,
@@ -340,6 +348,64 @@ class SkStream(trio.abc.HalfCloseableStream):
     def transport_fileno(self) -> int:
         return self.socket.fileno() if self._raw is not None else -1
 
+    def splice_fileno(self) -> int:
+        """The socket's fd for ``splice(2)``, below every program: a receive
+        tail out of it, a redirect's tail into it; -1 when bytes cannot move
+        that way (closed, aborted, or a ULP on the wire: TLS records)."""
+        if self._closed or self._aborted is not None or self._ulp is not None or self._raw is None:
+            return -1
+        return self.socket.fileno()
+
+    def spliced(self, received: int, sent: int) -> None:
+        """Count bytes the runtime moved out of or into the socket itself."""
+        self.bytes_received += received
+        self.bytes_sent += sent
+
+    async def egress_splice(self, move: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``move`` (which writes a redirected message into
+        :meth:`splice_fileno` itself) under the write lock, in order with this
+        stream's other writes; False, without running it, when this egress is
+        not the plain socket (a ULP is installed) or the stream is closed or
+        aborted.
+
+        Raises:
+            BaseException: whatever ``move`` raises.
+
+        Cancellation: while waiting for the lock, nothing is written.
+        """
+        lock = self._write_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            if self.splice_fileno() < 0:
+                return False
+            await move()
+            return True
+        finally:
+            lock.release()
+
+    def abort(self, exc: BaseException) -> None:
+        """The connection is in error for good: a message through it was cut
+        short (its source failed mid-message, or receiving stopped with part
+        of a message still in the socket). The socket is shut down both ways,
+        so its peer sees the connection end; ``receive_some`` and sends raise
+        ``trio.BrokenResourceError`` with ``exc`` as the cause. Never raises."""
+        if self._aborted is not None:
+            return
+        self._aborted = exc
+        raw = self._raw
+        if raw is not None and not self._closed:
+            with contextlib.suppress(OSError):
+                raw.shutdown(stdsocket.SHUT_RDWR)
+        self.wake_readers()
+
+    def _aborted_error(self) -> trio.BrokenResourceError:
+        err = trio.BrokenResourceError(f"{self.sk.describe()}: {self._aborted}")
+        err.__cause__ = self._aborted
+        return err
+
     async def egress_write(self, bufs: list[memoryview], more: bool) -> None:
         ulp = self._ulp
         if ulp is not None:  # e.g. TLS seals them with this stream's keys
@@ -375,6 +441,8 @@ class SkStream(trio.abc.HalfCloseableStream):
         except trio.WouldBlock:
             await lock.acquire()
         try:
+            if self._aborted is not None:
+                raise self._aborted_error()
             if all(type(b) is memoryview for b in bufs):
                 await self._send_bufs(bufs, more)  # type: ignore[arg-type]
                 return
@@ -509,7 +577,8 @@ class SkStream(trio.abc.HalfCloseableStream):
                 taken), ``accepted`` what of it already left.
             trio.BusyResourceError: another task is sending on this stream.
             trio.ClosedResourceError: the stream was closed, or EOF was sent.
-            trio.BrokenResourceError: the connection is broken.
+            trio.BrokenResourceError: the connection is broken, or was aborted
+                (:meth:`abort`).
 
         Cancellation leaves the stream in an unknown state, as trio's own.
         """
@@ -706,8 +775,9 @@ class SkStream(trio.abc.HalfCloseableStream):
         Raises:
             trio.BusyResourceError: another task is receiving on this stream.
             trio.ClosedResourceError: the stream was closed.
-            trio.BrokenResourceError: the connection broke, or the stream
-                parser failed (the ``__cause__`` carries its errno).
+            trio.BrokenResourceError: the connection broke, the stream
+                parser failed (the ``__cause__`` carries its errno), or the
+                connection was aborted (:meth:`abort`: a message cut short).
         """
         max_bytes = DEFAULT_RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
         if max_bytes < 1:
@@ -732,6 +802,9 @@ class SkStream(trio.abc.HalfCloseableStream):
                     data = psock.recvmsg(max_bytes)  # after the checkpoint: nothing lost
                     space_freed(psock)
                     return data
+                if self._aborted is not None:  # what was passed before it came first
+                    await trio.lowlevel.checkpoint()
+                    raise self._aborted_error()
                 if self._rx_error is not None and (pumping or psock is not None):
                     await trio.lowlevel.checkpoint()
                     raise trio.BrokenResourceError(

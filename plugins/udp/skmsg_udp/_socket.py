@@ -410,6 +410,8 @@ class UdpSocket(trio.abc.AsyncResource):
         prog = psock.stream_verdict or psock.skb_verdict
         run = prog.verdict_runner() if prog is not None else None
         skb: Any = self._skb
+        # a program that declared its reads sees them only (skb.reset cuts data)
+        skb._reads = sk.ALL_BYTES if prog is None or prog.reads is None else prog.reads
         queue = self.queue_datagram
         count = passed = redirected = dropped = nbytes = 0
         try:
