@@ -853,6 +853,11 @@ class SkStream(trio.abc.HalfCloseableStream):
                     try:
                         if pumping:
                             await trio.sleep_forever()
+                        elif raw is not None:
+                            # the recv above just said EAGAIN: wait, then try again
+                            # at the top (a recv here would ask the socket twice)
+                            await trio.lowlevel.wait_readable(raw)
+                            continue
                         else:
                             received = await self.socket.recv(want)
                             self.bytes_received += len(received)
