@@ -120,7 +120,7 @@ def main() -> None:
             for _ in range(nbytes // MSG):
                 sock.sendall(message)
             with backend.cond:
-                backend.cond.wait_for(lambda: backend.received >= nbytes)
+                backend.cond.wait_for(lambda n=nbytes: backend.received >= n)
                 got = backend.received
                 hasher, backend.hasher = backend.hasher, None
             if not check:
