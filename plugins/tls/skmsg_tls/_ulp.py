@@ -446,6 +446,8 @@ class TlsUlp:
         room = size
         for buf in bufs:
             view = memoryview(buf)
+            if view.format != "B":  # cut by bytes, whatever the view's items
+                view = view.cast("B")
             n = view.nbytes
             if n <= room:
                 batch.append(view)
