@@ -217,6 +217,82 @@ def test_seal_batch_refuses_bad_input_and_seals_nothing(version: int, cipher: in
     assert late.seq == 1 << 64
 
 
+@given(
+    info=infos().map(lambda i: i.with_seq(min(i.seq, MAX_SEQ - 10_000))),
+    sizes=st.lists(
+        st.one_of(
+            st.integers(0, 3 * TLS_MAX_PAYLOAD_SIZE),
+            st.sampled_from([TLS_MAX_PAYLOAD_SIZE, 2 * TLS_MAX_PAYLOAD_SIZE]),  # aligned
+        ),
+        max_size=6,
+    ),
+    limit=st.sampled_from([TLS_MAX_PAYLOAD_SIZE, 4096, 512, 64]),
+    ctype=st.integers(1, 255),
+    into=st.booleans(),
+)
+def test_seal_pieces_equals_seal_batch_of_the_joined_bytes(
+    info: TlsCryptoInfo, sizes: list[int], limit: int, ctype: int, into: bool
+) -> None:
+    """seal_pieces makes byte for byte the records seal_batch makes of the
+    pieces joined and cut every record_size_limit bytes, whether the piece
+    boundaries fall on record boundaries or inside records (many pieces to one
+    record, one piece to many), and the stream goes on from there."""
+    data = bytes(i * 7 % 251 for i in range(sum(sizes)))
+    pieces: list[bytes | bytearray | memoryview] = []
+    pos = 0
+    for i, n in enumerate(sizes):
+        pieces.append((bytes, bytearray, memoryview)[i % 3](data[pos : pos + n]))
+        pos += n
+    a, b = RecordSealer(info), RecordSealer(info)
+    a.record_size_limit = b.record_size_limit = limit
+    b._into = into
+    want = a.seal_batch([data[i : i + limit] for i in range(0, len(data), limit)], ctype)
+    out = b.seal_pieces(pieces, ctype)
+    assert isinstance(out, memoryview) and out == want
+    assert a.seq == b.seq == info.seq + -(-len(data) // limit)
+    assert b.seal(b"after") == a.seal(b"after")
+    opener = RecordOpener(info)
+    opener.record_size_limit = limit
+    opener.feed(bytes(out))
+    records = drain(opener)
+    assert all(len(p) == limit for _, p in records[:-1])
+    assert b"".join(bytes(p) for _, p in records) == data
+    assert {t for t, _ in records} <= {ctype}
+
+
+@pytest.mark.parametrize("version,cipher", COMBOS)
+def test_seal_pieces_into_a_scratch_and_from_other_formats(version: int, cipher: int) -> None:
+    """Pieces viewed as other formats are sealed as their bytes; a scratch
+    buffer is sealed into as seal_batch's is."""
+    info = make_info(version, cipher)
+    a, b = RecordSealer(info), RecordSealer(info)
+    raw = bytes(range(256)) * 200  # 51,200 bytes: 3 full records and a short one
+    pieces = [memoryview(raw[:1000]).cast("c"), memoryview(raw[1000:33768]).cast("I"), raw[33768:]]
+    scratch = bytearray(b"\xff" * 7)
+    out = b.seal_pieces(pieces, scratch=scratch)
+    assert out.obj is scratch
+    step = TLS_MAX_PAYLOAD_SIZE
+    assert out == a.seal_batch([raw[i : i + step] for i in range(0, len(raw), step)])
+
+
+@pytest.mark.parametrize("version,cipher", COMBOS)
+def test_seal_pieces_refuses_bad_input_and_seals_nothing(version: int, cipher: int) -> None:
+    sealer = RecordSealer(make_info(version, cipher))
+    for bad in (0, 256):
+        with pytest.raises(ValueError, match=f"content type {bad} is not"):
+            sealer.seal_pieces([b"ok", b"more"], bad)
+    assert sealer.seq == 0
+    assert sealer.seal_pieces([]) == bytearray()
+    assert sealer.seal_pieces([b"", memoryview(b"")]) == bytearray()
+    assert sealer.seq == 0
+    # two records left: 3 records' worth of pieces seals none of them
+    late = RecordSealer(make_info(version, cipher, seq=MAX_SEQ - 1))
+    with pytest.raises(TlsRecordError, match="sequence numbers exhausted") as exc:
+        late.seal_pieces([bytes(TLS_MAX_PAYLOAD_SIZE + 1), bytes(TLS_MAX_PAYLOAD_SIZE)])
+    assert exc.value.errno == errno.EBADMSG
+    assert late.seq == MAX_SEQ - 1
+
+
 def test_max_size_record_and_one_byte_more() -> None:
     for version, cipher in COMBOS:
         sealer = RecordSealer(make_info(version, cipher))

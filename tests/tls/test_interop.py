@@ -200,6 +200,46 @@ async def test_interop_with_policy_in_the_path(
         await aclose_all((mine, peer))
 
 
+#: Piece sizes of redirected bytes: many pieces to one record, boundaries inside
+#: records and on them, empty pieces, and more than one socket write's batch.
+PIECES = [
+    [1, 5000, 16383, 2, 40_000, 0, 700, 16384, 3],
+    [16384, 32768, 16384, 9],
+    [300_001, 7, 16384 * 20],
+    [100] * 400,
+]
+
+
+@pytest.mark.parametrize("vs", SUITES, ids=[s for _, s in SUITES])
+async def test_redirected_pieces_are_sealed_byte_exact(
+    runtime: object, ca: trustme.CA, vs: tuple[str, str]
+) -> None:
+    """Bytes redirected to a TLS socket's egress as many pieces (the runtime's
+    ``egress_write``) reach an OpenSSL peer byte for byte, sealed as full
+    records cut every 16 KiB across the piece boundaries, for every suite."""
+    version, suite = vs
+    sctx, cctx = contexts(ca, version, suite, tickets=False)
+    mine, peer, t = await connect("client", sctx, cctx)
+    try:
+        for sizes in PIECES:
+            data = os.urandom(sum(sizes))
+            pieces: list[memoryview] = []
+            pos = 0
+            for i, n in enumerate(sizes):
+                piece = data[pos : pos + n] if i % 2 else bytearray(data[pos : pos + n])
+                pieces.append(memoryview(piece))
+                pos += n
+            before = t.statistics().tx_records
+            with trio.fail_after(30):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(mine.egress_write, pieces, False)
+                    assert await drain(peer, len(data)) == data
+            assert t.statistics().tx_records - before == -(-len(data) // 16384)
+        await both_ways(mine, peer, 20_000)  # and the stream goes on
+    finally:
+        await aclose_all((mine, peer))
+
+
 @pytest.mark.parametrize("ours", ["client", "server"])
 async def test_our_key_update_is_followed_by_the_peers(
     runtime: object, ca: trustme.CA, ours: str

@@ -264,6 +264,12 @@ _TYPE_BYTE: Final = tuple(bytes((i,)) for i in range(256))
 _HAVE_INTO: Final = hasattr(AESGCM, "encrypt_into") and hasattr(ChaCha20Poly1305, "encrypt_into")
 
 
+def _bytes_view(buf: bytes | bytearray | memoryview) -> memoryview:
+    """``buf`` as a view of unsigned bytes (what a staging view's slice takes)."""
+    view = memoryview(buf)
+    return view if view.format == "B" else view.cast("B")
+
+
 def _too_long(n: int, limit: int) -> ValueError:
     if limit == TLS_MAX_PAYLOAD_SIZE:
         return ValueError(
@@ -382,7 +388,11 @@ class RecordSealer(_Direction):
     owns it.
     """
 
-    __slots__ = ()
+    __slots__ = ("_stage",)
+
+    def __init__(self, info: TlsCryptoInfo) -> None:
+        self._stage: memoryview | None = None
+        super().__init__(info)
 
     def seal(
         self,
@@ -448,6 +458,60 @@ class RecordSealer(_Direction):
             BufferError: ``scratch`` must grow while a view of it is alive.
             Nothing is sealed on an error: the sequence number is unchanged.
         """
+        return self._seal_records(records, sum(map(len, records)), content_type, scratch)
+
+    def seal_pieces(
+        self,
+        pieces: Sequence[bytes | bytearray | memoryview],
+        content_type: int = TLS_RECORD_TYPE_DATA,
+        *,
+        scratch: bytearray | None = None,
+    ) -> memoryview:
+        """Seal the bytes of ``pieces``, in order, as records of
+        :attr:`record_size_limit` bytes each (the last one shorter), back to
+        back in one buffer; return a view of the sealed bytes (``scratch`` as
+        :meth:`seal_batch` says). The records are those :meth:`seal_batch`
+        makes of the pieces joined and cut every :attr:`record_size_limit`
+        bytes, but when every piece but the last is a whole number of records
+        (a redirect's messages are, as a rule) nothing is joined: each record
+        is encrypted from its piece where it lies (under TLS 1.3, copied once
+        with its inner content type into a staging buffer next to the
+        sealer). When a piece boundary falls inside a record the pieces are
+        joined first, in one C-level copy (cheaper than gathering each such
+        record part by part in Python). The pieces are read while this runs
+        only.
+
+        Raises:
+            ValueError: ``content_type`` is not 1..255.
+            TlsRecordError: ``EBADMSG``, the sequence numbers run out before the
+                last record.
+            BufferError: ``scratch`` must grow while a view of it is alive.
+            Nothing is sealed on an error: the sequence number is unchanged.
+        """
+        limit = self._max_plain
+        views = [
+            p if type(p) is memoryview and p.format == "B" else _bytes_view(p) for p in pieces
+        ]
+        if any(v.nbytes % limit for v in views[:-1]):
+            views = [memoryview(b"".join(views))]
+        records = [v[i : i + limit] for v in views for i in range(0, v.nbytes, limit)]
+        return self._seal_records(records, sum(v.nbytes for v in views), content_type, scratch)
+
+    def _stage_for(self) -> memoryview:
+        """The staging buffer a record's inner plaintext is gathered into."""
+        stage = self._stage
+        if stage is None:
+            stage = self._stage = memoryview(bytearray(TLS_MAX_PAYLOAD_SIZE + 1))
+        return stage
+
+    def _seal_records(
+        self,
+        records: Sequence[bytes | bytearray | memoryview],
+        nbytes: int,
+        content_type: int,
+        scratch: bytearray | None,
+    ) -> memoryview:
+        """:meth:`seal_batch`'s work, ``nbytes`` the records' plaintext bytes."""
         if not 0 < content_type < 256:
             raise ValueError(f"seal: content type {content_type} is not 1..255")
         count = len(records)
@@ -466,7 +530,7 @@ class RecordSealer(_Direction):
             over = TLS_HEADER_SIZE + TLS_TAG_SIZE
         else:
             over = TLS_HEADER_SIZE + 8 + TLS_TAG_SIZE
-        total = sum(map(len, records)) + count * over
+        total = nbytes + count * over
         if scratch is None:
             out = bytearray(total)
         else:
@@ -481,14 +545,17 @@ class RecordSealer(_Direction):
         # The state (sequence, explicit nonce) changes only once all are sealed:
         # a record found too long leaves it as it was.
         if tls13:  # the bulk: the header is also the AAD; full records share it
-            type_byte = _TYPE_BYTE[content_type]  # the inner content type
+            stage = self._stage_for()
             header = b""
             header_for = -1
             for plaintext in records:
+                # the inner plaintext (content || type), made in the stage
                 n = len(plaintext)
+                if n > most:
+                    raise _too_long(n, most)
+                stage[:n] = _bytes_view(plaintext)
+                stage[n] = content_type
                 if n != header_for:
-                    if n > most:
-                        raise _too_long(n, most)
                     header = _pack_header(
                         TLS_RECORD_TYPE_DATA, _LEGACY_VERSION, n + 1 + TLS_TAG_SIZE
                     )
@@ -496,8 +563,7 @@ class RecordSealer(_Direction):
                 body = pos + TLS_HEADER_SIZE
                 end = body + n + 1 + TLS_TAG_SIZE
                 ov[pos:body] = header
-                inner = b"".join((plaintext, type_byte))
-                seal_into((iv ^ seq).to_bytes(12, "big"), inner, header, ov[body:end])
+                seal_into((iv ^ seq).to_bytes(12, "big"), stage[: n + 1], header, ov[body:end])
                 seq += 1
                 pos = end
             self._seq = seq

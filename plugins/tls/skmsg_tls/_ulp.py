@@ -201,23 +201,32 @@ class TlsUlp:
     # -- TX ---------------------------------------------------------------------------------
 
     def _seal_locked(
-        self, records: list[Any], ctype: int, scratch: bytearray, nbytes: int
+        self,
+        records: list[Any],
+        ctype: int,
+        scratch: bytearray,
+        nbytes: int,
+        *,
+        pieces: bool = False,
     ) -> memoryview:
-        """Seal ``records`` (each one record's plaintext, ``nbytes`` in all) into
-        ``scratch`` (a new buffer if a view still holds it), after the KeyUpdate
-        the peer asked for if one is owed; return the sealed bytes. Call under
-        the write lock."""
+        """Seal ``records`` (each one record's plaintext, ``nbytes`` in all; with
+        ``pieces``, bytes to cut into records: :meth:`RecordSealer.seal_pieces`)
+        into ``scratch`` (a new buffer if a view still holds it), after the
+        KeyUpdate the peer asked for if one is owed; return the sealed bytes.
+        Call under the write lock."""
         prefix: bytearray | None = None
         if self.rx.key_update_requested:
             self.rx.key_update_requested = False
             prefix = bytearray()
             self._key_update_locked(prefix, update_requested=False)
+        seal = self._sealer.seal_pieces if pieces else self._sealer.seal_batch
         try:
-            out = self._sealer.seal_batch(records, ctype, scratch=scratch)
+            out = seal(records, ctype, scratch=scratch)
         except BufferError:  # still exported (a write that failed): not reused
-            out = self._sealer.seal_batch(records, ctype)
+            out = seal(records, ctype)
         if ctype == TLS_RECORD_TYPE_DATA:
-            self.tx_records += len(records)
+            limit = self.record_size_limit
+            self.tx_records += -(-nbytes // limit) if pieces else len(records)
             self.tx_bytes += nbytes
         else:
             self.tx_control_records += len(records)
@@ -431,9 +440,52 @@ class TlsUlp:
             raise sk.kernel_error(
                 errno.EPIPE, f"TLS {self.stream.sk.describe()} sent {self._tx_end()}"
             )
-        data = bufs[0] if len(bufs) == 1 else memoryview(b"".join(bufs))
-        limit = self.record_size_limit
-        await self._write_batches([data[i : i + limit] for i in range(0, data.nbytes, limit)], more)
+        # sealed straight from the pieces (they are the redirect's until this
+        # returns), a batch of about PASS_BATCH bytes per socket write
+        size = self._per_batch * self.record_size_limit
+        batch: list[memoryview] = []
+        room = size
+        for buf in bufs:
+            view = memoryview(buf)
+            if view.format != "B":  # cut by bytes, whatever the view's items
+                view = view.cast("B")
+            n = view.nbytes
+            if n <= room:
+                batch.append(view)
+                room -= n
+                continue
+            pos = 0
+            while n - pos > room:
+                if room:
+                    batch.append(view[pos : pos + room])
+                    pos += room
+                await self._write_pieces(batch, True)
+                batch, room = [], size
+            batch.append(view[pos:])
+            room -= n - pos
+        if batch:
+            await self._write_pieces(batch, more)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def _write_pieces(self, pieces: list[memoryview], more: bool) -> None:
+        """Seal the bytes of ``pieces`` as data records (``seal_pieces``) and
+        write them with one socket write, under the stream's write lock."""
+        lock = self.stream._write_lock
+        try:
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            nbytes = sum(p.nbytes for p in pieces)
+            scratch = _SEAL_BUFFERS.take()
+            out = self._seal_locked(pieces, TLS_RECORD_TYPE_DATA, scratch, nbytes, pieces=True)
+            if out:
+                await self.stream._send_bufs([out], more)
+            out.release()
+            _SEAL_BUFFERS.give(scratch)
+        finally:
+            lock.release()
 
     async def send_control(self, content_type: int, data: bytes | bytearray | memoryview) -> None:
         """Send one record of ``content_type`` (``TLS_SET_RECORD_TYPE``), e.g. an

@@ -1,0 +1,279 @@
+"""``skmsg proxy --tls --backend-tls`` against a ``trio.SSLStream`` relay.
+
+Topology (both sides built once, side by side)::
+
+    client ==TLS==> proxy under test ==TLS==> backend
+    \\____ child process ____/    this process    \\__ child __/
+
+The client and the backend are Python's ``ssl`` (OpenSSL) on blocking sockets
+in **one child process** (``bench/_tls_peers.py``): the same peers for both
+sides, outside the process being measured. The proxies under test run in this
+process, in one ``trio.run``:
+
+- candidate: the application itself, :func:`skmsg.run_proxy` with
+  ``--tls --backend-tls`` settings (a self-signed certificate, the
+  ``length-prefixed`` framing, the default round-robin policy over one
+  backend): client TLS is terminated into skmsg's record layer, the stream
+  parser frames the plaintext, the policy's verdict redirects each message to
+  the backend connection, which seals it with its own keys; replies take the
+  reply program back to the client's egress.
+- baseline: a ``trio.SSLStream`` relay that inspects what it forwards, as the
+  proxy does: client to backend it walks the length prefixes of each read and
+  forwards its whole messages (a partial one waits for the next read),
+  backend to client it forwards each read as it came.
+
+Both use TLS 1.3 with OpenSSL's default suite (AES-256-GCM here).
+
+``proxy.bulk_tls``: 256 MiB (quick: 4 MiB) as 64 KiB messages, one way.
+``proxy.reqresp_tls``: 2,000 (quick: 200) round trips of a 200-byte message
+over one connection.
+
+A round is timed from the command to the child until the child says the
+backend has every byte (bulk) or the last reply came (reqresp), both by the
+wall clock and by **this process's CPU time** (``time.process_time``): the
+CPU the proxy under test spent, the peers' being the child's. The sides take
+turns, rotated every round, after an untimed warm-up round each (the bulk one
+checks the backend got exactly the bytes sent, by SHA-256). The headline
+figures are *paired*: the median over rounds of each round's own ratio of the
+baseline's CPU time over the candidate's (the two sides of a round see the
+same moment of this shared machine). The ``.wall`` figures (report only) are
+the same by the wall clock, where the child's peers and this process share the
+machine's two cores. After the rounds the counters prove the path: the proxy's
+verdict redirected every message, the backend connection's record layer
+sealed the bytes.
+
+Targets: bulk >= 3x the relay's speed, reqresp >= 1.2x.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import trio
+
+from bench._harness import Figure
+from bench._tcp_helpers import Round
+from skmsg import Address, Proxy, ProxyConfig, run_proxy
+from skmsg._tls import TlsOptions, client_context, server_context, write_self_signed
+
+__all__ = ["BENCHMARKS"]
+
+MIB = 1 << 20
+MSG = 65536
+BULK_TARGET = 3.0
+REQRESP_TARGET = 1.2
+DEADLINE = 300.0
+PEERS = Path(__file__).resolve().parent / "_tls_peers.py"
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise RuntimeError(f"bench_proxy_tls: {what}")
+
+
+class Peers:
+    """The child process running the client and the backend (``_tls_peers.py``)."""
+
+    def __init__(self, proc: trio.Process) -> None:
+        self.proc = proc
+        self._buf = b""
+
+    async def line(self) -> str:
+        """The child's next output line."""
+        assert self.proc.stdout is not None
+        while b"\n" not in self._buf:
+            data = await self.proc.stdout.receive_some()
+            _check(bool(data), "the peers' child process ended early")
+            self._buf += data
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
+
+    async def ask(self, command: str) -> str:
+        """Send one command line, return the answer line."""
+        assert self.proc.stdin is not None
+        await self.proc.stdin.send_all(command.encode() + b"\n")
+        return await self.line()
+
+
+async def _pipe(src: trio.abc.ReceiveStream, dst: trio.abc.SendStream) -> None:
+    while data := await src.receive_some(65536):
+        await dst.send_all(data)
+
+
+async def _inspecting_pipe(src: trio.abc.ReceiveStream, dst: trio.abc.SendStream) -> None:
+    """Frame by the 4-byte length prefix; forward each read's whole messages."""
+    rest = b""
+    while data := await src.receive_some(65536):
+        buf = rest + data if rest else data
+        n = len(buf)
+        off = 0
+        while n - off >= 4:
+            end = off + 4 + int.from_bytes(buf[off : off + 4], "big")
+            if end > n:
+                break
+            off = end
+        if off:
+            await dst.send_all(memoryview(buf)[:off])
+        rest = buf[off:]
+
+
+class SslRelay:
+    """The baseline: accept TLS clients, connect TLS to the backend, relay."""
+
+    def __init__(self, sctx: object, cctx: object, backend: Address) -> None:
+        self.sctx, self.cctx, self.backend = sctx, cctx, backend
+        self.port = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        await trio.serve_listeners(self._handle, listeners, task_status=task_status)
+
+    async def _handle(self, tcp: trio.SocketStream) -> None:
+        client = trio.SSLStream(tcp, self.sctx, server_side=True)  # type: ignore[arg-type]
+        up = await trio.open_tcp_stream(self.backend.host, self.backend.port)
+        backend = trio.SSLStream(up, self.cctx, server_hostname=self.backend.host)  # type: ignore[arg-type]
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_inspecting_pipe, client, backend)
+                nursery.start_soon(_pipe, backend, client)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(client)
+            await trio.aclose_forcefully(backend)
+
+
+async def _timed(peers: Peers, command: str) -> Round:
+    gc.collect()
+    gc.disable()
+    try:
+        t0, c0 = time.perf_counter(), time.process_time()
+        with trio.fail_after(DEADLINE):
+            answer = await peers.ask(command)
+        r = Round(time.perf_counter() - t0, time.process_time() - c0)
+    finally:
+        gc.enable()
+    _check(answer == "done", f"{command!r}: the peers answered {answer!r}")
+    return r
+
+
+async def _run(
+    kind: str, amount: int, rounds: int, sides: tuple[str, ...] = ("ours", "ssl")
+) -> dict[str, list[Round]]:
+    """``rounds`` timed rounds of each of ``sides``: ``kind`` "bulk" sends
+    ``amount`` bytes, "echo" makes ``amount`` round trips. (One side alone is
+    for profiling it.)"""
+    cert, key = write_self_signed(["127.0.0.1"])
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, str(PEERS), cert, key], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    peers = Peers(proc)
+    try:
+        word, port = (await peers.line()).split()
+        _check(word == "backend", f"the peers said {word!r}")
+        backend = Address("127.0.0.1", int(port))
+        tls = TlsOptions(server_context(cert, key), client_context(cert), None, cert)
+        config = ProxyConfig(
+            listen=Address("127.0.0.1", 0), backends=(backend,), parser="length-prefixed", tls=tls
+        )
+        async with trio.open_nursery() as nursery:
+            proxy: Proxy = await nursery.start(run_proxy, config)
+            relay = SslRelay(server_context(cert, key), client_context(cert), backend)
+            await nursery.start(relay.serve)
+            ports = {"ours": proxy.listen[0].port, "ssl": relay.port}
+            for name, p in ports.items():
+                for mode in ("bulk", "echo"):
+                    answer = await peers.ask(f"open {name}-{mode} {p} {mode}")
+                    _check(answer == "ok", f"open {name}-{mode}: {answer!r}")
+            for name in ports:  # warm-up, checked
+                answer = await peers.ask(f"bulk {name}-bulk {4 * MIB} 1")
+                _check(answer == "done ok", f"{name}: the backend got other bytes than sent")
+                answer = await peers.ask(f"echo {name}-echo 50")
+                _check(answer == "done", f"{name}: echo answered {answer!r}")
+            verdicts0 = proxy.verdict.statistics().redirected
+            out: dict[str, list[Round]] = {name: [] for name in sides}
+            command = f"bulk {{}}-bulk {amount} 0" if kind == "bulk" else f"echo {{}}-echo {amount}"
+            for r in range(rounds):
+                k = r % len(sides)
+                for name in sides[k:] + sides[:k]:
+                    out[name].append(await _timed(peers, command.format(name)))
+            redirected = proxy.verdict.statistics().redirected - verdicts0
+            want = rounds * ("ours" in sides) * (amount // MSG if kind == "bulk" else amount)
+            _check(redirected == want, f"the proxy redirected {redirected} of {want} messages")
+            _check(proxy.runtime.redirect_errors == 0, "a redirect write failed")
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            if proc.returncode is None:
+                assert proc.stdin is not None
+                try:
+                    await proc.stdin.send_all(b"quit\n")
+                    with trio.move_on_after(10):
+                        await proc.wait()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+    os.unlink(key)
+    os.unlink(cert)
+    os.rmdir(os.path.dirname(cert))
+    return out
+
+
+def _paired(ours: list[Round], base: list[Round], what: Callable[[Round], float]) -> float:
+    return statistics.median(what(b) / what(c) for c, b in zip(ours, base, strict=True))
+
+
+def _figures(
+    name: str, out: dict[str, list[Round]], scale: float, unit: str, target: float
+) -> list[Figure]:
+    """The paired CPU figure (with ``target``) and the wall-clock one; ``scale``
+    turns a round's seconds into ``unit``."""
+    ours, base = out["ours"], out["ssl"]
+    figs = []
+    for suffix, what, label in (
+        ("", lambda r: r.cpu, "SSLStream relay (CPU)"),
+        (".wall", lambda r: r.wall, "SSLStream relay"),
+    ):
+        figs.append(
+            Figure.speedup(
+                name + suffix,
+                value=statistics.median(what(r) for r in ours) * scale,
+                unit=unit,
+                baseline=label,
+                baseline_value=statistics.median(what(r) for r in base) * scale,
+                target=target if not suffix else None,
+                paired=_paired(ours, base, what),
+            )
+        )
+    return figs
+
+
+def bench_bulk(quick: bool) -> list[Figure]:
+    """256 MiB (quick: 4 MiB) of 64 KiB messages through skmsg proxy --tls
+    --backend-tls and through a trio.SSLStream relay."""
+    total, rounds = (4 * MIB, 2) if quick else (256 * MIB, 5)
+    out = trio.run(_run, "bulk", total, rounds)
+    return _figures("proxy.bulk_tls", out, 1e6 / (total / MIB), "us/MiB", BULK_TARGET)
+
+
+def bench_reqresp(quick: bool) -> list[Figure]:
+    """2,000 (quick: 200) 200-byte round trips over one connection, the same two ways."""
+    count, rounds = (200, 2) if quick else (2000, 7)
+    out = trio.run(_run, "echo", count, rounds)
+    return _figures("proxy.reqresp_tls", out, 1e6 / count, "us/rt", REQRESP_TARGET)
+
+
+BENCHMARKS: dict[str, Callable[[bool], list[Figure]]] = {
+    "proxy.bulk_tls": bench_bulk,
+    "proxy.reqresp_tls": bench_reqresp,
+}
