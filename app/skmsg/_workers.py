@@ -170,7 +170,7 @@ async def _read_frame(sock: trio.socket.SocketType) -> tuple[str, Any] | None:
     body = await _read_exactly(sock, _HEAD.unpack(head)[0])
     if body is None:
         return None
-    kind, payload = pickle.loads(body)  # noqa: S301 (our own child, over a socketpair)
+    kind, payload = pickle.loads(body)  # our own child, over a socketpair
     return str(kind), payload
 
 
