@@ -601,16 +601,16 @@ async def _supervise(sup: _Supervisor, metrics: Address | None, interval: float)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_signals, sup, signals)
-            started = await _start(sup, nursery)
             server = None
-            if started and metrics is not None:
+            if metrics is not None:  # before any worker: a taken port is one line
                 try:
                     server = _serve_metrics(sup, metrics)
                 except OSError as exc:
                     sup.tell(f"skmsg proxy: error: --metrics {metrics}: cannot listen: "
                              f"{_why(exc)}")
-                    sup.status = 2
-                    started = False
+                    nursery.cancel_scope.cancel()
+                    return 2
+            started = await _start(sup, nursery)
             if started:
                 first = sup.workers[0].lines or ""
                 for line in first.splitlines():

@@ -257,16 +257,17 @@ def test_bad_arguments_exit_2_with_one_line(args: list[str], says: str) -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_a_taken_address_exits_2_naming_it() -> None:
+@pytest.mark.parametrize("option", ["--listen", "--metrics"])
+def test_a_taken_address_exits_2_naming_it(option: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         done = subprocess.run([sys.executable, "-m", "skmsg", "proxy", "--workers", "2",
-                               "--listen", f"127.0.0.1:{port}"],
+                               "--listen", "127.0.0.1:0", option, f"127.0.0.1:{port}"],
                               capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
-    assert f"--listen 127.0.0.1:{port}: cannot listen: " in done.stderr
+    assert f"{option} 127.0.0.1:{port}: cannot listen: " in done.stderr
     assert "EADDRINUSE" in done.stderr and done.stderr.count("\n") == 1
 
 
