@@ -174,6 +174,23 @@ class StrParser:
         self._too_big = self._bad_hdr = self._errors = 0
 
     @property
+    def max_msg_size(self) -> int:
+        """The longest message accepted, in bytes. The kernel's strparser reads
+        ``sk_rcvbuf`` at each check, so raising or lowering the socket's
+        buffer changes it for the next message; setting this is that change.
+
+        Raises (on set):
+            ValueError: less than 1.
+        """
+        return self._max
+
+    @max_msg_size.setter
+    def max_msg_size(self, value: int) -> None:
+        if type(value) is not int or value < 1:
+            raise ValueError(f"strparser: max_msg_size {value!r} is not an int of at least 1")
+        self._max = value
+
+    @property
     def pending(self) -> int:
         """Bytes held for an incomplete message (0 after an error)."""
         return len(self._acc)
