@@ -70,14 +70,20 @@ class FdBudget:
         self.base = open_fds() or 0
         self.per_conn = per_conn
         self.counters = counters
+        #: Clients accepted whose service has not started (not yet in ``clients_open``).
+        self.starting = 0
         self._released = trio.Event()
         counters.fd_limit = self.limit or 0
+
+    def started(self) -> None:
+        """An accepted client's service started: it is counted in ``clients_open`` now."""
+        self.starting -= 1
 
     def in_use(self) -> int:
         """Descriptors in use or held for a client's first connection."""
         c = self.counters
         conns = sum(b.conns_open for b in c.backends)
-        clients = c.clients_open
+        clients = c.clients_open + self.starting
         return self.base + clients * (1 + self.per_conn) + max(0, conns - clients) * self.per_conn
 
     def room(self) -> int:
@@ -138,6 +144,7 @@ async def accept_clients(
                 pause = min(pause * 2, 1.0)
                 break
             pause = 0.1
+            budget.starting += 1
             nursery.start_soon(handle, stream)
 
 
@@ -147,7 +154,7 @@ def _say_waiting(listener: skmsg_tcp.SkListener, budget: FdBudget, exc: OSError 
     limit = budget.limit
     if exc is not None:
         name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-        what = f"accept failed: {os.strerror(exc.errno or 0).lower()} ({name})"
+        what = f"accept failed, {os.strerror(exc.errno or 0).lower()} ({name}, limit {limit})"
     else:
         what = f"at the file descriptor limit ({limit}, RLIMIT_NOFILE)"
     limited_log.warning(

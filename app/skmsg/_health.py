@@ -197,6 +197,7 @@ async def run_health_checks(
         else:
             h.counters.check_failures += 1
             h.failed(f"health check: {result}")
+        h.proxy_counters.changed()
 
     while True:
         async with trio.open_nursery() as nursery:

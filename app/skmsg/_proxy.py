@@ -72,6 +72,7 @@ client. It is counted (``userspace_clients``); everything else is the same.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import math
 import os
@@ -561,6 +562,7 @@ class Proxy(ProxyPrograms):
         c = self.counters
         c.clients_total += 1
         c.clients_open += 1
+        self.fds.started()
         peer = _fmt(client.sk.remote_addr)
         key = client.sk.cookie
         session: Session | None = None
@@ -698,9 +700,10 @@ async def run_proxy(
                 echo_framing = framing
                 if policy.parse is not None:
                     echo_framing = Framing.custom(policy.parse.func, "custom")
+                echo = functools.partial(serve_echo, framing=echo_framing,
+                                         max_message_size=config.max_message_size)
                 backends = tuple([
-                    Address(*await nursery.start(serve_echo, i, echo_framing))
-                    for i in range(config.echo_backends)
+                    Address(*await nursery.start(echo, i)) for i in range(config.echo_backends)
                 ])
             proxy = Proxy(config, policy=policy, framing=framing, listen=listen,
                           backends=backends, runtime=runtime, nursery=nursery)
