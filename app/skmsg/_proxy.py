@@ -636,11 +636,14 @@ class Proxy(ProxyPrograms):
         return True
 
     async def _session(self, session: Session, in_map: bool) -> None:
-        """Serve ``session`` until it ends (see :class:`Session`)."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(session.from_client, in_map)
+        """Serve ``session`` until it ends (see :class:`Session`): its client's
+        receive side here; :meth:`Session.end` cancels what is left."""
+        with trio.CancelScope() as scope:
+            session.scope = scope
+            if session.over():
+                return
+            await session.from_client(in_map)
             await session.done.wait()
-            nursery.cancel_scope.cancel()
 
     async def _carry_in_user_space(self, session: Session) -> None:
         """What the runtime does for a client in ``clients``, for one that could not

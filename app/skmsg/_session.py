@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import socket
 from typing import TYPE_CHECKING
@@ -55,7 +56,7 @@ from skmsg_core.runtime import RateLimitedLog, escapes_boundary
 
 from ._health import BackendMap
 from ._parsers import FramingError
-from ._upstream import BackendConn, DialError, ReplyCounter, dial
+from ._upstream import BackendConn, DialError, ReplyCounter, UpstreamStream, dial
 
 if TYPE_CHECKING:
     from ._proxy import Proxy
@@ -139,6 +140,8 @@ class Session:
         self.key = client.sk.cookie
         self.ending: str | None = None
         self.done = trio.Event()
+        #: The scope serving the client, which :meth:`end` cancels.
+        self.scope: trio.CancelScope | None = None
         #: Serving: in the clients map (or carried in user space), handshake done.
         self.running = False
         self.userspace = False
@@ -170,6 +173,8 @@ class Session:
         if self.ending is None:
             self.ending = reason
             self.done.set()
+            if self.scope is not None:
+                self.scope.cancel()
 
     # -- writing to backends ----------------------------------------------------------------
 
@@ -252,7 +257,7 @@ class Session:
         config = proxy.config
         made: list[BackendConn] = []
 
-        def adopt(stream: skmsg_tcp.SkStream) -> None:
+        def adopt(stream: UpstreamStream) -> None:
             made.append(self._adopt(i, stream))
 
         try:
@@ -289,12 +294,16 @@ class Session:
             return None
         slot.conn = conn
         self.conns.append(conn)
-        proxy.nursery.start_soon(self._watch, conn)
+        if conn.stream.on_end is None:  # see _adopt
+            proxy.nursery.start_soon(self._watch, conn)
         return conn
 
-    def _adopt(self, index: int, stream: skmsg_tcp.SkStream) -> BackendConn:
+    def _adopt(self, index: int, stream: UpstreamStream) -> BackendConn:
         """Make ``stream`` this session's connection to backend ``index``: in the
-        proxy's books and in ``upstreams``, whose reply program serves it.
+        proxy's books and in ``upstreams``, whose reply program serves it. The
+        runtime's receive pump tells when it ends (``on_end``); a TLS
+        connection (which its reader serves) or one whose replies go up to a
+        user-space client is watched by a task of its own instead.
 
         Raises:
             DialError: it cannot enter the map (``local``: the map is full).
@@ -302,11 +311,32 @@ class Session:
         proxy = self.proxy
         counter = ReplyCounter(proxy.reply_parse, proxy.config.max_message_size)
         conn = BackendConn(stream, index, counter, self)
+        tls = proxy.config.tls
+        if not self.userspace and (tls is None or tls.client is None):
+            stream.on_end = functools.partial(self._pump_ended, conn)
         try:
             proxy.adopt(conn)
         except OSError as exc:
             raise DialError("local", f"cannot enter the upstreams map: {exc.strerror}") from exc
         return conn
+
+    def _pump_ended(self, conn: BackendConn, exc: BaseException | None) -> None:
+        """The runtime's receive pump found ``conn`` at its end: EOF (``exc`` is
+        None) or broken. Called from the pump: ends it in a task of its own."""
+        if exc is None:
+            reason, failure = "eof", None
+        else:
+            reason, failure = "reset", f"its connection broke: {_reason(exc)}"
+        self.proxy.nursery.start_soon(self._end_later, conn, reason, failure)
+
+    async def _end_later(self, conn: BackendConn, reason: str, failure: str | None) -> None:
+        try:
+            await self.end_conn(conn, reason, failure=failure)
+        except BaseException as exc:
+            if escapes_boundary(exc):
+                raise
+            self.proxy._client_failed(self.peer, exc)
+            self.end("error")
 
     # -- backend connections ending ---------------------------------------------------------
 

@@ -22,8 +22,11 @@ back since the last message was written to it.
 from __future__ import annotations
 
 import errno
+import functools
+import ipaddress
 import math
 import os
+import select
 import socket as stdsocket
 import ssl
 from collections.abc import Callable
@@ -38,7 +41,15 @@ import skmsg_tls
 
 from ._tls import TlsOptions
 
-__all__ = ["LOCAL_ERRNOS", "BackendConn", "DialError", "ReplyCounter", "dial"]
+__all__ = [
+    "LOCAL_ERRNOS",
+    "BackendConn",
+    "DialError",
+    "ReplyCounter",
+    "UpstreamStream",
+    "dial",
+    "literal_address",
+]
 
 #: Errors that say this process, not the backend, is out of something.
 LOCAL_ERRNOS = frozenset(
@@ -73,8 +84,8 @@ async def dial(
     connect_timeout: float,
     handshake_timeout: float,
     tls: TlsOptions | None = None,
-    before_tls: Callable[[skmsg_tcp.SkStream], None] | None = None,
-) -> skmsg_tcp.SkStream:
+    before_tls: Callable[[UpstreamStream], None] | None = None,
+) -> UpstreamStream:
     """Connect to ``host:port`` and return the stream; with ``tls`` (its
     ``client`` context set) shake hands as a TLS client after
     ``before_tls(stream)`` ran (the kernel's order: a socket enters its map,
@@ -110,16 +121,59 @@ async def dial(
     return stream
 
 
-async def _connect(host: str, port: int, deadline: float) -> skmsg_tcp.SkStream:
-    pause = 0.05
+@functools.lru_cache(maxsize=256)
+def literal_address(host: str, port: int) -> tuple[int, tuple[str, int]] | None:
+    """``(family, sockaddr)`` for an IP address literal (no lookup needed), else None."""
     try:
-        with trio.fail_at(deadline):
-            infos = await trio.socket.getaddrinfo(host, port, type=stdsocket.SOCK_STREAM)
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    family = stdsocket.AF_INET6 if ip.version == 6 else stdsocket.AF_INET
+    return family, (host, port)
+
+
+class UpstreamStream(skmsg_tcp.SkStream):
+    """A backend connection's stream: an :class:`~skmsg_tcp.SkStream` that also
+    tells ``on_end`` (once) when its receive side ends, EOF (``None``) or an
+    error (the exception), as the runtime's receive pump finds it. Nobody has
+    to wait in ``receive_some`` to learn it."""
+
+    on_end: Callable[[BaseException | None], None] | None = None
+
+    def rx_eof(self) -> None:
+        super().rx_eof()
+        self._ended(None)
+
+    def rx_failed(self, exc: BaseException) -> None:
+        super().rx_failed(exc)
+        self._ended(exc)
+
+    def _ended(self, exc: BaseException | None) -> None:
+        on_end, self.on_end = self.on_end, None
+        if on_end is not None:
+            on_end(exc)
+
+
+async def _connect(host: str, port: int, deadline: float) -> UpstreamStream:
+    pause = 0.05
+    with trio.CancelScope(deadline=deadline) as scope:
+        try:
+            literal = literal_address(host, port)
+            if literal is not None:
+                family, addr = literal
+                infos: list[tuple[Any, ...]] = [
+                    (family, stdsocket.SOCK_STREAM, stdsocket.IPPROTO_TCP, "", addr)
+                ]
+            else:
+                infos = list(
+                    await trio.socket.getaddrinfo(host, port, type=stdsocket.SOCK_STREAM)
+                )
             last: OSError | None = None
+            await trio.lowlevel.checkpoint_if_cancelled()
             for family, type_, proto, _, sockaddr in infos:
                 while True:
                     try:
-                        sock = trio.socket.socket(family, type_, proto)
+                        raw = stdsocket.socket(family, type_, proto)
                     except OSError as exc:
                         if exc.errno not in LOCAL_ERRNOS:
                             raise
@@ -130,26 +184,53 @@ async def _connect(host: str, port: int, deadline: float) -> skmsg_tcp.SkStream:
                         continue
                     break
                 try:
-                    await sock.connect(sockaddr)
+                    await _connect_raw(raw, sockaddr)
+                    sock = trio.socket.from_stdlib_socket(raw)
                 except OSError as exc:
-                    sock.close()
+                    raw.close()
                     if exc.errno in LOCAL_ERRNOS:
                         raise DialError("local", why(exc)) from exc
                     last = exc
                     continue
                 except BaseException:
-                    sock.close()
+                    raw.close()
                     raise
                 try:
-                    return skmsg_tcp.SkStream(sock)
+                    return UpstreamStream(sock)
                 except BaseException:
                     sock.close()
                     raise
             raise DialError("connect", why(last) if last else "no address")
-    except trio.TooSlowError:
-        raise DialError("connect_timeout", "no answer (timed out)") from None
-    except OSError as exc:  # getaddrinfo, socket()
-        raise DialError("local" if exc.errno in LOCAL_ERRNOS else "connect", why(exc)) from exc
+        except OSError as exc:  # getaddrinfo, socket()
+            raise DialError("local" if exc.errno in LOCAL_ERRNOS else "connect", why(exc)) from exc
+    assert scope.cancelled_caught
+    raise DialError("connect_timeout", "no answer (timed out)")
+
+
+_poller = select.poll()
+
+
+async def _connect_raw(raw: stdsocket.socket, sockaddr: tuple[Any, ...]) -> None:
+    """Connect the stdlib socket ``raw`` without blocking. A connection that is
+    made at once (on loopback the handshake is done inside ``connect``) costs
+    no wait for the socket to become writable: it is looked at first.
+
+    Raises:
+        OSError: the connection failed (refused, unreachable, ...).
+    """
+    raw.setblocking(False)
+    err = raw.connect_ex(sockaddr)
+    if err in (errno.EINPROGRESS, errno.EAGAIN):
+        _poller.register(raw, select.POLLOUT)
+        try:
+            ready = bool(_poller.poll(0))
+        finally:
+            _poller.unregister(raw)
+        if not ready:
+            await trio.lowlevel.wait_writable(raw)
+        err = raw.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
 
 
 def why(exc: BaseException) -> str:
@@ -267,7 +348,7 @@ class BackendConn:
     same for a write in progress.
     """
 
-    stream: skmsg_tcp.SkStream
+    stream: UpstreamStream
     index: int
     counter: ReplyCounter | None
     #: The :class:`~._session.Session` it serves.
