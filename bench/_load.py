@@ -21,7 +21,6 @@ import contextlib
 import errno
 import selectors
 import socket
-import sys
 import time
 
 __all__ = ["burst", "echo_main", "steady"]
@@ -206,4 +205,4 @@ def steady(addr: tuple[str, int], n: int, seconds: float, *, size: int = 64) -> 
 
 
 if __name__ == "__main__":
-    sys.exit(echo_main())
+    echo_main()
