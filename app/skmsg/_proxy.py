@@ -434,11 +434,11 @@ class Proxy(ProxyPrograms):
             conn.unanswered = False
             session: Session = conn.session
             if session.userspace:
-                ret = sk.SK_PASS  # up to the proxy, which sends it to the client
+                ret = sk.SK_PASS  # up to the proxy, which sends it on (and then looks)
             else:
                 ret = sk.sk_redirect_hash(skb, self.clients, session.key, 0)
-            if session.client_eof:
-                session.check_finish()
+                if session.client_eof:
+                    session.check_finish()
         return self._count_reply(skb, cookie, ret)
 
     def rejudge(self, session: Session, msg: memoryview) -> BackendSlot | None:

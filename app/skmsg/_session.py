@@ -356,6 +356,8 @@ class Session:
                             await self.client.send_all(data)
                     except _STREAM_ERRORS:
                         self.end("client_closed")
+                    else:
+                        self.check_finish()
         except trio.ClosedResourceError:
             return  # the proxy closed it: whoever did has ended it
         except trio.BrokenResourceError as exc:
@@ -407,6 +409,9 @@ class Session:
         for conn in self.conns:
             if not conn.counts_replies or conn.owes():
                 return
+            psock = conn.stream.sk.psock
+            if psock is not None and psock.ingress_bytes:
+                return  # replies for a user-space client still to be sent on
         self.finishing = True
         self.proxy.nursery.start_soon(self._finish)
 
