@@ -303,8 +303,9 @@ def format_table(s: ProxyStats) -> str:
         errors: policy 0, parse 0, backend connect 0, redirect 0
 
     then, when something happened, a line of faults (``faults: ...``), one of
-    closed clients by reason (``clients closed: ...``) and one per backend
-    with its connections' story (``[1] conns 0 open, 3 made; ...``).
+    closed clients by reason (``clients closed: ...``) and, for a backend
+    that failed somehow, one with its connections' story (``[1] conns 0
+    open, 3 made; downs 1, ...; closed: reset 2, client 1``).
     """
     width = max([len("all clients")] + [len(f"[{i}] {b.address}") for i, b in
                                         enumerate(s.backends)])
@@ -357,7 +358,8 @@ def format_table(s: ProxyStats) -> str:
         })
         timeouts = _nonzero(b.timeouts)
         closes = _nonzero(b.closed)
-        if story or timeouts or closes:
+        broken = any(b.closed[r] for r in ("reset", "response_timeout", "write_timeout"))
+        if story or timeouts or broken:
             parts = [f"conns {b.conns_open} open, {b.connects} made"]
             parts += [x for x in (story, f"timeouts: {timeouts}" if timeouts else "",
                                   f"closed: {closes}" if closes else "") if x]
