@@ -40,7 +40,7 @@ two elements merged), so the figures measure the edit they name.
 Targets: the 256 KiB/4 KiB cost ratio should be near 1 (at most 1.5), except
 for ``pull.span2``, which only reports it: it copies two elements by design
 (the kernel's rule), so its cost follows the element size. The speedup over
-the naive edit is reported, as the issue asks, without a target: with
+the naive edit is reported without a target: with
 17 fragments the ring is full and push/pop copy element 0 (the kernel's
 rule), so their gain is bounded by 17 and by Python's fixed call cost.
 

@@ -39,7 +39,7 @@ one target into one action, written with one ``egress_write``.
 Baseline: a bare trio relay that parses the same framing in Python (it walks
 every length prefix with ``struct.unpack_from`` and keeps a partial message
 for the next read) and forwards each read's whole messages with one
-``send_all`` (batched, as ``measured-here.md`` case f2).
+``send_all`` (batched: one write per read, as the psock's merged actions are).
 
 One round sends 200,000 messages (13.6 MB; quick: 20,000) as one prepared
 buffer in 64 KiB ``send_all`` slices, so messages straddle writes; **timed**
@@ -48,8 +48,7 @@ as above. Messages = bytes the sink received / 68.
 How the throughput rounds run
 -----------------------------
 The client, the relay (the runtime's pump, or the trio relay task) and the
-sink are tasks of **one** ``trio.run``: the "1proc" setup of
-``measured-here.md`` section 3. That measures the pipeline's total CPU cost
+sink are tasks of **one** ``trio.run`` (one process). That measures the pipeline's total CPU cost
 on one core, free of the scheduling noise of three processes on two cores.
 Both topologies are built in that one run and their rounds interleave
 (skmsg, trio, then trio, skmsg, ...): 5 rounds each for the bulk figure, 12

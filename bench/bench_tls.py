@@ -2,8 +2,8 @@
 
 Three figures groups, each side by side with its baseline in one
 ``bench/run.py`` run. Everything is TCP on ``127.0.0.1``, one ``trio.run``
-(the "1proc" setup of ``measured-here.md`` section 3: the pipeline's total
-CPU cost on one core), the garbage collector off while a round is timed.
+(one process: the pipeline's total CPU cost on one core), the garbage
+collector off while a round is timed.
 
 ``tls.bulk``: bulk bytes through the record layer with a pass verdict
 -----------------------------------------------------------------------

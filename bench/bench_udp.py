@@ -26,8 +26,7 @@ flow control, so the client keeps at most ``WINDOW`` datagrams in flight
 hold, so nothing is lost; a lost datagram would stall the round, which then
 fails (it is not counted as done). **Timed** from the client's first send
 until the sink has received every datagram. The client, the relay and the
-sink are tasks of **one** ``trio.run`` (the "1proc" setup of
-``measured-here.md`` section 3), so the figure is the pipeline's total CPU
+sink are tasks of **one** ``trio.run`` (one process), so the figure is the pipeline's total CPU
 cost on one core. Rounds interleave (skmsg, trio, then trio, skmsg, ...): 5
 each (quick: 2), after an untimed warm-up per side that checks every datagram
 arrives whole, in order; afterwards the counters prove the path (every

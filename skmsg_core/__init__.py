@@ -1,6 +1,6 @@
 """skmsg: the Linux sk_msg / sockmap / kTLS programming model in user space.
 
-``skmsg_core`` is the generic sk_msg layer (seed 000, parts i and ii): the
+``skmsg_core`` is the generic sk_msg layer (the kernel's ``net/core/skmsg.c``): the
 message ring and its helpers, programs and verdicts, socket maps, psocks, the
 TX verdict engine and the stream parser. It is sans-I/O: it imports neither
 trio nor a socket API, and protocols plug in through :mod:`.hookspecs`.
@@ -32,6 +32,7 @@ from ._consts import BpfProgType as BpfProgType
 from ._consts import SkAction as SkAction
 from ._consts import TcpState as TcpState
 from ._errors import StrParserError as StrParserError
+from ._errors import errno_name as errno_name
 from ._errors import kernel_error as kernel_error
 from ._helpers import msg_apply_bytes as msg_apply_bytes
 from ._helpers import msg_cork_bytes as msg_cork_bytes
@@ -47,6 +48,7 @@ from ._plugins import Plugins as Plugins
 from ._plugins import get_plugin_manager as get_plugin_manager
 from ._plugins import plugins as plugins
 from ._plugins import sock_from as sock_from
+from ._progs import HelperError as HelperError
 from ._progs import Program as Program
 from ._progs import ProgramShapeError as ProgramShapeError
 from ._progs import ProgStats as ProgStats
@@ -57,6 +59,7 @@ from ._progs import describe_error as describe_error
 from ._progs import describe_value as describe_value
 from ._progs import enable_stats as enable_stats
 from ._progs import set_error_observer as set_error_observer
+from ._progs import stats_enabled as stats_enabled
 from ._progs import verdict_of as verdict_of
 from ._psock import PsockStats as PsockStats
 from ._psock import RxAction as RxAction
@@ -69,9 +72,11 @@ from ._redirect import sk_redirect_map as sk_redirect_map
 from ._reuseport import ReuseportGroup as ReuseportGroup
 from ._reuseport import ReuseportMd as ReuseportMd
 from ._reuseport import sk_select_reuseport as sk_select_reuseport
+from ._ring import FileSpan as FileSpan
 from ._ring import PageFrag as PageFrag
 from ._ring import Sge as Sge
 from ._ring import SkMsg as SkMsg
+from ._ring import pread_exactly as pread_exactly
 from ._skb import SkBuff as SkBuff
 from ._sock import SkProto as SkProto
 from ._sock import SkProtoBase as SkProtoBase
@@ -79,6 +84,8 @@ from ._sock import Sock as Sock
 from ._sock import next_cookie as next_cookie
 from ._strparser import LengthPrefixParser as LengthPrefixParser
 from ._strparser import StrParser as StrParser
+from ._tx import FILE_MSG_BYTES as FILE_MSG_BYTES
+from ._tx import FileSendOp as FileSendOp
 from ._tx import SendOp as SendOp
 from ._tx import SendOpBase as SendOpBase
 from ._tx import SendResult as SendResult

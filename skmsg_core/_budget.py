@@ -50,6 +50,10 @@ program's doing):
   very frame is still on the stack (the run may have ended meanwhile);
 * on another thread, with ``PyThreadState_SetAsyncExc``.
 
+A signal that arrives while the program runs code that drops exceptions
+(a garbage collector callback, a finalizer) raises in the program's own frame
+instead, at its next line, through a trace function set only until then.
+
 The thread starts when the first budgeted program is loaded, runs as a
 daemon, and starts again in a forked child on its next load.
 """
@@ -282,10 +286,15 @@ class _Watchdog:
         if target is None:
             return
         f = frame
+        swallowed = False  # code between here and the run that drops what it raises
         while f is not None:
             if f is target:
                 self.target = None
+                if swallowed:
+                    _raise_when_back_in(target, self.target_message)
+                    return
                 raise ProgramTimeout(self.target_message)
+            swallowed = swallowed or _drops_exceptions(f)
             f = f.f_back
 
     def after_fork(self) -> None:
@@ -294,6 +303,48 @@ class _Watchdog:
         self._seen = {}
         self.target = None
         self._main_ident = threading.main_thread().ident
+
+
+def _drops_exceptions(frame: types.FrameType) -> bool:
+    """Whether ``frame`` runs code whose exceptions Python reports as
+    unraisable and drops: a garbage collector callback (``gc.callbacks``) or
+    a finalizer (``__del__``)."""
+    code = frame.f_code
+    if code.co_name == "__del__":
+        return True
+    return any(getattr(cb, "__code__", None) is code for cb in gc.callbacks)
+
+
+def _raise_when_back_in(target: types.FrameType, message: str) -> None:
+    """Raise :class:`ProgramTimeout` in ``target`` itself, at its next line,
+    through a trace function (what a debugger attaching does): for a signal
+    that arrived while code that drops exceptions ran inside the program.
+    Tracing stays on only until then, or until the run has ended; a trace
+    function set before (a coverage tool) is put back."""
+    previous = sys.gettrace()
+
+    def done() -> None:
+        target.f_trace = None
+        sys.settrace(previous)
+
+    def local(frame: types.FrameType, event: str, arg: Any) -> Any:
+        if frame is target and event == "line":
+            done()
+            raise ProgramTimeout(message)
+        return local
+
+    def calls(frame: types.FrameType, event: str, arg: Any) -> Any:
+        f: types.FrameType | None = frame
+        while f is not None:  # is the run still under way?
+            if f is target:
+                return None
+            f = f.f_back
+        done()
+        return None
+
+    target.f_trace = local
+    target.f_trace_lines = True
+    sys.settrace(calls)
 
 
 def _cpu_time(ident: int) -> float:

@@ -27,13 +27,16 @@ DEFAULT_QUEUE_BYTES = 212992
 
 
 class SkAction(enum.IntEnum):
-    """``enum sk_action``: the one verdict enum of SK_MSG and SK_SKB programs (seed 002)."""
+    """``enum sk_action``: the one verdict enum of SK_MSG and SK_SKB programs."""
 
     SK_DROP = 0
     SK_PASS = 1
 
 
+#: The verdict that drops the message (0).
 SK_DROP = SkAction.SK_DROP
+#: The verdict that lets the message through, or carries out the redirect a
+#: helper recorded (1).
 SK_PASS = SkAction.SK_PASS
 
 
@@ -55,10 +58,16 @@ class BpfAttachType(enum.IntEnum):
     SK_SKB_VERDICT = 38
 
 
+#: The stream parser: frames received bytes into messages (``BPF_SK_SKB_STREAM_PARSER``).
 SK_SKB_STREAM_PARSER = BpfAttachType.SK_SKB_STREAM_PARSER
+#: The receive verdict, once per message the parser framed (``BPF_SK_SKB_STREAM_VERDICT``).
 SK_SKB_STREAM_VERDICT = BpfAttachType.SK_SKB_STREAM_VERDICT
+#: The send verdict, on every message a socket sends (``BPF_SK_MSG_VERDICT``).
 SK_MSG_VERDICT = BpfAttachType.SK_MSG_VERDICT
+#: The receive verdict without a parser: once per chunk read, or per datagram
+#: (``BPF_SK_SKB_VERDICT``).
 SK_SKB_VERDICT = BpfAttachType.SK_SKB_VERDICT
+#: A reuseport group's selection program (``BPF_SK_REUSEPORT_SELECT``).
 SK_REUSEPORT_SELECT = BpfAttachType.SK_REUSEPORT_SELECT
 
 #: The program type each attach type takes (``attach_type_to_prog_type``).
@@ -70,12 +79,14 @@ ATTACH_PROG_TYPE: dict[BpfAttachType, BpfProgType] = {
     BpfAttachType.SK_REUSEPORT_SELECT: BpfProgType.SK_REUSEPORT,
 }
 
-# Map update flags.
+#: Map update flag: create the slot or replace what it holds.
 BPF_ANY = 0
+#: Map update flag: only an empty slot (``EEXIST`` otherwise).
 BPF_NOEXIST = 1
+#: Map update flag: only a slot that holds a socket (``ENOENT`` otherwise).
 BPF_EXIST = 2
 
-# Redirect flags.
+#: Redirect flag: into the target's receive queue, not out of its connection.
 BPF_F_INGRESS = 1
 
 

@@ -12,12 +12,23 @@ import errno as _errno
 import os
 from typing import Any
 
+#: Where two names share a number, the one the kernel's sockmap code uses
+#: (Python's ``errno.errorcode`` says ``ENOTSUP`` for 95; the kernel returns
+#: ``EOPNOTSUPP``).
+_KERNEL_NAMES = {_errno.EOPNOTSUPP: "EOPNOTSUPP", _errno.EAGAIN: "EAGAIN"}
+
+
+def errno_name(err: int) -> str:
+    """The kernel's name for errno ``err`` (``EOPNOTSUPP``, not ``ENOTSUP``),
+    or ``errno N`` for a number with no name."""
+    return _KERNEL_NAMES.get(err) or _errno.errorcode.get(err, f"errno {err}")
+
 
 def kernel_error(err: int, what: str) -> OSError:
     """Build the ``OSError`` subclass Python uses for ``err`` (``EACCES`` gives
     ``PermissionError``, ``EEXIST`` ``FileExistsError``, ...), with ``what`` naming
     the object at fault and the errno's name in the message."""
-    name = _errno.errorcode.get(err, str(err))
+    name = errno_name(err)
     return OSError(err, f"{what}: {name} ({os.strerror(err)})")
 
 

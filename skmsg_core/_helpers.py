@@ -83,12 +83,16 @@ def msg_pull_data(msg: SkMsg, start: int, end: int, flags: int = 0) -> int:
     """``bpf_msg_pull_data``: make bytes ``[start, end)`` the program's ``data`` window.
 
     If the range lies in one element without the copy bit, nothing is copied;
-    otherwise the whole elements from the one holding ``start`` to the one
-    holding ``end - 1`` are copied into one private element (the only bytes
-    copied). The message's bytes and size do not change.
+    inside one file element (a send of a file), only the pages (4 KiB) that
+    hold it are read, into a private element between what stays of the file
+    element (when the ring has the slots); otherwise the whole elements from
+    the one holding ``start`` to the one holding ``end - 1`` are copied into
+    one private element (the only bytes copied). The message's bytes and size
+    do not change.
 
     Returns 0, or ``-EINVAL`` for ``flags``, ``end <= start``, ``start >= size``,
-    ``end > size``, or an argument that is not a u32 ``int``.
+    ``end > size``, or an argument that is not a u32 ``int``; ``-EIO`` when a
+    file element's file shrank under the send.
     """
     if not _u32_args(start, end, flags) or flags or end <= start:
         return -errno.EINVAL
@@ -102,6 +106,10 @@ def msg_pull_data(msg: SkMsg, start: int, end: int, flags: int = 0) -> int:
     if not first.copy and span <= first.length:
         msg.set_window(i, start - offset, nbytes)
         return 0
+    if first.file is not None and span <= first.length:
+        done = _pull_file_pages(msg, i, start - offset, nbytes)
+        if done is not None:
+            return done
     copied = 0
     j = i
     while j < len(elems):
@@ -111,9 +119,48 @@ def msg_pull_data(msg: SkMsg, start: int, end: int, flags: int = 0) -> int:
             break
     if span > copied:
         return -errno.EINVAL
-    page = bytearray().join([e.buf[e.offset : e.offset + e.length] for e in elems[i:j]])
+    try:
+        page = bytearray().join([e.view() for e in elems[i:j]])
+    except OSError as exc:  # a file element whose file shrank under the send
+        return -(exc.errno or errno.EIO)
     elems[i:j] = [Sge(memoryview(page), 0, copied)]
     msg.set_window(i, start - offset, nbytes)
+    return 0
+
+
+#: A file element is pulled a page at a time, as the kernel's sendpage pages are.
+_PAGE = 4096
+
+
+def _pull_file_pages(msg: SkMsg, i: int, rel: int, nbytes: int) -> int | None:
+    """Pull ``nbytes`` at ``rel`` of file element ``i``: read only the pages
+    that hold them into a private element, the rest of the file element
+    staying as file elements before and after it (what the kernel copies for
+    a range inside its sendpage pages). None when the ring has no room for the
+    split (the caller copies the whole element then)."""
+    elems = msg._elems
+    e = elems[i]
+    assert e.file is not None
+    base = e.file[1] + e.offset  # the file position of the element's first byte
+    lo = rel - (base + rel) % _PAGE
+    lo = max(lo, 0)
+    hi = rel + nbytes
+    hi = min(hi + (-(base + hi)) % _PAGE, e.length)
+    pieces = (lo > 0) + 1 + (hi < e.length)
+    if len(elems) - 1 + pieces > msg._max_frags:
+        return None
+    try:
+        page = bytearray(e.slice(e.offset + lo, e.offset + hi))
+    except OSError as exc:  # the file shrank under the send
+        return -(exc.errno or errno.EIO)
+    new = []
+    if lo > 0:
+        new.append(Sge(e.buf, e.offset, lo, True, e.file))
+    new.append(Sge(memoryview(page), 0, hi - lo))
+    if hi < e.length:
+        new.append(Sge(e.buf, e.offset + hi, e.length - hi, True, e.file))
+    elems[i : i + 1] = new
+    msg.set_window(i + (lo > 0), rel - lo, nbytes)
     return 0
 
 
@@ -152,9 +199,12 @@ def msg_push_data(msg: SkMsg, start: int, length: int, flags: int = 0) -> int:
         # Not enough slots: copy element i with the new bytes into one element.
         e = elems[i]
         cut = e.offset + start - offset
-        page = bytearray().join(
-            (e.buf[e.offset : cut], bytes(length), e.buf[cut : e.offset + e.length])
-        )
+        try:
+            page = bytearray().join(
+                (e.slice(e.offset, cut), bytes(length), e.slice(cut, e.offset + e.length))
+            )
+        except OSError as exc:  # a file element whose file shrank under the send
+            return -(exc.errno or errno.EIO)
         elems[i] = Sge(memoryview(page), 0, len(page))
     else:
         new = Sge(memoryview(bytearray(length)), 0, length)
@@ -168,7 +218,7 @@ def msg_push_data(msg: SkMsg, start: int, length: int, flags: int = 0) -> int:
             if front == e.length:
                 elems.insert(i + 1, new)
             else:
-                rest = Sge(e.buf, e.offset + front, e.length - front, e.copy)
+                rest = Sge(e.buf, e.offset + front, e.length - front, e.copy, e.file)
                 e.length = front
                 elems[i + 1 : i + 1] = [new, rest]
     msg._size += length
@@ -203,16 +253,19 @@ def msg_pop_data(msg: SkMsg, start: int, length: int, flags: int = 0) -> int:
         b = e.length - pop - a
         if b > 0:
             if space:
-                tail = Sge(e.buf, e.offset + a + pop, b, e.copy)
+                tail = Sge(e.buf, e.offset + a + pop, b, e.copy, e.file)
                 e.length = a
                 elems.insert(i + 1, tail)
             else:
-                page = bytearray().join(
-                    (
-                        e.buf[e.offset : e.offset + a],
-                        e.buf[e.offset + a + pop : e.offset + e.length],
+                try:
+                    page = bytearray().join(
+                        (
+                            e.slice(e.offset, e.offset + a),
+                            e.slice(e.offset + a + pop, e.offset + e.length),
+                        )
                     )
-                )
+                except OSError as exc:  # a file element whose file shrank
+                    return -(exc.errno or errno.EIO)
                 elems[i] = Sge(memoryview(page), 0, a + b)
             pop = 0
         else:

@@ -316,7 +316,10 @@ class SockMapBase:
     ) -> Program:
         """``BPF_PROG_ATTACH``: attach ``prog`` (a loaded :class:`Program` or a plain
         function, loaded here with the type ``attach_type`` takes), replacing the
-        program in that slot. Only sockets inserted afterwards run it.
+        program in that slot. Only sockets inserted afterwards run it, as in the
+        kernel; to replace a program on the sockets a map holds, attach it
+        through a link (:meth:`link_create`) and update the link
+        (:meth:`SockMapLink.update`).
 
         ``budget``: the seconds one run may last (None: no bound); a function
         loaded here gets :data:`~skmsg_core.DEFAULT_BUDGET` unless given one, a
@@ -373,7 +376,7 @@ class SockMapBase:
 
         Raises:
             OSError(EBUSY): the slot holds a program already (or the verdict rule).
-            and the errors of :meth:`attach`.
+            OSError(EINVAL, EOPNOTSUPP): as :meth:`attach`.
         """
         slot, program = self._prepare(prog, attach_type)
         if self.progs[slot] is not None:
@@ -430,18 +433,33 @@ class SockMapLink:
     prog: Program | None
 
     def update(self, prog: Program | Callable[[Any], Any]) -> None:
-        """Swap the linked program.
+        """``BPF_LINK_UPDATE``: replace the linked program, on the map and on
+        every socket the map holds now.
+
+        Sockets that took the old program from this map run the new one from
+        their next message on: a message is verdicted by the old program or
+        by the new one, never by both and never by neither (a send or a
+        receive batch under way finishes with the program it started with;
+        an apply window an old verdict set runs out as the kernel's does); a
+        stream parser's partial message is framed by the new parser. No
+        connection is dropped. Sockets inserted later take the new program.
 
         Raises:
             OSError(EINVAL): the new program's type does not fit, or the link is detached.
         """
-        if self.prog is None:
+        old = self.prog
+        if old is None:
             raise kernel_error(errno.EINVAL, f"{self.map.name}: link is detached")
         if not isinstance(prog, Program):
-            prog = Program.load(prog, self.prog.prog_type)
+            prog = Program.load(prog, old.prog_type)
         prog.check_attach(self.attach_type)
-        self.map.progs[self.map._slot(self.attach_type)] = prog
+        slot = self.map._slot(self.attach_type)
+        self.map.progs[slot] = prog
         self.prog = prog
+        for sk in list(self.map._slots.values()):
+            psock = sk.psock
+            if psock is not None:
+                psock.replace_prog(slot, old, prog)
 
     def detach(self) -> None:
         """Release the slot. Idempotent."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from . import hookspecs
+from . import _sock, hookspecs
 from ._consts import S32_MAX
 from ._errors import kernel_error
 from ._sock import SkProto, Sock, _by_fd, refresh
@@ -38,6 +38,7 @@ class Plugins:
         self.pm = pm
         self._protocols: dict[str, SkProto] | None = None
         self._ulps: dict[str, Any] | None = None
+        self._ulp_names: frozenset[str] | None = None
 
     def _collect(self) -> None:
         protos: dict[str, SkProto] = {}
@@ -51,10 +52,19 @@ class Plugins:
         ulps: dict[str, Any] = {}
         for group in self.pm.hook.skmsg_ulps():
             for ulp in group:
-                if ulp.name in ulps:
-                    raise ValueError(f"two plugins register ULP {ulp.name!r}")
-                ulps[ulp.name] = ulp
+                name = getattr(ulp, "name", None)
+                if not isinstance(name, str):
+                    raise TypeError(f"plugin ULP {ulp!r} has no str name")
+                if name in ulps:
+                    raise ValueError(f"two plugins register ULP {name!r}")
+                if name.startswith("_") or hasattr(Sock, name):
+                    raise ValueError(
+                        f"plugin ULP name {name!r} cannot be used: programs read a ULP's "
+                        "record as sk.<name>, and that is a Sock attribute or a private name"
+                    )
+                ulps[name] = ulp
         self._protocols, self._ulps = protos, ulps
+        self._ulp_names = frozenset(ulps)
 
     def protocols(self) -> dict[str, SkProto]:
         """Every registered protocol, by name."""
@@ -78,6 +88,13 @@ class Plugins:
             self._collect()
         assert self._ulps is not None
         return dict(self._ulps)
+
+    def ulp_names(self) -> frozenset[str]:
+        """The names of every registered ULP (what ``sk.<name>`` reads)."""
+        if self._ulp_names is None:
+            self._collect()
+        assert self._ulp_names is not None
+        return self._ulp_names
 
     def ulp(self, name: str) -> Any:
         """The ULP registered as ``name`` (``tcp_ulp_find``)."""
@@ -118,12 +135,12 @@ class Plugins:
         """Register a plugin object by hand (tests, embedding), then re-collect."""
         self.pm.register(plugin, name=name)
         self.pm.check_pending()
-        self._protocols = self._ulps = None
+        self._protocols = self._ulps = self._ulp_names = None
 
     def unregister(self, plugin: object) -> None:
         """Remove a plugin registered with :meth:`register`."""
         self.pm.unregister(plugin)
-        self._protocols = self._ulps = None
+        self._protocols = self._ulps = self._ulp_names = None
 
 
 _plugins: Plugins | None = None
@@ -159,6 +176,13 @@ def plugins() -> Plugins:
         pm.check_pending()
         _plugins = Plugins(pm)
     return _plugins
+
+
+def _registered_ulp_names() -> frozenset[str]:
+    return plugins().ulp_names()
+
+
+_sock._ulp_names = _registered_ulp_names
 
 
 def sock_from(value: object) -> Sock:

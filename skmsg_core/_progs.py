@@ -52,11 +52,13 @@ __all__ = [
     "Program",
     "ProgramShapeError",
     "Verdict",
+    "HelperError",
     "VerdictError",
     "check_program_callable",
     "describe_error",
     "describe_value",
     "enable_stats",
+    "stats_enabled",
     "map_verdict",
     "set_error_observer",
     "verdict_of",
@@ -70,6 +72,11 @@ def enable_stats(on: bool = True) -> None:
     """Turn run-time accounting of every program on or off (``bpf_stats_enabled``)."""
     global _stats_enabled
     _stats_enabled = on
+
+
+def stats_enabled() -> bool:
+    """Whether run-time accounting is on (:func:`enable_stats`)."""
+    return _stats_enabled
 
 
 class Verdict(enum.IntEnum):
@@ -88,6 +95,12 @@ _SK_PASS_MEMBER, _SK_DROP_MEMBER = SK_PASS, SK_DROP
 _OUR_MODULES = ("builtins", "skmsg_core._budget", "skmsg_core._progs")
 #: Called with (program, error) for every error a run records; see set_error_observer.
 _error_observer: Callable[[Program, BaseException], None] | None = None
+
+
+class HelperError(ValueError):
+    """A helper a program called was given what it can never take (a key of
+    the wrong type or size for the map, flags it does not know): counted as the
+    run's error with this reason, whatever the program then returned."""
 
 
 class VerdictError(TypeError):
@@ -365,6 +378,8 @@ class Program:
                 ctx.end_run()
                 return account(None, ctx, exc)
             ctx.end_run()  # what the program could write is the message's no more
+            if ctx._helper_error is not None:
+                self.helper_failed(ctx)
             if ret is sk_pass and ctx.sk_redir is None:  # the common case, inline
                 self.run_cnt += 1
                 self.passed += 1
@@ -423,6 +438,23 @@ class Program:
             self.record_error(self.not_a_verdict(ret))
             return False
         return ok
+
+    def after_run(self, ctx: Any) -> None:
+        """What a runner does when a run on ``ctx`` ends, raise or not, for an
+        engine that calls the program itself: ``ctx.end_run()`` (what the
+        program could write is the message's no more) and the count of a
+        helper's noted mistake (:meth:`helper_failed`)."""
+        ctx.end_run()
+        if ctx._helper_error is not None:
+            self.helper_failed(ctx)
+
+    def helper_failed(self, ctx: Any) -> None:
+        """Count the mistake a helper noted on ``ctx`` during the run (a
+        :class:`HelperError`), and clear the note. For engines that call the
+        program themselves: call it when ``ctx._helper_error`` is set."""
+        reason = ctx._helper_error
+        ctx._helper_error = None
+        self.record_error(HelperError(f"program {self.name}: {reason}"))
 
     def record_error(self, error: BaseException) -> None:
         """Count one run's error (not the run itself): ``errors``, ``timeouts``

@@ -281,6 +281,20 @@ class SkPsock:
             raise
         self.links.append((smap, key))
 
+    def replace_prog(self, slot: str, old: Program, new: Program) -> None:
+        """A link update (``BPF_LINK_UPDATE``): the program in ``slot``
+        (``"msg_parser"``, ``"stream_parser"``, ``"stream_verdict"`` or
+        ``"skb_verdict"``) becomes ``new`` if it is ``old`` (a socket whose
+        program in that slot came from another map keeps it). Engines read the
+        program at each message, so the next message runs ``new``; a stream
+        parser keeps its partial message and frames it with ``new``."""
+        if getattr(self, slot) is not old:
+            return
+        setattr(self, slot, new)
+        if slot == "stream_parser" and self.strp is not None:
+            native = new.func if isinstance(new.func, LengthPrefixParser) else None
+            self.strp.replace_parse(new.run, native=native)
+
     def unlink(self, smap: SockMapBase, key: Any) -> None:
         """Remove one map slot's link (``sock_map_unref``); the last one drops the psock.
 
@@ -445,6 +459,8 @@ class SkPsock:
             except BaseException as exc:  # fail closed: a DROP, whatever was raised
                 ret = sk_drop
                 prog.record_error(exc)
+            if skb._helper_error is not None:
+                prog.helper_failed(skb)
             ok = ret is sk_pass or (ret is not sk_drop and prog.is_pass(ret))
             if ok and skb._redir is None:
                 passed.append(unit)
@@ -535,6 +551,8 @@ class SkPsock:
             except BaseException as exc:  # fail closed: a DROP, whatever was raised
                 ret = sk_drop
                 prog.record_error(exc)
+            if skb._helper_error is not None:
+                prog.helper_failed(skb)
             if ret is sk_pass or (ret is not sk_drop and prog.is_pass(ret)):
                 target = skb._redir
                 if target is None:
@@ -625,6 +643,8 @@ class SkPsock:
         except BaseException as exc:  # fail closed: a DROP, whatever was raised
             ret = _SK_DROP
             prog.record_error(exc)
+        if skb._helper_error is not None:
+            prog.helper_failed(skb)
         target = skb._redir
         skb._buf = skb._data = _EMPTY_VIEW
         unit = view if start == 0 and end == view.nbytes else view[start:end]

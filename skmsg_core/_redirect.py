@@ -3,7 +3,11 @@
 They only record a target: nothing moves until the program returns
 ``SK_PASS``. They return ``SK_PASS`` on success and ``SK_DROP`` when the
 flags are bad, the key is empty, or the socket there may not be a target (a
-TCP listener; a non-TCP socket that is not connected).
+TCP listener; a non-TCP socket that is not connected). A key the map could
+never hold (a type or size its updates refuse with ``EINVAL``) and bad flags
+are the program's mistakes, not an empty slot: the run is also counted as an
+error with that reason (:class:`skmsg_core.HelperError`, logged by the
+runtime), whatever the program returns.
 
 The four helpers share one body, built once per helper by
 :func:`_redirect_helper`: a redirect runs once per message, so the helper a
@@ -45,12 +49,17 @@ def _redirect_helper(cls: type[SockMapBase], name: str, doc: str) -> Any:
         try:
             sk = smap._slots[key]
         except (KeyError, TypeError):  # an empty or unhashable key holds nothing
+            _check_key(ctx, smap, key, name)
             return SK_DROP
         ok = sk.redirect_ok  # sock_map_redirect_allowed, kept current by the socket
         # (None: a live socket whose protocol has a rule of its own, asked here)
         if ok is not True and (ok is False or not sk.sk_prot.redirect_allowed(sk)):  # type: ignore[union-attr]
             return SK_DROP
         if flags and (type(flags) is not int or flags & bad_flags):
+            ctx._helper_error = (
+                f"{name}: flags {flags!r} other than BPF_F_INGRESS: EINVAL; the redirect "
+                "was refused"
+            )
             return SK_DROP
         ctx._flags = flags  # both contexts' slots: the helpers' own write
         ctx._redir = sk
@@ -60,6 +69,16 @@ def _redirect_helper(cls: type[SockMapBase], name: str, doc: str) -> Any:
     redirect.__doc__ = doc
     redirect.__module__ = __name__
     return redirect
+
+
+def _check_key(ctx: Any, smap: SockMapBase, key: Any, name: str) -> None:
+    """A lookup found nothing: if ``key`` cannot even be a key of ``smap`` (the
+    type or size its updates refuse with ``EINVAL``), note why on ``ctx``: the
+    runner counts it as the program's error, with that reason."""
+    try:
+        smap._check_key(key, False)
+    except OSError as exc:
+        ctx._helper_error = f"{name}: {exc.strerror}; the redirect found no socket"
 
 
 _RAISES = """

@@ -34,6 +34,8 @@ ring makes them copy the one element they touch.
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -43,7 +45,7 @@ from ._sock import SkFields
 if TYPE_CHECKING:
     from ._sock import Sock
 
-__all__ = ["PageFrag", "SkMsg", "Sge"]
+__all__ = ["FileSpan", "PageFrag", "SkMsg", "Sge", "pread_exactly"]
 
 _EMPTY = memoryview(b"")
 _U32_MAX = 0xFFFFFFFF
@@ -66,25 +68,95 @@ def _u32_field(name: str, value: object) -> int:
 
 
 class Sge:
-    """One scatterlist element: ``length`` bytes at ``offset`` of ``buf``."""
+    """One scatterlist element: ``length`` bytes at ``offset`` of ``buf``.
 
-    __slots__ = ("buf", "copy", "length", "offset")
+    A *file element* (``file`` set: ``(fd, position)``, the file position of
+    ``buf``'s byte 0) holds bytes of a file a send handed over (sendpage),
+    read only when something asks for them (:meth:`slice`); its ``buf`` is an
+    empty placeholder. It always carries the copy bit.
+    """
 
-    def __init__(self, buf: memoryview, offset: int, length: int, copy: bool = False) -> None:
+    __slots__ = ("buf", "copy", "file", "length", "offset")
+
+    def __init__(
+        self,
+        buf: memoryview,
+        offset: int,
+        length: int,
+        copy: bool = False,
+        file: tuple[int, int] | None = None,
+    ) -> None:
         self.buf = buf
         self.offset = offset
         self.length = length
         self.copy = copy
+        self.file = file
+
+    def slice(self, start: int, end: int) -> memoryview:
+        """Bytes ``start``..``end`` of the buffer (element offsets, not relative
+        to ``offset``): a view of memory, or the file's bytes read now.
+
+        Raises:
+            OSError(EIO): a file element's file is shorter than it was.
+        """
+        file = self.file
+        if file is None:
+            return self.buf[start:end]
+        return memoryview(pread_exactly(file[0], end - start, file[1] + start))
 
     def view(self) -> memoryview:
-        """The element's bytes, without copying."""
-        return self.buf[self.offset : self.offset + self.length]
+        """The element's bytes (without copying, but a file element's)."""
+        return self.slice(self.offset, self.offset + self.length)
 
     def clone(self) -> Sge:
-        return Sge(self.buf, self.offset, self.length, self.copy)
+        return Sge(self.buf, self.offset, self.length, self.copy, self.file)
 
     def __repr__(self) -> str:
-        return f"Sge(offset={self.offset}, length={self.length}, copy={self.copy})"
+        kind = f", file={self.file}" if self.file is not None else ""
+        return f"Sge(offset={self.offset}, length={self.length}, copy={self.copy}{kind})"
+
+
+def pread_exactly(fd: int, n: int, position: int) -> bytes:
+    """``n`` bytes of file ``fd`` at ``position``.
+
+    Raises:
+        OSError(EIO): the file ends before them (it shrank under a send).
+        OSError: what ``pread`` raises.
+    """
+    out = os.pread(fd, n, position)
+    while len(out) < n:
+        more = os.pread(fd, n - len(out), position + len(out))
+        if not more:
+            raise OSError(
+                errno.EIO, f"file fd {fd} ends at {position + len(out)}, before the "
+                f"{n} bytes at {position} a send handed over"
+            )
+        out += more
+    return out
+
+
+class FileSpan:
+    """Bytes of a file an action hands on (a file element consumed):
+    ``nbytes`` of file ``fd`` at ``offset``, for the I/O layer to send with
+    ``sendfile(2)``; :meth:`view` reads them when a target needs memory."""
+
+    __slots__ = ("fd", "nbytes", "offset")
+
+    def __init__(self, fd: int, offset: int, nbytes: int) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.nbytes = nbytes
+
+    def view(self) -> memoryview:
+        """The bytes, read now.
+
+        Raises:
+            OSError(EIO): the file is shorter than it was.
+        """
+        return memoryview(pread_exactly(self.fd, self.nbytes, self.offset))
+
+    def __repr__(self) -> str:
+        return f"FileSpan(fd={self.fd}, offset={self.offset}, nbytes={self.nbytes})"
 
 
 class PageFrag:
@@ -140,6 +212,7 @@ class SkMsg(SkFields):
         "_elems",
         "_exposed",
         "_flags",
+        "_helper_error",
         "_lent_win",
         "_max_frags",
         "_redir",
@@ -163,6 +236,8 @@ class SkMsg(SkFields):
         self._redir: Sock | None = None
         # buffers a writable ``data`` view was taken of during this run
         self._exposed: list[memoryview] | None = None
+        # a helper's note of the program's mistake, for the runner to count
+        self._helper_error: str | None = None
         # The data window: (element index, offset in element, length), or None.
         self._win: tuple[int, int, int] | None = None
         # reset_lazy's sender view, until the bytes are copied (materialize)
@@ -447,11 +522,18 @@ class SkMsg(SkFields):
     def elements(self) -> Sequence[Sge]:
         """The elements in order, first at ``start``: copies whose buffers are
         read-only (the message's own elements are the engines' and helpers')."""
-        return tuple(Sge(e.buf.toreadonly(), e.offset, e.length, e.copy) for e in self._elems)
+        return tuple(
+            Sge(e.buf.toreadonly(), e.offset, e.length, e.copy, e.file) for e in self._elems
+        )
 
     def frags(self) -> list[memoryview]:
-        """The message's bytes as read-only memoryviews, one per element, without copying."""
-        return [e.buf[e.offset : e.offset + e.length].toreadonly() for e in self._elems]
+        """The message's bytes as read-only memoryviews, one per element, without
+        copying (a file element's bytes are read now).
+
+        Raises:
+            OSError(EIO): a file element's file is shorter than it was.
+        """
+        return [e.view().toreadonly() for e in self._elems]
 
     def sole_frag(self) -> memoryview | None:
         """The message's bytes as one read-only memoryview, without copying,
@@ -461,10 +543,10 @@ class SkMsg(SkFields):
             return None
         e = elems[0]
         buf = e.buf
-        if not e.offset and e.length == buf.nbytes:
+        if not e.offset and e.length == buf.nbytes and e.file is None:
             # the whole buffer (a record reset_lazy lent): no slice
             return buf if buf.readonly else buf.toreadonly()
-        return buf[e.offset : e.offset + e.length].toreadonly()
+        return e.view().toreadonly()
 
     def tobytes(self) -> bytes:
         """A copy of the whole message (for tests and slow paths)."""
@@ -487,11 +569,40 @@ class SkMsg(SkFields):
         number of bytes taken (fewer than offered means the ring filled: the
         kernel's internal ``-ENOSPC``).
         """
-        if len(buffers) == 1:
-            src = memoryview(buffers[0]).cast("B")
-        else:
-            src = memoryview(b"".join(buffers))
-        total = src.nbytes if limit < 0 else min(limit, src.nbytes)
+        left = -1 if limit < 0 else limit
+        taken = 0
+        for buf in buffers:
+            if not left:
+                break
+            src = buf if type(buf) is memoryview else memoryview(buf)
+            if src.format != "B" or src.ndim != 1:
+                src = src.cast("B")
+            want = src.nbytes if left < 0 else min(left, src.nbytes)
+            got = self._copy_in(frag, src, want)
+            taken += got
+            if left > 0:
+                left -= got
+            if got < want:  # the ring is full
+                break
+        return taken
+
+    def append_file(self, fd: int, position: int, nbytes: int) -> int:
+        """Reference ``nbytes`` of file ``fd`` at ``position`` as one new file
+        element with the copy bit set (``tcp_bpf_sendpage``'s page): nothing is
+        read; a program sees the bytes only once it pulls them.
+
+        Returns the bytes taken: ``nbytes``, or 0 if the ring is full or
+        ``nbytes`` is 0.
+        """
+        if self.full or nbytes <= 0:
+            return 0
+        self._elems.append(Sge(_EMPTY, 0, nbytes, True, (fd, position)))
+        self._size += nbytes
+        return nbytes
+
+    def _copy_in(self, frag: PageFrag, src: memoryview, total: int) -> int:
+        """Copy the first ``total`` bytes of ``src`` into ``frag``'s chunks and
+        onto the end; returns how many were taken (fewer: the ring is full)."""
         taken = 0
         elems = self._elems
         while taken < total:
@@ -530,17 +641,45 @@ class SkMsg(SkFields):
     # -- consuming -------------------------------------------------------------------
 
     def consume(self, n: int) -> list[memoryview]:
-        """Take the first ``n`` bytes off the front, returned as memoryviews.
+        """Take the first ``n`` bytes off the front, returned as memoryviews
+        (a file element's bytes are read now).
 
         The ring's ``start`` advances past whole elements; a partly taken element
         is trimmed (``sk_msg_free_partial``). ``n`` larger than ``size`` takes all.
 
         Raises:
             ValueError: ``n`` is negative.
+            OSError(EIO): a file element's file is shorter than it was (the
+                bytes are taken all the same).
         """
+        out: list[memoryview] = []
+        for e, start, end in self._take(n):
+            out.append(e.buf[start:end] if e.file is None else e.slice(start, end))
+        return out
+
+    def consume_spans(self, n: int) -> list[memoryview | FileSpan]:
+        """:meth:`consume`, with a file element's bytes as :class:`FileSpan`
+        values for the I/O layer to send from the file (``sendfile(2)``),
+        never read into memory.
+
+        Raises:
+            ValueError: ``n`` is negative.
+        """
+        out: list[memoryview | FileSpan] = []
+        for e, start, end in self._take(n):
+            file = e.file
+            if file is None:
+                out.append(e.buf[start:end])
+            else:
+                out.append(FileSpan(file[0], file[1] + start, end - start))
+        return out
+
+    def _take(self, n: int) -> list[tuple[Sge, int, int]]:
+        """Take the first ``n`` bytes off the front: ``(element, start, end)``
+        of each piece taken, in buffer offsets."""
         if n < 0:
             raise ValueError(f"cannot consume a negative number of bytes ({n})")
-        out: list[memoryview] = []
+        out: list[tuple[Sge, int, int]] = []
         elems = self._elems
         take = min(n, self._size)
         self._size -= take
@@ -548,11 +687,11 @@ class SkMsg(SkFields):
         while take:
             e = elems[k]
             if e.length <= take:
-                out.append(e.buf[e.offset : e.offset + e.length])
+                out.append((e, e.offset, e.offset + e.length))
                 take -= e.length
                 k += 1
             else:
-                out.append(e.buf[e.offset : e.offset + take])
+                out.append((e, e.offset, e.offset + take))
                 e.offset += take
                 e.length -= take
                 take = 0
@@ -572,7 +711,7 @@ class SkMsg(SkFields):
         on its old ``cork_bytes`` when later sends append to it.
         """
         n = self._size
-        self.consume(n)
+        self._take(n)  # dropped unread
         self._apply = self._cork = self._flags = 0
         self._redir = None
         self._borrowed = None

@@ -34,6 +34,7 @@ class SkBuff(SkFields):
         "_buf",
         "_data",
         "_flags",
+        "_helper_error",
         "_len",
         "_off",
         "_redir",
@@ -54,6 +55,8 @@ class SkBuff(SkFields):
         self._len = 0
         self._redir: Sock | None = None
         self._flags = 0
+        # a helper's note of the program's mistake, for the runner to count
+        self._helper_error: str | None = None
         self.mark = 0
         self.priority = 0
         self.tc_index = 0

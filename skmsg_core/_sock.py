@@ -14,6 +14,14 @@ its programs change (``restore=False``) and when its last map link goes
 (``restore=True``). The plugin swaps the operations its stream runs on each
 send and receive; the core never asks again on the hot path.
 
+A ULP (the kernel's ``tcp_ulp_ops``; TLS is one) may publish what it
+negotiated for programs to read: its plugin sets ``sk.ulp`` (the ULP's name)
+and ``sk.ulp_info`` (a read-only record of its own), and a program reads the
+record under the ULP's name, ``skb.sk.tls``, as the kernel's ULP ``get_info``
+reports it under ``INET_DIAG_ULP_INFO``. The core never looks inside the
+record; it only knows which names the plugins registered (``skmsg_ulps``):
+such a name reads ``None`` on a socket that does not run that ULP (yet).
+
 Anything a map is handed may be a :class:`Sock`, an object with an ``sk``
 attribute that is one (a stream), or an ``int`` file descriptor of a socket a
 plugin registered (:func:`skmsg_core._plugins.sock_from` resolves it, through
@@ -25,6 +33,7 @@ from __future__ import annotations
 import itertools
 import socket
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
@@ -41,6 +50,15 @@ _ESTABLISHED, _LISTEN = int(TcpState.ESTABLISHED), int(TcpState.LISTEN)
 _cookie_gen = itertools.count(1)
 # Sockets registered under their OS file descriptor, for map updates by fd.
 _by_fd: weakref.WeakValueDictionary[int, Sock] = weakref.WeakValueDictionary()
+
+
+def _no_ulps() -> frozenset[str]:
+    return frozenset()
+
+
+#: The names of the ULPs the plugins registered (``skmsg_ulps``); the plugin
+#: manager's module sets it to its own (which loads the plugins on first use).
+_ulp_names: Callable[[], frozenset[str]] = _no_ulps
 
 
 def next_cookie() -> int:
@@ -153,6 +171,11 @@ class Sock:
     owner: Any = None
     #: A ULP installed on the socket (``"tls"``), which forbids creating a psock.
     ulp: str | None = None
+    #: What that ULP negotiated, for programs: a read-only record the ULP's
+    #: plugin sets along with ``ulp`` (TLS: ``skmsg_tls.TlsInfo``, once the
+    #: handshake is done), read as ``sk.<ulp name>`` (``sk.tls``). The core
+    #: never reads it.
+    ulp_info: object | None = None
     #: Someone else's use of ``sk_user_data``: a psock cannot be created (EBUSY).
     user_data: object | None = None
     #: An ``SO_REUSEPORT`` group this socket listens in, if any.
@@ -219,6 +242,18 @@ class Sock:
         self._dead = dead
         self._redirect_rule()
 
+    if not TYPE_CHECKING:  # typed code reads ``ulp_info``: typos stay type errors
+
+        def __getattr__(self, name: str) -> object:
+            """``sk.<ulp name>`` (``sk.tls``): the record the socket's ULP
+            published (``ulp_info``) when ``name`` is the ULP it runs, ``None``
+            when ``name`` is a ULP some plugin registered and this socket does
+            not run it (yet); any other name is an ``AttributeError``. Only
+            called for names that are not attributes of ``Sock``."""
+            if name[:1] != "_" and name in _ulp_names():
+                return self.ulp_info if self.ulp == name else None
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def register_fd(self, fd: int) -> None:
         """Make this socket reachable by its OS file descriptor ``fd`` in map updates."""
         self.fileno = fd
@@ -250,7 +285,8 @@ class SkFields:
     ``family``; ``local_ip4``/``remote_ip4`` (``None`` unless AF_INET) and
     ``local_ip6``/``remote_ip6`` (``None`` unless AF_INET6) as address strings;
     ``local_port``/``remote_port`` in host byte order (the kernel gives
-    ``remote_port`` in network order; a deliberate difference).
+    ``remote_port`` in network order; a deliberate difference). What the
+    socket's ULP negotiated is read through the socket: ``msg.sk.tls``.
     """
 
     __slots__ = ()

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from ._consts import DEFAULT_QUEUE_BYTES
-from ._errors import StrParserError
+from ._errors import StrParserError, errno_name
 from ._progs import describe_error, describe_value
 from ._skb import SkBuff
 
@@ -172,6 +172,22 @@ class StrParser:
         self._error: StrParserError | None = None
         self._msgs = self._bytes = self._need_more = 0
         self._too_big = self._bad_hdr = self._errors = 0
+
+    def replace_parse(
+        self, parse: Callable[[SkBuff], int], *, native: LengthPrefixParser | None = None
+    ) -> None:
+        """Frame with ``parse`` (and its ``native`` form) from now on: a message
+        already pending is framed by it when more bytes arrive (a length the
+        old program gave stands). Counters carry on.
+
+        Raises:
+            TypeError: ``parse`` is not callable.
+        """
+        if not callable(parse):
+            raise TypeError(f"strparser: parse program {parse!r} is not callable")
+        self._parse = parse
+        self._native = native
+        self._name = getattr(parse, "__qualname__", None) or repr(parse)
 
     @property
     def max_msg_size(self) -> int:
@@ -456,7 +472,7 @@ class StrParser:
 
     def _fail(self, err: int, what: str) -> StrParserError:
         """Record the sticky error ``err`` (parse program ``what``); drop held bytes."""
-        name = errno.errorcode.get(err, f"errno {err}")
+        name = errno_name(err)
         exc = StrParserError(
             err, f"strparser: parse program {self._name} {what}: {name} ({_strerror(err)})"
         )

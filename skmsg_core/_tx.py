@@ -39,19 +39,19 @@ those bytes and verdict them like any other, and report the error.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
 
 from ._progs import Verdict
-from ._ring import SkMsg
+from ._ring import FileSpan, SkMsg
 
 if TYPE_CHECKING:
     from ._psock import SkPsock
     from ._sock import Sock
 
-__all__ = ["SendOp", "SendOpBase", "SendResult", "TxAction"]
+__all__ = ["FILE_MSG_BYTES", "FileSendOp", "SendOp", "SendOpBase", "SendResult", "TxAction"]
 
 TX_PASS = "pass"
 TX_REDIRECT = "redirect"
@@ -65,13 +65,16 @@ class TxAction:
     """Bytes a send hands on: ``kind`` is ``"pass"`` (to this socket's ULP and
     transport) or ``"redirect"`` (to ``target``'s egress, or its ingress queue
     when ``ingress``). ``bufs`` are views on the message's private copy, valid
-    until the action is done with; ``more`` says more bytes of this send follow
-    (a ``MSG_MORE`` hint)."""
+    until the action is done with, and, for a send of a file
+    (:class:`FileSendOp`), :class:`FileSpan` values: bytes the I/O layer sends
+    from the file itself (``sendfile(2)``), or reads (``FileSpan.view``) where
+    it needs memory; ``more`` says more bytes of this send follow (a
+    ``MSG_MORE`` hint)."""
 
     kind: str
     target: Sock | None
     ingress: bool
-    bufs: list[memoryview]
+    bufs: Sequence[memoryview | FileSpan]
     nbytes: int
     more: bool
 
@@ -116,13 +119,12 @@ class SendOpBase:
                 op.fail(exc.errno)
         result = op.result()
 
-    A subclass sets ``psock``, ``_src`` (the send's bytes) and ``_more``, and
+    A subclass sets ``psock`` and ``_more`` (and holds the send's bytes), and
     implements ``_sendmsg`` (the generator of actions that reads ``_failure``
     after each one) and ``_corked`` (whether bytes wait after the send).
     """
 
     psock: SkPsock
-    _src: memoryview
     _more: bool
 
     def __init__(self) -> None:
@@ -195,29 +197,65 @@ class SendOp(SendOpBase):
     """
 
     def __init__(
-        self, psock: SkPsock, data: bytes | bytearray | memoryview, *, more: bool = False
+        self,
+        psock: SkPsock,
+        data: bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview],
+        *,
+        more: bool = False,
     ) -> None:
+        """``data``: the send's bytes, or an iovec (a sequence of buffers, one
+        send, one message: copied into the message buffer by buffer, never
+        joined first).
+
+        Raises:
+            TypeError: ``data`` (or a buffer of it) is not bytes-like.
+        """
         self.psock = psock
-        self._src = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            bufs = [data if type(data) is memoryview else memoryview(data)]
+        else:
+            bufs = [b if type(b) is memoryview else memoryview(b) for b in data]
+        bufs = [b if b.format == "B" and b.ndim == 1 else b.cast("B") for b in bufs]
+        #: What is left to copy into the message, from the send's position on.
+        self._rest = [b for b in bufs if b.nbytes]
+        self._size = sum(b.nbytes for b in self._rest)
         self._more = more
         super().__init__()
 
     def _corked(self) -> bool:
         return self.psock.cork is not None and self.psock.cork.size > 0
 
+    def _fill(self, msg: SkMsg) -> int:
+        """Copy what the message takes of the rest of the send into it
+        (``sk_msg_memcopy_from_iter``); return how many bytes."""
+        taken = msg.append_copy(self.psock.frag, self._rest)
+        self._take(taken)
+        return taken
+
+    def _take(self, n: int) -> None:
+        """``n`` more bytes of the send were copied into the message."""
+        self._pos += n
+        rest = self._rest
+        while n:
+            b = rest[0]
+            if b.nbytes <= n:
+                n -= b.nbytes
+                del rest[0]
+            else:
+                rest[0] = b[n:]
+                n = 0
+
     # -- tcp_bpf_sendmsg -----------------------------------------------------------------
 
     def _sendmsg(self) -> Generator[TxAction, None, None]:
         psock = self.psock
-        src = self._src
-        size = src.nbytes
+        size = self._size
         while self._pos < size:
             if not psock.tx_enabled:
                 self.err = errno.EPIPE
                 return
             msg = psock.cork if psock.cork is not None else psock.new_msg()
-            taken = msg.append_copy(psock.frag, (src[self._pos :],))
-            self._pos += taken
+            taken = self._fill(msg)
             enospc = self._pos < size
             self.copied += taken
             if psock.cork_bytes:
@@ -266,8 +304,8 @@ class SendOp(SendOpBase):
                     psock.eval, psock.sk_redir = _NONE, None
                 if verdict is _REDIRECT and psock.cork is msg:
                     psock.cork = None
-                bufs = msg.consume(tosend)
-                more = self._more or msg.size > 0 or self._pos < self._src.nbytes
+                bufs = msg.consume_spans(tosend)
+                more = self._more or msg.size > 0 or self._pos < self._size
                 yield TxAction(
                     TX_REDIRECT if target is not None else TX_PASS,
                     target,
@@ -295,3 +333,33 @@ class SendOp(SendOpBase):
                 return errno.EACCES
             if not msg.size:
                 return 0
+
+
+#: A send of a file is one message per this many bytes (one verdict each;
+#: the kernel's sendpage gives one per page or splice batch).
+FILE_MSG_BYTES = 1 << 20
+
+
+class FileSendOp(SendOp):
+    """``tcp_bpf_sendpage``: a send of ``count`` bytes of file ``fd`` from
+    ``position``, as messages of file elements (at most
+    :data:`FILE_MSG_BYTES` each, one verdict each) whose bytes are never
+    read unless the program pulls them: its data window is empty until
+    ``msg_pull_data``; what it does not pull goes on as :class:`FileSpan`
+    values, for ``sendfile(2)``. Everything else (cork, apply windows,
+    redirects, DROP) is :class:`SendOp`'s.
+    """
+
+    def __init__(
+        self, psock: SkPsock, fd: int, position: int, count: int, *, more: bool = False
+    ) -> None:
+        super().__init__(psock, b"", more=more)
+        self._fd = fd
+        self._position = position
+        self._size = count
+
+    def _fill(self, msg: SkMsg) -> int:
+        want = min(self._size - self._pos, FILE_MSG_BYTES)
+        taken = msg.append_file(self._fd, self._position + self._pos, want)
+        self._pos += taken
+        return taken

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from ._psock import SkPsock
     from ._sock import SkProto, Sock
 
+#: Marks the hook specifications below (the contract's side).
 hookspec = pluggy.HookspecMarker("skmsg")
+#: Marks a plugin's hook implementations: ``@skmsg_core.hookimpl``.
 hookimpl = pluggy.HookimplMarker("skmsg")
 
 

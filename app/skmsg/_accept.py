@@ -150,14 +150,21 @@ async def accept_clients(
 
 def _say_waiting(listener: skmsg_tcp.SkListener, budget: FdBudget, exc: OSError | None) -> None:
     backlog = listener.backlog()
-    waiting = f"{backlog[0]} clients waiting to be accepted" if backlog else "clients waiting"
-    limit = budget.limit
     if exc is not None:
         name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-        what = f"accept failed, {os.strerror(exc.errno or 0).lower()} ({name}, limit {limit})"
+        error = f"accept failed: {os.strerror(exc.errno or 0).lower()} ({name})"
     else:
-        what = f"at the file descriptor limit ({limit}, RLIMIT_NOFILE)"
-    limited_log.warning(
-        ("accept", exc is None),
-        "%s: %s; accepting again as connections close", what, waiting,
+        error = "at the file descriptor limit (RLIMIT_NOFILE)"
+    limited_log.event(
+        ("accept", exc is None), "accept_paused", listen=_name(listener), error=error,
+        fd_limit=budget.limit, waiting=backlog[0] if backlog else None,
+        resume="as connections close",
     )
+
+
+def _name(listener: skmsg_tcp.SkListener) -> str:
+    try:
+        host, port = listener.socket.getsockname()[:2]
+    except OSError:
+        return "?"
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

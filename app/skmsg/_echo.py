@@ -55,10 +55,9 @@ async def serve_echo(
                 if escapes_boundary(exc):
                     raise
                 if not isinstance(exc, (sk.StrParserError, trio.BrokenResourceError)):
-                    limited_log.warning(
-                        ("echo", type(exc)),
-                        "backend %d: a connection raised %s; it was closed",
-                        index, describe_error(exc),
+                    limited_log.event(
+                        ("echo", type(exc)), "echo_error", backend=index,
+                        error=describe_error(exc),
                     )
 
     async with trio.open_nursery() as nursery:

@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import trio
 
 import skmsg_core as sk
-from skmsg_core.runtime import RateLimitedLog
+from skmsg_core.runtime import RateLimitedLog, log_event
 
 from ._stats import BackendCounters, ProxyCounters
 
@@ -126,10 +126,9 @@ class BackendHealth:
         c.up = False
         c.downs += 1
         self.proxy_counters.changed()
-        limited_log.warning(
-            ("down", self.index),
-            "backend %s is down (%s)%s; routing to it again in %gs",
-            self.address, why, "" if was_up else " again", backoff,
+        limited_log.event(
+            ("down", self.index), "backend_down", backend=self.address, index=self.index,
+            error=why, again=not was_up, retry_in=backoff,
         )
         return True
 
@@ -142,7 +141,7 @@ class BackendHealth:
         self._down = False
         self.counters.up = True
         self.proxy_counters.changed()
-        log.warning("backend %s is up again", self.address)
+        log_event(log, logging.WARNING, "backend_up", backend=self.address, index=self.index)
 
 
 class BackendMap(sk.SockMap):

@@ -25,8 +25,10 @@ import trio
 import skmsg_core as sk
 
 from ._demo import run_demo
+from ._events import EventFormatter
+from ._metrics import start_metrics
 from ._parsers import DEFAULT_MAX_MESSAGE, FRAMINGS
-from ._proxy import MIN_MESSAGE_LIMIT, Address, Proxy, ProxyConfig, ProxyError, run_proxy
+from ._proxy import MIN_MESSAGE_LIMIT, Address, Proxy, ProxyConfig, ProxyError, _why, run_proxy
 from ._stats import format_table
 from ._tls import add_tls_arguments, tls_options
 from ._udp_proxy import UdpProxy, UdpProxyConfig, run_udp_demo, run_udp_proxy, udp_config
@@ -113,6 +115,9 @@ counters: messages, bytes, and pass/drop/redirect in all and per backend, on
 stderr every --stats-interval seconds (default: every 2s when stdout and
 stderr are terminals, else only at exit). Ctrl-C (SIGINT) or SIGTERM stops
 the proxy: connections close, the final counters are printed, exit status 0.
+Log lines on stderr are one event per line, key=value (ts=... level=...
+event=client_closed client=... reason=...); -v adds each connection's life.
+--metrics HOST:PORT serves Prometheus metrics; names in docs/proxy.md.
 Bad arguments, a policy file that fails to load, a taken --listen address or
 no --backend that can be reached exit with status 2 and a one-line error (a
 --backend that cannot be reached while another can starts down, with a
@@ -269,11 +274,23 @@ def build_parser() -> argparse.ArgumentParser:
         "(no --parser), replies go back to the client that sent it; a client's session "
         "ends after 30s without a datagram",
     )
-    proxy.add_argument(
-        "-v", "--verbose", action="store_true", help="log each client connecting and closing"
-    )
     add_tls_arguments(proxy)
     _add_lb_arguments(proxy)
+    seeing = proxy.add_argument_group(
+        "observability",
+        "what an operator sees: counters on stderr (--stats-interval), log lines on stderr "
+        "(one event per line, key=value), and Prometheus metrics over HTTP",
+    )
+    seeing.add_argument(
+        "--metrics", metavar="HOST:PORT", type=_listen_address, default=None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks a free "
+        "port; the address is printed); see docs/proxy.md for the names",
+    )
+    seeing.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="log each connection's life: accepted, backends connected, closed with its "
+        "reason and byte counts (default: warnings only)",
+    )
     return parser
 
 
@@ -368,7 +385,7 @@ def _proxy_command(args: argparse.Namespace) -> int:
         interval = DEFAULT_STATS_INTERVAL if sys.stdout.isatty() and sys.stderr.isatty() else 0.0
     # the proxy's lines and the runtime's (a program's or a socket's error) alike
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("skmsg proxy: %(message)s"))
+    handler.setFormatter(EventFormatter())
     # the layers below log under their own names; this application under "skmsg"
     loggers = [logging.getLogger(name) for name in _LOGGERS]
     saved = [lg.level for lg in loggers]
@@ -377,16 +394,18 @@ def _proxy_command(args: argparse.Namespace) -> int:
         lg.setLevel(logging.WARNING)
     loggers[0].setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
-        return trio.run(_run, config, interval, args.demo)
+        return trio.run(_run, config, interval, args.demo, args.metrics)
     finally:
         for lg, level in zip(loggers, saved, strict=True):
             lg.removeHandler(handler)
             lg.setLevel(level)
 
 
-async def _run(config: ProxyConfig | UdpProxyConfig, interval: float, demo: bool) -> int:
+async def _run(config: ProxyConfig | UdpProxyConfig, interval: float, demo: bool,
+               metrics: Address | None = None) -> int:
     status = 0
     proxy: Proxy | UdpProxy | None = None
+    metrics_at: Address | None = None
     udp = isinstance(config, UdpProxyConfig)
     with contextlib.ExitStack() as stack, trio.open_signal_receiver(
         signal.SIGINT, signal.SIGTERM
@@ -395,6 +414,8 @@ async def _run(config: ProxyConfig | UdpProxyConfig, interval: float, demo: bool
             nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
             try:
                 proxy = await nursery.start(run_udp_proxy if udp else run_proxy, config)
+                if metrics is not None:
+                    metrics_at = await nursery.start(_serve_metrics, proxy, metrics)
             except ProxyError as exc:
                 _tell(f"skmsg proxy: error: {exc}")
                 status = 2
@@ -402,6 +423,8 @@ async def _run(config: ProxyConfig | UdpProxyConfig, interval: float, demo: bool
             else:
                 stack.callback(_tune_gc())
                 _announce(proxy)
+                if metrics_at is not None:
+                    _say(f"skmsg proxy: metrics on http://{metrics_at}/metrics")
                 if interval > 0:
                     nursery.start_soon(_show_counters, proxy, interval)
                 if demo:
@@ -450,6 +473,28 @@ def _announce(proxy: Proxy | UdpProxy) -> None:
             ([f"from clients (certificate {tls.cert_path or 'from --cert'})"] if tls.server else [])
             + (["to backends"] if tls.client else [])))
     _say(f"skmsg proxy: parser {parser}, policy {proxy.policy.name}; Ctrl-C stops")
+
+
+async def _serve_metrics(
+    proxy: Proxy | UdpProxy, where: Address,
+    task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``proxy``'s metrics at ``where`` until cancelled; ``task_status``
+    gets the address it listens on.
+
+    Raises:
+        ProxyError: it cannot listen there.
+    """
+    try:
+        server = start_metrics(proxy, where, trio.lowlevel.current_trio_token())
+    except OSError as exc:
+        raise ProxyError(f"--metrics {where}: cannot listen: {_why(exc)}") from exc
+    task_status.started(server.address)
+    try:
+        await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(server.close)
 
 
 async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:

@@ -22,6 +22,15 @@ A policy file is a Python file that defines
     ``SK_PASS`` or ``SK_DROP`` (an int), drops the message (fail closed) and
     is counted as an error and logged.
 
+    With ``--tls``, ``skb.sk.tls`` is what the client's handshake agreed on
+    (a frozen :class:`skmsg_tls.TlsInfo`): ``server_name`` (the SNI the
+    client sent, lower-cased; None when it sent none), ``alpn_protocol``
+    (with ``--alpn``), ``version`` (``"TLSv1.3"``), ``cipher``, and the
+    client certificate's ``peer_subject``/``peer_common_name`` (trust them
+    only when ``peer_verified``). It is set before the client's first
+    message is verdicted; without ``--tls`` it is None.
+    ``examples/tls_sni_route.py`` routes on it.
+
 ``parse(skb) -> int`` (optional)
     The stream parser (``SK_SKB_STREAM_PARSER``), replacing ``--parser``:
     the length of the next message in ``skb.data``, 0 for "need more", or a

@@ -77,6 +77,8 @@ import logging
 import math
 import os
 import socket
+import time
+from collections import Counter
 from collections.abc import Iterator
 
 import attrs
@@ -85,11 +87,18 @@ import trio
 import skmsg_core as sk
 import skmsg_tcp
 from skmsg_core import describe_error
-from skmsg_core.runtime import RateLimitedLog, Runtime, escapes_boundary, open_runtime
+from skmsg_core.runtime import (
+    RateLimitedLog,
+    Runtime,
+    escapes_boundary,
+    log_event,
+    open_runtime,
+)
 
 from ._accept import FdBudget, accept_clients
 from ._echo import serve_echo
 from ._health import BACKOFF_MAX, BACKOFF_MIN, BackendHealth, run_health_checks
+from ._metrics import LatencyHistogram
 from ._parsers import DEFAULT_MAX_MESSAGE, FRAMINGS, Framing
 from ._policy import Policy, PolicyError
 from ._session import BackendSlot, Session
@@ -217,8 +226,15 @@ class ProxyPrograms:
 
     A subclass sets ``policy``, ``counters``, ``verdict``, ``listen``,
     ``runtime``, ``_index`` (backend cookie -> backend index) and
-    ``_logged_errors``; ``unit`` names what one verdict judges in the log,
-    ``client`` what one client's service is.
+    ``_logged_errors``, and calls :meth:`_observe` with its backend count;
+    ``unit`` names what one verdict judges in the log, ``client`` what one
+    client's service is.
+
+    Observability: ``latency[i]`` is backend ``i``'s reply latency (from a
+    message's redirect to that backend until the next bytes it sends back;
+    ``_pending``: redirect target cookie -> when the oldest unanswered message
+    left), ``closed`` counts clients closed by reason (:meth:`_closed` logs
+    the event too).
     """
 
     unit = "message"
@@ -230,6 +246,29 @@ class ProxyPrograms:
     runtime: Runtime
     _index: dict[int, int]
     _logged_errors: int
+    latency: list[LatencyHistogram]
+    closed: Counter[str]
+    _pending: dict[int, float]
+    #: The listening sockets, for their accept queues in the metrics.
+    listen_sockets: tuple[socket.socket | trio.socket.SocketType, ...] = ()
+
+    def _observe(self, backends: int) -> None:
+        """Set up the reply latency histograms and the closed-by-reason counts."""
+        self.latency = [LatencyHistogram() for _ in range(backends)]
+        self.closed = Counter()
+        self._pending = {}
+
+    def _closed(self, peer: str, reason: str, **fields: object) -> None:
+        """Client ``peer`` was closed for ``reason``: count it, log the event."""
+        self.closed[reason] += 1
+        log_event(log, logging.INFO, "client_closed", client=peer, reason=reason, **fields)
+
+    def backend_connections(self) -> list[int]:
+        """Open connections (UDP: sockets) to each backend, for the metrics."""
+        connections = [0] * len(self.latency)
+        for i in list(self._index.values()):
+            connections[i] += 1
+        return connections
 
     def _judge(self, skb: sk.SkBuff, backends: sk.SockMap | None, *, again: bool = False) -> int:
         """Run the policy's verdict on a client's ``skb`` given that client's
@@ -274,16 +313,23 @@ class ProxyPrograms:
                 if ok:
                     b.msgs += 1
                     b.bytes += n
+                    self._pending.setdefault(redir.cookie, time.monotonic())
                 else:
                     b.dropped += 1
         c.judged()
         return ret
 
-    def _count_reply(self, skb: sk.SkBuff, cookie: int, ret: int) -> int:
-        """Count a backend's reply ``skb`` (arrived on ``cookie``) as passed back
-        or dropped by ``ret``; returns ``ret``."""
+    def _count_reply(
+        self, skb: sk.SkBuff, cookie: int, ret: int, sent_via: int | None = None
+    ) -> int:
+        """Count a backend's reply ``skb`` (arrived on ``cookie``; the messages it
+        answers were redirected to ``sent_via``, by default the same socket) as
+        passed back or dropped by ``ret``, and its latency; returns ``ret``."""
         i = self._index.get(cookie)
         if i is not None:
+            sent = self._pending.pop(cookie if sent_via is None else sent_via, None)
+            if sent is not None:
+                self.latency[i].observe(time.monotonic() - sent)
             if ret == sk.SK_PASS:
                 self.counters.backends[i].reply_bytes += skb.len
             else:
@@ -292,20 +338,18 @@ class ProxyPrograms:
 
     def _policy_failed(self, exc: BaseException) -> None:
         self._logged_errors += 1
-        limited_log.warning(
-            ("policy raised", self.policy.name, type(exc)),
-            "policy %s: verdict raised %s; the %s was dropped",
-            self.policy.name, describe_error(exc), self.unit,
+        limited_log.event(
+            ("policy raised", self.policy.name, type(exc)), "policy_error",
+            policy=self.policy.name, error=describe_error(exc), dropped=self.unit,
         )
 
     def _not_a_verdict(self, ret: object) -> None:
         self.counters.bad_verdicts += 1
         self._logged_errors += 1
-        limited_log.warning(
-            ("policy returned", self.policy.name, type(ret)),
-            "policy %s: verdict returned %s, not a verdict (SK_PASS or SK_DROP, an int); "
-            "the %s was dropped",
-            self.policy.name, sk.describe_value(ret), self.unit,
+        limited_log.event(
+            ("policy returned", self.policy.name, type(ret)), "policy_not_a_verdict",
+            policy=self.policy.name, type=type(ret).__name__, value=sk.describe_value(ret),
+            dropped=self.unit,
         )
 
     def _client_failed(self, peer: str, exc: BaseException) -> None:
@@ -313,10 +357,9 @@ class ProxyPrograms:
         (:func:`~skmsg_core.runtime.escapes_boundary`): count it, log it
         (rate-limited); its connections are closed by then."""
         self.counters.client_errors += 1
-        limited_log.warning(
-            ("client", type(exc)),
-            "%s %s: serving it raised %s; its connections were closed",
-            self.client, peer, describe_error(exc),
+        limited_log.event(
+            ("client", type(exc)), "client_error", client=peer, error=describe_error(exc),
+            closed=self.client,
         )
 
     def statistics(self) -> ProxyStats:
@@ -358,6 +401,8 @@ class Proxy(ProxyPrograms):
         #: Where sessions, backend connection watchers and sweeps run.
         self.nursery = nursery
         self.counters = ProxyCounters([str(b) for b in backends])
+        self._observe(len(backends))
+        self.closed = self.counters.client_closed  # one count, two names
         self.health = [
             BackendHealth(i, str(b), self.counters.backends[i], self.counters,
                           backoff_min=config.backoff_min, backoff_max=config.backoff_max)
@@ -439,7 +484,12 @@ class Proxy(ProxyPrograms):
                 ret = sk.sk_redirect_hash(skb, self.clients, session.key, 0)
                 if session.client_eof:
                     session.check_finish()
-        return self._count_reply(skb, cookie, ret)
+        return self._count_reply(
+            skb, cookie, ret, conn.session.slots[conn.index].sk.cookie if conn is not None else None
+        )
+
+    def backend_connections(self) -> list[int]:
+        return [b.conns_open for b in self.counters.backends]
 
     def rejudge(self, session: Session, msg: memoryview) -> BackendSlot | None:
         """Run the verdict again on ``msg``, a message of ``session``'s client its
@@ -567,6 +617,9 @@ class Proxy(ProxyPrograms):
         key = client.sk.cookie
         session: Session | None = None
         reason = "error"
+        proto = "tls" if self.config.tls is not None and self.config.tls.server else "tcp"
+        log_event(log, logging.INFO, "client_accepted", client=peer, proto=proto)
+        opened = time.monotonic()
         try:
             session = Session(self, client, peer)
             self.sessions[key] = session
@@ -584,8 +637,7 @@ class Proxy(ProxyPrograms):
                     return
             session.userspace = not in_map
             session.running = True
-            log.info("client %s connected%s", peer,
-                     "" if in_map else " (half-closed already: carried in user space)")
+            log_event(log, logging.INFO, "client_connected", client=peer, userspace=not in_map)
             await self._session(session, in_map)
         except BaseException as exc:
             reason = "shutdown" if escapes_boundary(exc) else "error"
@@ -594,7 +646,8 @@ class Proxy(ProxyPrograms):
             if session is not None:
                 session.end(reason)  # no change if it ended already
                 reason = session.ending or reason
-            c.client_closed[reason] += 1  # counted before the client sees the close
+            self.closed[reason] += 1  # counted before the client sees the close
+            stats = client.statistics()
             with trio.CancelScope(shield=True):
                 if session is not None:
                     if reason == "no_backend":
@@ -606,13 +659,16 @@ class Proxy(ProxyPrograms):
             c.clients_open -= 1
             self.fds.released()
             c.changed()
-            log.info("client %s closed (%s)", peer, reason)
+            log_event(log, logging.INFO, "client_closed", client=peer, reason=reason, proto=proto,
+                      seconds=round(time.monotonic() - opened, 3),
+                      bytes_in=stats.bytes_received, bytes_out=stats.bytes_sent)
 
     async def _close(self, session: Session) -> None:
         """Close everything ``session`` holds: its backend connections, its slots,
         its client."""
         for slot in session.slots:
             self._index.pop(slot.sk.cookie, None)
+            self._pending.pop(slot.sk.cookie, None)
         for conn in list(session.conns):
             await session.end_conn(conn, "client", failure=None)
         session.backends.close()
@@ -628,7 +684,8 @@ class Proxy(ProxyPrograms):
             if exc.errno == errno.EOPNOTSUPP and client.sk.state == sk.TcpState.CLOSE_WAIT:
                 self.counters.userspace_clients += 1
                 return False
-            log.warning("client %s refused: %s", peer, exc.strerror)
+            log_event(log, logging.WARNING, "client_refused", client=peer, reason="clients_map",
+                      error=exc.strerror)
             return None
         psock = client.sk.psock
         if psock is not None and psock.strp is not None:  # the kernel's sk_rcvbuf
@@ -710,6 +767,7 @@ async def run_proxy(
                 ])
             proxy = Proxy(config, policy=policy, framing=framing, listen=listen,
                           backends=backends, runtime=runtime, nursery=nursery)
+            proxy.listen_sockets = tuple(lst.socket for lst in listeners)
             for i, error in unreachable.items():
                 proxy.health[i].failed(str(error).removeprefix(f"--backend {backends[i]}: "))
             nursery.start_soon(proxy.serve, listeners, nursery)

@@ -52,7 +52,7 @@ import trio
 import skmsg_core as sk
 import skmsg_tcp
 from skmsg_core import describe_error
-from skmsg_core.runtime import RateLimitedLog, escapes_boundary
+from skmsg_core.runtime import RateLimitedLog, escapes_boundary, log_event
 
 from ._health import BackendMap
 from ._parsers import FramingError
@@ -234,11 +234,9 @@ class Session:
     def _undeliverable(self, index: int) -> None:
         proxy = self.proxy
         proxy.counters.no_backend += 1
-        limited_log.warning(
-            ("no_backend",),
-            "client %s: no backend could take its message (the last tried: %s); "
-            "the client was told (closed)",
-            self.peer, proxy.backends[index],
+        limited_log.event(
+            ("no_backend",), "no_backend", client=self.peer,
+            last_tried=str(proxy.backends[index]), closed="client",
         )
         self.end("no_backend")
 
@@ -277,9 +275,9 @@ class Session:
                 bc.timeouts[exc.kind.removesuffix("_timeout")] += 1
             if exc.backends_fault:
                 health.failed(str(exc))
-            limited_log.warning(
-                ("connect", i, exc.kind),
-                "client %s: backend %s: %s", self.peer, addr, exc,
+            limited_log.event(
+                ("connect", i, exc.kind), "backend_connect_failed", client=self.peer,
+                backend=str(addr), kind=exc.kind, error=str(exc),
             )
             return None
         except BaseException:
@@ -289,6 +287,8 @@ class Session:
         conn = made[0]
         health.succeeded()
         bc.connects += 1
+        log_event(log, logging.INFO, "backend_connected", client=self.peer, backend=str(addr),
+                  index=i)
         if self.over():  # the client went while this connected
             await self.end_conn(conn, "client", failure=None)
             return None
@@ -390,11 +390,10 @@ class Session:
             await conn.stream.aclose()
         if owed and reason != "client" and self.ending is None:
             proxy.counters.backends[conn.index].backend_lost += 1
-            limited_log.warning(
-                ("backend_lost", conn.index, reason),
-                "client %s: its connection to backend %s ended (%s) owing it a reply; "
-                "the client was closed",
-                self.peer, proxy.backends[conn.index], reason,
+            limited_log.event(
+                ("backend_lost", conn.index, reason), "backend_lost", client=self.peer,
+                backend=str(proxy.backends[conn.index]), index=conn.index, reason=reason,
+                closed="client",
             )
             self.end("backend_lost")
             return
@@ -440,7 +439,8 @@ class Session:
             if isinstance(cause, sk.StrParserError):
                 await self.parse_failed(cause)
             else:
-                log.info("client %s: connection broken: %s", self.peer, cause or exc)
+                log_event(log, logging.INFO, "client_broken", client=self.peer,
+                          error=str(cause or exc))
                 self.end("client_closed")
             return
         except sk.StrParserError as exc:
@@ -473,18 +473,18 @@ class Session:
                 refused = FramingError(
                     f"message over the proxy's limit of {limit} bytes", 413
                 )
-            limited_log.warning(
-                ("too_large",),
-                "client %s: %s (--max-message-size %d); the client was closed",
-                self.peer, refused, limit,
+            limited_log.event(
+                ("too_large",), "message_too_large", client=self.peer, error=str(refused),
+                limit=limit, closed="client",
             )
         else:
             proxy.counters.parse_errors += 1
             if isinstance(refused, FramingError):
-                log.warning("client %s: the %s framing refused its stream: %s",
-                            self.peer, framing.name, refused)
+                log_event(log, logging.WARNING, "parse_error", client=self.peer,
+                          framing=framing.name, error=str(refused))
             else:
-                log.warning("client %s: %s", self.peer, cause)
+                log_event(log, logging.WARNING, "parse_error", client=self.peer,
+                          error=str(cause))
         if isinstance(refused, FramingError) and framing.refuse is not None:
             with trio.move_on_after(1), contextlib.suppress(*_STREAM_ERRORS):
                 await self.client.send_all(framing.refuse(refused))
@@ -522,10 +522,9 @@ class Session:
                 self.stall_sent, self.stall_since = sent, now
             elif now - self.stall_since >= config.write_timeout:
                 proxy.counters.timeouts["write"] += 1
-                limited_log.warning(
-                    ("timeout", "client write"),
-                    "client %s read nothing for %gs (--write-timeout); it was closed",
-                    self.peer, config.write_timeout,
+                limited_log.event(
+                    ("timeout", "client write"), "timeout", client=self.peer, kind="write",
+                    seconds=config.write_timeout, closed="client",
                 )
                 self.end("write_timeout")
                 return
@@ -537,8 +536,8 @@ class Session:
                 return
         if now - self.active >= config.idle_timeout and not any(c.owes() for c in self.conns):
             proxy.counters.timeouts["idle"] += 1
-            log.info("client %s: idle for %gs (--idle-timeout); closed",
-                     self.peer, config.idle_timeout)
+            log_event(log, logging.INFO, "timeout", client=self.peer, kind="idle",
+                      seconds=config.idle_timeout, closed="client")
             self.end("idle")
 
     async def _sweep_conn(self, conn: BackendConn, now: float) -> None:

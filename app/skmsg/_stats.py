@@ -17,6 +17,7 @@ was closed. The names of the reasons and kinds are listed in
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import attrs
 import trio
@@ -129,7 +130,8 @@ class BackendStats:
     unavailable: int = 0
     rerouted: int = 0
     backend_lost: int = 0
-    timeouts: dict[str, int] = attrs.field(factory=lambda: _zeros(TIMEOUT_KINDS))
+    timeouts: dict[str, int] = attrs.field(factory=lambda: _zeros(TIMEOUT_KINDS),
+                                           metadata={"label": "kind"})
     closed: dict[str, int] = attrs.field(factory=lambda: _zeros(CONN_CLOSE_REASONS))
 
 
@@ -181,7 +183,8 @@ class ProxyStats:
     backends: tuple[BackendStats, ...]
     client_errors: int = 0
     client_closed: dict[str, int] = attrs.field(factory=lambda: _zeros(CLIENT_CLOSE_REASONS))
-    timeouts: dict[str, int] = attrs.field(factory=lambda: _zeros(TIMEOUT_KINDS))
+    timeouts: dict[str, int] = attrs.field(factory=lambda: _zeros(TIMEOUT_KINDS),
+                                           metadata={"label": "kind"})
     too_large: int = 0
     rerouted: int = 0
     no_backend: int = 0
@@ -206,7 +209,8 @@ class ProxyCounters:
         self.client_errors = 0
         #: Verdicts that were no verdict (counted with the program's errors).
         self.bad_verdicts = 0
-        self.client_closed = _zeros(CLIENT_CLOSE_REASONS)
+        #: Clients closed by reason (the proxy's ``closed``; UDP reasons too).
+        self.client_closed: Counter[str] = Counter(_zeros(CLIENT_CLOSE_REASONS))
         self.timeouts = _zeros(TIMEOUT_KINDS)
         self.too_large = 0
         self.rerouted = 0

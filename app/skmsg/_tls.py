@@ -11,6 +11,15 @@ originates TLS to the backends: each backend connection enters its map, then
 back to a TLS client) is sealed with that connection's own keys (the
 kernel's ``MSG_SENDPAGE_NOPOLICY`` path): the policy sees plaintext either way.
 
+Policies on TLS clients read what each client's handshake agreed on from
+the socket they are given: ``skb.sk.tls`` (a :class:`skmsg_tls.TlsInfo`:
+``server_name`` the client asked for, ``alpn_protocol``, ``version``,
+``cipher``, the client certificate's ``peer_subject``), set once the
+handshake is done, so every message a client sends is verdicted with it
+(``examples/tls_sni_route.py`` routes on it). ``--alpn`` offers ALPN
+protocols to clients (none by default, so ``alpn_protocol`` is None); a
+client certificate is asked for only by a ``--cert`` context configured to.
+
 With ``--tls`` and no ``--cert``/``--key``, a self-signed certificate is made
 at start-up (:func:`self_signed_certificate`, with ``cryptography``: an
 ECDSA P-256 key, valid for a day, for ``localhost``, ``127.0.0.1`` and
@@ -55,7 +64,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("skmsg")
-#: One line per kind of handshake failure every few seconds, however many clients fail.
+#: One event per kind of handshake failure every few seconds, however many clients fail.
 limited_log = RateLimitedLog(log)
 
 
@@ -129,19 +138,32 @@ def write_self_signed(hostnames: Sequence[str] = ("localhost",)) -> tuple[str, s
     return cert_path, key_path
 
 
-def server_context(cert_path: str, key_path: str | None = None) -> ssl.SSLContext:
+def server_context(
+    cert_path: str, key_path: str | None = None, *, alpn: Sequence[str] = ()
+) -> ssl.SSLContext:
     """A server context with the certificate chain at ``cert_path`` (and its key).
 
     A client that closes TCP without ``close_notify`` (many HTTP clients do)
     ends its connection as a close would (``OP_IGNORE_UNEXPECTED_EOF``, what
     ``trio.SSLStream(https_compatible=True)`` does), not as a TLS error.
+    ``alpn``: the ALPN protocols offered, in the server's order of preference
+    (a client offering none of them gets none: ``alpn_protocol`` None).
 
     Raises:
         OSError, ssl.SSLError: the files cannot be read or do not match.
+        ValueError: an ALPN protocol name is empty, not ASCII or longer than
+            255 bytes (RFC 7301 §3.1).
     """
+    for proto in alpn:
+        if not proto or not proto.isascii() or len(proto) > 255:
+            raise ValueError(
+                f"ALPN protocol {proto!r} must be 1 to 255 ASCII characters (RFC 7301)"
+            )
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert_path, key_path)
     ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
     return ctx
 
 
@@ -174,6 +196,11 @@ def add_tls_arguments(proxy: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--key", metavar="PEM", default=None, help="with --cert: the private key")
     group.add_argument(
+        "--alpn", metavar="PROTO[,PROTO...]", default=None,
+        help="with --tls: the ALPN protocols offered to clients, preferred first "
+        "(a policy reads the one agreed as skb.sk.tls.alpn_protocol)",
+    )
+    group.add_argument(
         "--backend-tls", action="store_true", help="originate TLS to every --backend"
     )
     group.add_argument(
@@ -199,11 +226,16 @@ def tls_options(args: argparse.Namespace, listen_host: str, *, have_backends: bo
     Raises:
         ValueError: an option without the one it needs (``--cert`` without
             ``--tls``, ``--backend-ca`` without ``--backend-tls``, ``--backend-tls``
-            with the embedded echo backends), or a certificate, key or CA file
-            that cannot be read or used; the message names the option.
+            with the embedded echo backends, ``--alpn`` without ``--tls``), an
+            ``--alpn`` name that is not 1 to 255 ASCII characters, or a
+            certificate, key or CA file that cannot be read or used; the
+            message names the option.
     """
     if (args.cert or args.key) and not args.tls:
         raise ValueError("--cert/--key need --tls")
+    alpn = _alpn(args.alpn)
+    if alpn and not args.tls:
+        raise ValueError("--alpn needs --tls")
     if args.key and not args.cert:
         raise ValueError("--key needs --cert")
     if (args.backend_ca or args.backend_hostname or args.backend_insecure) and (
@@ -220,7 +252,7 @@ def tls_options(args: argparse.Namespace, listen_host: str, *, have_backends: bo
         made = args.cert is None
         cert, key = (args.cert, args.key) if not made else write_self_signed([listen_host])
         try:
-            server = server_context(cert, key)
+            server = server_context(cert, key, alpn=alpn)
         except (OSError, ssl.SSLError) as exc:
             raise ValueError(f"--cert {cert}: cannot use it: {exc}") from exc
         cert_path = cert if made else None
@@ -233,26 +265,45 @@ def tls_options(args: argparse.Namespace, listen_host: str, *, have_backends: bo
     return TlsOptions(server, client, args.backend_hostname, cert_path)
 
 
+def _alpn(value: str | None) -> tuple[str, ...]:
+    """``--alpn``'s comma-separated protocol names.
+
+    Raises:
+        ValueError: an empty name, or one not of 1 to 255 ASCII characters.
+    """
+    if value is None:
+        return ()
+    names = tuple(p.strip() for p in value.split(","))
+    for name in names:
+        if not name or not name.isascii() or len(name) > 255:
+            raise ValueError(
+                f"--alpn {value!r}: {name!r} is not a protocol name "
+                "(1 to 255 ASCII characters, comma-separated)"
+            )
+    return names
+
+
 # -- the proxy's two hops -----------------------------------------------------------------------
 
 
 async def terminate(client: SkStream, options: TlsOptions, timeout: float) -> str | None:
     """Run the server-side handshake on a client already in its map, for at most
-    ``timeout`` seconds. ``None`` when it completed; else (and a log line) why
-    it did not, ``"timeout"`` or ``"failed"``: the client is then to be closed."""
+    ``timeout`` seconds. ``None`` when it completed; else (and a rate-limited
+    ``tls_handshake_failed`` event) why it did not, ``"timeout"`` or
+    ``"failed"``: the client is then to be closed."""
     assert options.server is not None
     try:
         with trio.fail_after(timeout):
             # the proxy's policy is per message: frame the plaintext with its parser
             await skmsg_tls.start_tls(client, options.server, server_side=True, strparser=True)
     except trio.TooSlowError:
-        limited_log.warning(("handshake", "timeout"),
-                            "client %s: TLS handshake took over %gs (--handshake-timeout); "
-                            "closed", _peer(client), timeout)
+        limited_log.event(("handshake", "timeout"), "tls_handshake_failed",
+                          client=_peer(client), error="timeout", seconds=timeout,
+                          limit="--handshake-timeout")
         return "timeout"
     except (OSError, ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        limited_log.warning(("handshake", "failed"), "client %s: TLS handshake failed: %s",
-                            _peer(client), _reason(exc))
+        limited_log.event(("handshake", "failed"), "tls_handshake_failed",
+                          client=_peer(client), error=_reason(exc))
         return "failed"
     return None
 

@@ -3,43 +3,84 @@
 Theory of operation
 -------------------
 Every datagram is one message: there is no parser. The data path is the
-runtime's, both ways; the proxy's own tasks set sessions up and expire them.
+runtime's, both ways; the proxy's own tasks set sessions up and end them.
 
 - A *listener*, an unconnected :class:`~skmsg_udp.UdpSocket` bound to
   ``--listen`` with ``SO_REUSEPORT``, receives a new client's first datagram.
-  The proxy then opens the client's *session*: a socket bound to the same
+  The proxy then gives the client a *session*: a socket bound to the same
   address and connected to the client (the kernel delivers a connected UDP
   socket the datagrams of its 4-tuple, ahead of the listener), and one socket
   connected to each backend. Later datagrams of that client never reach the
   listener.
+- The listener's reuseport group carries a classic BPF program
+  (``SO_ATTACH_REUSEPORT_CBPF``) that always selects the group's first
+  socket, the listener: a session socket that is bound but not connected yet
+  can never be handed a datagram meant for a new client (the kernel would
+  otherwise pick among the group's unconnected sockets by hash).
 - ``clients``, a :class:`~skmsg_core.SockHash` keyed by socket cookie, holds
-  every client socket with the route program as its ``SK_SKB_VERDICT``: once
+  every session socket with the route program as its ``SK_SKB_VERDICT``: once
   per datagram it hands the policy's ``verdict(skb, backends)`` this client's
   backend sockets (a per-session :class:`~skmsg_core.SockMap`, index ``i`` =
   the ``i``-th backend: the kernel's hash-of-maps), and the runtime sends the
   datagram out of the backend socket the policy picked.
 - Each session's backend map has the reply program as its ``SK_SKB_VERDICT``:
-  it redirects every datagram a backend answers to the client socket's egress
-  (``sk_redirect_hash(skb, clients, key, 0)``), so the reply leaves from the
-  proxy's address to the client that asked.
+  it redirects every datagram a backend answers to the session socket's
+  egress (``sk_redirect_hash(skb, clients, key, 0)``), so the reply leaves
+  from the proxy's address to the client that asked. The reply table is keyed
+  by the backend socket: its cookie names the session socket it answers for.
 - The first datagram of a session (and any that reached the listener before
   the session's socket was connected) is carried in user space with the same
-  program: the verdict runs on it with the client socket as ``skb.sk``, and a
+  program: the verdict runs on it with the session socket as ``skb.sk``, and a
   redirect is sent out of the chosen backend socket.
 
-A session with no datagram either way for ``idle_timeout`` seconds is closed
-(UDP has no end of stream). Whatever is raised while opening, carrying or
-closing one session (cancellation and Ctrl-C aside) closes that session and is
-counted (``client_errors``) and logged, rate-limited: the proxy and the other
-sessions carry on, as in the TCP proxy. Counters and the table are the TCP proxy's
-(:mod:`._stats`): ``clients`` are sessions; ``backend connect`` errors are
-sessions that could not be opened (``--max-clients`` reached, no socket).
+Units: sockets kept across sessions
+-----------------------------------
+A resolver sends each query from a fresh source port, so every query is a
+session, and building one (a socket per backend and one for the client, each
+entering a map) costs more than carrying its datagrams. The sockets of a
+session are therefore a *unit* that outlives it: when a session ends its unit
+is kept (the session socket re-connected to its own address, so that nothing
+reaches it), and the next new client gets it with one ``connect``. The backend
+sockets, their map and their place in the reply table stay as they are; at
+most ``max_clients`` units exist, and a kept unit unused for ``idle_timeout``
+seconds is closed.
+
+Before a unit changes hands, every datagram already queued on its sockets is
+dealt with, none is lost: replies its backends sent before the session ended
+are carried to the client they answer (through the reply program), and
+datagrams its session socket received from anyone but its new peer (the old
+client's, queued before the re-connect) are served as if they had reached the
+listener (counted in ``strays``).
+
+When sessions end
+-----------------
+A session with no datagram either way for ``idle_timeout`` seconds ends
+(UDP has no end of stream; reason ``idle``). When ``max_clients`` sessions
+exist and a new client arrives, the least recently active session that is
+not waiting for a reply (its last datagram was a backend's answer) gives its
+unit to the new client (reason ``evicted``), as conntrack drops an entry
+early when its table is full; if the sixteen least recently active sessions
+all wait for replies the new client is refused (counted in
+``connect_errors``). A reply that arrives after its session ended is dropped
+and counted (``reply_dropped_bytes``).
+
+Whatever is raised while opening, carrying or ending one session (cancellation
+and Ctrl-C aside) ends that session, closes its unit and is counted
+(``client_errors``) and logged, rate-limited: the proxy and the other
+sessions carry on, as in the TCP proxy. Counters and the table are the TCP
+proxy's (:mod:`._stats`): ``clients`` are sessions; ``backend connect``
+errors are sessions that could not be opened (no socket, or every session
+waiting for a reply).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import socket
+import struct
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -48,7 +89,7 @@ import trio
 
 import skmsg_core as sk
 import skmsg_udp
-from skmsg_core.runtime import Runtime, escapes_boundary, open_runtime
+from skmsg_core.runtime import Runtime, escapes_boundary, log_event, open_runtime
 
 from ._policy import Policy, PolicyError
 from ._proxy import Address, ProxyError, ProxyPrograms, _why
@@ -61,6 +102,17 @@ log = logging.getLogger("skmsg")
 #: What the UDP demo client sends, one datagram each.
 UDP_DEMO_PAYLOADS = (b"hello", b"kiwi", b"zebra", b"!secret")
 DEMO_TIMEOUT = 5.0
+#: How many of the least recently active sessions a full proxy looks at for one
+#: that is not waiting for a reply.
+EVICT_SCAN = 16
+#: The most datagrams taken off one socket when a unit changes hands (a socket
+#: that keeps receiving cannot hold the proxy).
+DRAIN_LIMIT = 256
+#: The listener's ``SO_RCVBUF`` asked for (bytes).
+LISTENER_RCVBUF = 4 << 20
+_MAX_DATAGRAM = 65535
+_SO_ATTACH_REUSEPORT_CBPF = 51
+_DONTWAIT = socket.MSG_DONTWAIT
 
 
 @attrs.frozen
@@ -85,22 +137,47 @@ class _Datagrams:
 
 
 @attrs.define(eq=False)
-class _Session:
-    peer: Any
+class _Unit:
+    """A session's sockets, kept across sessions (see the module)."""
+
+    raw: socket.socket  # the session socket's own socket object, for draining it
     client: skmsg_udp.UdpSocket
     conns: list[skmsg_udp.UdpSocket]
     backends: sk.SockMap
-    activity: int = 0
-    last_active: float = attrs.field(factory=trio.current_time)
+    session: _Session | None = None
+    kept_since: float = 0.0
+
+    @property
+    def key(self) -> int:
+        return self.client.sk.cookie
+
+
+@attrs.define(eq=False)
+class _Session:
+    """One client (a source address) and the unit serving it."""
+
+    peer: Any
+    label: str
+    unit: _Unit
+    opened: float
+    last: float
+    waiting: bool = False
+    datagrams_in: int = 0
+    bytes_in: int = 0
+    datagrams_out: int = 0
+    bytes_out: int = 0
 
 
 class UdpProxy(ProxyPrograms):
-    """A running UDP proxy: its maps, programs, sessions and counters.
+    """A running UDP proxy: its maps, programs, sessions, units and counters.
 
     Built by :func:`run_udp_proxy`, which hands it to ``task_status.started``.
     The attributes the command's announcement and demo read are the TCP
     :class:`~skmsg.Proxy`'s: ``listen``, ``backends``, ``embedded``,
     ``policy``, ``framing``, ``counters``, ``verdict``, :meth:`statistics`.
+    ``sessions`` holds the open sessions, least recently active first;
+    ``strays`` counts datagrams that reached a session socket not meant for
+    them and were served as new clients' (see the module).
     """
 
     udp = True
@@ -121,17 +198,24 @@ class UdpProxy(ProxyPrograms):
         self.policy = policy
         self.framing = _Datagrams()
         self.listener = listener
-        self.listen = (Address.of(listener.getsockname()),)
+        self._listen_addr = listener.getsockname()
+        self.listen = (Address.of(self._listen_addr),)
         self.backends = backends
         self._backend_addrs = backend_addrs
         self.embedded = not config.backends
         self.runtime = runtime
         self.counters = ProxyCounters([str(b) for b in backends])
+        self._observe(len(backends))
         self.clients = sk.SockHash(max_entries=config.max_clients, name="udp clients")
-        self.sessions: dict[int, _Session] = {}
+        #: open sessions by session socket cookie, least recently active first
+        self.sessions: OrderedDict[int, _Session] = OrderedDict()
         self._by_peer: dict[Any, _Session] = {}
-        self._owner: dict[int, int] = {}  # backend socket cookie -> client socket cookie
+        self._units: dict[int, _Unit] = {}  # every unit by session socket cookie
+        self._kept: OrderedDict[int, _Unit] = OrderedDict()  # units between sessions
+        self._owner: dict[int, int] = {}  # backend socket cookie -> session socket cookie
         self._index: dict[int, int] = {}  # backend socket cookie -> backend index
+        self._strays: deque[tuple[bytes, Any]] = deque()
+        self.strays = 0
         self._logged_errors = 0
         budget = config.policy_budget
         self.verdict = sk.Program.load(
@@ -146,104 +230,210 @@ class UdpProxy(ProxyPrograms):
 
     def _route(self, skb: sk.SkBuff) -> int:
         """The clients' verdict: the policy's, given this client's backends."""
-        session = self.sessions.get(skb.sk.cookie) if skb.sk is not None else None
-        return self._judge(skb, session.backends if session is not None else None)
+        key = skb.sk.cookie if skb.sk is not None else 0
+        session = self.sessions.get(key)
+        if session is None:
+            return self._judge(skb, None)
+        self.sessions.move_to_end(key)
+        session.last = time.monotonic()
+        session.datagrams_in += 1
+        session.bytes_in += skb.len
+        ret = self._judge(skb, session.unit.backends)
+        if skb.sk_redir is not None and sk.verdict_of(ret):
+            session.waiting = True  # a request went to a backend (the return read as
+            # the runner reads it: none of its code runs)
+        return ret
 
     def _reply(self, skb: sk.SkBuff) -> int:
-        """The backend sockets' verdict: back to the client that owns the session."""
+        """The backend sockets' verdict: back to the client whose session owns
+        the socket; dropped (and counted) when it has none now."""
         cookie = skb.sk.cookie if skb.sk is not None else 0
         key = self._owner.get(cookie)
-        ret: int = sk.SK_DROP if key is None else sk.sk_redirect_hash(skb, self.clients, key, 0)
-        return self._count_reply(skb, cookie, ret)
+        session = self.sessions.get(key) if key is not None else None
+        if session is None or key is None:
+            return self._count_reply(skb, cookie, sk.SK_DROP)
+        self.sessions.move_to_end(key)
+        session.last = time.monotonic()
+        session.waiting = False
+        session.datagrams_out += 1
+        session.bytes_out += skb.len
+        return self._count_reply(skb, cookie, sk.sk_redirect_hash(skb, self.clients, key, 0))
 
-    # -- sessions ----------------------------------------------------------------------------
+    # -- serving -----------------------------------------------------------------------------
 
     async def serve(self) -> None:
         """Receive new clients' datagrams on the listener until cancelled.
 
         A datagram whose session cannot be opened or carried (anything raised
-        but cancellation and Ctrl-C) closes that session, is counted
+        but cancellation and Ctrl-C) ends that session, is counted
         (``client_errors``) and logged; the next datagram is served.
 
-        Cancellation closes every session.
+        Cancellation closes every session and unit.
         """
         try:
             while True:
                 data, peer = await self.listener.recvfrom()
-                try:
-                    session = self._by_peer.get(peer)
-                    if session is None:
-                        session = self._open_session(peer)
-                        if session is None:
-                            continue
-                    self._carry(session, data)
-                except BaseException as exc:
-                    if escapes_boundary(exc):
-                        raise
-                    await self._session_failed(peer, exc)
+                self._dispatch(data, peer)
+                self._serve_strays()
         finally:
-            with trio.CancelScope(shield=True):
-                for session in list(self.sessions.values()):
-                    await self._close_session(session)
+            for session in list(self.sessions.values()):
+                self._end(session, "shutdown", keep=False, deliver=False)
+            for unit in list(self._units.values()):
+                self._close_unit(unit)
+
+    def _serve_strays(self) -> None:
+        while self._strays:
+            data, peer = self._strays.popleft()
+            self._dispatch(data, peer)
+
+    def _dispatch(self, data: bytes, peer: Any) -> None:
+        """Serve one datagram that reached the listener (or a session socket it
+        was not meant for): its client's session, opened if need be, carries it."""
+        try:
+            session = self._by_peer.get(peer)
+            if session is None:
+                session = self._open_session(peer)
+                if session is None:
+                    return
+            self._carry(session, data)
+        except BaseException as exc:
+            if escapes_boundary(exc):
+                raise
+            self._session_failed(peer, exc)
 
     def _open_session(self, peer: Any) -> _Session | None:
-        """Sockets and maps for a new client ``peer``; None (counted, logged) if
+        """A session for the new client ``peer``, on a kept unit, a new one or
+        one a less recently active session gives up; None (counted, logged) if
         it cannot be served.
 
         Raises:
-            BaseException: what opening raised, if not an ``OSError`` (nothing
-                it opened is left open).
+            BaseException: what opening raised, if not an ``OSError`` (a unit it
+                was building is closed).
         """
         c = self.counters
         label = _fmt(peer)
-        conns: list[skmsg_udp.UdpSocket] = []
+        unit: _Unit | None = None
+        if self._kept:
+            _, unit = self._kept.popitem(last=False)
+        elif len(self._units) >= self.config.max_clients:
+            victim = self._evictable()
+            if victim is None:
+                c.connect_errors += 1
+                log_event(log, logging.WARNING, "client_refused", client=label,
+                          reason="max_clients", max_clients=self.config.max_clients,
+                          error="every session is waiting for a reply")
+                return None
+            unit = victim.unit
+            self._end(victim, "evicted", keep=False)
+        if unit is None:
+            try:
+                unit = self._new_unit(peer)
+            except OSError as exc:
+                self._refused(label, exc)
+                return None
+        else:
+            try:
+                unit.client.connect_nowait(peer)
+            except BaseException as exc:
+                self._close_unit(unit)
+                if not isinstance(exc, OSError):
+                    raise
+                self._refused(label, exc)
+                return None
+        now = time.monotonic()
+        session = _Session(peer, label, unit, now, now)
+        unit.session = session
+        self.sessions[unit.key] = session
+        self._by_peer[peer] = session
+        c.clients_total += 1
+        c.clients_open += 1
+        self._take_strays(unit, peer)
+        log_event(log, logging.INFO, "client_accepted", client=label, proto="udp",
+                  socket=unit.key)
+        return session
+
+    def _refused(self, label: str, exc: OSError) -> None:
+        """``label`` cannot be served: no socket for it (counted, logged)."""
+        self.counters.connect_errors += 1
+        log_event(log, logging.WARNING, "client_refused", client=label, reason="socket",
+                  error=_why(exc))
+
+    def _new_unit(self, peer: Any) -> _Unit:
+        """A session socket connected to ``peer`` and a socket per backend, in
+        their maps.
+
+        Raises:
+            OSError: a socket could not be made (nothing made is left open).
+        """
+        raw = _reuseport_socket(self.listener, peer)
         client: skmsg_udp.UdpSocket | None = None
+        conns: list[skmsg_udp.UdpSocket] = []
         backends: sk.SockMap | None = None
         try:
-            client = skmsg_udp.UdpSocket(_reuseport_socket(self.listener, peer))
+            client = skmsg_udp.UdpSocket(raw)
             for addr in self._backend_addrs:
-                raw = socket.socket(_family(addr), socket.SOCK_DGRAM)
+                braw = socket.socket(_family(addr), socket.SOCK_DGRAM)
                 try:
-                    raw.connect(addr)
+                    braw.connect(addr)
                 except OSError:
-                    raw.close()
+                    braw.close()
                     raise
-                conns.append(skmsg_udp.UdpSocket(raw))
-            backends = sk.SockMap(max_entries=len(conns), name=f"backends of {label}")
-            backends.attach(self.reply, sk.SK_SKB_VERDICT)
+                conns.append(skmsg_udp.UdpSocket(braw))
             key = client.sk.cookie
+            backends = sk.SockMap(max_entries=len(conns), name=f"backends of session {key}")
+            backends.attach(self.reply, sk.SK_SKB_VERDICT)
             for i, conn in enumerate(conns):
                 self._owner[conn.sk.cookie] = key
                 self._index[conn.sk.cookie] = i
                 backends.update(i, conn)
-            session = _Session(peer, client, conns, backends)
-            self.sessions[key] = session
             self.clients.update(key, client)
-        except BaseException as exc:  # nothing half-made stays behind, whatever it was
-            if client is not None:
-                self.sessions.pop(client.sk.cookie, None)
-                client.close()
+        except BaseException:  # nothing half-made stays behind, whatever it was
             for conn in conns:
                 self._owner.pop(conn.sk.cookie, None)
                 self._index.pop(conn.sk.cookie, None)
                 conn.close()
             if backends is not None:
                 backends.close()
-            if not isinstance(exc, OSError):
-                raise
-            c.connect_errors += 1
-            log.warning("client %s refused: %s", label, exc.strerror or exc)
-            return None
-        self._by_peer[peer] = session
-        c.clients_total += 1
-        c.clients_open += 1
-        log.info("client %s: session opened", label)
-        return session
+            if client is not None:
+                client.close()
+            else:
+                raw.close()
+            raise
+        unit = _Unit(raw, client, conns, backends)
+        self._units[key] = unit
+        return unit
+
+    def _evictable(self) -> _Session | None:
+        """The least recently active session not waiting for a reply, among the
+        first :data:`EVICT_SCAN`; None if they all wait."""
+        for n, session in enumerate(self.sessions.values()):
+            if n >= EVICT_SCAN:
+                break
+            if not session.waiting:
+                return session
+        return None
+
+    def _take_strays(self, unit: _Unit, peer: Any) -> None:
+        """Take every datagram queued on ``unit``'s session socket (queued before
+        it was connected to ``peer``) to be served as if it had reached the
+        listener, in order: ``peer``'s own are carried by its session, anyone
+        else's (counted in ``strays``) by theirs."""
+        raw = unit.raw
+        for _ in range(DRAIN_LIMIT):
+            try:
+                data, src = raw.recvfrom(_MAX_DATAGRAM, _DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError:  # an error an earlier ICMP message left: reported once
+                continue
+            if src != peer:
+                self.strays += 1
+            self._strays.append((data, src))
 
     def _carry(self, session: _Session, data: bytes) -> None:
-        """What the runtime does for datagrams on the client socket, for one that
+        """What the runtime does for datagrams on the session socket, for one that
         reached the listener: the verdict, then the redirect's send."""
-        skb = sk.SkBuff(session.client.sk)
+        skb = sk.SkBuff(session.unit.client.sk)
         if self.verdict.run_verdict(skb.reset(memoryview(data))) is not sk.Verdict.REDIRECT:
             return
         target = skb.sk_redir.owner if skb.sk_redir is not None else None
@@ -256,52 +446,112 @@ class UdpProxy(ProxyPrograms):
                 raise
             self.runtime.redirect_errors += 1
 
-    async def _session_failed(self, peer: Any, exc: BaseException) -> None:
-        """Serving ``peer`` raised ``exc``: close its session (if it has one),
-        count and log it."""
+    # -- ending sessions -------------------------------------------------------------------
+
+    def _end(self, session: _Session, reason: str, *, keep: bool = True,
+             deliver: bool = True) -> None:
+        """End ``session`` for ``reason`` (counted, logged): replies its backends
+        already sent reach its client first (``deliver``); its unit is kept for
+        the next client (``keep``: re-connected to its own address, datagrams
+        its old client had queued served as strays) or left to the caller."""
+        unit = session.unit
+        if deliver:
+            self._deliver_replies(unit)
+        key = unit.key
+        self.sessions.pop(key, None)
+        if self._by_peer.get(session.peer) is session:
+            del self._by_peer[session.peer]
+        unit.session = None
+        for conn in unit.conns:
+            self._pending.pop(conn.sk.cookie, None)
+        self.counters.clients_open -= 1
+        self._closed(session.label, reason, proto="udp",
+                     seconds=round(time.monotonic() - session.opened, 3),
+                     datagrams_in=session.datagrams_in, bytes_in=session.bytes_in,
+                     datagrams_out=session.datagrams_out, bytes_out=session.bytes_out)
+        if keep:
+            try:
+                unit.client.connect_nowait(self._listen_addr)
+            except OSError:
+                self._close_unit(unit)
+                return
+            self._take_strays(unit, self._listen_addr)
+            unit.kept_since = time.monotonic()
+            self._kept[key] = unit
+
+    def _deliver_replies(self, unit: _Unit) -> None:
+        """Carry the datagrams queued on ``unit``'s backend sockets through the
+        reply program now, as the runtime would have."""
+        for conn in unit.conns:
+            sock = conn.sk
+            skb = sk.SkBuff(sock)
+            for _ in range(DRAIN_LIMIT):
+                data = conn.transport_recv_nowait(_MAX_DATAGRAM)
+                if data is None:
+                    break
+                if self.reply.run_verdict(skb.reset(memoryview(data))) is not (
+                        sk.Verdict.REDIRECT):
+                    continue
+                target = skb.sk_redir.owner if skb.sk_redir is not None else None
+                try:
+                    if target is None:
+                        raise trio.ClosedResourceError
+                    target.egress_send_nowait(data)
+                except BaseException as exc:  # the target's failure, as in the runtime
+                    if escapes_boundary(exc):
+                        raise
+                    self.runtime.redirect_errors += 1
+
+    def _close_unit(self, unit: _Unit) -> None:
+        """Close ``unit``'s sockets and map (its session must have ended)."""
+        key = unit.key
+        self._units.pop(key, None)
+        self._kept.pop(key, None)
+        for conn in unit.conns:
+            self._owner.pop(conn.sk.cookie, None)
+            self._index.pop(conn.sk.cookie, None)
+            self._pending.pop(conn.sk.cookie, None)
+        unit.backends.close()
+        for sock in (unit.client, *unit.conns):
+            sock.close()
+
+    def _session_failed(self, peer: Any, exc: BaseException) -> None:
+        """Serving ``peer`` raised ``exc``: end its session (if it has one) and
+        close its unit, count and log it."""
         session = self._by_peer.get(peer)
         if session is not None:
             try:
-                await self._close_session(session)
+                self._end(session, "error", keep=False, deliver=False)
+                self._close_unit(session.unit)
             except BaseException as again:
                 if escapes_boundary(again):
                     raise
         self._client_failed(_fmt(peer), exc)
 
-    async def _close_session(self, session: _Session) -> None:
-        key = session.client.sk.cookie
-        self.sessions.pop(key, None)
-        if self._by_peer.get(session.peer) is session:
-            del self._by_peer[session.peer]
-        for conn in session.conns:
-            self._owner.pop(conn.sk.cookie, None)
-            self._index.pop(conn.sk.cookie, None)
-        session.backends.close()
-        for sock in (session.client, *session.conns):
-            await sock.aclose()
-        self.counters.clients_open -= 1
-        log.info("client %s: session closed", _fmt(session.peer))
-
     async def expire(self) -> None:
-        """Close sessions with no datagram either way for ``idle_timeout``
-        seconds (give or take a quarter of it), until cancelled."""
+        """End sessions with no datagram either way for ``idle_timeout`` seconds
+        (give or take a quarter of it), and close units kept that long unused,
+        until cancelled."""
         timeout = self.config.idle_timeout
         while True:
             await trio.sleep(max(timeout / 4, 0.01))
-            now = trio.current_time()
-            for session in list(self.sessions.values()):
-                activity = sum(
-                    s.statistics().datagrams_received for s in (session.client, *session.conns)
-                )
-                if activity != session.activity:
-                    session.activity, session.last_active = activity, now
-                elif now - session.last_active >= timeout:
-                    try:
-                        await self._close_session(session)
-                    except BaseException as exc:
-                        if escapes_boundary(exc):
-                            raise
-                        self._client_failed(_fmt(session.peer), exc)
+            now = time.monotonic()
+            while self.sessions:
+                session = next(iter(self.sessions.values()))
+                if now - session.last < timeout:
+                    break
+                try:
+                    self._end(session, "idle")
+                except BaseException as exc:
+                    if escapes_boundary(exc):
+                        raise
+                    self._session_failed(session.peer, exc)
+            while self._kept:
+                unit = next(iter(self._kept.values()))
+                if now - unit.kept_since < timeout:
+                    break
+                self._close_unit(unit)
+            self._serve_strays()
 
 
 def _reuseport_socket(listener: skmsg_udp.UdpSocket, peer: Any) -> socket.socket:
@@ -316,6 +566,19 @@ def _reuseport_socket(listener: skmsg_udp.UdpSocket, peer: Any) -> socket.socket
         raw.close()
         raise
     return raw
+
+
+def _select_first_socket(raw: socket.socket) -> None:
+    """Attach to ``raw``'s reuseport group a classic BPF program that selects the
+    group's first socket (``ret #0``) for every datagram no connected socket
+    takes.
+
+    Raises:
+        OSError: the kernel refused it.
+    """
+    insn = (ctypes.c_ubyte * 8).from_buffer_copy(struct.pack("HBBI", 0x06, 0, 0, 0))  # BPF_RET|K
+    prog = struct.pack("@HP", 1, ctypes.addressof(insn))  # struct sock_fprog
+    raw.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_REUSEPORT_CBPF, prog)
 
 
 def _fmt(addr: Any) -> str:
@@ -424,6 +687,9 @@ async def _open_listener(addr: Address) -> skmsg_udp.UdpSocket:
     try:
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        _select_first_socket(raw)
+        # room for bursts of new clients (the kernel caps it at net.core.rmem_max)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LISTENER_RCVBUF)
         sock = skmsg_udp.UdpSocket(raw)
     except (OSError, ValueError) as exc:
         raw.close()

@@ -6,6 +6,9 @@ nursery the application owns. This module only re-exports.
 
 from __future__ import annotations
 
+from ._events import format_event as format_event
+from ._events import format_fields as format_fields
+from ._events import log_event as log_event
 from ._runtime import DatagramEndpoint as DatagramEndpoint
 from ._runtime import Endpoint as Endpoint
 from ._runtime import RateLimitedLog as RateLimitedLog

@@ -62,6 +62,7 @@ import trio
 
 from .._errors import StrParserError, kernel_error
 from .._progs import Program, describe_error, set_error_observer
+from ._events import log_event
 
 if TYPE_CHECKING:
     from .._psock import RxAction, SkPsock
@@ -98,20 +99,39 @@ class RateLimitedLog:
         self._interval = interval
         self._last: dict[Any, tuple[float, int]] = {}
 
-    def warning(self, key: Any, message: str, *args: object) -> None:
+    def _due(self, key: Any) -> int | None:
+        """None if a line for ``key`` went out less than an interval ago (this one
+        is counted), else how many were held back since the last one."""
         now = time.monotonic()
         held = self._last.get(key)
         if held is not None and now - held[0] < self._interval:
             self._last[key] = (held[0], held[1] + 1)
-            return
-        suppressed = held[1] if held is not None else 0
+            return None
         if len(self._last) > 4096:  # bounded: old keys go
             self._last.clear()
         self._last[key] = (now, 0)
+        return held[1] if held is not None else 0
+
+    def warning(self, key: Any, message: str, *args: object) -> None:
+        """A free-form warning line, rate-limited per ``key``."""
+        suppressed = self._due(key)
+        if suppressed is None:
+            return
         if suppressed:
             message += " (and %d more like it since the last report)"
             args = (*args, suppressed)
         self._log.warning(message, *args)
+
+    def event(self, key: Any, event: str, **fields: Any) -> None:
+        """A warning as one ``key=value`` event line (:func:`log_event`),
+        rate-limited per ``key``; the lines held back since the last one are
+        its ``suppressed`` field (when there were any)."""
+        suppressed = self._due(key)
+        if suppressed is None:
+            return
+        if suppressed:
+            fields["suppressed"] = suppressed
+        log_event(self._log, logging.WARNING, event, **fields)
 
 
 _rate_limited = RateLimitedLog(log)
@@ -119,12 +139,13 @@ _rate_limited = RateLimitedLog(log)
 
 def _log_program_error(prog: Program, error: BaseException) -> None:
     """The core's error observer: one line per program and kind of error."""
-    _rate_limited.warning(
+    _rate_limited.event(
         ("program", prog.id, type(error)),
-        "program %s (%s): %s; the run was a DROP",
-        prog.name,
-        prog.prog_type.name,
-        describe_error(error),
+        "program_error",
+        program=prog.name,
+        prog_type=prog.prog_type.name,
+        error=describe_error(error),
+        verdict="SK_DROP",
     )
 
 
@@ -302,27 +323,32 @@ async def tx_redirect(action: TxAction) -> None:
     ``redirect_errors`` (an error that is not the transport's is also logged,
     rate-limited), as a failed receive redirect is.
 
+    A file's bytes (:class:`~skmsg_core.FileSpan`, from a send of a file)
+    are read into memory for the target.
+
     Raises:
         OSError(EPIPE): the target has no psock or no stream, or it failed.
+        OSError(EIO): the file of a file's bytes is shorter than it was.
     """
     target = action.target
     assert target is not None
     if target.psock is None or target.dead:
         raise kernel_error(errno.EPIPE, f"redirect target {target.describe()} is gone")
+    views = [b if isinstance(b, memoryview) else b.view() for b in action.bufs]
     try:
         dgram = _queue_datagram(target)
         if action.ingress:
             if dgram is not None:  # one message, one datagram; a full queue drops it (counted)
-                dgram(_joined(action.bufs), None)
+                dgram(_joined(views), None)
                 await trio.lowlevel.checkpoint()
                 return
-            if not await ingress_put(target, action.bufs, action.nbytes):
+            if not await ingress_put(target, views, action.nbytes):
                 raise kernel_error(errno.EPIPE, f"redirect target {target.describe()} is gone")
             return
         endpoint: Endpoint | None = target.owner
         if endpoint is None:
             raise kernel_error(errno.EPIPE, f"redirect target {target.describe()} has no stream")
-        bufs = [_joined(action.bufs)] if dgram is not None and action.bufs else action.bufs
+        bufs = [_joined(views)] if dgram is not None and views else views
         await endpoint.egress_write(bufs, action.more)
     except BaseException as exc:
         if escapes_boundary(exc):
@@ -333,11 +359,11 @@ async def tx_redirect(action: TxAction) -> None:
         if isinstance(exc, OSError) and exc.errno == errno.EPIPE and exc.__cause__ is None:
             raise  # said above: the target is gone
         if not isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
-            _rate_limited.warning(
+            _rate_limited.event(
                 ("redirect", type(exc)),
-                "redirect to %s failed: its stream raised %s",
-                target.describe(),
-                describe_error(exc),
+                "redirect_failed",
+                target=target.describe(),
+                error=describe_error(exc),
             )
         raise kernel_error(errno.EPIPE, f"redirect to {target.describe()} failed") from exc
 
@@ -392,11 +418,11 @@ class Runtime:
             if escapes_boundary(exc):
                 raise
             self.redirect_errors += 1  # the target's failure, never the source's
-            _rate_limited.warning(
+            _rate_limited.event(
                 ("redirect", type(exc)),
-                "redirect to %s dropped: its stream raised %s",
-                target.describe(),
-                describe_error(exc),
+                "redirect_dropped",
+                target=target.describe(),
+                error=describe_error(exc),
             )
 
     # -- receive pumps -----------------------------------------------------------------------
@@ -564,11 +590,12 @@ class Runtime:
             if escapes_boundary(inner):
                 raise
             self.socket_errors += 1
-            _rate_limited.warning(
+            _rate_limited.event(
                 ("rx_failed", type(inner)),
-                "%s: rx_failed raised %s; the socket is in error",
-                _describe(endpoint),
-                describe_error(inner),
+                "socket_error",
+                socket=_describe(endpoint),
+                what="rx_failed",
+                error=describe_error(inner),
             )
             # its readers find the pump stopped with receive programs installed,
             # and must fail closed then (never read around the verdict)
@@ -622,12 +649,12 @@ def socket_error(
     name = _describe(endpoint)
     if rt is not None:
         rt.socket_errors += 1
-    _rate_limited.warning(
+    _rate_limited.event(
         (what, type(exc)),
-        "%s: %s failed: %s; the socket is in error",
-        name,
-        what,
-        describe_error(exc),
+        "socket_error",
+        socket=name,
+        what=what,
+        error=describe_error(exc),
     )
     err = trio.BrokenResourceError(f"{name}: {what} failed: {describe_error(exc)}")
     err.__cause__ = exc

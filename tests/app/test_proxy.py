@@ -292,7 +292,8 @@ async def test_a_verdict_that_raises_drops_the_message_and_counts_an_error(
         assert await reader.messages(1) == [b"[backend 0] fine"]
         s = proxy.statistics()
         assert (s.msgs, s.dropped, s.redirected, s.policy_errors) == (2, 1, 1, 1)
-        assert "verdict raised RuntimeError: kaboom; the message was dropped" in caplog.text
+        assert 'event=policy_error policy=' in caplog.text
+        assert 'error="RuntimeError: kaboom" dropped=message' in caplog.text
         await client.aclose()
 
 
@@ -418,8 +419,10 @@ async def test_a_backend_gone_after_start_closes_the_clients_whose_messages_it_h
         s = proxy.statistics()
         assert (s.connect_errors, s.no_backend, s.client_closed["no_backend"]) == (1, 1, 1)
         assert not s.backends[0].up
-        assert f"backend {addr}: connection refused (ECONNREFUSED)" in caplog.text
-        assert f"backend {addr} is down" in caplog.text
+        port = client.socket.getsockname()[1]
+        assert (f"event=backend_connect_failed client=127.0.0.1:{port} backend={addr} "
+                f'kind=connect error="connection refused (ECONNREFUSED)"') in caplog.text
+        assert f"event=backend_down backend={addr} index=0" in caplog.text
         await client.aclose()
 
 

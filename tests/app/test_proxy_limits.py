@@ -102,7 +102,8 @@ async def test_other_framings_close_a_client_over_the_limit_and_count_it(
         await stream.aclose()
         s = proxy.statistics()
         assert (s.too_large, s.client_closed["too_large"]) == (1, 1)
-        assert "(--max-message-size 100000); the client was closed" in caplog.text
+        assert "limit=100000 closed=client" in caplog.text
+        assert "event=message_too_large client=" in caplog.text
 
 
 NOT_VERDICTS = """
@@ -137,12 +138,13 @@ async def test_a_policy_result_that_is_no_verdict_is_dropped_counted_and_logged_
         assert await client.round_trip(b"fine") == b"[backend 0] fine"  # the only reply
         s = proxy.statistics()
         assert (s.msgs, s.dropped, s.redirected, s.policy_errors) == (6, 5, 1, 5)
-        lines = [r.getMessage() for r in caplog.records if "not a verdict" in r.getMessage()]
-        assert len(lines) == 4, lines  # one per type; the second None is counted, not shown
-        for what in ("NoneType", "str 'pass'", "int 1267650600228229401496703205376",
-                     "bool True"):
-            assert sum(f"verdict returned {what}, not a verdict" in line for line in lines) == 1
-        assert all(line.startswith(f"policy {path}: ") for line in lines)
+        events = [r.fields for r in caplog.records  # type: ignore[attr-defined]
+                  if getattr(r, "event", None) == "policy_not_a_verdict"]
+        assert len(events) == 4, events  # one per type; the second None is counted, not shown
+        assert [e["type"] for e in events] == ["NoneType", "str", "int", "bool"]
+        assert [e["value"] for e in events] == [
+            "NoneType", "str 'pass'", "int 1267650600228229401496703205376", "bool True"]
+        assert all(e["policy"] == str(path) and e["dropped"] == "message" for e in events)
         assert not any(r.exc_info for r in caplog.records)
         await client.aclose()
 

@@ -171,7 +171,7 @@ async def test_a_plain_client_on_a_tls_proxy_is_refused(
                 except trio.BrokenResourceError:
                     break
         await stream.aclose()
-        assert "TLS handshake failed" in caplog.text
+        assert "event=tls_handshake_failed client=" in caplog.text
         assert proxy.verdict.statistics().run_cnt == 0  # nothing reached the policy
 
 

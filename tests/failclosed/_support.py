@@ -201,11 +201,13 @@ def check_failed_closed(
     lines = [
         r.getMessage()
         for r in caplog.records
-        if r.name == RUNTIME_LOGGER and r.getMessage().startswith(f"program {prog.name} ")
+        if r.name == RUNTIME_LOGGER and getattr(r, "event", None) == "program_error"
+        and r.fields["program"] == prog.name  # type: ignore[attr-defined]
     ]
     assert len(lines) == 1, lines
     assert bad.names in lines[0]
-    assert "the run was a DROP" in lines[0]
+    assert lines[0].startswith("event=program_error program=")
+    assert lines[0].endswith(" verdict=SK_DROP")
     assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
 
 

@@ -21,7 +21,7 @@ import trio
 
 import skmsg_core as sk
 import skmsg_udp
-from skmsg_core.runtime import Runtime
+from skmsg_core.runtime import Runtime, format_event
 from skmsg_core.testing import aclose_all
 from skmsg_tcp import SkStream
 from skmsg_tcp.testing import tcp_stream_pair
@@ -208,6 +208,8 @@ async def test_a_long_run_stalls_other_connections_for_about_the_budget(
     assert took < MAX_STALL
     lines = [r.getMessage() for r in runtime_records(caplog)]
     assert [line for line in lines if "ran longer than its budget of 200 ms" in line] == [
-        f"program {prog.name} ({prog.prog_type.name}): ProgramTimeout: program {prog.name} ran "
-        "longer than its budget of 200 ms; the run was a DROP"
+        format_event("program_error", {
+            "program": prog.name, "prog_type": prog.prog_type.name,
+            "error": f"ProgramTimeout: program {prog.name} ran longer than its budget of 200 ms",
+            "verdict": "SK_DROP"})
     ], lines

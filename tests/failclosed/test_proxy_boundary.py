@@ -112,9 +112,9 @@ def check_contained(proxy: Proxy | UdpProxy, exc_type: type[BaseException],
                     caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
     assert proxy.statistics().client_errors == 1
     lines = [r.getMessage() for r in caplog.records
-             if r.name == CLI_LOGGER and "serving it raised" in r.getMessage()]
+             if r.name == CLI_LOGGER and r.getMessage().startswith("event=client_error ")]
     assert len(lines) == 1, lines
-    assert exc_type.__name__ in lines[0]
+    assert f"error={exc_type.__name__}" in lines[0] or f'error="{exc_type.__name__}' in lines[0]
     assert not any(r.exc_info for r in caplog.records)
     out, err = capfd.readouterr()
     assert "Traceback" not in out + err

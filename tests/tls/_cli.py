@@ -241,7 +241,7 @@ def alert_line(direction: str, version: str, level: str, name: str) -> str:
 
 def version_of(t: tls.TlsSocket) -> str:
     """``1.2`` or ``1.3``, as ``-msg`` prints it."""
-    return "1.3" if t.version == tls.TLS_1_3_VERSION else "1.2"
+    return t.version.removeprefix("TLSv")
 
 
 Mutation = Callable[[bytes], bytes]

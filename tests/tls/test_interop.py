@@ -145,7 +145,10 @@ async def test_interop(
     mine, peer, t = await connect(ours, sctx, cctx)
     try:
         assert t.cipher_type == (TLS13 if version == "1.3" else TLS12)[suite]
-        assert t.version == (tls.TLS_1_3_VERSION if version == "1.3" else tls.TLS_1_2_VERSION)
+        assert t.version_number == (
+            tls.TLS_1_3_VERSION if version == "1.3" else tls.TLS_1_2_VERSION
+        )
+        assert t.version == f"TLSv{version}" and t.cipher == suite
         assert t.ssl_object is not None and t.ssl_object.cipher()[0] == suite  # type: ignore[index]
         await both_ways(mine, peer, 200_000)
         if ours == "client" and version == "1.3":

@@ -93,7 +93,7 @@ async def test_a_corrupted_record_from_s_server_is_answered_with_its_fatal_alert
             with pytest.raises(trio.BrokenResourceError, match=alert) as sent:
                 await stream.send_all(b"after the alert")
             assert sent.value.__cause__ is cause
-            assert t.tx_alerts == 1 and t.statistics().tx_control_records == 1
+            assert t.statistics().tx_alerts == 1 and t.statistics().tx_control_records == 1
         finally:
             await aclose_all([stream])
     assert server.count(r"^<<< .*Alert") == 1  # one alert, and no close_notify after it
@@ -170,7 +170,7 @@ async def test_s_client_renegotiation_is_refused_with_no_renegotiation(pki: Pki)
                 assert isinstance(cause, tls.TlsRxError) and cause.errno == errno.ECONNRESET
                 await client.wait_for(alert_line("<<<", "1.2", "warning", "no_renegotiation"))
                 await client.wait_for(alert_line(">>>", "1.2", "fatal", "handshake_failure"))
-                assert t.rx.renegotiations_refused == 1 and t.tx_alerts == 1
+                assert t._ulp.rx.renegotiations_refused == 1 and t.statistics().tx_alerts == 1
                 hello = t.receive_control_nowait()  # the ClientHello, as received
                 assert (hello.content_type, hello.data[0]) == (22, 1)
                 assert t.receive_control_nowait().data == b"\x02\x28"
@@ -193,7 +193,7 @@ async def test_s_server_hello_request_is_refused_with_no_renegotiation(pki: Pki)
                     await receive_until(stream, b"never")
                 await server.wait_for(alert_line("<<<", "1.2", "warning", "no_renegotiation"))
                 await server.wait_for(alert_line(">>>", "1.2", "fatal", "handshake_failure"))
-                assert t.rx.renegotiations_refused == 1
+                assert t._ulp.rx.renegotiations_refused == 1
         finally:
             await aclose_all([stream])
     assert server.count(r"^<<< .*ClientHello") == 1  # only the first handshake's

@@ -137,7 +137,7 @@ async def test_with_op_ignore_unexpected_eof_a_bare_eof_is_the_end(
         try:
             with trio.fail_after(10):
                 t = await tls.start_tls(stream, ctx, server_hostname="localhost")
-                assert t.ignore_unexpected_eof
+                assert t._ulp.ignore_unexpected_eof
                 await server.send(b"last words\n")
                 assert await receive_until(stream, b"last words\n") == b"last words\n"
                 server.kill()

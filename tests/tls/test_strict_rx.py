@@ -158,7 +158,7 @@ async def test_a_handshake_message_split_over_records_is_fine(
     peer = await make_peer(tcp_stream_pair, tls.TLS_1_3_VERSION)
     await peer.send((HANDSHAKE, TICKET[:3]), (HANDSHAKE, TICKET[3:]), (23, b"after"))
     assert await read_exactly(peer.ours, 5) == b"after"
-    assert peer.t.rx_error is None
+    assert peer.t._ulp.rx_error is None
 
 
 async def test_tls13_an_empty_handshake_record_is_unexpected_message(
@@ -239,7 +239,8 @@ async def test_tls12_renegotiation_is_refused_and_the_stream_goes_on(
     assert await peer.records(1) == [(ALERT, b"\x01\x64")]  # warning no_renegotiation
     await peer.ours.send_all(b"still sending")
     assert await peer.records(1) == [(23, b"still sending")]
-    assert peer.t.rx.renegotiations_refused == 1 and peer.t.tx_alerts == 1
+    assert peer.t._ulp.rx.renegotiations_refused == 1
+    assert peer.t.statistics().tx_alerts == 1
     assert peer.t.receive_control_nowait() == tls.ControlRecord(22, message)
 
 
@@ -282,7 +283,7 @@ async def test_a_fatal_alert_owed_during_a_write_goes_out_when_the_stream_closes
     await peer.ours.aclose()
     assert await peer.records(1) == [(ALERT, b"\x02\x14")]  # fatal bad_record_mac
     await peer.nothing_more()
-    assert peer.t.tx_alerts == 1
+    assert peer.t.statistics().tx_alerts == 1
 
 
 async def test_the_peers_fatal_alert_ends_sending_without_an_alert_of_ours(
@@ -296,7 +297,7 @@ async def test_the_peers_fatal_alert_ends_sending_without_an_alert_of_ours(
         await peer.ours.send_all(b"x")
     await peer.ours.aclose()
     await peer.nothing_more()  # no alert, no close_notify
-    assert peer.t.tx_alerts == 0
+    assert peer.t.statistics().tx_alerts == 0
 
 
 async def test_truncation_is_answered_with_decode_error(
@@ -349,6 +350,6 @@ async def test_a_clean_close_notify_and_eof() -> None:
         assert await peer.ours.receive_some() == b""
         await peer.ours.send_eof()
         assert await peer.records(1) == [(ALERT, b"\x01\x00")]
-        assert peer.t.tx_alerts == 0
+        assert peer.t.statistics().tx_alerts == 0
     finally:
         await aclose_all([a, b])

@@ -154,17 +154,17 @@ async def test_close_notify_is_eof_and_later_records_are_ignored(
     with pytest.raises(trio.EndOfChannel):
         await tb.receive_control()
     # bytes still read after the end go nowhere: not into the opener's buffer
-    held = tb.rx.opener.buffered  # what came after close_notify in its read
+    held = tb._ulp.rx.opener.buffered  # what came after close_notify in its read
     await a.send_all(sealer.seal(b"more ignored"))
     assert b._raw is not None
     with trio.fail_after(5):
         while True:
             try:
-                if tb.rx_fill(b._raw.recv_into, 65536):
+                if tb._ulp.rx_fill(b._raw.recv_into, 65536):
                     break
             except BlockingIOError:
                 await trio.sleep(0.01)
-    assert tb.rx.opener.buffered == held
+    assert tb._ulp.rx.opener.buffered == held
     assert await b.receive_some() == b""
 
 
@@ -384,6 +384,6 @@ async def test_receive_control_stops_reading_while_much_data_waits(tcp_stream_pa
         nursery.start_soon(control)
         await wait_all_tasks_blocked(0.05)
         assert got == []  # the alert sits behind data nobody has read
-        assert PLAIN_LIMIT <= tb.plain_bytes < len(data)  # bounded: it stopped reading
+        assert PLAIN_LIMIT <= tb._ulp.plain_bytes < len(data)  # bounded: it stopped reading
         assert await read_exactly(b, len(data)) == data
     assert got == [tls.ControlRecord(21, b"\x01\x5a")]

@@ -125,3 +125,38 @@ async def test_cookie_is_the_kernels_and_the_fd_resolves() -> None:
         assert a.sk.cookie == int.from_bytes(raw, "little")
         assert sk.sock_from(a.fileno()) is a.sk
         assert a.sk.owner is a and "udp" in repr(a)
+
+
+async def test_connect_nowait_retargets_a_socket_in_a_map(skmsg_runtime: object) -> None:
+    """Reconnecting moves the socket to a new peer at once: the old peer's
+    datagrams no longer reach it, the new one's do, and it stays in its map."""
+    async with (
+        await skmsg_udp.open_udp_socket(("127.0.0.1", 0)) as sock,
+        await skmsg_udp.open_udp_socket(("127.0.0.1", 0)) as old,
+        await skmsg_udp.open_udp_socket(("127.0.0.1", 0)) as new,
+    ):
+        m = sk.SockMap(1)
+        m.update(0, sock)
+        sock.connect_nowait(old.getsockname())
+        assert sock.sk.remote_addr == old.getsockname()
+        sock.connect_nowait(new.getsockname())
+        assert sock.sk.remote_addr == new.getsockname()
+        assert sock.sk.state == sk.TcpState.ESTABLISHED and m.lookup(0) is not None
+        await old.sendto(b"from old", sock.getsockname())
+        await new.sendto(b"from new", sock.getsockname())
+        with trio.fail_after(TIMEOUT):
+            assert await sock.receive() == b"from new"
+        await sock.send(b"to new")
+        with trio.fail_after(TIMEOUT):
+            assert await new.receive() == b"to new"
+        with pytest.raises(ValueError, match="numeric IP address of the socket's family, "
+                                             "not 'localhost'"):
+            sock.connect_nowait(("localhost", 1))
+        with pytest.raises(ValueError, match="not '::1'"):
+            sock.connect_nowait(("::1", 1))
+        with pytest.raises(ValueError, match="tuple"):
+            sock.connect_nowait("127.0.0.1:1")
+        where = new.getsockname()
+        assert sock.sk.remote_addr == where  # a refused call changed nothing
+    with pytest.raises(trio.ClosedResourceError):
+        sock.connect_nowait(where)

@@ -135,16 +135,24 @@ async def test_ipv6_clients_are_served() -> None:
 
 
 async def test_an_idle_session_expires_and_a_new_one_opens() -> None:
+    """An idle session ends; its sockets are kept for the next client (the same
+    one here), and closed once unused for the idle timeout."""
     async with running(policy=POLICY, idle_timeout=0.05) as (proxy, *_):
         sock = await client_socket(proxy)
         assert await resolve(sock, 1, "a.example") == "192.0.2.7"
         with trio.fail_after(TIMEOUT):
             while proxy.statistics().clients_open:
                 await trio.sleep(0.02)
-        assert len(proxy.clients) == 0  # the session's socket left the clients map
+        assert len(proxy.clients) == 1 and not proxy.sessions  # kept, serving nobody
         assert await resolve(sock, 2, "b.corp.example") == "10.0.0.1"
         s = proxy.statistics()
         assert (s.clients_total, s.msgs, s.redirected) == (2, 2, 2)
+        assert len(proxy.clients) == 1  # the kept socket serves the new session
+        assert proxy.closed == {"idle": 1}
+        with trio.fail_after(TIMEOUT):
+            while len(proxy.clients):  # idle again, then unused: closed
+                await trio.sleep(0.02)
+        assert proxy.closed == {"idle": 2} and proxy.strays == 0
         sock.close()
 
 
@@ -166,19 +174,54 @@ async def test_a_policy_that_raises_drops_and_counts(tmp_path: pathlib.Path) -> 
         sock.close()
 
 
-async def test_max_clients_refuses_more_sessions_clearly(caplog: pytest.LogCaptureFixture
-                                                          ) -> None:
+async def test_a_full_proxy_gives_an_answered_sessions_sockets_to_a_new_client(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """At max_clients, the least recently active session whose query was
+    answered gives way (evicted): the new client is served, and so is the old
+    one when it comes back (on a new session)."""
+    caplog.set_level("INFO", "skmsg")
     async with running(policy=POLICY, max_clients=1) as (proxy, *_):
         first, second = await client_socket(proxy), await client_socket(proxy)
         assert await resolve(first, 1, "a.example") == "192.0.2.7"
+        assert await resolve(second, 2, "b.corp.example") == "10.0.0.1"
+        assert await resolve(first, 3, "c.example") == "192.0.2.7"
+        s = proxy.statistics()
+        assert (s.clients_total, s.clients_open, s.connect_errors) == (3, 1, 0)
+        assert proxy.closed == {"evicted": 2} and len(proxy.clients) == 1
+        evicted = [r.getMessage() for r in caplog.records if "reason=evicted" in r.getMessage()]
+        assert len(evicted) == 2 and evicted[0].startswith("event=client_closed client=127.0.0.1:")
+        assert "datagrams_in=1 bytes_in=" in evicted[0] and "datagrams_out=1 " in evicted[0]
+        first.close()
+        second.close()
+
+
+async def test_a_full_proxy_refuses_when_every_session_waits_for_a_reply(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A session whose request is unanswered is not evicted: with max_clients
+    of them the next client is refused, clearly."""
+    silent = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a backend that never answers
+    await silent.bind(("127.0.0.1", 0))
+    async with trio.open_nursery() as nursery:
+        config = UdpProxyConfig(listen=Address("127.0.0.1", 0),
+                                backends=(Address.of(silent.getsockname()),), max_clients=1)
+        proxy: UdpProxy = await nursery.start(run_udp_proxy, config)
+        first, second = await client_socket(proxy), await client_socket(proxy)
+        await first.send(query(1, "a.example"))
+        with trio.fail_after(TIMEOUT):
+            await silent.recv(512)  # it reached the backend: the session waits
         await second.send(query(2, "b.example"))
         with trio.fail_after(TIMEOUT):
             while not proxy.statistics().connect_errors:
                 await trio.sleep(0.01)
-        assert "refused" in caplog.text and "E2BIG" in caplog.text
-        assert await resolve(first, 3, "c.example") == "192.0.2.7"  # the first goes on
+        line = next(r.getMessage() for r in caplog.records
+                    if r.getMessage().startswith("event=client_refused "))
+        assert "reason=max_clients max_clients=1" in line
+        assert 'error="every session is waiting for a reply"' in line
+        assert proxy.statistics().clients_open == 1 and not proxy.closed
         first.close()
         second.close()
+        nursery.cancel_scope.cancel()
+    silent.close()
 
 
 # -- bad input is refused before it starts ------------------------------------------------

@@ -2,16 +2,19 @@
 
 Registered through the ``skmsg`` entry-point group exactly as a third-party
 plugin is, so it is also the template for writing one: a protocol table
-(:class:`TcpProto`) served through ``skmsg_protocols``, and trio streams whose
-operations the table swaps when they enter and leave maps.
+(:class:`TcpProto`) served through ``skmsg_protocols``, trio streams whose
+operations the table swaps when they enter and leave maps, and
+``skmsg_sock_from_fd``, which adopts a TCP socket a map is handed as a bare
+file descriptor (:func:`adopt_fd`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from skmsg_core import SkProto, hookimpl
+from skmsg_core import SkProto, Sock, hookimpl
 
+from ._adopt import adopt_fd as adopt_fd
 from ._listener import SkListener as SkListener
 from ._listener import open_tcp_listeners as open_tcp_listeners
 from ._listener import open_tcp_stream as open_tcp_stream
@@ -30,3 +33,10 @@ from ._stream import StreamUlp as StreamUlp
 def skmsg_protocols() -> Sequence[SkProto]:
     """TCP's protocol table."""
     return (TCP_PROTO,)
+
+
+@hookimpl
+def skmsg_sock_from_fd(fd: int) -> Sock | None:
+    """Adopt a TCP socket a map is handed as a bare fd (see :mod:`._adopt`):
+    established or listening, it enters the map as the kernel's would."""
+    return adopt_fd(fd)

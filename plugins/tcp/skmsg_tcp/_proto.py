@@ -34,7 +34,14 @@ class TcpProto(sk.SkProtoBase):
     def sk_refresh_state(self, s: sk.Sock) -> None:
         """Read the socket's live TCP state (``tcpi_state`` of ``TCP_INFO``), so
         the map rules see a listener that left LISTEN or a stream whose peer
-        closed. A closed socket is CLOSE."""
+        closed. A closed socket is CLOSE, and so is an adopted one whose
+        user's fd no longer names it (its duplicate is let go)."""
+        from ._adopt import adopted_fd_alive, let_go  # noqa: PLC0415 (it imports this module)
+
+        if not adopted_fd_alive(s):
+            s.state = sk.TcpState.CLOSE
+            let_go(s)
+            return
         sock = getattr(s.owner, "socket", None)
         if sock is None:
             return

@@ -3,7 +3,11 @@
 Registered through the ``skmsg`` entry-point group exactly as a third-party
 plugin is, so it is also the template for writing one. It registers no
 protocol table: TLS is a ULP on :class:`skmsg_tcp.SkStream` streams
-(:func:`start_tls`), as kTLS is on TCP sockets.
+(:func:`start_tls`), as kTLS is on TCP sockets, registered as the ULP
+``"tls"``: programs read a connection's :class:`TlsInfo` as ``sk.tls``.
+
+What users hold is :class:`TlsSocket` (what :func:`start_tls` returns); the
+stream's own hooks into the record layer are private.
 """
 
 from __future__ import annotations
@@ -12,13 +16,21 @@ from collections.abc import Sequence
 
 from skmsg_core import SkProto, hookimpl
 
-__all__ = ["skmsg_protocols"]
+from ._info import TLS_ULP, TlsUlpOps
+
+__all__ = ["skmsg_protocols", "skmsg_ulps"]
 
 
 @hookimpl
 def skmsg_protocols() -> Sequence[SkProto]:
     """No TLS protocol table yet."""
     return ()
+
+
+@hookimpl
+def skmsg_ulps() -> Sequence[TlsUlpOps]:
+    """The ULP ``"tls"`` (``tcp_register_ulp(&tls_tcp_ulp)``)."""
+    return (TLS_ULP,)
 
 # TLS alerts: levels, descriptions, names.
 from ._alerts import ALERT_BAD_RECORD_MAC as ALERT_BAD_RECORD_MAC  # noqa: E402
@@ -59,6 +71,9 @@ from ._handoff import TlsHandoff as TlsHandoff  # noqa: E402
 from ._handoff import TlsHandoffError as TlsHandoffError  # noqa: E402
 from ._handoff import tls_handoff as tls_handoff  # noqa: E402
 
+# What the handshake agreed on, for the application and for programs (sk.tls).
+from ._info import TlsInfo as TlsInfo  # noqa: E402
+
 # The key schedule: traffic secrets to crypto infos.
 from ._keys import cipher_for_suite as cipher_for_suite  # noqa: E402
 from ._keys import cipher_hash as cipher_hash  # noqa: E402
@@ -73,9 +88,9 @@ from ._policy import PatternGuard as PatternGuard  # noqa: E402
 from ._rx import ControlRecord as ControlRecord  # noqa: E402
 from ._rx import TlsRxError as TlsRxError  # noqa: E402
 from ._rx import TlsTruncationError as TlsTruncationError  # noqa: E402
+from ._socket import TlsSocket as TlsSocket  # noqa: E402
 from ._start import enable_tls as enable_tls  # noqa: E402
 from ._start import start_tls as start_tls  # noqa: E402
 from ._stats import TLS_STAT_NAMES as TLS_STAT_NAMES  # noqa: E402
 from ._stats import TlsStats as TlsStats  # noqa: E402
 from ._stats import tls_stat as tls_stat  # noqa: E402
-from ._ulp import TlsSocket as TlsSocket  # noqa: E402

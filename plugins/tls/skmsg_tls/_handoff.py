@@ -27,11 +27,15 @@ What kTLS users do with ``setsockopt(TLS_TX/TLS_RX)`` after ``SSL_do_handshake``
    record layer must follow (TLS 1.3 session tickets OpenSSL sealed as a
    server; the TLS 1.2 Finished at seq 0). Everything OpenSSL wrote is sent
    before returning; bytes it did not read are handed over as ``unconsumed``.
-5. What the server agreed to in its extensions is read from the same bytes:
-   a ``max_fragment_length`` (RFC 6066 §4) in the TLS 1.2 ServerHello, or in
-   the TLS 1.3 EncryptedExtensions (opened with the server's handshake
-   traffic secret from the key log), becomes ``record_size_limit``: OpenSSL
-   enforces it on every record, so the record layer must too.
+5. What the client asked for and the server agreed to in their extensions is
+   read from the same bytes: the ClientHello's ``server_name`` (SNI, RFC 6066
+   §3) becomes ``info.server_name`` on both ends (what the client sent,
+   whatever an SNI callback did with it); a ``max_fragment_length`` (RFC 6066
+   §4) in the TLS 1.2 ServerHello, or in the TLS 1.3 EncryptedExtensions
+   (opened with the server's handshake traffic secret from the key log),
+   becomes ``record_size_limit``: OpenSSL enforces it on every record, so the
+   record layer must too. The rest of :class:`~skmsg_tls.TlsInfo` (version,
+   suite, ALPN, the peer's certificate) comes from the ``SSLObject``.
 6. A TLS 1.3 client gets its session tickets after the handshake, as records
    the new record layer opens. :class:`SessionTicketFeed` gives each one to
    the ``SSLObject`` as OpenSSL would have read it (sealed again under the
@@ -77,6 +81,7 @@ from ._codec import (
     TlsCryptoInfo,
     TlsRecordError,
 )
+from ._info import TlsInfo, host_name
 from ._keys import cipher_for_suite, tls12_crypto_infos, tls13_crypto_info
 
 __all__ = ["SessionTicketFeed", "TlsHandoff", "TlsHandoffError", "tls_handoff"]
@@ -85,9 +90,12 @@ _VERSIONS: Final = {"TLSv1.3": TLS_1_3_VERSION, "TLSv1.2": TLS_1_2_VERSION}
 _REC_CCS: Final = 20
 _REC_HANDSHAKE: Final = 22
 _REC_DATA: Final = 23
+_HS_CLIENT_HELLO: Final = 1
 _HS_SERVER_HELLO: Final = 2
 _HS_ENCRYPTED_EXTENSIONS: Final = 8
+_EXT_SERVER_NAME: Final = 0
 _EXT_MAX_FRAGMENT_LENGTH: Final = 1
+_SNI_HOST_NAME: Final = 0
 #: RFC 6066 §4: the max_fragment_length codes and the record sizes they stand for.
 MAX_FRAGMENT_LENGTHS: Final = {1: 512, 2: 1024, 3: 2048, 4: 4096}
 
@@ -117,7 +125,9 @@ class TlsHandoff:
     ``record_size_limit`` is the most plaintext per record the handshake
     agreed on, both ways (``max_fragment_length``; else 2^14).
     ``tickets`` (TLS 1.3 client side) gives the session tickets that arrive
-    later to ``ssl_object``.
+    later to ``ssl_object``. ``info`` is what the handshake agreed on, by
+    name (version, suite, server name, ALPN, the peer's certificate): what
+    programs read as ``sk.tls`` once the record layer is installed.
     """
 
     version: int
@@ -130,6 +140,7 @@ class TlsHandoff:
     ssl_object: ssl.SSLObject = attrs.field(eq=False, repr=False)
     record_size_limit: int = TLS_MAX_PAYLOAD_SIZE
     tickets: SessionTicketFeed | None = attrs.field(default=None, eq=False, repr=False)
+    info: TlsInfo | None = None
 
 
 class SessionTicketFeed:
@@ -426,6 +437,61 @@ def _server_hello_extensions(records: list[tuple[int, bytes]]) -> dict[int, byte
     raise TlsHandoffError(errno.EPROTO, "tls_handoff: no ServerHello found in the handshake bytes")
 
 
+def _client_hello_server_name(records: list[tuple[int, bytes]]) -> str | None:
+    """The host name in the (first) ClientHello's ``server_name`` extension
+    (RFC 6066 §3), ``None`` when it has none.
+
+    Raises:
+        TlsHandoffError: ``EPROTO``, no ClientHello, or it does not parse.
+    """
+    hs = bytearray()
+    for rtype, rec in records:
+        if rtype != _REC_HANDSHAKE:
+            break
+        hs += rec[5:]
+    bad = TlsHandoffError(errno.EPROTO, "tls_handoff: the ClientHello does not parse")
+    for mtype, body in _messages(hs):
+        if mtype != _HS_CLIENT_HELLO:
+            break
+        # legacy_version(2) random(32) session_id<0..32> cipher_suites<2..>
+        # legacy_compression_methods<1..> extensions<8..>
+        pos = 34
+        if len(body) < pos + 1:
+            raise bad
+        pos += 1 + body[pos]
+        if len(body) < pos + 2:
+            raise bad
+        pos += 2 + int.from_bytes(body[pos : pos + 2], "big")
+        if len(body) < pos + 1:
+            raise bad
+        pos += 1 + body[pos]
+        if pos > len(body):
+            raise bad
+        if pos == len(body):
+            return None  # no extensions at all
+        sni = _extensions(body[pos:], "ClientHello").get(_EXT_SERVER_NAME)
+        if sni is None:
+            return None
+        # ServerNameList server_name_list<1..2^16-1>: NameType(1) HostName<1..2^16-1>
+        bad_sni = TlsHandoffError(
+            errno.EPROTO, "tls_handoff: the ClientHello's server_name does not parse"
+        )
+        if len(sni) < 2 or 2 + int.from_bytes(sni[:2], "big") != len(sni):
+            raise bad_sni
+        pos = 2
+        while pos < len(sni):
+            if len(sni) - pos < 3:
+                raise bad_sni
+            end = pos + 3 + int.from_bytes(sni[pos + 1 : pos + 3], "big")
+            if end > len(sni):
+                raise bad_sni
+            if sni[pos] == _SNI_HOST_NAME:
+                return host_name(sni[pos + 3 : end])
+            pos = end
+        return None  # no host_name entry
+    raise TlsHandoffError(errno.EPROTO, "tls_handoff: no ClientHello found in the handshake bytes")
+
+
 def _encrypted_extensions(
     records: list[tuple[int, bytes]], hs_info: TlsCryptoInfo
 ) -> dict[int, bytes]:
@@ -500,7 +566,8 @@ async def tls_handoff(
             compression is not supported by the record layer (the message
             names it; a close_notify is sent best-effort); ``EPROTO``, the
             secrets are missing from the key log or do not match the bytes,
-            or the server's extensions do not parse.
+            the ClientHello's or the server's extensions do not parse, or
+            the peer's certificate does not.
         ValueError, TypeError: ``session`` is not a session of ``ctx`` or is
             given to a server (``SSLContext.wrap_bio``'s errors).
         Exception: whatever ``send_all``/``receive_some`` raise.
@@ -675,6 +742,16 @@ def _derive(
         )
         tx_secret = rx_secret = None
     tx, rx = (s_info, c_info) if server_side else (c_info, s_info)
+    try:
+        info = TlsInfo.from_handshake(
+            sslobj,
+            version=version,
+            cipher_type=cipher_type,
+            server_side=server_side,
+            server_name=_client_hello_server_name(client_records),
+        )
+    except ValueError as exc:
+        raise TlsHandoffError(errno.EPROTO, f"tls_handoff: {exc}") from exc
     return TlsHandoff(
         version=version,
         cipher_type=cipher_type,
@@ -685,5 +762,6 @@ def _derive(
         unconsumed=unconsumed,
         ssl_object=sslobj,
         record_size_limit=limit,
+        info=info,
     )
 

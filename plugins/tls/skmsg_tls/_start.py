@@ -35,6 +35,12 @@ What the handshake agreed on carries over to the record layer: the role
 ``ssl.OP_IGNORE_UNEXPECTED_EOF`` (a TCP EOF without close_notify is then a
 clean end, not an error), and, on a TLS 1.3 client, the session: tickets
 received later are given to ``ssl_object``.
+
+What the handshake agreed on by name (:class:`~skmsg_tls.TlsInfo`: version,
+suite, server name, ALPN, the peer's certificate) is published on the socket
+(``sk.ulp_info``, read by programs as ``sk.tls``) when the ULP is installed,
+before any byte after the handshake is verdicted: a program sees ``None``
+there until the handshake is done, and the facts from then on.
 """
 
 from __future__ import annotations
@@ -50,7 +56,9 @@ from skmsg_tcp import SkStream
 from . import _stats
 from ._codec import TLS_MAX_PAYLOAD_SIZE, TlsCryptoInfo
 from ._handoff import tls_handoff
-from ._ulp import TlsSocket
+from ._info import TLS_ULP, TlsInfo
+from ._socket import TlsSocket
+from ._ulp import TlsUlp
 
 __all__ = ["enable_tls", "start_tls"]
 
@@ -88,8 +96,10 @@ async def start_tls(
     applies. Afterwards the
     stream's ``send_all``/``receive_some`` carry application data, sealed and
     opened by skmsg, with the stream's SK_MSG / SK_SKB programs seeing the
-    plaintext. The returned :class:`TlsSocket` gives control records, key
-    updates, the ``ssl_object`` and counters.
+    plaintext. The returned :class:`TlsSocket` gives what the handshake
+    agreed on (``version``, ``cipher``, ``info``, ``ssl_object``), control
+    records, key updates and counters; programs read ``info`` as
+    ``sk.tls`` from now on.
 
     Receive programs see one decrypted *record* per verdict run, as in the
     kernel, whose kTLS frames records itself and bypasses a sockmap stream
@@ -144,10 +154,12 @@ async def start_tls(
             stream._ulp_pending = False
             _restart_pump(stream)
             raise
-        tls = TlsSocket(
+        info = hand.info or TlsInfo.from_crypto(hand.version, hand.cipher_type, server_side)
+        ulp = TlsUlp(
             stream,
             hand.tx,
             hand.rx,
+            info,
             tx_secret=hand.tx_secret,
             rx_secret=hand.rx_secret,
             ssl_object=hand.ssl_object,
@@ -159,8 +171,8 @@ async def start_tls(
             record_size_limit=hand.record_size_limit,
             tickets=hand.tickets,
         )
-        await _install(stream, tls, bytes(hand.unconsumed))
-    return tls
+        await _install(stream, ulp, bytes(hand.unconsumed))
+    return TlsSocket(ulp)
 
 
 async def enable_tls(
@@ -186,18 +198,21 @@ async def enable_tls(
     may receive after a handshake), ``ignore_unexpected_eof`` (a TCP EOF
     without close_notify is a clean end), ``record_size_limit`` (a
     negotiated ``max_fragment_length``: the most plaintext per record).
+    Programs see ``sk.tls`` with the version and cipher only: no handshake
+    ran here, so no server name, ALPN protocol or peer certificate.
 
     Raises:
-        TypeError, FileExistsError, trio.BusyResourceError,
+        TypeError, FileExistsError, trio.BusyResourceError: as :func:`start_tls`.
         trio.ClosedResourceError, OSError(ENOTCONN): as :func:`start_tls`.
         ValueError: ``tx`` and ``rx`` differ in version or cipher, or
             ``record_size_limit`` is not 64..``TLS_MAX_PAYLOAD_SIZE``.
     """
     stream = _check(stream)
-    tls = TlsSocket(
+    ulp = TlsUlp(
         stream,
         tx,
         rx,
+        TlsInfo.from_crypto(tx.version, tx.cipher_type, server_side),
         tx_secret=tx_secret,
         rx_secret=rx_secret,
         strparser=strparser,
@@ -209,20 +224,22 @@ async def enable_tls(
         rt = stream._runtime
         if rt is not None:
             rt.stop_pump(stream)
-        await _install(stream, tls, received)
-    return tls
+        await _install(stream, ulp, received)
+    return TlsSocket(ulp)
 
 
-async def _install(stream: SkStream, tls: TlsSocket, received: bytes) -> None:
-    """Make ``tls`` the stream's ULP (it receives in the reader from now on:
-    no pump restarts) and open ``received``."""
-    stream.sk.ulp = "tls"
-    stream._ulp = tls
+async def _install(stream: SkStream, ulp: TlsUlp, received: bytes) -> None:
+    """Make ``ulp`` the stream's ULP (it receives in the reader from now on:
+    no pump restarts), publish its facts for programs (``sk.tls``), and open
+    ``received`` (its records are the first a program may verdict)."""
+    stream.sk.ulp_info = ulp.info
+    stream.sk.ulp = TLS_ULP.name
+    stream._ulp = ulp
     stream._ulp_pending = False
     for name in ("TlsCurrTxSw", "TlsCurrRxSw", "TlsTxSw", "TlsRxSw"):
         _stats.count(name)
     if received:
-        await tls.rx_input(received)
+        await ulp.rx_input(received)
     else:
         await trio.lowlevel.checkpoint()
 

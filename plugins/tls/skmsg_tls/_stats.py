@@ -69,7 +69,8 @@ class TlsStats:
     apart. ``decrypt_errors`` is 0 or 1 (the first failure ends the stream).
     ``tx_alerts``: alerts this side sent of its own accord (a fatal alert
     answering a fault of the peer's, ``no_renegotiation``; not close_notify,
-    nor what ``send_control`` sends).
+    nor what ``send_control`` sends). ``tickets_received``: TLS 1.3 session
+    tickets received and given to the handshake's ``ssl_object`` (client side).
     """
 
     version: int
@@ -87,3 +88,4 @@ class TlsStats:
     rx_key_updates_received: int
     open_record_bytes: int
     tx_alerts: int = 0
+    tickets_received: int = 0

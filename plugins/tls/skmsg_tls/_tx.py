@@ -452,10 +452,10 @@ def _pass_run(
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # fail closed: a DROP, whatever was raised
-            rec.end_run()
+            prog.after_run(rec)
             stopped = rec, prog.account(None, rec, exc), end - pos
             break
-        rec.end_run()  # a writable view it took is of the record's bytes no more
+        prog.after_run(rec)  # a writable view it took is of the record's bytes no more
         if ret is not SK_PASS or rec.sk_redir is not None or rec.apply_bytes or rec.cork_bytes:
             stopped = rec, prog.account(ret, rec), end - pos
             break

@@ -1,12 +1,20 @@
-"""``TlsSocket``: the TLS ULP on an :class:`skmsg_tcp.SkStream` (``tls_context``).
+"""``TlsUlp``: the TLS ULP's state on an :class:`skmsg_tcp.SkStream` (``tls_context``).
+
+Private: the stream calls it, users get :class:`skmsg_tls.TlsSocket`, the
+facade over it (``_socket.py``). Its public methods are the stream's ULP
+hooks (:class:`skmsg_tcp.StreamUlp`: ``sendmsg``, ``egress_write``,
+``rx_input``, ``rx_fill``, ``transport_eof``, ``plain_bytes``,
+``take_plain``, ``rx_error``, ``rx_ended``, ``ulp_send_eof``, ``ulp_close``,
+``statistics``) and the work behind the facade's calls.
 
 Theory of operation
 -------------------
 :func:`skmsg_tls.start_tls` runs the handshake in OpenSSL and installs one
-``TlsSocket`` on the stream (``stream._ulp``, and ``sk.ulp = "tls"`` with the
-RX hook as ``sk.ulp_data``). From then on the stream's operations call it:
+``TlsUlp`` on the stream (``stream._ulp``; ``sk.ulp = "tls"`` and the
+handshake's :class:`~skmsg_tls.TlsInfo` as ``sk.ulp_info``). From then on
+the stream's operations call it:
 
-- ``send_all`` → :meth:`TlsSocket.sendmsg`: without an SK_MSG program the
+- ``send_all`` → :meth:`TlsUlp.sendmsg`: without an SK_MSG program the
   plaintext is cut into records and sealed; with one, the TLS TX verdict
   engine (:class:`._tx.TlsSendOp`) runs the program once per record and the
   records it passes are sealed. Records are sealed into one ``bytearray`` per
@@ -43,7 +51,7 @@ to the handshake's ``ssl_object`` (client side), so ``ssl_object.session``
 resumes a later connection.
 
 The negotiated record size (``max_fragment_length``) is
-:attr:`TlsSocket.record_size_limit`: records sealed carry at most that many
+:attr:`TlsUlp.record_size_limit`: records sealed carry at most that many
 bytes of plaintext and longer ones received fail with ``record_overflow``.
 """
 
@@ -92,8 +100,9 @@ if TYPE_CHECKING:
     from skmsg_tcp import SkStream
 
     from ._handoff import SessionTicketFeed
+    from ._info import TlsInfo
 
-__all__ = ["TlsSocket"]
+__all__ = ["TlsUlp"]
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +116,10 @@ PLAIN_LIMIT = 1 << 20
 _WARNING = ALERT_LEVEL_WARNING
 
 
-class TlsSocket:
-    """The TLS layer of one stream: what :func:`~skmsg_tls.start_tls` returns.
+class TlsUlp:
+    """The TLS layer of one stream, as the stream sees it (``stream._ulp``).
 
-    Application data still goes through the stream's own ``send_all`` and
-    ``receive_some``; this object adds what TLS has beyond a byte stream:
-    control records, key updates, the handshake's outcome (``ssl_object``:
-    peer certificate, ALPN, cipher, session) and counters.
-
+    ``info`` is what the handshake agreed on (published as ``sk.tls``);
     ``server_side`` (None: unknown) decides which post-handshake messages the
     peer may send; ``ignore_unexpected_eof`` makes a TCP EOF without
     close_notify a clean end (``ssl.OP_IGNORE_UNEXPECTED_EOF``);
@@ -131,6 +136,7 @@ class TlsSocket:
         stream: SkStream,
         tx: TlsCryptoInfo,
         rx: TlsCryptoInfo,
+        info: TlsInfo,
         *,
         tx_secret: bytes | None = None,
         rx_secret: bytes | None = None,
@@ -147,6 +153,8 @@ class TlsSocket:
                 f"({rx.version:#06x}, cipher {rx.cipher_type}) must agree"
             )
         self.stream = stream
+        #: What the handshake agreed on (``sk.tls`` once installed).
+        self.info = info
         #: Frame opened plaintext with the psock's stream parser (an extension).
         self.strparser = strparser
         self.version: int = tx.version
@@ -311,7 +319,8 @@ class TlsSocket:
             for action in op:
                 try:
                     if action.kind == "pass":  # one element of bufs per record
-                        await self._write_records(action.bufs, action.more, TLS_RECORD_TYPE_DATA)
+                        records = list(action.bufs)
+                        await self._write_records(records, action.more, TLS_RECORD_TYPE_DATA)
                     else:
                         await tx_redirect(action)
                 except OSError as exc:
@@ -734,7 +743,7 @@ class TlsSocket:
         has ended (close_notify, an error) what is read is let go.
 
         Raises:
-            Whatever ``recv_into`` raises; nothing is added then.
+            Exception: whatever ``recv_into`` raises; nothing is added then.
         """
         rx = self.rx
         if rx.error is not None or rx.eof:
@@ -868,6 +877,7 @@ class TlsSocket:
             self.rx.key_updates_received,
             self._open.size + len(self._plain_open),
             self.tx_alerts,
+            self.tickets_received,
         )
 
     def release(self) -> None:
@@ -882,4 +892,4 @@ class TlsSocket:
                 self._open.msg = None
 
     def __repr__(self) -> str:
-        return f"<TlsSocket {self.version:#06x} cipher {self.cipher_type} on {self.stream!r}>"
+        return f"<TlsUlp {self.info.version} {self.info.cipher} on {self.stream!r}>"

@@ -14,8 +14,7 @@ class UdpProto(sk.SkProtoBase):
       (``sk_hashed``: bound explicitly, or implicitly by a connect or a send),
       connected or not; an unbound one is refused with ``EOPNOTSUPP``. That is
       ``sock_map_sk_state_allowed`` as Linux 6.18 runs it, checked live by the
-      conformance suite; the reference's case 45 says an unbound socket is
-      taken, which this kernel does not do.
+      conformance suite.
     - ``redirect_allowed``: only a connected socket (ESTABLISHED) may be a
       redirect target: an unconnected one has nowhere to send
       (``sock_map_redirect_allowed``).

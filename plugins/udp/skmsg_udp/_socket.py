@@ -216,6 +216,31 @@ class UdpSocket(trio.abc.AsyncResource):
         self._raw.connect(resolved)
         self._refresh_state()
 
+    def connect_nowait(self, address: Any) -> None:
+        """:meth:`connect` to a numeric ``address`` now: no name resolution, no
+        checkpoint. Connecting a connected socket again re-targets it, as the
+        kernel's ``connect`` does: from then on only the new peer's datagrams
+        reach it (datagrams already queued stay queued), and it stays in its maps.
+
+        Raises:
+            ValueError: ``address`` is not a ``(host, port, ...)`` tuple with a
+                numeric IP address.
+            OSError: the connect failed.
+            trio.ClosedResourceError: the socket was closed.
+        """
+        if not isinstance(address, tuple) or len(address) < 2:
+            raise ValueError(f"a UDP address is a (host, port) tuple, not {address!r}")
+        try:
+            stdsocket.inet_pton(self._raw.family, address[0])
+        except (OSError, TypeError):
+            raise ValueError(
+                f"connect_nowait needs a numeric IP address of the socket's family, "
+                f"not {address[0]!r}"
+            ) from None
+        self._check_open()
+        self._raw.connect(address)
+        self._refresh_state()
+
     def _check_open(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("this UDP socket was closed")
@@ -487,8 +512,9 @@ class UdpSocket(trio.abc.AsyncResource):
         4-tuple of IPv6); with an SK_MSG program, through its verdict.
 
         Raises:
-            The errors of :meth:`send`, but EDESTADDRREQ; ``ValueError`` for an
-            address that is not a tuple.
+            SendError, OSError, trio.ClosedResourceError: as :meth:`send`
+                (never EDESTADDRREQ).
+            ValueError: ``address`` is not a tuple.
         """
         self._check_open()
         resolved = await self._resolve(address)
