@@ -16,9 +16,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 import skmsg_core as sk
 from skmsg import Address, Proxy, ProxyConfig, run_proxy
+from skmsg._metrics import render, snapshot
 from skmsg._parsers import parse_length_prefixed
 
 #: A guard against hangs; every wait ends on an event long before it.
@@ -27,6 +31,35 @@ TIMEOUT = 20.0
 
 def frame(payload: bytes) -> bytes:
     return len(payload).to_bytes(4, "big") + payload
+
+
+class Metrics:
+    """What ``/metrics`` of ``proxy`` says now: the exposition ``--metrics``
+    serves (the same snapshot and rendering), generated and parsed back.
+    Call on the proxy's trio thread."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        snap = snapshot(proxy)
+
+        class One(Collector):
+            def collect(self) -> Any:
+                return render(snap)
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(One())
+        self.samples = [
+            (s.name, s.labels, s.value)
+            for fam in text_string_to_metric_families(generate_latest(registry).decode())
+            for s in fam.samples
+        ]
+
+    def __call__(self, name: str, **labels: str) -> float:
+        """The sum of the samples ``name`` whose labels include ``labels``
+        (a backend may be given as ``index``)."""
+        found = [v for n, lab, v in self.samples
+                 if n == name and all(lab.get(k) == w for k, w in labels.items())]
+        assert found, f"no sample {name} {labels}"
+        return sum(found)
 
 
 class Backend:

@@ -15,7 +15,7 @@ import trio
 
 from skmsg import Address
 
-from ._backends import Backend, Client, proxy_running, serving, wait_counted
+from ._backends import Backend, Client, Metrics, proxy_running, serving, wait_counted
 
 #: Back-offs short enough for a test to see a backend come back.
 FAST = {"backoff_min": 0.05, "backoff_max": 0.2}
@@ -84,6 +84,13 @@ async def test_a_backend_down_costs_only_the_messages_routed_to_it(
         s = proxy.statistics()
         assert (s.no_backend, s.client_closed["no_backend"], s.clients_open) == (1, 1, 9)
         assert s.backends[1].unavailable >= 1 and not s.backends[1].up
+        m = Metrics(proxy)
+        assert (m("skmsg_proxy_backend_up", index="1"), m("skmsg_proxy_backend_up", index="0")) \
+            == (0, 1)
+        assert m("skmsg_proxy_messages_undeliverable_total") == 1
+        assert m("skmsg_proxy_clients_closed_total", reason="no_backend") == 1
+        assert m("skmsg_proxy_backend_connects_total", index="0") == 10
+        assert m("skmsg_proxy_backend_connects_total", index="1") == 0
         for c in clients:
             await c.aclose()
 
@@ -99,6 +106,10 @@ async def test_round_robin_skips_a_backend_that_fails_and_loses_no_message() -> 
         assert s.backends[1].connect_errors >= 1 and s.backends[1].downs >= 1
         assert s.rerouted >= 1 and s.backends[1].rerouted >= 1  # judged again, to a
         assert (s.no_backend, s.backend_lost, s.clients_open) == (0, 0, 1)
+        m = Metrics(proxy)
+        assert m("skmsg_proxy_messages_rerouted_total") == s.rerouted >= 1
+        assert m("skmsg_proxy_backend_downs_total", index="1") >= 1
+        assert m("skmsg_proxy_backend_connect_errors_total", index="1") >= 1
         await client.aclose()
 
 
@@ -122,6 +133,9 @@ async def test_a_message_whose_backend_cannot_be_connected_is_judged_again(
         s = proxy.statistics()
         assert (s.msgs, s.rerouted, s.backends[1].rerouted, s.no_backend) == (2, 1, 1, 0)
         assert [b.msgs for b in s.backends] == [1, 2]  # the rerouted one counted where it went
+        m = Metrics(proxy)
+        assert m("skmsg_proxy_backend_rerouted_messages_total", index="1") == 1
+        assert m("skmsg_proxy_backend_messages_total", index="0") == 1
         await client.aclose()
         await other.aclose()
 
@@ -153,6 +167,10 @@ async def test_a_restarted_backend_is_used_again_by_clients_already_connected() 
         assert s.backends[1].up and s.backends[1].downs >= 1
         assert s.backends[1].connects >= 2  # one before, one after
         assert (s.backend_lost, s.no_backend, s.clients_open) == (0, 0, 1)
+        m = Metrics(proxy)
+        assert m("skmsg_proxy_backend_up", index="1") == 1
+        assert m("skmsg_proxy_backend_downs_total", index="1") >= 1
+        assert m("skmsg_proxy_clients_closed_total", reason="backend_lost") == 0
         await client.aclose()
 
 
@@ -170,8 +188,14 @@ async def test_active_checks_mark_a_backend_down_and_up_without_traffic() -> Non
             b"[a] 0", b"[a] 1", b"[a] 2"
         ]
         assert proxy.statistics().rerouted == 0
+        m = Metrics(proxy)
+        assert m("skmsg_proxy_backend_up", index="1") == 0
+        assert m("skmsg_proxy_backend_check_failures_total", index="1") >= 1
+        assert m("skmsg_proxy_backend_checks_total", index="0") >= 1
+        assert m("skmsg_proxy_backend_check_failures_total", index="0") == 0
         await b.start(nursery)
         await wait_counted(proxy, lambda s: s.backends[1].up)
+        assert Metrics(proxy)("skmsg_proxy_backend_up", index="1") == 1
         served = {(await client.round_trip(b"p%d" % i)).split(b"]")[0] for i in range(2)}
         assert served == {b"[a", b"[b"}  # round-robin over both again
         await client.aclose()
@@ -210,6 +234,12 @@ async def test_backend_connections_reset_mid_stream_close_their_clients_at_once(
         assert s.backends[0].backend_lost == 10 and s.backends[0].closed["reset"] == 10
         assert s.backends[0].downs == 1  # one outage, seen by 10 connections
         assert (s.backends[1].backend_lost, s.clients_open) == (0, 10)
+        m = Metrics(proxy)
+        assert m("skmsg_proxy_backend_lost_clients_total", index="0") == 10
+        assert m("skmsg_proxy_backend_lost_clients_total", index="1") == 0
+        assert m("skmsg_proxy_backend_connections_closed_total", index="0", reason="reset") == 10
+        assert m("skmsg_proxy_clients_closed_total", reason="backend_lost") == 10
+        assert m("skmsg_proxy_backend_connections", index="1") == 10  # z's, untouched
         assert "event=backend_lost client=127.0.0.1:" in caplog.text
         assert f"backend={a.address} index=0 reason=reset closed=client" in caplog.text
         for c in on_a + on_z:
@@ -231,5 +261,9 @@ async def test_a_killed_backend_closes_the_clients_it_owed_and_no_others() -> No
         s = proxy.statistics()
         assert s.backends[0].closed["eof"] == 1 and s.backends[0].backend_lost == 1
         assert s.client_closed["backend_lost"] == 1 and s.clients_open == 1
+        m = Metrics(proxy)
+        assert m("skmsg_proxy_backend_connections_closed_total", index="0", reason="eof") == 1
+        assert m("skmsg_proxy_backend_lost_clients_total", index="0") == 1
+        assert m("skmsg_proxy_clients_open") == 1
         await idle.aclose()
         await waiting.aclose()

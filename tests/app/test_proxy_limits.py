@@ -16,7 +16,7 @@ from skmsg import _proxy as proxy_module
 from skmsg._parsers import DEFAULT_MAX_MESSAGE
 from skmsg_core.runtime import RateLimitedLog
 
-from ._backends import TIMEOUT, Client, frame, proxy_running
+from ._backends import TIMEOUT, Client, Metrics, frame, proxy_running
 
 
 async def http_exchange(stream: trio.SocketStream, request: bytes) -> bytes:
@@ -76,6 +76,9 @@ async def test_an_http_message_over_the_limit_is_answered_413_naming_it() -> Non
         await ok.aclose()
         s = proxy.statistics()
         assert (s.too_large, s.client_closed["too_large"], s.parse_errors) == (1, 1, 0)
+        m = Metrics(proxy)
+        assert m("skmsg_proxy_messages_too_large_total") == 1
+        assert m("skmsg_proxy_clients_closed_total", reason="too_large") == 1
 
 
 @pytest.mark.parametrize(
@@ -138,6 +141,9 @@ async def test_a_policy_result_that_is_no_verdict_is_dropped_counted_and_logged_
         assert await client.round_trip(b"fine") == b"[backend 0] fine"  # the only reply
         s = proxy.statistics()
         assert (s.msgs, s.dropped, s.redirected, s.policy_errors) == (6, 5, 1, 5)
+        m = Metrics(proxy)
+        assert m("skmsg_proxy_errors_total", reason="policy") == 5
+        assert m("skmsg_proxy_verdicts_total", verdict="drop") == 5
         events = [r.fields for r in caplog.records  # type: ignore[attr-defined]
                   if getattr(r, "event", None) == "policy_not_a_verdict"]
         assert len(events) == 4, events  # one per type; the second None is counted, not shown

@@ -10,10 +10,12 @@ import re
 import resource
 import signal
 import sys
+import urllib.request
 
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
-from ._backends import Backend, frame, proxy_running, serving
+from ._backends import Backend, Metrics, frame, proxy_running, serving
 
 SKMSG = pathlib.Path(sys.executable).with_name("skmsg")  # the console script
 TIMEOUT = 120  # a guard against hangs; each wait below ends on an event
@@ -61,6 +63,12 @@ async def test_a_thousand_clients_connecting_at_once_are_all_served() -> None:
         assert s.client_closed["refused"] == s.client_closed["error"] == 0
         assert s.connect_errors == s.no_backend == s.backend_lost == 0
         assert sum(b.connects for b in s.backends) == n  # one backend connection each
+        m = Metrics(proxy)
+        assert m("skmsg_proxy_clients_total") == n
+        assert m("skmsg_proxy_clients_closed_total") == n
+        assert m("skmsg_proxy_clients_closed_total", reason="done") == n  # each said EOF
+        assert m("skmsg_proxy_backend_connects_total") == n
+        assert m("skmsg_proxy_accept_paused_total") == 0
 
 
 class Lines:
@@ -84,6 +92,17 @@ class Lines:
         return self.text
 
 
+def _scrape(url: str) -> dict[str, float]:
+    """GET ``url`` (a proxy's /metrics): each sample's value by name (summed over labels)."""
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
 def _low_nofile() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
@@ -96,13 +115,14 @@ async def test_out_of_file_descriptors_clients_wait_one_line_says_so_and_all_are
     async with serving(backend):
         proc = await trio.lowlevel.open_process(
             [str(SKMSG), "proxy", "--listen", "127.0.0.1:0", "--backend", str(backend.address),
-             "--stats-interval", "0"],
+             "--stats-interval", "0", "--metrics", "127.0.0.1:0"],
             stdout=-1, stderr=-1, preexec_fn=_low_nofile,
         )
         out, err = Lines(proc.stdout), Lines(proc.stderr)
         try:
             with trio.fail_after(TIMEOUT):
                 port = int((await out.until(r"listening on 127\.0\.0\.1:(\d+)"))[1])
+                metrics_url = (await out.until(r"metrics on (http://\S+/metrics)"))[1]
                 replies: dict[int, bytes] = {}
                 release = trio.Event()
                 done = trio.Event()
@@ -127,6 +147,10 @@ async def test_out_of_file_descriptors_clients_wait_one_line_says_so_and_all_are
                     await done.wait()
                 assert sorted(replies) == list(range(n))
                 assert all(replies[i] == b"[b] client %d" % i for i in range(n))
+                metrics = await trio.to_thread.run_sync(_scrape, metrics_url)
+                assert metrics["skmsg_proxy_accept_paused_total"] >= 1
+                assert metrics["skmsg_proxy_fd_limit"] == 256
+                assert metrics["skmsg_proxy_clients_total"] == n
                 proc.send_signal(signal.SIGINT)
                 assert await proc.wait() == 0
                 text = await err.rest()

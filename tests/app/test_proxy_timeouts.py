@@ -16,7 +16,7 @@ import trio
 
 from skmsg._tls import TlsOptions, client_context, server_context, write_self_signed
 
-from ._backends import Backend, Client, proxy_running, serving, wait_counted
+from ._backends import Backend, Client, Metrics, proxy_running, serving, wait_counted
 
 FAST = {"backoff_min": 0.05, "backoff_max": 0.2}
 #: A bound on "promptly" that a loaded 2-core machine keeps: the timeouts
@@ -64,6 +64,10 @@ async def test_an_idle_client_is_closed_after_the_idle_timeout_and_a_busy_one_is
         assert n > 0 and await busy.round_trip(b"still") == b"[a] still"
         s = proxy.statistics()
         assert (s.timeouts["idle"], s.client_closed["idle"], s.clients_open) == (1, 1, 1)
+        m = Metrics(proxy)
+        assert m("skmsg_proxy_timeouts_total", kind="idle") == 1
+        assert m("skmsg_proxy_clients_closed_total", reason="idle") == 1
+        assert m("skmsg_proxy_clients_open") == 1
         await idle.aclose()
         await busy.aclose()
 
@@ -92,6 +96,10 @@ async def test_a_client_that_stops_reading_is_closed_after_the_write_timeout() -
         s = proxy.statistics()
         assert (s.timeouts["write"], s.clients_open) == (1, 1)
         assert s.backends[0].up and s.backends[0].timeouts["write"] == 0
+        m = Metrics(proxy)
+        assert m("skmsg_proxy_timeouts_total", kind="write") == 1
+        assert m("skmsg_proxy_clients_closed_total", reason="write_timeout") == 1
+        assert m("skmsg_proxy_backend_timeouts_total", kind="write") == 0
         await deaf.aclose()
         await other.aclose()
 
@@ -117,6 +125,11 @@ async def test_a_backend_that_never_reads_does_not_pin_its_session_after_the_cli
         s = proxy.statistics()
         assert s.backends[0].timeouts["write"] == 1 and s.backends[0].closed["write_timeout"] == 1
         assert not s.backends[0].up  # a backend that reads nothing is down
+        m = Metrics(proxy)
+        assert m("skmsg_proxy_backend_timeouts_total", index="0", kind="write") == 1
+        assert m("skmsg_proxy_backend_connections_closed_total", index="0",
+                 reason="write_timeout") == 1
+        assert m("skmsg_proxy_backend_up", index="0") == 0
         assert await other.round_trip(b"zoo") == b"[z] zoo"
         await other.aclose()
 
@@ -140,6 +153,10 @@ async def test_a_backend_that_owes_a_reply_for_the_idle_timeout_is_down_and_its_
         assert s.backends[0].closed["response_timeout"] == 1
         assert (s.client_closed["backend_lost"], s.backends[0].backend_lost) == (1, 1)
         assert not s.backends[0].up
+        m = Metrics(proxy)
+        assert m("skmsg_proxy_backend_timeouts_total", index="0", kind="response") == 1
+        assert m("skmsg_proxy_backend_lost_clients_total", index="0") == 1
+        assert m("skmsg_proxy_backend_up", index="0") == 0
         await waiting.aclose()
         await other.aclose()
 
@@ -178,6 +195,9 @@ async def test_a_connect_that_is_never_answered_times_out_and_the_message_goes_e
             st = proxy.statistics()
             assert st.backends[0].timeouts["connect"] == 1 and not st.backends[0].up
             assert (st.rerouted, st.no_backend, st.clients_open) == (1, 0, 1)
+            m = Metrics(proxy)
+            assert m("skmsg_proxy_backend_timeouts_total", index="0", kind="connect") == 1
+            assert m("skmsg_proxy_messages_rerouted_total") == 1
             await client.aclose()
     finally:
         for s in fillers:
@@ -202,6 +222,9 @@ async def test_a_slow_tls_handshake_is_cut_at_the_handshake_timeout() -> None:
         assert await client.round_trip(b"again") == b"[backend 1] again"
         s = proxy.statistics()
         assert (s.timeouts["handshake"], s.client_closed["handshake"], s.clients_open) == (1, 1, 1)
+        m = Metrics(proxy)
+        assert m("skmsg_proxy_timeouts_total", kind="handshake", proto="tls") == 1
+        assert m("skmsg_proxy_clients_closed_total", reason="handshake") == 1
         await slow.aclose()
         with contextlib.suppress(trio.BrokenResourceError, ssl.SSLError):
             await good.aclose()
@@ -222,6 +245,10 @@ async def test_a_backend_that_half_closes_after_answering_costs_the_client_nothi
         assert a.received == [b"m1", b"m2", b"m3"]
         s = proxy.statistics()
         assert (s.backends[0].connects, s.backend_lost, s.clients_open) == (3, 0, 1)
+        m = Metrics(proxy)
+        assert m("skmsg_proxy_backend_connections_closed_total", reason="eof") == 3
+        assert m("skmsg_proxy_backend_connects_total") == 3
+        assert m("skmsg_proxy_backend_lost_clients_total") == 0
         await client.aclose()
 
 
@@ -238,5 +265,8 @@ async def test_a_backend_that_half_closes_owing_a_reply_closes_that_client_at_on
         assert s.backends[0].closed["eof"] == 1 and s.backends[0].backend_lost == 1
         assert s.client_closed["backend_lost"] == 1 and s.clients_open == 1
         assert s.backends[0].up  # a clean close is no failure
+        m = Metrics(proxy)
+        assert m("skmsg_proxy_backend_lost_clients_total", index="0") == 1
+        assert m("skmsg_proxy_backend_up", index="0") == 1
         await client.aclose()
         await other.aclose()
