@@ -9,10 +9,11 @@ event (a message received, a connection seen), never a timer.
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import trio
@@ -198,6 +199,44 @@ async def proxy_running(**kw: Any) -> AsyncIterator[Proxy]:
         proxy: Proxy = await nursery.start(run_proxy, config)
         yield proxy
         nursery.cancel_scope.cancel()
+
+
+class Unanswering:
+    """A listener that answers connects until :meth:`jam` fills its accept
+    queue: from then on a connect to ``address`` is never answered (its SYNs
+    are dropped). :meth:`close` frees everything."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0)
+        self.address = Address(*self.listener.getsockname()[:2])
+        self.fillers: list[socket.socket] = []
+
+    def jam(self) -> None:
+        while True:  # connect until one is not taken at once: the queue is full
+            s = socket.socket()
+            s.setblocking(False)
+            self.fillers.append(s)
+            if s.connect_ex((self.address.host, self.address.port)) not in (0, 115):
+                break  # not EINPROGRESS
+            if not select.select([], [s], [], 0.2)[1]:
+                break
+
+    def close(self) -> None:
+        for s in self.fillers:
+            s.close()
+        self.listener.close()
+
+
+@contextmanager
+def unanswering_backend() -> Iterator[Unanswering]:
+    """An :class:`Unanswering` listener, closed when the block ends."""
+    stuck = Unanswering()
+    try:
+        yield stuck
+    finally:
+        stuck.close()
 
 
 async def wait_counted(proxy: Proxy, ready: Any) -> None:

@@ -15,7 +15,15 @@ import trio
 
 from skmsg import Address
 
-from ._backends import Backend, Client, Metrics, proxy_running, serving, wait_counted
+from ._backends import (
+    Backend,
+    Client,
+    Metrics,
+    proxy_running,
+    serving,
+    unanswering_backend,
+    wait_counted,
+)
 
 #: Back-offs short enough for a test to see a backend come back.
 FAST = {"backoff_min": 0.05, "backoff_max": 0.2}
@@ -93,6 +101,47 @@ async def test_a_backend_down_costs_only_the_messages_routed_to_it(
         assert m("skmsg_proxy_backend_connects_total", index="1") == 0
         for c in clients:
             await c.aclose()
+
+
+async def test_while_a_backend_connection_is_made_what_the_client_sends_waits_bounded(
+) -> None:
+    """The first message goes to a backend whose connect is never answered: the
+    client's messages wait (the proxy stops reading it: TCP flow control holds
+    the rest in the client) until --connect-timeout; then that backend is
+    down and every message is judged again and answered by the other."""
+    b = Backend("b")
+    size, count = 32 * 1024, 768  # 24 MiB in all
+    sent = 0
+    with unanswering_backend() as stuck:
+        async with serving(b), proxy_running(
+            backends=(stuck.address, b.address), connect_timeout=1.5, backoff_min=30.0,
+            backoff_max=60.0,
+        ) as proxy:
+            stuck.jam()  # after the start-up probe: from now on its connects hang
+            client = await Client.connect(proxy)
+
+            async def send_all() -> None:
+                nonlocal sent
+                for i in range(count):
+                    await client.send(b"%06d" % i + b"." * (size - 6))
+                    sent += size + 4
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_all)
+                await wait_counted(proxy, lambda s: s.backends[0].timeouts["connect"] == 1)
+                held = sent  # what the client got out while the connect was pending
+                got = await client.replies(count)
+            # socket buffers (the client's send buffer, the proxy's receive
+            # buffer) and one read of the proxy's: far from all 24 MiB
+            assert held < 12 * 1024 * 1024, held
+            assert [r[:10] for r in got] == [b"[b] %06d" % i for i in range(count)]
+            s = proxy.statistics()
+            assert (s.msgs, s.rerouted, s.no_backend, s.clients_open) == (count, 1, 0, 1)
+            assert not s.backends[0].up and s.backends[0].connects == 0
+            m = Metrics(proxy)
+            assert m("skmsg_proxy_backend_timeouts_total", index="0", kind="connect") == 1
+            assert m("skmsg_proxy_backend_messages_total", index="1") == count
+            await client.aclose()
 
 
 async def test_round_robin_skips_a_backend_that_fails_and_loses_no_message() -> None:

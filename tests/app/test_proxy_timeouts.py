@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-import socket
 import ssl
 import textwrap
 
@@ -16,7 +15,15 @@ import trio
 
 from skmsg._tls import TlsOptions, client_context, server_context, write_self_signed
 
-from ._backends import Backend, Client, Metrics, proxy_running, serving, wait_counted
+from ._backends import (
+    Backend,
+    Client,
+    Metrics,
+    proxy_running,
+    serving,
+    unanswering_backend,
+    wait_counted,
+)
 
 FAST = {"backoff_min": 0.05, "backoff_max": 0.2}
 #: A bound on "promptly" that a loaded 2-core machine keeps: the timeouts
@@ -166,28 +173,11 @@ async def test_a_backend_that_owes_a_reply_for_the_idle_timeout_is_down_and_its_
 
 async def test_a_connect_that_is_never_answered_times_out_and_the_message_goes_elsewhere() -> None:
     a = Backend("a")
-    full = socket.socket()
-    full.bind(("127.0.0.1", 0))
-    full.listen(0)
-    stuck = ("127.0.0.1", full.getsockname()[1])
-    fillers: list[socket.socket] = []
-    try:
-        from skmsg import Address
-
+    with unanswering_backend() as stuck:
         async with serving(a), proxy_running(
-            backends=(Address(*stuck), a.address), connect_timeout=0.3, **FAST
+            backends=(stuck.address, a.address), connect_timeout=0.3, **FAST
         ) as proxy:
-            # fill its accept queue: from now on its SYNs go unanswered
-            while True:
-                s = socket.socket()
-                s.setblocking(False)
-                fillers.append(s)
-                if s.connect_ex(stuck) not in (0, 115):  # EINPROGRESS
-                    break
-                with trio.move_on_after(0.2) as scope:
-                    await trio.lowlevel.wait_writable(s)
-                if scope.cancelled_caught:
-                    break
+            stuck.jam()  # after the start-up probe: from now on its SYNs go unanswered
             client = await Client.connect(proxy)
             t0 = trio.current_time()
             assert await client.round_trip(b"hi") == b"[a] hi"  # round-robin tried 0 first
@@ -199,10 +189,6 @@ async def test_a_connect_that_is_never_answered_times_out_and_the_message_goes_e
             assert m("skmsg_proxy_backend_timeouts_total", index="0", kind="connect") == 1
             assert m("skmsg_proxy_messages_rerouted_total") == 1
             await client.aclose()
-    finally:
-        for s in fillers:
-            s.close()
-        full.close()
 
 
 async def test_a_slow_tls_handshake_is_cut_at_the_handshake_timeout() -> None:
