@@ -115,6 +115,9 @@ counters: messages, bytes, and pass/drop/redirect in all and per backend, on
 stderr every --stats-interval seconds (default: every 2s when stdout and
 stderr are terminals, else only at exit). Ctrl-C (SIGINT) or SIGTERM stops
 the proxy: connections close, the final counters are printed, exit status 0.
+SIGHUP reloads the --policy file: connected clients' next messages are judged
+by the new policy; a file that fails to load or verify (or changes parse) is
+refused, the running policy kept, and the log line says why.
 Log lines on stderr are one event per line, key=value (ts=... level=...
 event=client_closed client=... reason=...); -v adds each connection's life.
 --metrics HOST:PORT serves Prometheus metrics; names in docs/proxy.md.
@@ -407,13 +410,15 @@ async def _run(config: ProxyConfig | UdpProxyConfig, interval: float, demo: bool
     proxy: Proxy | UdpProxy | None = None
     metrics_at: Address | None = None
     udp = isinstance(config, UdpProxyConfig)
+    running: list[Proxy | UdpProxy] = []  # for SIGHUP, once it runs
     with contextlib.ExitStack() as stack, trio.open_signal_receiver(
-        signal.SIGINT, signal.SIGTERM
+        signal.SIGINT, signal.SIGTERM, signal.SIGHUP
     ) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
+            nursery.start_soon(_on_signals, signals, nursery.cancel_scope, running)
             try:
                 proxy = await nursery.start(run_udp_proxy if udp else run_proxy, config)
+                running.append(proxy)
                 if metrics is not None:
                     metrics_at = await nursery.start(_serve_metrics, proxy, metrics)
             except ProxyError as exc:
@@ -497,11 +502,26 @@ async def _serve_metrics(
             await trio.to_thread.run_sync(server.close)
 
 
-async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+async def _on_signals(signals: AsyncIterator[int], scope: trio.CancelScope,
+                     running: list[Proxy | UdpProxy]) -> None:
+    """SIGINT and SIGTERM stop the proxy; SIGHUP reloads its ``--policy`` file
+    (:meth:`~skmsg._proxy.ProxyPrograms.reload_policy`), one line saying how
+    it went."""
     async for signum in signals:
-        _tell(f"skmsg proxy: {signal.Signals(signum).name}: shutting down")
-        scope.cancel()
-        return
+        if signum != signal.SIGHUP:
+            _tell(f"skmsg proxy: {signal.Signals(signum).name}: shutting down")
+            scope.cancel()
+            return
+        if not running:
+            _tell("skmsg proxy: SIGHUP: not serving yet; nothing reloaded")
+            continue
+        proxy = running[0]
+        if proxy.reload_policy():
+            _tell(f"skmsg proxy: SIGHUP: policy {proxy.policy.name} reloaded "
+                  f"(generation {proxy.counters.policy_generation})")
+        else:
+            _tell(f"skmsg proxy: SIGHUP: policy not reloaded, generation "
+                  f"{proxy.counters.policy_generation} kept (see the log line)")
 
 
 async def _show_counters(proxy: Proxy | UdpProxy, interval: float) -> None:

@@ -286,6 +286,13 @@ PROXY_FIELDS: dict[str, Spec] = {
     "accept_paused": Spec("skmsg_proxy_accept_paused", "counter",
                           "Times accepting paused at the file descriptor limit (EMFILE, "
                           "ENFILE, or the proxy's own reckoning)."),
+    "policy_generation": Spec("skmsg_proxy_policy_generation", "gauge",
+                              "The running policy's generation: 1 as started, one more per "
+                              "reload (SIGHUP) that took."),
+    "policy_reloads": Spec("skmsg_proxy_policy_reloads", "counter",
+                           "Policy reloads (SIGHUP) that took."),
+    "policy_verdicts": Spec("skmsg_proxy_policy_verdicts", "counter",
+                            "Verdicts the policy ran, by the generation that ran them."),
     "fd_limit": Spec("skmsg_proxy_fd_limit", "gauge",
                      "The file descriptor limit accepting works within (RLIMIT_NOFILE)."),
 }

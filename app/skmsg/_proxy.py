@@ -294,6 +294,7 @@ class ProxyPrograms:
         if backends is None:
             c.judged()
             return sk.SK_DROP
+        c.policy_verdicts[self._generation] += 1
         try:
             ret = self.policy.verdict(skb, backends)
         except BaseException as exc:
@@ -335,6 +336,51 @@ class ProxyPrograms:
             else:
                 self.counters.backends[i].reply_dropped_bytes += skb.len
         return ret
+
+    #: The running policy's generation, as ``policy_verdicts`` counts it.
+    _generation = "1"
+
+    def reload_policy(self) -> bool:
+        """Load the ``--policy`` file again and, when it loads and verifies, judge
+        every message from now on with it (``SIGHUP``): connected clients
+        included, mid-stream; its generation is one more. A message being
+        judged finishes with the policy it started with (the swap happens
+        between verdicts: one thread runs them). The framing stays as started:
+        a file whose ``parse(skb)`` is not the running one's is refused (for
+        UDP, any ``parse``). Returns whether the new policy took; either way
+        it is counted and logged (``policy_reloaded``, or
+        ``policy_reload_failed`` naming why, the running policy kept).
+        """
+        c = self.counters
+        path: str | None = getattr(getattr(self, "config", None), "policy", None)
+        kept = {"kept": self.policy.name, "generation": c.policy_generation}
+        if path is None:
+            c.policy_reload_errors += 1
+            log_event(log, logging.WARNING, "policy_reload_failed", policy="-",
+                      error="no --policy file: the default policy has nothing to reload",
+                      **kept)
+            return False
+        try:
+            new = Policy.from_file(path)
+            if not _same_parse(self.policy.parse, new.parse):
+                raise PolicyError(
+                    f"policy file {path!r}: its parse(skb) is not the running one's; the "
+                    "framing of connected clients cannot change (restart the proxy)"
+                )
+        except PolicyError as exc:
+            c.policy_reload_errors += 1
+            log_event(log, logging.WARNING, "policy_reload_failed", policy=path,
+                      error=str(exc), **kept)
+            c.changed()
+            return False
+        self.policy = new
+        c.policy_generation += 1
+        c.policy_reloads += 1
+        self._generation = str(c.policy_generation)
+        log_event(log, logging.WARNING, "policy_reloaded", policy=path,
+                  generation=c.policy_generation)
+        c.changed()
+        return True
 
     def _policy_failed(self, exc: BaseException) -> None:
         self._logged_errors += 1
@@ -831,6 +877,18 @@ async def _wait_any(*events: trio.Event) -> None:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(wait)
+
+
+def _same_parse(old: sk.Program | None, new: sk.Program | None) -> bool:
+    """Whether ``new`` (a reloaded policy's parse program) frames as ``old``
+    does: both absent, or the same code and constants."""
+    if old is None or new is None:
+        return old is new
+    a = getattr(old.func, "__code__", None)
+    b = getattr(new.func, "__code__", None)
+    return a is not None and b is not None and (a.co_code, a.co_consts, a.co_names) == (
+        b.co_code, b.co_consts, b.co_names
+    )
 
 
 def _walk(exc: BaseException) -> Iterator[BaseException]:

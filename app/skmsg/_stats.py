@@ -164,6 +164,12 @@ class ProxyStats:
     owing them a reply (all backends); ``accept_paused``: times accepting
     stopped at the file descriptor limit, ``fd_limit`` that limit
     (``RLIMIT_NOFILE``, 0 when not known).
+
+    Policy reloads (``SIGHUP``): ``policy_generation`` (1 as started, one
+    more per reload that took), ``policy_reloads`` (those that took),
+    ``policy_reload_errors`` (files that failed to load or verify: the
+    running policy was kept), ``policy_verdicts``: verdicts run, by the
+    generation (a string) of the policy that ran them.
     """
 
     listen: tuple[str, ...]
@@ -190,7 +196,12 @@ class ProxyStats:
     no_backend: int = 0
     backend_lost: int = 0
     accept_paused: int = 0
-    fd_limit: int = 0
+    fd_limit: int = attrs.field(default=0, metadata={"kind": "gauge"})
+    policy_generation: int = attrs.field(default=1, metadata={"kind": "gauge"})
+    policy_reloads: int = 0
+    policy_reload_errors: int = 0
+    policy_verdicts: dict[str, int] = attrs.field(factory=dict,
+                                                  metadata={"label": "generation"})
 
 
 class ProxyCounters:
@@ -217,6 +228,12 @@ class ProxyCounters:
         self.no_backend = 0
         self.accept_paused = 0
         self.fd_limit = 0
+        #: The policy's generation: 1 as started, one more per reload (SIGHUP).
+        self.policy_generation = 1
+        self.policy_reloads = 0
+        self.policy_reload_errors = 0
+        #: Verdicts run (messages judged by the policy) by policy generation.
+        self.policy_verdicts: Counter[str] = Counter()
         self._lot = trio.lowlevel.ParkingLot()
 
     def judged(self) -> None:
@@ -285,6 +302,10 @@ class ProxyCounters:
             sum(b.backend_lost for b in self.backends),
             self.accept_paused,
             self.fd_limit,
+            self.policy_generation,
+            self.policy_reloads,
+            self.policy_reload_errors,
+            dict(self.policy_verdicts),
         )
 
 
@@ -307,8 +328,10 @@ def format_table(s: ProxyStats) -> str:
         errors: policy 0, parse 0, backend connect 0, redirect 0
 
     then, when something happened, a line of faults (``faults: ...``), one of
-    closed clients by reason (``clients closed: ...``) and, for a backend
-    that failed somehow, one with its connections' story (``[1] conns 0
+    closed clients by reason (``clients closed: ...``), one of policy
+    reloads when there were any (``policy generation 2 (reloads 1, failed
+    0); verdicts by generation: 1: 5, 2: 3``) and, for a backend that failed
+    somehow, one with its connections' story (``[1] conns 0
     open, 3 made; downs 1, ...; closed: reset 2, client 1``).
     """
     width = max([len("all clients")] + [len(f"[{i}] {b.address}") for i, b in
@@ -354,6 +377,11 @@ def format_table(s: ProxyStats) -> str:
     closed = _nonzero(s.client_closed)
     if closed:
         lines.append(f"clients closed: {closed}")
+    if s.policy_reloads or s.policy_reload_errors:
+        by_gen = ", ".join(f"{g}: {_n(n)}" for g, n in sorted(
+            s.policy_verdicts.items(), key=lambda kv: int(kv[0])))
+        lines.append(f"policy generation {s.policy_generation} (reloads {s.policy_reloads}, "
+                     f"failed {s.policy_reload_errors}); verdicts by generation: {by_gen}")
     for i, b in enumerate(s.backends):
         story = _nonzero({
             "downs": b.downs, "connect errors": b.connect_errors, "unavailable": b.unavailable,
