@@ -68,7 +68,8 @@ def test_proxy_help_documents_every_option_and_the_policy_file(
                  "status 2", "sys.exit()", "runs longer than --policy-budget",
                  "backends.up(i)", "load balancing, health and timeouts", "docs/proxy.md",
                  "413 Payload Too Large", "(default 300)", "(default 30)", "(default 5)",
-                 "(default 10)", "(default 1M)"):
+                 "(default 10)", "(default 1M)",
+                 "SIGHUP reloads the --policy file"):
         assert word in " ".join(out.split())  # wherever argparse wraps the lines
 
 
