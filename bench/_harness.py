@@ -74,7 +74,7 @@ class Figure:
     to back sees the same moment, so each round's ratio is steadier than a
     ratio of two separately picked best rounds.
 
-    Use the named constructors :meth:`cost_ratio` and :meth:`speedup`.
+    Use the named constructors :meth:`cost_ratio`, :meth:`speedup` and :meth:`rate`.
     """
 
     name: str
@@ -97,9 +97,13 @@ class Figure:
         baseline: str,
         baseline_value: float,
         target: float | None = None,
+        paired: float | None = None,
     ) -> Figure:
-        """A cost compared with a baseline's: ratio ``value/baseline``, lower is better."""
-        return cls(name, value, unit, baseline, baseline_value, "value/baseline", "lower", target)
+        """A cost compared with a baseline's: ratio ``value/baseline``, lower is
+        better; ``paired`` as the class says."""
+        return cls(
+            name, value, unit, baseline, baseline_value, "value/baseline", "lower", target, paired
+        )
 
     @classmethod
     def speedup(
@@ -118,6 +122,24 @@ class Figure:
         class says."""
         return cls(
             name, value, unit, baseline, baseline_value, "baseline/value", "higher", target, paired
+        )
+
+    @classmethod
+    def rate(
+        cls,
+        name: str,
+        *,
+        value: float,
+        unit: str,
+        baseline: str,
+        baseline_value: float,
+        target: float | None = None,
+        paired: float | None = None,
+    ) -> Figure:
+        """A rate (messages per second, say) compared with a baseline's: ratio
+        ``value/baseline``, higher is better; ``paired`` as the class says."""
+        return cls(
+            name, value, unit, baseline, baseline_value, "value/baseline", "higher", target, paired
         )
 
     @property

@@ -110,22 +110,32 @@ class Plugins:
         return sk
 
     # -- observers: called at set-up, keyword-only, never per message ---------------
+    # A proxy makes sockets and map entries per client: with nobody observing
+    # (the usual case), a call is one empty-list test, not a pluggy dispatch.
 
     def sock_created(self, sk: Sock) -> None:
         """Tell observers a protocol built ``sk``."""
-        self.pm.hook.skmsg_sock_created(sk=sk)
+        hook = self.pm.hook.skmsg_sock_created
+        if hook.get_hookimpls():
+            hook(sk=sk)
 
     def map_update(self, smap: SockMapBase, key: Any, sk: Sock) -> None:
         """Tell observers ``sk`` entered ``smap`` at ``key``."""
-        self.pm.hook.skmsg_map_update(smap=smap, key=key, sk=sk)
+        hook = self.pm.hook.skmsg_map_update
+        if hook.get_hookimpls():
+            hook(smap=smap, key=key, sk=sk)
 
     def map_delete(self, smap: SockMapBase, key: Any, sk: Sock) -> None:
         """Tell observers ``sk`` left ``smap`` at ``key``."""
-        self.pm.hook.skmsg_map_delete(smap=smap, key=key, sk=sk)
+        hook = self.pm.hook.skmsg_map_delete
+        if hook.get_hookimpls():
+            hook(smap=smap, key=key, sk=sk)
 
     def psock_drop(self, psock: SkPsock) -> None:
         """Tell observers ``psock`` was dropped."""
-        self.pm.hook.skmsg_psock_drop(psock=psock)
+        hook = self.pm.hook.skmsg_psock_drop
+        if hook.get_hookimpls():
+            hook(psock=psock)
 
     def plugin_names(self) -> Sequence[str]:
         """Names of the loaded plugins."""

@@ -22,11 +22,13 @@ RING_FIGURES = [
     for op in ("pull.nocopy", "pull.span2", "push", "pop")
     for versus in ("vs_4k", "vs_naive")
 ]
+#: ``skmsg proxy`` as a process between many clients and a backend, against no proxy.
+PROXY_FIGURES = ["proxy.burst.p99", "proxy.burst.max", "proxy.steady"]
 
 #: A figure line: its name first, then somewhere its ratio with direction and verdict.
 FIGURE_LINE = re.compile(
     r"^(?P<name>\S+)\s.*\| ratio\s+\d+\.\d+x "
-    r"\((paired )?(value/baseline, lower|baseline/value, higher) is better\) \|"
+    r"\((paired )?(value/baseline, (lower|higher)|baseline/value, higher) is better\) \|"
     r".*\b(PASS|MISS|report)$"
 )
 
@@ -58,7 +60,7 @@ def test_quick_run_prints_every_figure_with_a_ratio(
 ) -> None:
     lines = quick_run.stdout.splitlines()
     figures = {m["name"]: line for line in lines if (m := FIGURE_LINE.match(line))}
-    for name in RING_FIGURES:
+    for name in RING_FIGURES + PROXY_FIGURES:
         assert name in figures, f"{name} missing or without a ratio column in:\n{quick_run.stdout}"
     assert lines[-1].startswith("# ") and f"{len(figures)} figures" in lines[-1]
 

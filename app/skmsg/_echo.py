@@ -17,7 +17,7 @@ import skmsg_core as sk
 from skmsg_core import describe_error
 from skmsg_core.runtime import RateLimitedLog, escapes_boundary
 
-from ._parsers import Framing
+from ._parsers import DEFAULT_MAX_MESSAGE, Framing
 
 __all__ = ["serve_echo"]
 
@@ -28,10 +28,12 @@ async def serve_echo(
     index: int,
     framing: Framing,
     *,
+    max_message_size: int = DEFAULT_MAX_MESSAGE,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve an echo backend named ``backend {index}`` on 127.0.0.1 (an ephemeral
-    port) until cancelled; ``task_status.started`` gets its ``(host, port)``.
+    port) until cancelled, for messages of up to ``max_message_size`` bytes;
+    ``task_status.started`` gets its ``(host, port)``.
 
     Raises:
         OSError: it cannot listen.
@@ -42,7 +44,7 @@ async def serve_echo(
     async def echo(stream: trio.SocketStream) -> None:
         # one connection's failure (a policy parser's exception of any kind) ends
         # that connection only, as the proxy's own clients' do
-        parser = sk.StrParser(framing.parse)
+        parser = sk.StrParser(framing.parse, max_msg_size=max_message_size)
         async with stream:
             try:
                 async for data in stream:

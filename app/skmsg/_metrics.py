@@ -25,7 +25,8 @@ Drawn from the statistics records' attrs fields, so a counter added to
 better metric name or help than the default (``skmsg_proxy_<field>_total``
 for an int field, ``skmsg_proxy_backend_<field>_total`` per backend). A
 field holding a ``dict`` (for example counts by reason) becomes one series
-per key, labelled ``reason``. See ``docs/proxy.md`` for the list.
+per key, labelled ``reason`` (or the field's ``metadata["label"]``, such as
+``kind`` for timeouts). See ``docs/proxy.md`` for the list.
 """
 
 from __future__ import annotations
@@ -148,9 +149,7 @@ def _proto(proxy: ProxyPrograms) -> str:
 def snapshot(proxy: ProxyPrograms) -> Snapshot:
     """Read ``proxy``'s counters (call on the trio thread)."""
     programs = [proxy.verdict, getattr(proxy, "reply", None), getattr(proxy, "parser", None)]
-    connections = [0] * len(proxy.latency)
-    for i in list(proxy._index.values()):
-        connections[i] += 1
+    connections = proxy.backend_connections()
     udp: dict[str, int] = {}
     if getattr(proxy, "udp", False):
         udp = {"strays": int(getattr(proxy, "strays", 0)),
@@ -269,6 +268,33 @@ PROXY_FIELDS: dict[str, Spec] = {
     "connect_errors": Spec("skmsg_proxy_errors", "counter", "", "reason", "backend_connect"),
     "redirect_errors": Spec("skmsg_proxy_errors", "counter", "", "reason", "redirect"),
     "client_errors": Spec("skmsg_proxy_errors", "counter", "", "reason", "client"),
+    "client_closed": SKIP,  # skmsg_proxy_clients_closed_total, from the same counts
+    "timeouts": Spec("skmsg_proxy_timeouts", "counter",
+                     "Client timeouts by kind (idle, write, handshake); a backend's are "
+                     "skmsg_proxy_backend_timeouts_total."),
+    "too_large": Spec("skmsg_proxy_messages_too_large", "counter",
+                      "Client messages over --max-message-size (HTTP: answered 413); "
+                      "each closed its client."),
+    "rerouted": Spec("skmsg_proxy_messages_rerouted", "counter",
+                     "Messages judged again because their backend could not take them "
+                     "(down, not connectable, or its connection failed before writing)."),
+    "no_backend": Spec("skmsg_proxy_messages_undeliverable", "counter",
+                       "Messages no backend could take; each closed its client (HTTP: "
+                       "answered 503)."),
+    # clients_closed_total{reason="backend_lost"}, and per backend backend_lost_clients
+    "backend_lost": SKIP,
+    "accept_paused": Spec("skmsg_proxy_accept_paused", "counter",
+                          "Times accepting paused at the file descriptor limit (EMFILE, "
+                          "ENFILE, or the proxy's own reckoning)."),
+    "policy_generation": Spec("skmsg_proxy_policy_generation", "gauge",
+                              "The running policy's generation: 1 as started, one more per "
+                              "reload (SIGHUP) that took."),
+    "policy_reloads": Spec("skmsg_proxy_policy_reloads", "counter",
+                           "Policy reloads (SIGHUP) that took."),
+    "policy_verdicts": Spec("skmsg_proxy_policy_verdicts", "counter",
+                            "Verdicts the policy ran, by the generation that ran them."),
+    "fd_limit": Spec("skmsg_proxy_fd_limit", "gauge",
+                     "The file descriptor limit accepting works within (RLIMIT_NOFILE)."),
 }
 
 #: ``BackendStats`` fields with a name or help of their own.
@@ -285,6 +311,32 @@ BACKEND_FIELDS: dict[str, Spec] = {
                         "Bytes the backend answered that reached a client."),
     "reply_dropped_bytes": Spec("skmsg_proxy_backend_reply_dropped_bytes", "counter",
                                 "Bytes the backend answered after their client had gone."),
+    "up": Spec("skmsg_proxy_backend_up", "gauge",
+               "1 while the backend is up, 0 while it is marked down (see docs/proxy.md)."),
+    "downs": Spec("skmsg_proxy_backend_downs", "counter", "Times the backend was marked down."),
+    "connects": Spec("skmsg_proxy_backend_connects", "counter",
+                     "Connections made to the backend (TLS: handshake done)."),
+    "connect_errors": Spec("skmsg_proxy_backend_connect_errors", "counter",
+                           "Connects to the backend that failed: refused, unreachable, "
+                           "timed out, TLS handshake failed."),
+    "conns_open": SKIP,  # skmsg_proxy_backend_connections
+    "checks": Spec("skmsg_proxy_backend_checks", "counter",
+                   "Active health checks of the backend (--health-interval)."),
+    "check_failures": Spec("skmsg_proxy_backend_check_failures", "counter",
+                           "Active health checks of the backend that failed."),
+    "unavailable": Spec("skmsg_proxy_backend_unavailable_messages", "counter",
+                        "Messages routed to the backend while it was down or could not be "
+                        "connected (judged again)."),
+    "rerouted": Spec("skmsg_proxy_backend_rerouted_messages", "counter",
+                     "Messages the backend could not take, judged again."),
+    "backend_lost": Spec("skmsg_proxy_backend_lost_clients", "counter",
+                         "Clients closed because a connection to the backend ended owing "
+                         "them a reply (reset, EOF, response or write timeout)."),
+    "timeouts": Spec("skmsg_proxy_backend_timeouts", "counter",
+                     "The backend's timeouts by kind (connect, handshake, response, write)."),
+    "closed": Spec("skmsg_proxy_backend_connections_closed", "counter",
+                   "Connections to the backend closed, by reason (eof, reset, idle, "
+                   "response_timeout, write_timeout, client)."),
 }
 
 
@@ -332,8 +384,9 @@ class _Families:
             spec = specs.get(field.name) or _default_spec(prefix, field)
             value = getattr(record, field.name)
             if isinstance(value, Mapping):
+                label = str(field.metadata.get("label", "reason"))
                 for key, n in sorted(value.items()):
-                    self.add(Spec(spec.name, spec.kind, spec.help, "reason", str(key)),
+                    self.add(Spec(spec.name, spec.kind, spec.help, label, str(key)),
                              labels, float(n))
             elif isinstance(value, bool | int | float):
                 self.add(spec, labels, float(value))

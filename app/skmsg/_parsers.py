@@ -28,11 +28,14 @@ import attrs
 import skmsg_core as sk
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE",
     "FRAMINGS",
     "MAX_HEADER_BYTES",
     "MAX_LINE_BYTES",
     "Framing",
     "FramingError",
+    "http_parser",
+    "line_parser",
     "parse_http",
     "parse_length_prefixed",
     "parse_line",
@@ -42,10 +45,18 @@ __all__ = [
 MAX_LINE_BYTES = 65536
 #: The longest HTTP header block (request line and headers) accepted.
 MAX_HEADER_BYTES = 65536
+#: The proxy's default limit on one message, whatever the framing
+#: (``--max-message-size``): 1 MiB.
+DEFAULT_MAX_MESSAGE = 1 << 20
 
 _NL = re.compile(b"\n")
 _EOH = re.compile(b"\r\n\r\n")
-_STATUS = {400: b"Bad Request", 413: b"Content Too Large", 501: b"Not Implemented"}
+_STATUS = {
+    400: b"Bad Request",
+    413: b"Payload Too Large",
+    501: b"Not Implemented",
+    503: b"Service Unavailable",
+}
 
 
 class FramingError(ValueError):
@@ -67,41 +78,70 @@ class FramingError(ValueError):
 parse_length_prefixed = sk.LengthPrefixParser(4, "big")
 
 
-def parse_line(skb: sk.SkBuff) -> int:
-    """One line, up to and including ``\\n``.
+def line_parser(limit: int = MAX_LINE_BYTES) -> Callable[[sk.SkBuff], int]:
+    """A parse program for lines of at most ``limit`` bytes, newline included.
 
-    Raises:
-        FramingError: no newline within :data:`MAX_LINE_BYTES`.
+    The program raises :class:`FramingError` (413) for a longer line, as soon
+    as ``limit`` bytes came without a newline.
     """
-    m = _NL.search(skb.data)
-    if m is not None:
-        return m.end()
-    if skb.len >= MAX_LINE_BYTES:
-        raise FramingError(f"line longer than {MAX_LINE_BYTES} bytes", 413)
-    return 0
+
+    def parse_line(skb: sk.SkBuff) -> int:
+        m = _NL.search(skb.data)
+        if m is not None:
+            end: int = m.end()
+            if end > limit:
+                raise FramingError(f"line longer than {limit} bytes", 413)
+            return end
+        if skb.len >= limit:
+            raise FramingError(f"line longer than {limit} bytes", 413)
+        return 0
+
+    parse_line.__doc__ = f"One line, up to and including ``\\n``, of at most {limit} bytes."
+    return parse_line
 
 
-def parse_http(skb: sk.SkBuff) -> int:
-    """One HTTP/1.x message: the header block up to ``\\r\\n\\r\\n``, then a
-    ``Content-Length`` body (none when the header is absent).
+def http_parser(limit: int | None = None) -> Callable[[sk.SkBuff], int]:
+    """A parse program for HTTP/1.x messages of at most ``limit`` bytes, header
+    block and body (``None``: the body's length is not limited); the header
+    block alone is at most :data:`MAX_HEADER_BYTES` (or ``limit`` if smaller).
 
-    Requests and responses frame alike (the first line is not read), so the
-    demo client frames the echo backends' responses with it too.
+    The program refuses a message over ``limit`` with :class:`FramingError`
+    (413) as soon as its header block says its length, before the body comes.
+    """
+    head_limit = MAX_HEADER_BYTES if limit is None else min(MAX_HEADER_BYTES, limit)
+
+    def parse_http(skb: sk.SkBuff) -> int:
+        data = skb.data
+        m = _EOH.search(data)
+        if m is None:
+            if skb.len > head_limit:
+                raise FramingError(f"HTTP header block over {head_limit} bytes", 413)
+            return 0
+        end: int = m.end()
+        if end > head_limit:
+            raise FramingError(f"HTTP header block over {head_limit} bytes", 413)
+        total = end + (_content_length(bytes(data[: m.start()])) or 0)
+        if limit is not None and total > limit:
+            raise FramingError(
+                f"HTTP message of {total} bytes is over the proxy's limit of {limit} bytes",
+                413,
+            )
+        return total
+
+    parse_http.__doc__ = _PARSE_HTTP_DOC
+    return parse_http
+
+
+def _content_length(head: bytes) -> int | None:
+    """The ``Content-Length`` of an HTTP header block (request or status line
+    first), ``None`` when it has none.
 
     Raises:
         FramingError: chunked or otherwise transfer-encoded bodies (501), a
-            header block over :data:`MAX_HEADER_BYTES` (413), a malformed
-            header line or ``Content-Length`` (400).
+            malformed header line or ``Content-Length`` (400).
     """
-    data = skb.data
-    m = _EOH.search(data)
-    if m is None:
-        if skb.len > MAX_HEADER_BYTES:
-            raise FramingError(f"HTTP header block over {MAX_HEADER_BYTES} bytes", 413)
-        return 0
-    end: int = m.end()
     length: int | None = None
-    for line in bytes(data[: m.start()]).split(b"\r\n")[1:]:
+    for line in head.split(b"\r\n")[1:]:
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip():
             raise FramingError(f"malformed HTTP header line {line[:40]!r}")
@@ -119,7 +159,25 @@ def parse_http(skb: sk.SkBuff) -> int:
             if length is not None and int(text) != length:
                 raise FramingError("conflicting Content-Length headers")
             length = int(text)
-    return end + (length or 0)
+    return length
+
+
+_PARSE_HTTP_DOC = """One HTTP/1.x message: the header block up to ``\\r\\n\\r\\n``, then a
+``Content-Length`` body (none when the header is absent).
+
+Requests and responses frame alike (the first line is not read), so the
+demo client frames the echo backends' responses with it too.
+
+Raises:
+    FramingError: chunked or otherwise transfer-encoded bodies (501), a
+        header block or message over the limits (413), a malformed header
+        line or ``Content-Length`` (400).
+"""
+
+#: One line, up to and including ``\n`` (at most :data:`MAX_LINE_BYTES`).
+parse_line = line_parser()
+#: One HTTP/1.x message (a header block of at most :data:`MAX_HEADER_BYTES`, any body).
+parse_http = http_parser()
 
 
 # -- what the demo client and the echo backends need -----------------------------------------
@@ -185,6 +243,10 @@ def _refuse_http(exc: FramingError) -> bytes:
     return http_response(exc.status, str(exc).encode() + b"\n", close=True)
 
 
+def _unavailable_http(text: str) -> bytes:
+    return http_response(503, text.encode() + b"\n", close=True)
+
+
 @attrs.frozen
 class Framing:
     """A named framing: its parse program and the helpers around it.
@@ -192,7 +254,10 @@ class Framing:
     ``frame(payload)``: a message carrying ``payload`` (what the demo sends);
     ``reply(tag, message)``: an echo backend's answer; ``show(message)``: a
     short text for people; ``refuse(exc)``: bytes to send a client whose
-    stream was refused, or ``None``.
+    stream was refused, or ``None``; ``unavailable(text)``: bytes to send a
+    client whose message no backend could take, or ``None``;
+    ``within(limit)``: the parse program for messages of at most ``limit``
+    bytes (``None``: ``parse``, the stream parser's own limit is the only one).
     """
 
     name: str
@@ -202,6 +267,15 @@ class Framing:
     reply: Callable[[bytes, bytes], bytes]
     show: Callable[[bytes], str]
     refuse: Callable[[FramingError], bytes] | None = None
+    unavailable: Callable[[str], bytes] | None = None
+    within: Callable[[int], Callable[[sk.SkBuff], int]] | None = None
+
+    def parse_within(self, limit: int) -> Callable[[sk.SkBuff], int]:
+        """The parse program for messages of at most ``limit`` bytes: one that
+        refuses a longer message with :class:`FramingError` (413) where the
+        framing can tell early, else :attr:`parse` (the stream parser refuses
+        it then, with ``EMSGSIZE``, given ``limit`` as its ``max_msg_size``)."""
+        return self.parse if self.within is None else self.within(limit)
 
     @classmethod
     def custom(cls, parse: Callable[[sk.SkBuff], int], name: str) -> Framing:
@@ -218,10 +292,11 @@ FRAMINGS: dict[str, Framing] = {
                 "a 4-byte big-endian length, then that many bytes",
                 _frame_lp, _reply_lp, _show_lp),
         Framing("line", parse_line, "one line, ending with \\n",
-                _frame_line, _reply_line, _show_line),
+                _frame_line, _reply_line, _show_line, within=line_parser),
         Framing("http", parse_http,
                 "an HTTP/1.x request: headers to \\r\\n\\r\\n, then a Content-Length body "
                 "(chunked bodies are refused)",
-                _frame_http, _reply_http, _show_http, _refuse_http),
+                _frame_http, _reply_http, _show_http, _refuse_http, _unavailable_http,
+                within=http_parser),
     )
 }

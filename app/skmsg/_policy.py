@@ -7,13 +7,20 @@ A policy file is a Python file that defines
     client sends. ``skb.data``/``skb.len`` are the message (a read-only
     ``memoryview``), ``skb.sk`` the client's socket (``skb.remote_ip4``,
     ``skb.remote_port`` ...). ``backends`` is a :class:`~skmsg_core.SockMap`
-    of *this client's* connections to the backends: index ``i`` is the
-    ``i``-th ``--backend``. The program picks one with
+    (a ``BackendMap``) of *this client's* connections to the backends: index
+    ``i`` is the ``i``-th ``--backend``, and every index holds one, made
+    when the first message is routed there. ``backends.up(i)`` tells whether
+    backend ``i`` is up (not in a back-off after a failure: a refused or
+    timed-out connect, a reset, a timeout). The program picks one with
     ``skmsg_core.sk_redirect_map(skb, backends, i, 0)`` and returns what the
-    helper returned (``SK_PASS``; ``SK_DROP`` when slot ``i`` is empty), or
-    returns ``SK_DROP``. ``SK_PASS`` with no redirect delivers the message to
-    the proxy itself, which counts it as "pass" and discards it. A verdict
-    that raises drops the message (fail closed) and is counted as an error.
+    helper returned (``SK_PASS``), or returns ``SK_DROP``. A message routed
+    to a backend that is down, or whose connection fails before it is
+    written, is judged again (the verdict runs again, with that backend down
+    now); one no backend takes closes its client. ``SK_PASS`` with no
+    redirect delivers the message to the proxy itself, which counts it as
+    "pass" and discards it. A verdict that raises, or returns anything but
+    ``SK_PASS`` or ``SK_DROP`` (an int), drops the message (fail closed) and
+    is counted as an error and logged.
 
     With ``--tls``, ``skb.sk.tls`` is what the client's handshake agreed on
     (a frozen :class:`skmsg_tls.TlsInfo`): ``server_name`` (the SNI the
@@ -74,8 +81,11 @@ class PolicyError(Exception):
 
 
 class RoundRobin:
-    """The default verdict: each message goes to the next connected backend in
-    turn (one turn shared by every client); with none connected, SK_DROP."""
+    """The default verdict: each message goes to the next backend in turn that
+    is up (one turn shared by every client). With none up, the next in turn
+    all the same: its failure is what tells the client. A map without
+    ``up(i)`` (a plain ``SockMap``) counts every occupied slot as up, and
+    with none occupied the verdict is SK_DROP."""
 
     __slots__ = ("_next",)
 
@@ -84,15 +94,17 @@ class RoundRobin:
 
     def __call__(self, skb: sk.SkBuff, backends: sk.SockMap) -> int:
         n = backends.max_entries
+        up = getattr(backends, "up", None)
         i = self._next
         for _ in range(n):
             key = i % n
             i += 1
-            if key in backends:
+            if key in backends and (up is None or up(key)):
                 self._next = i
                 return sk.sk_redirect_map(skb, backends, key, 0)
-        self._next = i
-        return sk.SK_DROP
+        key = self._next % n
+        self._next += 1
+        return sk.sk_redirect_map(skb, backends, key, 0)
 
 
 @attrs.frozen

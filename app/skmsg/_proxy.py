@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The data path is the kernel's sockmap proxy (a stream verdict's redirect), carried by the
+The data path is the kernel's sockmap proxy (seed 003), carried by the
 runtime's receive pumps; the proxy's own tasks only set connections up, watch
 them end and tear them down. No proxy task reads or writes a message (but for
 clients that half-closed before they could enter the map: see below).
@@ -11,30 +11,37 @@ clients that half-closed before they could enter the map: see below).
   every accepted client stream, with the stream parser (the ``--parser``
   framing, or the policy file's ``parse``) and the stream verdict attached.
   Inserting a client starts its receive pump: read, frame, verdict, redirect.
-- Each client gets its own connection to every backend, held in a per-client
-  :class:`~skmsg_core.SockMap` (index ``i`` = the ``i``-th backend), found
-  from the client's cookie in ``sessions``: the kernel's hash-of-maps. The
-  stream verdict hands that map to the policy's ``verdict(skb, backends)``,
-  which picks a backend with ``sk_redirect_map``; the runtime writes the
-  message out of that backend connection (redirect egress, batched).
-- Every per-client backend map has one ``reply`` program attached as its
-  ``SK_SKB_VERDICT`` (verdict mode: once per chunk read, no framing). It looks
-  the connection's client up (``owner``: backend cookie → client cookie, a
-  plain hash map) and redirects the bytes to that client's egress with
-  ``sk_redirect_hash(skb, clients, key, 0)``. Replies therefore reach the
-  client that asked, in the order its backend wrote them.
+- Each client has a :class:`~._health.BackendMap` (index ``i`` = the ``i``-th
+  backend), found from the client's cookie in ``sessions``: the kernel's
+  hash-of-maps. Every index holds the client's *slot* for that backend, a
+  socket standing for its connection there, made when the first message is
+  routed to it (:mod:`._session`): a client costs connections only to the
+  backends its messages go to. The stream verdict hands that map to the
+  policy's ``verdict(skb, backends)``, which picks a backend with
+  ``sk_redirect_map`` (and may ask ``backends.up(i)``); the runtime writes the
+  message out of the slot, and so out of the backend connection (redirect
+  egress, batched). A message the slot cannot write (its backend is down, the
+  connection cannot be made or breaks first) is judged again.
+- Backend connections are in ``upstreams``, a hash keyed by cookie, with one
+  ``reply`` program as its ``SK_SKB_VERDICT`` (verdict mode: once per chunk
+  read, no framing). It finds the connection's client and redirects the bytes
+  to that client's egress with ``sk_redirect_hash(skb, clients, key, 0)``,
+  counting the replies (one per message sent) so the proxy knows what a
+  connection still owes. Replies therefore reach the client that asked, in
+  the order its backend wrote them.
 
 Each program is loaded once (:meth:`skmsg_core.Program.load`) and shared, so
 ``Program.statistics()`` are the proxy's verdict counts. The verdict wrapper
 adds per-backend counts; see :mod:`._stats`.
 
-Lifecycle of a client: connect to every backend (or refuse the client); fill
-its backend map; insert it into ``clients``. Client EOF is passed on to every
-backend (half-close); a backend's EOF closes that connection (later picks of
-it find an empty slot and drop); when all backends have closed the client gets
-EOF. Once one direction has finished the other has ``drain_timeout`` seconds,
-then everything closes. A client whose stream cannot be framed is closed (an
-HTTP client is told why first).
+Faults (see :mod:`._session`, :mod:`._health`, :mod:`._accept`): a backend
+that fails is marked down for a back-off and its messages go elsewhere; a
+connection that ends owing a client a reply closes that client
+(``backend_lost``); every connection has timeouts (``--connect-timeout``,
+``--idle-timeout``, ``--handshake-timeout``, ``--write-timeout``), checked by
+one sweep over every session; clients are accepted in batches within the
+file descriptor limit. Client EOF is passed on to its backend connections
+(half-close); the session ends once no reply is owed to the client.
 
 The boundary around a client
 ----------------------------
@@ -57,16 +64,17 @@ from a sock_ops program at establishment; user space cannot run that early.
 Such a client is therefore carried in user space, with the same programs: its
 bytes go through the same parser and verdict programs (the core's
 :class:`~skmsg_core.StrParser` and :meth:`~skmsg_core.Program.run_verdict`), a
-redirect is written out of the chosen backend connection, and the backends'
+redirect is written out of the chosen backend slot, and the backends'
 reply program passes their bytes up (SK_PASS) for the proxy to send to the
 client. It is counted (``userspace_clients``); everything else is the same.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import functools
 import logging
+import math
 import os
 import socket
 import time
@@ -87,12 +95,16 @@ from skmsg_core.runtime import (
     open_runtime,
 )
 
+from ._accept import FdBudget, accept_clients
 from ._echo import serve_echo
+from ._health import BACKOFF_MAX, BACKOFF_MIN, BackendHealth, run_health_checks
 from ._metrics import LatencyHistogram
-from ._parsers import FRAMINGS, Framing, FramingError
+from ._parsers import DEFAULT_MAX_MESSAGE, FRAMINGS, Framing
 from ._policy import Policy, PolicyError
+from ._session import BackendSlot, Session
 from ._stats import ProxyCounters, ProxyStats
-from ._tls import TlsOptions, originate, terminate
+from ._tls import TlsOptions, terminate
+from ._upstream import BackendConn, DialError, dial
 
 __all__ = ["Address", "Proxy", "ProxyConfig", "ProxyError", "run_proxy"]
 
@@ -100,6 +112,10 @@ log = logging.getLogger("skmsg")
 #: One line per kind of failure (and per kind of error) every few seconds, however
 #: many clients hit it.
 limited_log = RateLimitedLog(log)
+
+
+#: The smallest ``--max-message-size`` (an HTTP request line alone is longer).
+MIN_MESSAGE_LIMIT = 16
 
 
 class ProxyError(Exception):
@@ -153,8 +169,6 @@ class ProxyConfig:
     policy: str | None = None
     max_clients: int = 1024
     echo_backends: int = 2
-    connect_timeout: float = 5.0
-    drain_timeout: float = 5.0
     #: ``--tls`` / ``--backend-tls``: see :mod:`._tls` (None: plain TCP both ways).
     tls: TlsOptions | None = None
     #: ``--policy-budget``: the seconds one run of the policy's programs (and the
@@ -163,6 +177,50 @@ class ProxyConfig:
     #: Bind the listener with ``SO_REUSEPORT``, so other processes (``--workers``)
     #: join its reuseport group and the kernel spreads connections over them.
     reuseport: bool = False
+    #: ``--connect-timeout``: seconds a backend connect may take.
+    connect_timeout: float = 5.0
+    #: ``--handshake-timeout``: seconds a TLS handshake (either hop) may take.
+    handshake_timeout: float = 10.0
+    #: ``--idle-timeout``: seconds a client or backend connection may move no
+    #: byte (a backend owing a reply that long has timed out).
+    idle_timeout: float = 300.0
+    #: ``--write-timeout``: seconds a peer may read nothing while the proxy
+    #: has bytes for it.
+    write_timeout: float = 30.0
+    #: ``--health-interval``: seconds between active checks of every backend
+    #: (None: passive health only).
+    health_interval: float | None = None
+    #: ``--max-message-size``: the longest message, in bytes, any framing takes.
+    max_message_size: int = DEFAULT_MAX_MESSAGE
+    #: The first and the longest back-off of a backend marked down (see :mod:`._health`).
+    backoff_min: float = BACKOFF_MIN
+    backoff_max: float = BACKOFF_MAX
+
+    def check(self) -> None:
+        """Refuse values the proxy cannot run with.
+
+        Raises:
+            ProxyError: a timeout, interval or back-off that is not a positive
+                number of seconds, a back-off minimum over its maximum, or a
+                ``max_message_size`` below 16 bytes.
+        """
+        for name in ("connect_timeout", "handshake_timeout", "idle_timeout", "write_timeout",
+                     "backoff_min", "backoff_max"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < math.inf):
+                raise ProxyError(f"{name} {value!r} is not a number of seconds > 0")
+        interval = self.health_interval
+        if interval is not None and not 0 < interval < math.inf:
+            raise ProxyError(f"health_interval {interval!r} is not a number of seconds > 0")
+        if self.backoff_min > self.backoff_max:
+            raise ProxyError(
+                f"backoff_min {self.backoff_min} is over backoff_max {self.backoff_max}"
+            )
+        if type(self.max_message_size) is not int or self.max_message_size < MIN_MESSAGE_LIMIT:
+            raise ProxyError(
+                f"max_message_size {self.max_message_size!r} is not a number of bytes "
+                f">= {MIN_MESSAGE_LIMIT}"
+            )
 
 
 class ProxyPrograms:
@@ -176,10 +234,10 @@ class ProxyPrograms:
     client's service is.
 
     Observability: ``latency[i]`` is backend ``i``'s reply latency (from a
-    message's redirect to that backend connection until the next bytes it
-    sends back; ``_pending``: backend connection cookie -> when the oldest
-    unanswered message left), ``closed`` counts clients closed by reason
-    (:meth:`_closed` logs the event too).
+    message's redirect to that backend until the next bytes it sends back;
+    ``_pending``: redirect target cookie -> when the oldest unanswered message
+    left), ``closed`` counts clients closed by reason (:meth:`_closed` logs
+    the event too).
     """
 
     unit = "message"
@@ -208,12 +266,24 @@ class ProxyPrograms:
         self.closed[reason] += 1
         log_event(log, logging.INFO, "client_closed", client=peer, reason=reason, **fields)
 
-    def _judge(self, skb: sk.SkBuff, backends: sk.SockMap | None) -> int:
+    def backend_connections(self) -> list[int]:
+        """Open connections (UDP: sockets) to each backend, for the metrics."""
+        connections = [0] * len(self.latency)
+        for i in list(self._index.values()):
+            connections[i] += 1
+        return connections
+
+    def _judge(self, skb: sk.SkBuff, backends: sk.SockMap | None, *, again: bool = False) -> int:
         """Run the policy's verdict on a client's ``skb`` given that client's
         ``backends`` (``None``: an unknown client, a DROP), counting per backend.
+        ``again``: the message was judged before (its backend failed): it is not
+        counted as a new message.
 
-        The per-backend counts read the return as the runner does
-        (:func:`skmsg_core.verdict_of`): none of its code runs.
+        A return that is not a verdict (see :func:`skmsg_core.verdict_of`:
+        ``None``, a string, ``True``, an int other than 0 and 1, ...) is made a
+        DROP here, counted with the policy's errors and logged, rate-limited,
+        with the policy's name and the value's type. The per-backend counts read
+        the return as the runner does: none of its code runs.
 
         Raises:
             BaseException: whatever the policy raised (logged; the program fails
@@ -221,11 +291,13 @@ class ProxyPrograms:
         """
         c = self.counters
         n = skb.len
-        c.msgs += 1
-        c.bytes += n
+        if not again:
+            c.msgs += 1
+            c.bytes += n
         if backends is None:
             c.judged()
             return sk.SK_DROP
+        c.policy_verdicts[self._generation] += 1
         try:
             ret = self.policy.verdict(skb, backends)
         except BaseException as exc:
@@ -233,12 +305,16 @@ class ProxyPrograms:
                 self._policy_failed(exc)
             c.judged()
             raise
+        ok = True if ret is sk.SK_PASS else sk.verdict_of(ret)
+        if ok is None:
+            self._not_a_verdict(ret)
+            ret = sk.SK_DROP
         redir = skb.sk_redir
         if redir is not None:
             i = self._index.get(redir.cookie)
             if i is not None:
                 b = c.backends[i]
-                if sk.verdict_of(ret):
+                if ok:
                     b.msgs += 1
                     b.bytes += n
                     self._pending.setdefault(redir.cookie, time.monotonic())
@@ -247,12 +323,15 @@ class ProxyPrograms:
         c.judged()
         return ret
 
-    def _count_reply(self, skb: sk.SkBuff, cookie: int, ret: int) -> int:
-        """Count a backend's reply ``skb`` (arrived on ``cookie``) as passed back
-        or dropped by ``ret``; returns ``ret``."""
+    def _count_reply(
+        self, skb: sk.SkBuff, cookie: int, ret: int, sent_via: int | None = None
+    ) -> int:
+        """Count a backend's reply ``skb`` (arrived on ``cookie``; the messages it
+        answers were redirected to ``sent_via``, by default the same socket) as
+        passed back or dropped by ``ret``, and its latency; returns ``ret``."""
         i = self._index.get(cookie)
         if i is not None:
-            sent = self._pending.pop(cookie, None)
+            sent = self._pending.pop(cookie if sent_via is None else sent_via, None)
             if sent is not None:
                 self.latency[i].observe(time.monotonic() - sent)
             if ret == sk.SK_PASS:
@@ -261,12 +340,66 @@ class ProxyPrograms:
                 self.counters.backends[i].reply_dropped_bytes += skb.len
         return ret
 
+    #: The running policy's generation, as ``policy_verdicts`` counts it.
+    _generation = "1"
+
+    def reload_policy(self) -> bool:
+        """Load the ``--policy`` file again and, when it loads and verifies, judge
+        every message from now on with it (``SIGHUP``): connected clients
+        included, mid-stream; its generation is one more. A message being
+        judged finishes with the policy it started with (the swap happens
+        between verdicts: one thread runs them). The framing stays as started:
+        a file whose ``parse(skb)`` is not the running one's is refused (for
+        UDP, any ``parse``). Returns whether the new policy took; either way
+        it is counted and logged (``policy_reloaded``, or
+        ``policy_reload_failed`` naming why, the running policy kept).
+        """
+        c = self.counters
+        path: str | None = getattr(getattr(self, "config", None), "policy", None)
+        kept = {"kept": self.policy.name, "generation": c.policy_generation}
+        if path is None:
+            c.policy_reload_errors += 1
+            log_event(log, logging.WARNING, "policy_reload_failed", policy="-",
+                      error="no --policy file: the default policy has nothing to reload",
+                      **kept)
+            return False
+        try:
+            new = Policy.from_file(path)
+            if not _same_parse(self.policy.parse, new.parse):
+                raise PolicyError(
+                    f"policy file {path!r}: its parse(skb) is not the running one's; the "
+                    "framing of connected clients cannot change (restart the proxy)"
+                )
+        except PolicyError as exc:
+            c.policy_reload_errors += 1
+            log_event(log, logging.WARNING, "policy_reload_failed", policy=path,
+                      error=str(exc), **kept)
+            c.changed()
+            return False
+        self.policy = new
+        c.policy_generation += 1
+        c.policy_reloads += 1
+        self._generation = str(c.policy_generation)
+        log_event(log, logging.WARNING, "policy_reloaded", policy=path,
+                  generation=c.policy_generation)
+        c.changed()
+        return True
+
     def _policy_failed(self, exc: BaseException) -> None:
         self._logged_errors += 1
-        if self._logged_errors <= 3:
-            more = {} if self._logged_errors < 3 else {"next": "counted, not logged"}
-            log_event(log, logging.WARNING, "policy_error", policy=self.policy.name,
-                      error=describe_error(exc), dropped=self.unit, **more)
+        limited_log.event(
+            ("policy raised", self.policy.name, type(exc)), "policy_error",
+            policy=self.policy.name, error=describe_error(exc), dropped=self.unit,
+        )
+
+    def _not_a_verdict(self, ret: object) -> None:
+        self.counters.bad_verdicts += 1
+        self._logged_errors += 1
+        limited_log.event(
+            ("policy returned", self.policy.name, type(ret)), "policy_not_a_verdict",
+            policy=self.policy.name, type=type(ret).__name__, value=sk.describe_value(ret),
+            dropped=self.unit,
+        )
 
     def _client_failed(self, peer: str, exc: BaseException) -> None:
         """Serving the client ``peer`` raised ``exc``, which is not to go up
@@ -286,11 +419,14 @@ class ProxyPrograms:
 
 
 class Proxy(ProxyPrograms):
-    """A running proxy: its maps and programs, and what it counted.
+    """A running proxy: its maps and programs, its backends' health, and what
+    it counted.
 
     Built by :func:`run_proxy`, which hands it to ``task_status.started``.
     ``listen``: the bound addresses; ``backends``: the backends' addresses
-    (the embedded echo backends' when none were given).
+    (the embedded echo backends' when none were given); ``health``: each
+    backend's :class:`~._health.BackendHealth`; ``sessions``: client cookie ->
+    :class:`~._session.Session`.
     """
 
     def __init__(
@@ -302,6 +438,7 @@ class Proxy(ProxyPrograms):
         listen: tuple[Address, ...],
         backends: tuple[Address, ...],
         runtime: Runtime,
+        nursery: trio.Nursery,
     ) -> None:
         self.config = config
         self.policy = policy
@@ -310,20 +447,39 @@ class Proxy(ProxyPrograms):
         self.backends = backends
         self.embedded = not config.backends
         self.runtime = runtime
+        #: Where sessions, backend connection watchers and sweeps run.
+        self.nursery = nursery
         self.counters = ProxyCounters([str(b) for b in backends])
         self._observe(len(backends))
+        self.closed = self.counters.client_closed  # one count, two names
+        self.health = [
+            BackendHealth(i, str(b), self.counters.backends[i], self.counters,
+                          backoff_min=config.backoff_min, backoff_max=config.backoff_max)
+            for i, b in enumerate(backends)
+        ]
+        self.fds = FdBudget(self.counters, per_conn=2 if self.embedded else 1)
         self.clients = sk.SockHash(max_entries=config.max_clients, name="clients")
-        #: client cookie -> that client's backend connections (a hash of maps)
-        self.sessions: dict[int, sk.SockMap] = {}
-        self._owner: dict[int, int] = {}  # backend connection cookie -> client cookie
-        self._index: dict[int, int] = {}  # backend connection cookie -> backend index
-        self._userspace: set[int] = set()  # cookies of clients carried in user space
+        #: Every backend connection, keyed by cookie, with the reply program.
+        self.upstreams = sk.SockHash(
+            max_entries=config.max_clients * len(backends) + 1, name="upstreams"
+        )
+        #: client cookie -> that client's session (its backends map: a hash of maps)
+        self.sessions: dict[int, Session] = {}
+        self._upstream: dict[int, BackendConn] = {}  # backend connection cookie -> it
+        self._index: dict[int, int] = {}  # slot or backend connection cookie -> backend index
+        self._again = False  # the verdict running now judges a message again
         self._logged_errors = 0
         budget = config.policy_budget
+        limit = config.max_message_size
         if policy.parse is not None:
             policy.parse.set_budget(budget)
         self.parser = policy.parse or sk.Program.load(
-            framing.parse, sk.BpfProgType.SK_SKB, name=f"parse ({framing.name})", budget=budget
+            framing.parse_within(limit), sk.BpfProgType.SK_SKB,
+            name=f"parse ({framing.name})", budget=budget,
+        )
+        #: How backend replies are framed to be counted (the clients' framing).
+        self.reply_parse = policy.parse.func if policy.parse is not None else (
+            framing.parse_within(limit)
         )
         self.verdict = sk.Program.load(
             self._route, sk.BpfProgType.SK_SKB, name=f"verdict ({policy.name})", budget=budget
@@ -333,40 +489,160 @@ class Proxy(ProxyPrograms):
         )
         self.clients.attach(self.parser, sk.SK_SKB_STREAM_PARSER)
         self.clients.attach(self.verdict, sk.SK_SKB_STREAM_VERDICT)
+        self.upstreams.attach(self.reply, sk.SK_SKB_VERDICT)
 
     # -- the programs --------------------------------------------------------------------
 
     def _route(self, skb: sk.SkBuff) -> int:
-        """The clients' stream verdict: the policy's, given this client's backends."""
-        return self._judge(skb, self.sessions.get(skb.sk.cookie) if skb.sk is not None else None)
+        """The clients' stream verdict: the policy's, given this client's backends;
+        a redirect to a slot is counted on the slot (see :class:`BackendSlot`)."""
+        s = skb.sk
+        session = self.sessions.get(s.cookie) if s is not None else None
+        ret = self._judge(skb, session.backends if session is not None else None,
+                          again=self._again)
+        redir = skb.sk_redir
+        if redir is not None and ret is not sk.SK_DROP:
+            slot = redir.owner
+            if type(slot) is BackendSlot:
+                if skb.flags:  # BPF_F_INGRESS: a slot has no receive queue
+                    b = self.counters.backends[slot.index]
+                    b.msgs -= 1
+                    b.dropped += 1
+                    return sk.SK_DROP
+                if ret is sk.SK_PASS or sk.verdict_of(ret):
+                    slot.routed += 1
+        return ret
 
     def _reply(self, skb: sk.SkBuff) -> int:
-        """The backends' verdict: send the bytes back to the client that owns the
-        connection they came on."""
-        cookie = skb.sk.cookie if skb.sk is not None else 0
-        key = self._owner.get(cookie)
-        if key is None:
+        """The backends' verdict: count the replies, then send the bytes back to
+        the client that owns the connection they came on."""
+        s = skb.sk
+        cookie = s.cookie if s is not None else 0
+        conn = self._upstream.get(cookie)
+        if conn is None:
             ret: int = sk.SK_DROP
-        elif key in self._userspace:
-            ret = sk.SK_PASS  # up to the proxy, which sends it to the client
         else:
-            ret = sk.sk_redirect_hash(skb, self.clients, key, 0)
-        return self._count_reply(skb, cookie, ret)
+            counter = conn.counter
+            if counter is not None and not counter.broken:
+                conn.answered += counter.feed(skb.data)
+            conn.unanswered = False
+            session: Session = conn.session
+            if session.userspace:
+                ret = sk.SK_PASS  # up to the proxy, which sends it on (and then looks)
+            else:
+                ret = sk.sk_redirect_hash(skb, self.clients, session.key, 0)
+                if session.client_eof:
+                    session.check_finish()
+        return self._count_reply(
+            skb, cookie, ret, conn.session.slots[conn.index].sk.cookie if conn is not None else None
+        )
+
+    def backend_connections(self) -> list[int]:
+        return [b.conns_open for b in self.counters.backends]
+
+    def rejudge(self, session: Session, msg: memoryview) -> BackendSlot | None:
+        """Run the verdict again on ``msg``, a message of ``session``'s client its
+        backend could not take; the slot it is redirected to now, or ``None``
+        (dropped, or passed to the proxy)."""
+        skb = session.skb.reset(msg)
+        self._again = True
+        try:
+            verdict = self.verdict.run_verdict(skb)
+        finally:
+            self._again = False
+        redir = skb.sk_redir
+        if verdict is not sk.Verdict.REDIRECT or redir is None:
+            return None
+        owner = redir.owner
+        return owner if type(owner) is BackendSlot and owner.session is session else None
+
+    # -- backend connections -------------------------------------------------------------
+
+    def adopt(self, conn: BackendConn) -> None:
+        """Put a new backend connection in the books and in ``upstreams``.
+
+        Raises:
+            OSError: it cannot enter the map (full, or no longer connected).
+        """
+        cookie = conn.stream.sk.cookie
+        self._upstream[cookie] = conn
+        self._index[cookie] = conn.index
+        try:
+            self.upstreams.update(cookie, conn.stream)
+        except OSError:
+            del self._upstream[cookie], self._index[cookie]
+            raise
+        self.counters.backends[conn.index].conns_open += 1
+
+    def forget(self, conn: BackendConn, reason: str) -> None:
+        """Take an ending backend connection out of the books, counting why it
+        ended (its stream is closed by the caller). Idempotent."""
+        cookie = conn.stream.sk.cookie
+        if self._upstream.pop(cookie, None) is None:
+            return
+        self._index.pop(cookie, None)
+        b = self.counters.backends[conn.index]
+        b.conns_open -= 1
+        b.closed[reason] += 1
+        self.fds.released()
+        self.counters.changed()
+
+    async def check_backend(self, i: int) -> bool | str:
+        """One active check of backend ``i``: connect (and shake hands for
+        ``--backend-tls``), then close. True when it worked, why it failed, or
+        False when this process could not tell (out of file descriptors)."""
+        addr = self.backends[i]
+        config = self.config
+        try:
+            stream = await dial(addr.host, addr.port, connect_timeout=config.connect_timeout,
+                                handshake_timeout=config.handshake_timeout, tls=config.tls)
+        except DialError as exc:
+            if not exc.backends_fault:
+                return False
+            if exc.kind.endswith("_timeout"):
+                self.counters.backends[i].timeouts[exc.kind.removesuffix("_timeout")] += 1
+            return str(exc)
+        await stream.aclose()
+        return True
 
     # -- connections -----------------------------------------------------------------------
 
     async def serve(
         self, listeners: list[skmsg_tcp.SkListener], handler_nursery: trio.Nursery
     ) -> None:
-        """Accept clients on ``listeners`` until cancelled.
+        """Accept clients on ``listeners`` until cancelled (see :mod:`._accept`),
+        and run the timeout sweep and the health checks.
 
         Raises:
             OSError: an unexpected accept error.
         """
-        await trio.serve_listeners(self.serve_client, listeners, handler_nursery=handler_nursery)
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(accept_clients, listener, self.serve_client,
+                                   handler_nursery, self.fds)
+            nursery.start_soon(self._sweep)
+            if self.config.health_interval is not None:
+                nursery.start_soon(run_health_checks, self.health, self.check_backend,
+                                   self.config.health_interval)
+
+    async def _sweep(self) -> None:
+        """Look for timeouts every fraction of the shortest (see :meth:`Session.sweep`)."""
+        config = self.config
+        tick = min(1.0, max(0.02, min(config.idle_timeout, config.write_timeout) / 4))
+        while True:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            for session in list(self.sessions.values()):
+                try:
+                    await session.sweep(now)
+                except BaseException as exc:
+                    if escapes_boundary(exc):
+                        raise
+                    self._client_failed(session.peer, exc)
+                    session.end("error")
 
     async def serve_client(self, client: skmsg_tcp.SkStream) -> None:
-        """Proxy one client until both directions end. Never raises but
+        """Proxy one client until its session ends. Never raises but
         cancellation and Ctrl-C (:func:`~skmsg_core.runtime.escapes_boundary`):
         the connection's own failures are logged and counted, and anything
         else raised while serving it closes its connections and is counted in
@@ -385,179 +661,108 @@ class Proxy(ProxyPrograms):
         c = self.counters
         c.clients_total += 1
         c.clients_open += 1
+        self.fds.started()
         peer = _fmt(client.sk.remote_addr)
         key = client.sk.cookie
-        conns: list[skmsg_tcp.SkStream] = []
-        backends: sk.SockMap | None = None
+        session: Session | None = None
+        reason = "error"
         proto = "tls" if self.config.tls is not None and self.config.tls.server else "tcp"
         log_event(log, logging.INFO, "client_accepted", client=peer, proto=proto)
         opened = time.monotonic()
-        reason = "refused"
         try:
-            try:
-                with trio.fail_after(self.config.connect_timeout):
-                    for addr in self.backends:
-                        conns.append(await skmsg_tcp.open_tcp_stream(addr.host, addr.port))
-            except (OSError, trio.TooSlowError) as exc:
-                c.connect_errors += 1
-                log_event(log, logging.WARNING, "client_refused", client=peer,
-                          reason="backend_connect", backend=str(self.backends[len(conns)]),
-                          error=_why(exc))
-                return
-            backends = sk.SockMap(max_entries=len(conns), name=f"backends of {peer}")
-            backends.attach(self.reply, sk.SK_SKB_VERDICT)
-            live = []
-            for i, conn in enumerate(conns):
-                self._owner[conn.sk.cookie] = key
-                self._index[conn.sk.cookie] = i
-                try:
-                    backends.update(i, conn)
-                except OSError as exc:  # it closed at once (not ESTABLISHED any more)
-                    log_event(log, logging.INFO, "backend_closed", client=peer,
-                              backend=str(self.backends[i]), error=exc.strerror)
-                    continue
-                tls = self.config.tls  # the kernel's order: into the map, then TLS
-                if tls is not None and tls.client is not None and not await originate(
-                    conn, tls, self.backends[i].host, self.config.connect_timeout
-                ):
-                    continue
-                live.append(conn)
-            if not live:
-                c.connect_errors += 1
-                log_event(log, logging.WARNING, "client_refused", client=peer,
-                          reason="no_backend", error="every backend closed its connection")
-                return
-            self.sessions[key] = backends
+            session = Session(self, client, peer)
+            self.sessions[key] = session
             in_map = self._insert(client, key, peer)
             if in_map is None:
+                session.end("refused")
                 return
             tls = self.config.tls  # the kernel's order: into the map, then TLS
-            if tls is not None and tls.server is not None and not await terminate(
-                client, tls, self.config.connect_timeout
-            ):
-                reason = "tls_handshake"
-                return
-            log_event(log, logging.INFO, "client_connected", client=peer,
-                      backends=",".join(str(self.backends[self._index[x.sk.cookie]]) for x in live),
-                      userspace=not in_map)
-            reason = await self._session(client, live, peer, in_map)
+            if tls is not None and tls.server is not None:
+                failed = await terminate(client, tls, self.config.handshake_timeout)
+                if failed is not None:
+                    if failed == "timeout":
+                        c.timeouts["handshake"] += 1
+                    session.end("handshake")
+                    return
+            session.userspace = not in_map
+            session.running = True
+            log_event(log, logging.INFO, "client_connected", client=peer, userspace=not in_map)
+            await self._session(session, in_map)
         except BaseException as exc:
             reason = "shutdown" if escapes_boundary(exc) else "error"
             raise
         finally:
+            if session is not None:
+                session.end(reason)  # no change if it ended already
+                reason = session.ending or reason
+            self.closed[reason] += 1  # counted before the client sees the close
             stats = client.statistics()
             with trio.CancelScope(shield=True):
+                if session is not None:
+                    if reason == "no_backend":
+                        await session.tell_unavailable()
+                    await self._close(session)
+                else:
+                    await client.aclose()
                 self.sessions.pop(key, None)
-                self._userspace.discard(key)
-                for conn in conns:
-                    self._owner.pop(conn.sk.cookie, None)
-                    self._index.pop(conn.sk.cookie, None)
-                    self._pending.pop(conn.sk.cookie, None)
-                if backends is not None:
-                    backends.close()
-                for stream in (client, *conns):
-                    await stream.aclose()
             c.clients_open -= 1
-            self._closed(peer, reason, proto=proto, seconds=round(time.monotonic() - opened, 3),
-                         bytes_in=stats.bytes_received, bytes_out=stats.bytes_sent)
+            self.fds.released()
+            c.changed()
+            log_event(log, logging.INFO, "client_closed", client=peer, reason=reason, proto=proto,
+                      seconds=round(time.monotonic() - opened, 3),
+                      bytes_in=stats.bytes_received, bytes_out=stats.bytes_sent)
+
+    async def _close(self, session: Session) -> None:
+        """Close everything ``session`` holds: its backend connections, its slots,
+        its client."""
+        for slot in session.slots:
+            self._index.pop(slot.sk.cookie, None)
+            self._pending.pop(slot.sk.cookie, None)
+        for conn in list(session.conns):
+            await session.end_conn(conn, "client", failure=None)
+        session.backends.close()
+        await session.client.aclose()
 
     def _insert(self, client: skmsg_tcp.SkStream, key: int, peer: str) -> bool | None:
-        """Put ``client`` into ``clients``: True; or mark it for user space when it
-        half-closed already (False); or refuse it (None)."""
+        """Put ``client`` into ``clients`` with the message size limit: True; or
+        mark it for user space when it half-closed already (False); or refuse
+        it (None)."""
         try:
             self.clients.update(key, client)
         except OSError as exc:
             if exc.errno == errno.EOPNOTSUPP and client.sk.state == sk.TcpState.CLOSE_WAIT:
-                self._userspace.add(key)
                 self.counters.userspace_clients += 1
                 return False
             log_event(log, logging.WARNING, "client_refused", client=peer, reason="clients_map",
                       error=exc.strerror)
             return None
+        psock = client.sk.psock
+        if psock is not None and psock.strp is not None:  # the kernel's sk_rcvbuf
+            psock.strp.max_msg_size = self.config.max_message_size
         return True
 
-    async def _session(
-        self, client: skmsg_tcp.SkStream, conns: list[skmsg_tcp.SkStream], peer: str,
-        in_map: bool,
-    ) -> str:
-        """Carry ``client``'s session until both directions end (or one did and
-        the drain timeout passed); returns why it ended (see ``docs/proxy.md``)."""
-        reason = ""
-        up_done = trio.Event()  # the client sent EOF; every backend was told
-        down_done = trio.Event()  # every backend closed; the client was told
-        remaining = len(conns)
-        to_client = trio.StrictFIFOLock()  # user space only: one sender at a time
-
-        async def from_client() -> None:
-            nonlocal reason
-            try:
-                if in_map:
-                    while await client.receive_some():
-                        pass  # SK_PASS without a redirect: delivered to the proxy, discarded
-                else:
-                    await self._carry_in_user_space(client)
-            except trio.BrokenResourceError as exc:
-                cause = exc.__cause__
-                if isinstance(cause, sk.StrParserError):
-                    reason = "parse_error"
-                    await self._parse_failed(client, peer, cause)
-                else:
-                    reason = "broken"
-                    log_event(log, logging.INFO, "client_broken", client=peer,
-                              error=str(cause or exc))
-                nursery.cancel_scope.cancel()
+    async def _session(self, session: Session, in_map: bool) -> None:
+        """Serve ``session`` until it ends (see :class:`Session`): its client's
+        receive side here; :meth:`Session.end` cancels what is left."""
+        with trio.CancelScope() as scope:
+            session.scope = scope
+            if session.over():
                 return
-            except sk.StrParserError as exc:
-                reason = "parse_error"
-                await self._parse_failed(client, peer, exc)
-                nursery.cancel_scope.cancel()
-                return
-            except trio.ClosedResourceError:
-                reason = "closed"
-                nursery.cancel_scope.cancel()
-                return
-            for conn in conns:
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await conn.send_eof()
-            up_done.set()
+            await session.from_client(in_map)
+            await session.done.wait()
 
-        async def from_backend(conn: skmsg_tcp.SkStream) -> None:
-            nonlocal remaining
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                while data := await conn.receive_some():
-                    if not in_map:  # the reply program passed it up: the client is ours
-                        async with to_client:
-                            await client.send_all(data)
-            await conn.aclose()  # it leaves the client's backend map
-            remaining -= 1
-            if not remaining:
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    await client.send_eof()
-                down_done.set()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(from_client)
-            for conn in conns:
-                nursery.start_soon(from_backend, conn)
-            await _wait_any(up_done, down_done)
-            with trio.move_on_after(self.config.drain_timeout):
-                await up_done.wait()
-                await down_done.wait()
-            nursery.cancel_scope.cancel()
-        if reason:
-            return reason
-        return "done" if up_done.is_set() and down_done.is_set() else "drain_timeout"
-
-    async def _carry_in_user_space(self, client: skmsg_tcp.SkStream) -> None:
+    async def _carry_in_user_space(self, session: Session) -> None:
         """What the runtime does for a client in ``clients``, for one that could not
         enter it: frame what it sent with the parser program, run the verdict
-        program on each message, write each redirect out of its backend.
+        program on each message, write each redirect out of its backend slot.
 
         Raises:
             StrParserError: the parser program failed.
             trio.BrokenResourceError: reading the client failed.
         """
-        parser = sk.StrParser(self.parser.run, sk=client.sk)  # a psock's limits
+        client = session.client
+        parser = sk.StrParser(self.parser.run, sk=client.sk,
+                              max_msg_size=self.config.max_message_size)
         skb = sk.SkBuff(client.sk)
         redirect = sk.Verdict.REDIRECT
         while data := await client.receive_some():
@@ -565,47 +770,36 @@ class Proxy(ProxyPrograms):
                 if self.verdict.run_verdict(skb.reset(msg)) is not redirect:
                     continue
                 target = skb.sk_redir.owner if skb.sk_redir is not None else None
-                try:
-                    if target is None:
-                        raise trio.ClosedResourceError
+                if type(target) is BackendSlot:
                     await target.egress_write([msg], False)
-                except BaseException as exc:  # the target's failure, as in the runtime
-                    if escapes_boundary(exc):
-                        raise
+                else:
                     self.runtime.redirect_errors += 1
-
-    async def _parse_failed(
-        self, client: skmsg_tcp.SkStream, peer: str, cause: sk.StrParserError
-    ) -> None:
-        self.counters.parse_errors += 1
-        refused = cause.__cause__
-        if isinstance(refused, FramingError):
-            log_event(log, logging.WARNING, "parse_error", client=peer,
-                      framing=self.framing.name, error=str(refused))
-            if self.framing.refuse is not None:
-                with trio.move_on_after(1), contextlib.suppress(OSError, trio.BrokenResourceError,
-                                                                trio.ClosedResourceError):
-                    await client.send_all(self.framing.refuse(refused))
-        else:
-            log_event(log, logging.WARNING, "parse_error", client=peer, error=str(cause))
 
 
 async def run_proxy(
     config: ProxyConfig, *, task_status: trio.TaskStatus[Proxy] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run ``skmsg proxy`` until cancelled; ``task_status.started`` gets the
-    :class:`Proxy` once it listens and its backends are up.
+    :class:`Proxy` once it listens.
 
-    Everything it opened is closed when it returns.
+    Each ``--backend`` is tried once first: one that cannot be reached starts
+    *down* (see :mod:`._health`) with a warning naming it; the proxy starts
+    unless none can be reached. Everything it opened is closed when it returns.
 
     Raises:
-        ProxyError: before it starts: a bad policy file, an address that cannot
-            be listened on (taken, ``EADDRINUSE``), a backend that cannot be
-            reached.
+        ProxyError: before it starts: a bad policy file or setting, an address
+            that cannot be listened on (taken, ``EADDRINUSE``), no backend that
+            can be reached.
     """
     framing, policy = load(config)
-    for addr in config.backends:
-        await probe(addr, config.connect_timeout)
+    unreachable: dict[int, ProxyError] = {}
+    for i, addr in enumerate(config.backends):
+        try:
+            await probe(addr, config.connect_timeout)
+        except ProxyError as exc:
+            unreachable[i] = exc
+    if config.backends and len(unreachable) == len(config.backends):
+        raise unreachable[0]
     listeners = await _listen(config.listen, reuseport=config.reuseport)
     try:
         listen = tuple(Address.of(lst.socket.getsockname()) for lst in listeners)
@@ -615,13 +809,16 @@ async def run_proxy(
                 echo_framing = framing
                 if policy.parse is not None:
                     echo_framing = Framing.custom(policy.parse.func, "custom")
+                echo = functools.partial(serve_echo, framing=echo_framing,
+                                         max_message_size=config.max_message_size)
                 backends = tuple([
-                    Address(*await nursery.start(serve_echo, i, echo_framing))
-                    for i in range(config.echo_backends)
+                    Address(*await nursery.start(echo, i)) for i in range(config.echo_backends)
                 ])
             proxy = Proxy(config, policy=policy, framing=framing, listen=listen,
-                          backends=backends, runtime=runtime)
+                          backends=backends, runtime=runtime, nursery=nursery)
             proxy.listen_sockets = tuple(lst.socket for lst in listeners)
+            for i, error in unreachable.items():
+                proxy.health[i].failed(str(error).removeprefix(f"--backend {backends[i]}: "))
             nursery.start_soon(proxy.serve, listeners, nursery)
             task_status.started(proxy)
     finally:
@@ -639,6 +836,7 @@ def load(config: ProxyConfig) -> tuple[Framing, Policy]:
     """
     if not config.backends and config.echo_backends < 1:
         raise ProxyError("no --backend and no embedded echo backends: nothing to proxy to")
+    config.check()
     framing = FRAMINGS.get(config.parser)
     if framing is None:
         raise ProxyError(f"--parser {config.parser!r}: choose one of {', '.join(FRAMINGS)}")
@@ -682,6 +880,18 @@ async def _wait_any(*events: trio.Event) -> None:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(wait)
+
+
+def _same_parse(old: sk.Program | None, new: sk.Program | None) -> bool:
+    """Whether ``new`` (a reloaded policy's parse program) frames as ``old``
+    does: both absent, or the same code and constants."""
+    if old is None or new is None:
+        return old is new
+    a = getattr(old.func, "__code__", None)
+    b = getattr(new.func, "__code__", None)
+    return a is not None and b is not None and (a.co_code, a.co_consts, a.co_names) == (
+        b.co_code, b.co_consts, b.co_names
+    )
 
 
 def _walk(exc: BaseException) -> Iterator[BaseException]:

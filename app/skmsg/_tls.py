@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import skmsg_tls
-from skmsg_core.runtime import log_event
+from skmsg_core.runtime import RateLimitedLog
 
 if TYPE_CHECKING:
     from skmsg_tcp import SkStream
@@ -56,7 +56,6 @@ __all__ = [
     "TlsOptions",
     "add_tls_arguments",
     "client_context",
-    "originate",
     "self_signed_certificate",
     "server_context",
     "terminate",
@@ -65,6 +64,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("skmsg")
+#: One event per kind of handshake failure every few seconds, however many clients fail.
+limited_log = RateLimitedLog(log)
 
 
 @attrs.frozen
@@ -285,34 +286,26 @@ def _alpn(value: str | None) -> tuple[str, ...]:
 # -- the proxy's two hops -----------------------------------------------------------------------
 
 
-async def terminate(client: SkStream, options: TlsOptions, timeout: float) -> bool:
-    """Run the server-side handshake on a client already in its map; False (and
-    a log line) when it failed: the client is then to be closed."""
+async def terminate(client: SkStream, options: TlsOptions, timeout: float) -> str | None:
+    """Run the server-side handshake on a client already in its map, for at most
+    ``timeout`` seconds. ``None`` when it completed; else (and a rate-limited
+    ``tls_handshake_failed`` event) why it did not, ``"timeout"`` or
+    ``"failed"``: the client is then to be closed."""
     assert options.server is not None
     try:
         with trio.fail_after(timeout):
             # the proxy's policy is per message: frame the plaintext with its parser
             await skmsg_tls.start_tls(client, options.server, server_side=True, strparser=True)
-    except (OSError, ssl.SSLError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-        log_event(log, logging.WARNING, "tls_handshake_failed", client=_peer(client),
-                  error=_reason(exc))
-        return False
-    return True
-
-
-async def originate(conn: SkStream, options: TlsOptions, host: str, timeout: float) -> bool:
-    """Run the client-side handshake on a backend connection already in its map;
-    False (and a log line) when it failed."""
-    assert options.client is not None
-    name = options.backend_hostname or host
-    try:
-        with trio.fail_after(timeout):
-            await skmsg_tls.start_tls(conn, options.client, server_hostname=name)
-    except (OSError, ssl.SSLError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-        log_event(log, logging.WARNING, "tls_handshake_failed", backend=_peer(conn),
-                  error=_reason(exc))
-        return False
-    return True
+    except trio.TooSlowError:
+        limited_log.event(("handshake", "timeout"), "tls_handshake_failed",
+                          client=_peer(client), error="timeout", seconds=timeout,
+                          limit="--handshake-timeout")
+        return "timeout"
+    except (OSError, ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        limited_log.event(("handshake", "failed"), "tls_handshake_failed",
+                          client=_peer(client), error=_reason(exc))
+        return "failed"
+    return None
 
 
 def _peer(stream: SkStream) -> str:

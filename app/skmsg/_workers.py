@@ -31,8 +31,9 @@ The command's process becomes a *supervisor*; it serves no client itself.
 - **Signals.** SIGTERM or SIGINT to the supervisor sends SIGTERM to every
   worker, waits for them to exit (:data:`STOP_TIMEOUT`, then SIGKILL), prints
   the final table and exits 0. SIGHUP is forwarded to every worker (logged as
-  ``event=signal_forwarded``); a worker handles it as the single-process proxy
-  does, and a worker that has no use for it logs ``event=signal_received``.
+  ``event=signal_forwarded``); each worker handles it as the single-process
+  proxy does (it reloads its ``--policy`` file), and a worker that has no use
+  for it logs ``event=signal_received``.
 - **A worker that dies.** A worker that exits while the proxy is not
   stopping is never restarted silently, nor at all: the supervisor logs
   ``level=error event=worker_exited worker=I pid=P status=...``, stops the
@@ -105,7 +106,8 @@ ANSWER_TIMEOUT = 5.0
 
 _HEAD = struct.Struct("!I")
 #: Fields that are gauges of a moment, not counts: the largest worker's wins.
-_LARGEST = frozenset({"uptime", "budget"})
+_GAUGE = "<gauge>"  # a field whose metadata says ``kind="gauge"``, not a count
+_LARGEST = frozenset({"uptime", "budget", _GAUGE})
 
 
 def worker_count(text: str) -> int:
@@ -266,7 +268,9 @@ def merge(a: Any, b: Any, name: str = "") -> Any:
 
     Counts add up (ints, the values of mappings, floats such as the latency
     sums); the fields in :data:`_LARGEST` (the uptime, a program's budget)
-    take the larger; strings keep ``a``'s (a backend address that differs,
+    and those whose attrs metadata says ``kind="gauge"`` (the policy
+    generation, the fd limit) take the larger; a bool is true if either is
+    (a backend is up if a worker sees it up); strings keep ``a``'s (a backend address that differs,
     each worker's own embedded echo backend, becomes ``(one per worker)``);
     enums keep ``a``'s; tuples merge item by item; attrs records field by field. Any field added
     to the statistics records later is merged by its type with no code here.
@@ -281,7 +285,8 @@ def merge(a: Any, b: Any, name: str = "") -> Any:
         return a
     if attrs.has(type(a)):
         return attrs.evolve(a, **{
-            f.name: merge(getattr(a, f.name), getattr(b, f.name), f.name)
+            f.name: merge(getattr(a, f.name), getattr(b, f.name),
+                          f.name if f.metadata.get("kind") != "gauge" else _GAUGE)
             for f in attrs.fields(type(a)) if f.init
         })
     if isinstance(a, int) and isinstance(b, int):

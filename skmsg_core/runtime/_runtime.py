@@ -523,7 +523,10 @@ class Runtime:
             self.nursery.start_soon(self._task_pump, pump)
         else:
             self._by_fd[pump.fd] = pump
-            self.nursery.start_soon(self._burst, pump)  # bytes may be waiting already
+            if _readable_now(pump.fd):
+                self.nursery.start_soon(self._burst, pump)  # bytes are waiting already
+            else:
+                self._arm(pump)  # idle from the start (a fresh connection): no task yet
 
     def stop_pump(self, endpoint: Endpoint) -> None:
         """Stop ``endpoint``'s receive processing, if running. Bytes it read but
@@ -697,6 +700,18 @@ class Runtime:
             else:
                 await self.rx_action(endpoint, action)
         return True
+
+
+_poller = select.poll()
+
+
+def _readable_now(fd: int) -> bool:
+    """Whether ``fd`` has bytes (or EOF, or an error) to read right now."""
+    _poller.register(fd, select.POLLIN)
+    try:
+        return bool(_poller.poll(0))
+    finally:
+        _poller.unregister(fd)
 
 
 def socket_error(

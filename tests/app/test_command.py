@@ -58,12 +58,19 @@ def test_proxy_help_documents_every_option_and_the_policy_file(
     assert code == 0
     for option in ("--listen HOST:PORT", "--backend HOST:PORT", "--parser",
                    "--policy FILE", "--stats-interval SECONDS", "--demo", "--max-clients",
-                   "--policy-budget SECONDS"):
+                   "--policy-budget SECONDS", "--connect-timeout SECONDS",
+                   "--handshake-timeout SECONDS", "--idle-timeout SECONDS",
+                   "--write-timeout SECONDS", "--health-interval SECONDS",
+                   "--max-message-size BYTES"):
         assert option in out
     for word in ("length-prefixed", "line", "http", "verdict(skb, backends)", "parse(skb)",
                  "sk_redirect_map", "SK_DROP", "round-robin", "embedded echo", "Ctrl-C",
-                 "status 2", "sys.exit()", "runs longer than --policy-budget"):
-        assert word in out
+                 "status 2", "sys.exit()", "runs longer than --policy-budget",
+                 "backends.up(i)", "load balancing, health and timeouts", "docs/proxy.md",
+                 "413 Payload Too Large", "(default 300)", "(default 30)", "(default 5)",
+                 "(default 10)", "(default 1M)",
+                 "SIGHUP reloads the --policy file"):
+        assert word in " ".join(out.split())  # wherever argparse wraps the lines
 
 
 def test_no_command_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -90,6 +97,15 @@ def test_no_command_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
         (["--policy-budget", "nan"], "'nan' is not a number of seconds > 0"),
         (["--policy-budget", "inf"], "'inf' is not a number of seconds > 0"),
         (["--policy-budget", "soon"], "'soon' is not a number of seconds > 0"),
+        (["--connect-timeout", "0"], "--connect-timeout: '0' is not a number of seconds > 0"),
+        (["--idle-timeout", "-1"], "--idle-timeout: '-1' is not a number of seconds > 0"),
+        (["--write-timeout", "nan"], "--write-timeout: 'nan' is not a number of seconds"),
+        (["--handshake-timeout", "inf"], "'inf' is not a number of seconds > 0 and <= 86400"),
+        (["--health-interval", "often"], "--health-interval: 'often' is not a number"),
+        (["--max-message-size", "10"], "'10' is not between 16 bytes and 1024 MiB"),
+        (["--max-message-size", "2G"], "'2G' is not between 16 bytes and 1024 MiB"),
+        (["--max-message-size", "lots"], "'lots' is not a size in bytes"),
+        (["--max-message-size", "1.5M"], "'1.5M' is not a size in bytes"),
     ],
 )
 def test_bad_arguments_are_refused(

@@ -124,17 +124,18 @@ async def test_verbose_shows_each_connections_life(caplog: pytest.LogCaptureFixt
         with trio.fail_after(TIMEOUT):
             while await client.receive_some():
                 pass
-            while "done" not in proxy.closed:
-                await trio.sleep(0.01)
+            await proxy.counters.wait_for(lambda: proxy.closed["done"] == 1)
         await client.aclose()
         nursery.cancel_scope.cancel()
     events = [pairs(r.getMessage()) for r in caplog.records if r.name == "skmsg"]
     mine = [e for e in events if e.get("client") == me]
-    assert [e["event"] for e in mine] == ["client_accepted", "client_connected", "client_closed"]
-    accepted, connected, closed = mine
+    assert [e["event"] for e in mine] == ["client_accepted", "client_connected",
+                                          "backend_connected", "client_closed"]
+    accepted, connected, backend, closed = mine
     assert accepted["proto"] == "tcp"
-    assert connected["backends"] == ",".join(str(b) for b in proxy.backends)
     assert connected["userspace"] == "false"
+    # one connection, to the one backend its one message was routed to, when it was
+    assert (backend["backend"], backend["index"]) == (str(proxy.backends[0]), "0")
     assert closed["reason"] == "done" and closed["proto"] == "tcp"
     assert int(closed["bytes_in"]) == 4 + 5 and int(closed["bytes_out"]) == len(got)
     assert float(closed["seconds"]) >= 0
@@ -170,7 +171,7 @@ def test_the_commands_stderr_is_one_event_per_line_and_the_table() -> None:
     assert all(e["level"] in ("info", "warning") for e in events)
     life = [e for e in events if e.get("client") == me]
     assert [e["event"] for e in life] == ["client_accepted", "client_connected",
-                                          "client_closed"], logged
+                                          "backend_connected", "client_closed"], logged
     assert life[-1]["reason"] == "done" and life[-1]["bytes_in"] == "12"
     # the human-readable table is still there, after the signal line
     assert rest[0] == "skmsg proxy: SIGTERM: shutting down", rest

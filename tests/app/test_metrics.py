@@ -179,26 +179,20 @@ async def test_udp_metrics_move_with_dns_queries() -> None:
 
 @attrs.frozen
 class MoreBackendStats(BackendStats):
-    up: bool = True
-    connect_errors: int = 0
-    connects: int = 0
+    spares: int = 0
+    probe_errors: int = 0
+    warm: bool = True
 
 
 @attrs.frozen
 class MoreProxyStats(ProxyStats):
-    backend_lost: int = 0
-    timeouts: dict[str, int] = attrs.field(factory=dict)
+    drains: dict[str, int] = attrs.field(factory=dict)
     oversized: int = attrs.field(default=0, metadata={
         "metric": "skmsg_proxy_http_413", "help": "Requests refused 413."})
 
 
-def test_a_field_added_to_the_statistics_is_exported() -> None:
-    base = ProxyStats(("127.0.0.1:7000",), 1.0, 0, 5, 0, 9, 90, 0, 1, 8, 0, 0, 0, 0, ())
-    backend = MoreBackendStats("127.0.0.1:9001", 8, 80, 0, 40, 0, up=False, connect_errors=2,
-                               connects=7)
-    stats = MoreProxyStats(**{**attrs.asdict(base, recurse=False), "backends": (backend,)},
-                           backend_lost=3, timeouts={"connect": 2, "idle": 1}, oversized=4)
-    snap = Snapshot("tcp", "p", stats, (), (), (1,), {"done": 5}, 0, ())
+def _render(stats: ProxyStats, closed: dict[str, int]) -> Samples:
+    snap = Snapshot("tcp", "p", stats, (), (), (1,), closed, 0, ())
 
     class One(Collector):
         def collect(self) -> Any:
@@ -206,16 +200,63 @@ def test_a_field_added_to_the_statistics_is_exported() -> None:
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(One())
-    s = parse(generate_latest(registry).decode())  # a valid exposition, parsed back
-    assert value(s, "skmsg_proxy_backend_lost_total") == 3
-    assert value(s, "skmsg_proxy_timeouts_total", reason="connect") == 2
-    assert value(s, "skmsg_proxy_timeouts_total", reason="idle") == 1
+    return parse(generate_latest(registry).decode())  # a valid exposition, parsed back
+
+
+def test_a_field_added_to_the_statistics_is_exported() -> None:
+    base = ProxyStats(("127.0.0.1:7000",), 1.0, 0, 5, 0, 9, 90, 0, 1, 8, 0, 0, 0, 0, ())
+    backend = MoreBackendStats("127.0.0.1:9001", 8, 80, 0, 40, 0, spares=7, probe_errors=2,
+                               warm=False)
+    stats = MoreProxyStats(**{**attrs.asdict(base, recurse=False), "backends": (backend,)},
+                           drains={"slow": 2, "fast": 1}, oversized=4)
+    s = _render(stats, {"done": 5})
+    assert value(s, "skmsg_proxy_drains_total", reason="slow") == 2
+    assert value(s, "skmsg_proxy_drains_total", reason="fast") == 1
     assert value(s, "skmsg_proxy_http_413_total") == 4
-    assert value(s, "skmsg_proxy_backend_up", backend="127.0.0.1:9001") == 0
-    assert value(s, "skmsg_proxy_backend_errors_total", reason="connect") == 2
-    assert value(s, "skmsg_proxy_backend_connects_total") == 7
+    assert value(s, "skmsg_proxy_backend_warm", backend="127.0.0.1:9001") == 0
+    assert value(s, "skmsg_proxy_backend_errors_total", reason="probe") == 2
+    assert value(s, "skmsg_proxy_backend_spares_total") == 7
     assert value(s, "skmsg_proxy_messages_total") == 9
     assert value(s, "skmsg_proxy_clients_closed_total", reason="done") == 5
+
+
+def test_the_load_balancers_counters_are_metrics() -> None:
+    """Health, failover and timeout counters, per backend and for the proxy."""
+    backend = BackendStats(
+        "127.0.0.1:9001", 8, 80, 0, 40, 0, up=False, downs=2, connects=7, connect_errors=3,
+        conns_open=4, checks=5, check_failures=1, unavailable=6, rerouted=6, backend_lost=3,
+        timeouts={"connect": 2, "handshake": 0, "response": 1, "write": 0},
+        closed={"eof": 1, "reset": 3, "idle": 0, "response_timeout": 1, "write_timeout": 0,
+                "client": 2},
+    )
+    base = ProxyStats(("127.0.0.1:7000",), 1.0, 0, 5, 0, 9, 90, 0, 1, 8, 0, 0, 0, 0,
+                      (backend,), timeouts={"idle": 1, "write": 2, "handshake": 3},
+                      too_large=4, rerouted=6, no_backend=1, backend_lost=3, accept_paused=2,
+                      fd_limit=1024)
+    s = _render(base, {"backend_lost": 3, "done": 0})
+    b = {"backend": "127.0.0.1:9001", "index": "0"}
+    assert value(s, "skmsg_proxy_backend_up", **b) == 0
+    assert value(s, "skmsg_proxy_backend_downs_total", **b) == 2
+    assert value(s, "skmsg_proxy_backend_connects_total", **b) == 7
+    assert value(s, "skmsg_proxy_backend_connect_errors_total", **b) == 3
+    assert value(s, "skmsg_proxy_backend_connections", **b) == 1  # the snapshot's, not conns_open
+    assert value(s, "skmsg_proxy_backend_checks_total", **b) == 5
+    assert value(s, "skmsg_proxy_backend_check_failures_total", **b) == 1
+    assert value(s, "skmsg_proxy_backend_unavailable_messages_total", **b) == 6
+    assert value(s, "skmsg_proxy_backend_rerouted_messages_total", **b) == 6
+    assert value(s, "skmsg_proxy_backend_lost_clients_total", **b) == 3
+    assert value(s, "skmsg_proxy_backend_timeouts_total", kind="response", **b) == 1
+    assert value(s, "skmsg_proxy_backend_connections_closed_total", reason="reset", **b) == 3
+    assert value(s, "skmsg_proxy_timeouts_total", kind="handshake") == 3
+    assert value(s, "skmsg_proxy_messages_too_large_total") == 4
+    assert value(s, "skmsg_proxy_messages_rerouted_total") == 6
+    assert value(s, "skmsg_proxy_messages_undeliverable_total") == 1
+    assert value(s, "skmsg_proxy_accept_paused_total") == 2
+    assert value(s, "skmsg_proxy_fd_limit") == 1024
+    assert value(s, "skmsg_proxy_clients_closed_total", reason="backend_lost") == 3
+    names = {n for n, _ in s}
+    assert "skmsg_proxy_client_closed_total" not in names  # one family for closes
+    assert "skmsg_proxy_backend_conns_open_total" not in names
 
 
 async def test_a_scrape_sees_one_moment(autojump_clock: trio.testing.MockClock) -> None:

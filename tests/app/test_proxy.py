@@ -170,7 +170,8 @@ async def test_messages_are_routed_by_content_and_replies_reach_their_client(
         assert len(proxy.clients) == 2
         assert proxy.parser.statistics().run_cnt >= 7
         assert proxy.reply.statistics().redirected >= 4
-        assert [len(m) for m in proxy.sessions.values()] == [2, 2]
+        # each client connected to the backends its messages went to: both, here
+        assert [len(session.conns) for session in proxy.sessions.values()] == [2, 2]
         table = format_table(s)
         assert f"[0] {a.address}" in table
         assert f"[1] {z.address}" in table
@@ -364,14 +365,22 @@ async def test_a_client_that_half_closed_before_it_was_accepted_is_carried_in_us
         await client.aclose()
 
 
-async def test_backends_closing_end_the_client_session() -> None:
-    a, b = Backend("a", close_after=1), Backend("b", close_after=0)
-    async with backends(a, b), proxy_running(backends=(a.address, b.address)) as proxy:
+async def test_a_backend_closing_its_connection_costs_the_client_nothing() -> None:
+    """A backend that closes each connection after one answer (owing nothing):
+    the client stays, and its next message goes over a new connection."""
+    a = Backend("a", close_after=1)
+    async with backends(a), proxy_running(backends=(a.address,)) as proxy:
         client = await connect(proxy)
         reader = Reader(client)
-        await client.send_all(frame(b"first"))
-        # "first" went to a (b may already be gone: round-robin skips empty slots)
-        assert await reader.until_eof() == [b"[a] first"]
+        for n, payload in enumerate((b"first", b"second", b"third"), 1):
+            await client.send_all(frame(payload))
+            assert await reader.messages(1) == [b"[a] " + payload]
+            with trio.fail_after(TIMEOUT):  # the proxy saw that connection end
+                await proxy.counters.wait_for(
+                    lambda n=n: proxy.counters.backends[0].closed["eof"] == n)
+        s = proxy.statistics()
+        assert (s.clients_open, s.backend_lost, s.backends[0].connects) == (1, 0, 3)
+        assert s.backends[0].up
         await client.aclose()
         await trio.testing.wait_all_tasks_blocked()
         assert proxy.statistics().clients_open == 0
@@ -393,7 +402,7 @@ async def test_a_client_over_max_clients_is_refused(caplog: pytest.LogCaptureFix
         await second.aclose()
 
 
-async def test_a_backend_gone_after_start_refuses_new_clients(
+async def test_a_backend_gone_after_start_closes_the_clients_whose_messages_it_had(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="skmsg")
@@ -404,12 +413,16 @@ async def test_a_backend_gone_after_start_refuses_new_clients(
     async with proxy_running(backends=(addr,)) as proxy:
         listening.close()
         client = await connect(proxy)
+        await client.send_all(frame(b"nobody home"))
         with trio.fail_after(TIMEOUT):
             assert await client.receive_some() == b""
-        assert proxy.statistics().connect_errors == 1
+        s = proxy.statistics()
+        assert (s.connect_errors, s.no_backend, s.client_closed["no_backend"]) == (1, 1, 1)
+        assert not s.backends[0].up
         port = client.socket.getsockname()[1]
-        assert (f"event=client_refused client=127.0.0.1:{port} reason=backend_connect "
-                f'backend={addr} error="connection refused (ECONNREFUSED)"') in caplog.text
+        assert (f"event=backend_connect_failed client=127.0.0.1:{port} backend={addr} "
+                f'kind=connect error="connection refused (ECONNREFUSED)"') in caplog.text
+        assert f"event=backend_down backend={addr} index=0" in caplog.text
         await client.aclose()
 
 

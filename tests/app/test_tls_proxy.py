@@ -236,3 +236,48 @@ async def test_a_client_closing_tcp_without_close_notify_is_a_close(
         assert proxy.counters.clients_total == 2
         assert proxy.counters.parse_errors == 0
         assert proxy.counters.client_errors == 0
+
+
+async def test_a_backend_that_never_answers_the_tls_handshake_is_down_and_routed_around(
+    ca: trustme.CA, tmp_path: pathlib.Path,
+) -> None:
+    """--backend-tls to a backend that takes the TCP connection and never says a
+    word: the handshake is cut at --handshake-timeout, the backend is marked
+    down, and the message is judged again and answered by the other one."""
+    ca_path = str(tmp_path / "ca.pem")
+    ca.cert_pem.write_to_path(ca_path)
+    bctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(bctx)
+    good = TlsBackend("good", bctx)
+    silent = trio.socket.socket()
+    await silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    mute = Address.of(silent.getsockname())
+    tls = TlsOptions(client=client_context(ca_path), backend_hostname="localhost")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(good.serve)
+        config = ProxyConfig(listen=Address("127.0.0.1", 0), backends=(mute, good.address),
+                             tls=tls, handshake_timeout=0.5, backoff_min=30.0,
+                             health_interval=0.2)
+        proxy: Proxy = await nursery.start(run_proxy, config)
+        addr = proxy.listen[0]
+        client = await trio.open_tcp_stream(addr.host, addr.port)
+        await client.send_all(frame(b"hello"))  # round-robin: the silent one first
+        got = b""
+        with trio.fail_after(TIMEOUT):
+            while len(got) < 4 or len(got) < 4 + int.from_bytes(got[:4], "big"):
+                got += await client.receive_some()
+        assert got[4:] == b"[good] hello"
+        s = proxy.statistics()
+        b = s.backends[0]
+        assert b.timeouts["handshake"] >= 1 and not b.up and b.connect_errors >= 1
+        assert (s.rerouted, s.no_backend, s.backends[1].backend_lost) == (1, 0, 0)
+        with trio.fail_after(TIMEOUT):  # the active checks shake hands with each
+            await proxy.counters.wait_for(
+                lambda: proxy.counters.backends[1].checks >= 2
+                and proxy.counters.backends[0].check_failures >= 1)
+        s = proxy.statistics()
+        assert s.backends[1].check_failures == 0 and s.backends[1].up
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+    silent.close()

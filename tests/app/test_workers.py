@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import attrs
 import pytest
@@ -205,16 +206,36 @@ def test_a_stop_signal_ends_every_worker(signum: signal.Signals) -> None:
             socket.create_connection(("127.0.0.1", run.port), timeout=TIMEOUT).close()
 
 
-def test_sighup_reaches_every_worker_and_they_carry_on() -> None:
-    with workers("--workers", "2") as run:
+POLICY = """\
+import skmsg_core as sk
+
+
+def verdict(skb, backends):
+    return sk.sk_redirect_map(skb, backends, {index}, 0)
+"""
+
+
+def test_sighup_reaches_every_worker_each_reloads_its_policy(tmp_path: Path) -> None:
+    policy = tmp_path / "route.py"
+    policy.write_text(POLICY.format(index=0))
+    with workers("--workers", "2", "--policy", str(policy), "--metrics", "127.0.0.1:0") as run:
+        for c in range(8):
+            assert converse(run.port, [b"before %d" % c]) == [b"[backend 0] before %d" % c]
+        before = run.scrape()
+        policy.write_text(POLICY.format(index=1))
         run.proc.send_signal(signal.SIGHUP)
         run.wait_for(rf"event=signal_forwarded signal=SIGHUP workers=2 "
                      rf"pids={run.pids[0]},{run.pids[1]}")
-        for i, pid in enumerate(run.pids):
-            run.wait_for(rf"event=signal_received signal=SIGHUP worker={i} pid={pid}\b")
+        run.wait_for(r"SIGHUP: policy \S+ reloaded \(generation 2\)", count=2)
         assert all(_alive(p) for p in run.pids) and run.proc.poll() is None
-        for c in range(8):
-            assert converse(run.port, [b"after %d" % c])[0].endswith(b"after %d" % c)
+        for c in range(40):  # spread over both workers: each routes by the new file
+            assert converse(run.port, [b"after %d" % c]) == [b"[backend 1] after %d" % c]
+        after = run.scrape()
+        for pid in run.pids:
+            moved = (value(after, "skmsg_proxy_worker_messages_total", pid=str(pid))
+                     - value(before, "skmsg_proxy_worker_messages_total", pid=str(pid)))
+            assert moved > 0, pid
+        assert value(after, "skmsg_proxy_policy_generation") == 2
 
 
 def test_a_killed_worker_is_reported_and_stops_the_proxy() -> None:

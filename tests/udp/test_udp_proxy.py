@@ -324,3 +324,30 @@ async def test_the_example_policy_routes_in_the_command_too() -> None:
     assert b"Traceback" not in err
     assert re.search(rb"clients 0 open, 1 total", tail)
     assert re.search(rb"all clients +2 +\d+ +0 +0 +2 ", tail)
+
+
+async def test_a_reload_routes_the_same_clients_next_queries_and_refuses_a_parse(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The UDP proxy reloads its policy as the TCP one does (SIGHUP calls
+    ``reload_policy``): a session open across the reload is routed by the new
+    generation; a file with ``parse`` (which --udp does not use) is refused."""
+    route = tmp_path / "route.py"
+    source = ("import skmsg_core as sk\n"
+              "def verdict(skb, backends):\n"
+              "    return sk.sk_redirect_map(skb, backends, {}, 0)\n")
+    route.write_text(source.format(0))
+    async with running(policy=str(route)) as (proxy, internal, public):
+        sock = await client_socket(proxy)
+        assert await resolve(sock, 1, "a.example") == "10.0.0.1"
+        route.write_text(source.format(1))
+        assert proxy.reload_policy()
+        assert await resolve(sock, 2, "b.example") == "192.0.2.7"  # the same session
+        route.write_text(source.format(0) + "def parse(skb):\n    return skb.len\n")
+        assert not proxy.reload_policy()
+        assert await resolve(sock, 3, "c.example") == "192.0.2.7"  # generation 2 kept
+        s = proxy.statistics()
+        assert (s.policy_generation, s.policy_reloads, s.policy_reload_errors) == (2, 1, 1)
+        assert s.policy_verdicts == {"1": 1, "2": 2}
+        assert (internal.names, public.names) == (["a.example"], ["b.example", "c.example"])
+        sock.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import socket as stdsocket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -98,6 +99,60 @@ class SkListener(trio.abc.Listener[SkStream]):
                     raise
             else:
                 return SkStream(sock)
+
+    def accept_nowait(self) -> SkStream:
+        """Accept a connection that is waiting now, without a checkpoint, as an
+        :class:`SkStream`: for a server that takes a batch of connections per
+        wake-up (:meth:`wait_acceptable`) instead of one per scheduler pass.
+        Connections that failed before they were accepted (reset, aborted) are
+        skipped, as :meth:`accept` skips them.
+
+        Raises:
+            trio.WouldBlock: no connection is waiting.
+            trio.ClosedResourceError: the listener was closed.
+            OSError: an accept error a server must handle, above all running
+                out of file descriptors (``EMFILE``, ``ENFILE``) or memory
+                (``ENOBUFS``, ``ENOMEM``): the connection stays queued.
+        """
+        raw = getattr(self.socket, "_sock", None)
+        if not isinstance(raw, stdsocket.socket):
+            raise trio.WouldBlock
+        while True:
+            try:
+                sock, _ = raw.accept()
+            except BlockingIOError:
+                raise trio.WouldBlock from None
+            except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+                    raise trio.ClosedResourceError from None
+                if exc.errno not in _IGNORABLE_ACCEPT:
+                    raise
+            else:
+                return SkStream(trio.socket.from_stdlib_socket(sock))
+
+    async def wait_acceptable(self) -> None:
+        """Wait until a connection is waiting to be accepted (the listening socket
+        is readable); then :meth:`accept_nowait` takes it.
+
+        Raises:
+            trio.ClosedResourceError: the listener was closed.
+        """
+        if self.socket.fileno() == -1:
+            raise trio.ClosedResourceError("the listener was closed")
+        await trio.lowlevel.wait_readable(self.socket)
+
+    def backlog(self) -> tuple[int, int] | None:
+        """Connections waiting in the accept queue, and the queue's limit (what
+        ``ss -lt`` shows as Recv-Q and Send-Q), or ``None`` where the kernel
+        does not tell (``TCP_INFO`` of a listening socket)."""
+        try:
+            info = self.socket.getsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_INFO, 104)
+        except (OSError, AttributeError):
+            return None
+        if len(info) < 32:
+            return None
+        waiting, limit = struct.unpack_from("=II", info, 24)  # tcpi_unacked, tcpi_sacked
+        return int(waiting), int(limit)
 
     async def aclose(self) -> None:
         """Close: the listener leaves every map, then the socket closes."""

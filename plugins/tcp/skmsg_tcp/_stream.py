@@ -741,6 +741,25 @@ class SkStream(trio.abc.HalfCloseableStream):
             await self._locked_send(held, True)
         return cause
 
+    @property
+    def write_in_progress(self) -> bool:
+        """Whether a write to the socket is under way now: this stream's own send,
+        a redirect into its egress, or a ULP's record, holding the stream's
+        write lock (perhaps waiting for the peer to make room). With
+        ``bytes_sent`` this tells a write that stalls (the peer reads
+        nothing) from one that is slow."""
+        return self._write_lock.locked()
+
+    async def flush_writes(self) -> None:
+        """Wait until every write begun on this stream before the call (its own
+        sends, redirects into its egress) has been handed to the socket; the
+        writes are taken in order, so this waits for its turn behind them.
+
+        Cancellation: nothing to undo (no bytes are written by this call).
+        """
+        async with self._write_lock:
+            pass
+
     async def wait_send_all_might_not_block(self) -> None:
         with self._send_conflict:
             if self._closed or self.socket.fileno() == -1:

@@ -1,0 +1,578 @@
+"""One client of ``skmsg proxy``: its backend slots, its backend connections, and how it ends.
+
+Theory of operation
+-------------------
+A client's policy sees a :class:`~._health.BackendMap` whose index ``i``
+always holds a :class:`BackendSlot`: a socket that stands for "this client's
+connection to backend ``i``", whether that connection exists yet or not. A
+verdict redirects to a slot with ``sk_redirect_map(skb, backends, i, 0)`` as
+to any socket; the runtime then writes the message out of the slot's egress
+(:meth:`BackendSlot.egress_write`), which is :meth:`Session.write`:
+
+1. the slot's connection is made if there is none (the backend must be up:
+   see :mod:`._health`); while it is made the client's receive pump waits,
+   so what is held is bounded (a read's worth of messages, and TCP flow
+   control stops the client beyond that);
+2. the bytes are written out of that connection (sealed for a TLS backend);
+3. if the backend is down, cannot be connected, or its connection fails
+   before the bytes are written, the messages are framed again and each is
+   *judged again*: the verdict runs anew (the failed backend is down now, so
+   the default policy picks another) and the message goes where it says. A
+   message still not taken after as many tries as there are backends is
+   *undeliverable*: its client is told (an HTTP client gets a 503, any other
+   is closed) and it is counted (``no_backend``).
+
+Each backend connection is in the proxy's ``upstreams`` map, whose reply
+program sends what the backend answers to the client that owns the
+connection, counting the replies (:class:`~._upstream.ReplyCounter`). A
+connection that ends (the backend closed it, it broke, it timed out) leaves
+its slot empty, so the next message routed there makes a new one; if it
+ended *owing* its client a reply (a message was written and its reply did not
+come), that client is told at once: its connection is closed, counted as
+``backend_lost`` against that backend. A message written out cannot be sent
+again elsewhere: the proxy cannot know whether the backend acted on it.
+
+A session ends (:meth:`Session.end`) with one reason, counted in
+``client_closed``: see :data:`~._stats.CLIENT_CLOSE_REASONS`. The proxy's
+timeout sweep (:meth:`Session.sweep`) ends sessions and connections that
+are idle or stalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+import trio
+
+import skmsg_core as sk
+import skmsg_tcp
+from skmsg_core import describe_error
+from skmsg_core.runtime import RateLimitedLog, escapes_boundary, log_event
+
+from ._health import BackendMap
+from ._parsers import FramingError
+from ._upstream import BackendConn, DialError, ReplyCounter, UpstreamStream, dial
+
+if TYPE_CHECKING:
+    from ._proxy import Proxy
+
+__all__ = ["BackendSlot", "Session"]
+
+log = logging.getLogger("skmsg")
+limited_log = RateLimitedLog(log)
+
+_STREAM_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class _SlotProto(sk.SkProtoBase):
+    """The protocol of backend slots: the kernel's rules for a connected TCP
+    socket, and no operations to swap (a slot has no receive side)."""
+
+    name = "backend slot"
+
+
+SLOT_PROTO = _SlotProto()
+
+
+class BackendSlot:
+    """Index ``index`` of one client's :class:`~._health.BackendMap`: what a
+    redirect to backend ``index`` reaches (see the module). ``conn``: the
+    connection to the backend, while there is one; ``routed``: messages
+    judged for this slot and not yet written (the verdict counts them, the
+    write takes them)."""
+
+    __slots__ = ("conn", "index", "routed", "session", "sk")
+
+    def __init__(self, session: Session, index: int, host: str, port: int) -> None:
+        self.session = session
+        self.index = index
+        self.conn: BackendConn | None = None
+        self.routed = 0
+        self.sk = sk.Sock(
+            SLOT_PROTO,
+            family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+            type=socket.SOCK_STREAM,
+            protocol=socket.IPPROTO_TCP,
+            state=sk.TcpState.ESTABLISHED,
+            remote_addr=(host, port),
+            owner=self,
+        )
+
+    def take_routed(self) -> int:
+        """The messages judged for this slot since the last call."""
+        n, self.routed = self.routed, 0
+        return n
+
+    # -- what the runtime calls on a redirect target ------------------------------------
+
+    async def egress_write(self, bufs: list[memoryview], more: bool) -> None:
+        """Write redirected messages to this client's connection to the backend
+        (see :meth:`Session.write`). Never raises but cancellation."""
+        await self.session.write(self, bufs, 0)
+
+    def rx_failed(self, exc: BaseException) -> None:
+        """A slot has no receive side: nothing to do."""
+
+    def rx_eof(self) -> None:
+        """A slot has no receive side: nothing to do."""
+
+    def wake_readers(self) -> None:
+        """A slot has no readers: nothing to do."""
+
+    def __repr__(self) -> str:
+        return f"<BackendSlot {self.index} of {self.session.peer}>"
+
+
+class Session:
+    """Everything the proxy holds for one client: its stream, its
+    :class:`~._health.BackendMap` of slots, its backend connections, and why
+    it ended once it does (``ending``; ``done`` is set then)."""
+
+    def __init__(self, proxy: Proxy, client: skmsg_tcp.SkStream, peer: str) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.peer = peer
+        self.key = client.sk.cookie
+        self.ending: str | None = None
+        self.done = trio.Event()
+        #: The scope serving the client, which :meth:`end` cancels.
+        self.scope: trio.CancelScope | None = None
+        #: Serving: in the clients map (or carried in user space), handshake done.
+        self.running = False
+        self.userspace = False
+        self.client_eof = False
+        self.finishing = False
+        self.conns: list[BackendConn] = []
+        self.skb = sk.SkBuff(client.sk)
+        self.backends = BackendMap(proxy.health, name=f"backends of {peer}")
+        self.slots = [
+            BackendSlot(self, i, addr.host, addr.port) for i, addr in enumerate(proxy.backends)
+        ]
+        for slot in self.slots:
+            self.backends.update(slot.index, slot.sk)
+            proxy._index[slot.sk.cookie] = slot.index
+        self._to_client = trio.StrictFIFOLock()  # user space only: one sender at a time
+        # the timeout sweep's marks (see sweep)
+        self.active = trio.current_time()
+        self.progress = 0
+        self.stall_since = 0.0
+        self.stall_sent = -1
+
+    def over(self) -> bool:
+        """Whether the session is ending (read afresh: it changes across awaits)."""
+        return self.ending is not None
+
+    def end(self, reason: str) -> None:
+        """End the session with ``reason`` (the first reason given wins): the
+        proxy closes the client and its backend connections."""
+        if self.ending is None:
+            self.ending = reason
+            self.done.set()
+            if self.scope is not None:
+                self.scope.cancel()
+
+    # -- writing to backends ----------------------------------------------------------------
+
+    async def write(self, slot: BackendSlot, bufs: list[memoryview], attempt: int) -> None:
+        """Write ``bufs`` (whole messages judged for ``slot``) out of the slot's
+        connection, making it first if need be; what cannot be written is
+        judged again (see the module). ``attempt``: how many times these
+        messages were judged again already. Never raises but cancellation."""
+        n = slot.take_routed()
+        if self.ending is not None:
+            return  # the client is being closed: nothing more goes out for it
+        conn = slot.conn
+        if conn is None:
+            conn = await self._open(slot)
+        if conn is not None:
+            try:
+                await conn.stream.egress_write(bufs, False)
+            except _STREAM_ERRORS as exc:
+                await self.end_conn(conn, "reset", failure=f"a write failed: {_reason(exc)}")
+            else:
+                conn.sent += n
+                conn.unanswered = True
+                return
+        if not self.over():
+            await self._reroute(bufs, attempt + 1, slot.index)
+
+    async def _reroute(self, bufs: list[memoryview], attempt: int, index: int) -> None:
+        """Judge each message of ``bufs`` again and send it where the verdict
+        says; give up on it (and the client) after as many tries as there are
+        backends."""
+        proxy = self.proxy
+        msgs = self._split(bufs)
+        c = proxy.counters
+        c.rerouted += len(msgs)
+        c.backends[index].rerouted += len(msgs)
+        for msg in msgs:
+            if self.over():
+                return
+            if attempt > len(self.slots):
+                self._undeliverable(index)
+                return
+            target = proxy.rejudge(self, msg)
+            if target is not None:
+                await self.write(target, [msg], attempt)
+
+    def _split(self, bufs: list[memoryview]) -> list[memoryview]:
+        """The messages in ``bufs`` (whole messages, in order), framed again with
+        the clients' parse program; one unit if that cannot be done."""
+        data = bufs[0] if len(bufs) == 1 else memoryview(b"".join(bufs))
+        parser = sk.StrParser(self.proxy.parser.func, max_msg_size=max(data.nbytes, 1))
+        try:
+            msgs = parser.feed(data)
+        except sk.StrParserError:
+            return [data]
+        return msgs if msgs and not parser.pending else [data]
+
+    def _undeliverable(self, index: int) -> None:
+        proxy = self.proxy
+        proxy.counters.no_backend += 1
+        limited_log.event(
+            ("no_backend",), "no_backend", client=self.peer,
+            last_tried=str(proxy.backends[index]), closed="client",
+        )
+        self.end("no_backend")
+
+    async def _open(self, slot: BackendSlot) -> BackendConn | None:
+        """Connect the slot to its backend; ``None`` (counted, and held against
+        the backend when it was its fault) when the backend is down or the
+        connection cannot be made."""
+        proxy = self.proxy
+        i = slot.index
+        health = proxy.health[i]
+        bc = proxy.counters.backends[i]
+        if not health.up():
+            bc.unavailable += 1
+            return None
+        addr = proxy.backends[i]
+        config = proxy.config
+        made: list[BackendConn] = []
+
+        def adopt(stream: UpstreamStream) -> None:
+            made.append(self._adopt(i, stream))
+
+        try:
+            await dial(
+                addr.host, addr.port,
+                connect_timeout=config.connect_timeout,
+                handshake_timeout=config.handshake_timeout,
+                tls=config.tls, before_tls=adopt,
+            )
+        except DialError as exc:
+            for conn in made:
+                proxy.forget(conn, "reset")
+            bc.connect_errors += 1
+            bc.unavailable += 1
+            proxy.counters.connect_errors += 1
+            if exc.kind.endswith("_timeout"):
+                bc.timeouts[exc.kind.removesuffix("_timeout")] += 1
+            if exc.backends_fault:
+                health.failed(str(exc))
+            limited_log.event(
+                ("connect", i, exc.kind), "backend_connect_failed", client=self.peer,
+                backend=str(addr), kind=exc.kind, error=str(exc),
+            )
+            return None
+        except BaseException:
+            for conn in made:
+                proxy.forget(conn, "client")
+            raise
+        conn = made[0]
+        health.succeeded()
+        bc.connects += 1
+        log_event(log, logging.INFO, "backend_connected", client=self.peer, backend=str(addr),
+                  index=i)
+        if self.over():  # the client went while this connected
+            await self.end_conn(conn, "client", failure=None)
+            return None
+        slot.conn = conn
+        self.conns.append(conn)
+        if conn.stream.on_end is None:  # see _adopt
+            proxy.nursery.start_soon(self._watch, conn)
+        return conn
+
+    def _adopt(self, index: int, stream: UpstreamStream) -> BackendConn:
+        """Make ``stream`` this session's connection to backend ``index``: in the
+        proxy's books and in ``upstreams``, whose reply program serves it. The
+        runtime's receive pump tells when it ends (``on_end``); a TLS
+        connection (which its reader serves) or one whose replies go up to a
+        user-space client is watched by a task of its own instead.
+
+        Raises:
+            DialError: it cannot enter the map (``local``: the map is full).
+        """
+        proxy = self.proxy
+        counter = ReplyCounter(proxy.reply_parse, proxy.config.max_message_size)
+        conn = BackendConn(stream, index, counter, self)
+        tls = proxy.config.tls
+        if not self.userspace and (tls is None or tls.client is None):
+            stream.on_end = functools.partial(self._pump_ended, conn)
+        try:
+            proxy.adopt(conn)
+        except OSError as exc:
+            raise DialError("local", f"cannot enter the upstreams map: {exc.strerror}") from exc
+        return conn
+
+    def _pump_ended(self, conn: BackendConn, exc: BaseException | None) -> None:
+        """The runtime's receive pump found ``conn`` at its end: EOF (``exc`` is
+        None) or broken. Called from the pump: ends it in a task of its own."""
+        if exc is None:
+            reason, failure = "eof", None
+        else:
+            reason, failure = "reset", f"its connection broke: {_reason(exc)}"
+        self.proxy.nursery.start_soon(self._end_later, conn, reason, failure)
+
+    async def _end_later(self, conn: BackendConn, reason: str, failure: str | None) -> None:
+        try:
+            await self.end_conn(conn, reason, failure=failure)
+        except BaseException as exc:
+            if escapes_boundary(exc):
+                raise
+            self.proxy._client_failed(self.peer, exc)
+            self.end("error")
+
+    # -- backend connections ending ---------------------------------------------------------
+
+    async def _watch(self, conn: BackendConn) -> None:
+        """Wait for ``conn`` to end (its bytes go to the client through the
+        reply program; a user-space client's come up here), then end it. Never
+        raises but cancellation."""
+        reason, failure = "eof", None
+        try:
+            while True:
+                data = await conn.stream.receive_some()
+                if not data:
+                    break
+                if self.userspace:  # the reply program passed it up: the client is ours
+                    try:
+                        async with self._to_client:
+                            await self.client.send_all(data)
+                    except _STREAM_ERRORS:
+                        self.end("client_closed")
+                    else:
+                        self.check_finish()
+        except trio.ClosedResourceError:
+            return  # the proxy closed it: whoever did has ended it
+        except trio.BrokenResourceError as exc:
+            reason, failure = "reset", f"its connection broke: {_reason(exc)}"
+        except BaseException as exc:
+            if escapes_boundary(exc):
+                raise
+            reason, failure = "reset", f"its connection raised {describe_error(exc)}"
+        await self.end_conn(conn, reason, failure=failure)
+
+    async def end_conn(self, conn: BackendConn, reason: str, *, failure: str | None) -> None:
+        """End ``conn`` for ``reason`` (a :data:`~._stats.CONN_CLOSE_REASONS`
+        name), once: its slot is emptied, ``failure`` (if given) is held against
+        the backend's health, the connection is closed, and if it owed this
+        client a reply the client is told (``backend_lost``)."""
+        if conn.ended is not None:
+            return
+        conn.ended = reason
+        owed = conn.owes()
+        if conn in self.conns:
+            self.conns.remove(conn)
+        slot = self.slots[conn.index]
+        if slot.conn is conn:
+            slot.conn = None
+        proxy = self.proxy
+        proxy.forget(conn, reason)
+        if failure is not None:
+            proxy.health[conn.index].failed(failure)
+        with trio.CancelScope(shield=True):
+            await conn.stream.aclose()
+        if owed and reason != "client" and self.ending is None:
+            proxy.counters.backends[conn.index].backend_lost += 1
+            limited_log.event(
+                ("backend_lost", conn.index, reason), "backend_lost", client=self.peer,
+                backend=str(proxy.backends[conn.index]), index=conn.index, reason=reason,
+                closed="client",
+            )
+            self.end("backend_lost")
+            return
+        self.check_finish()
+
+    def check_finish(self) -> None:
+        """After the client's EOF: once no connection owes it a reply (each
+        counting its replies; one that does not must close first), the session
+        ends (``done``) when the replies already sent are written."""
+        if not self.client_eof or self.ending is not None or self.finishing:
+            return
+        for conn in self.conns:
+            if not conn.counts_replies or conn.owes():
+                return
+            psock = conn.stream.sk.psock
+            if psock is not None and psock.ingress_bytes:
+                return  # replies for a user-space client still to be sent on
+        self.finishing = True
+        self.proxy.nursery.start_soon(self._finish)
+
+    async def _finish(self) -> None:
+        try:
+            await self.client.flush_writes()
+        except BaseException as exc:
+            if escapes_boundary(exc):
+                raise
+        self.end("done")
+
+    # -- the client ---------------------------------------------------------------------------
+
+    async def from_client(self, in_map: bool) -> None:
+        """Serve the client's receive side until it ends: EOF is passed on to
+        every backend connection (half-close); an error ends the session."""
+        client = self.client
+        try:
+            if in_map:
+                while await client.receive_some():
+                    pass  # SK_PASS without a redirect: delivered to the proxy, discarded
+            else:
+                await self.proxy._carry_in_user_space(self)
+        except trio.BrokenResourceError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, sk.StrParserError):
+                await self.parse_failed(cause)
+            else:
+                log_event(log, logging.INFO, "client_broken", client=self.peer,
+                          error=str(cause or exc))
+                self.end("client_closed")
+            return
+        except sk.StrParserError as exc:
+            await self.parse_failed(exc)
+            return
+        except trio.ClosedResourceError:
+            self.end("client_closed")
+            return
+        self.client_eof = True
+        for conn in list(self.conns):
+            with contextlib.suppress(*_STREAM_ERRORS):
+                await conn.stream.send_eof()
+        self.check_finish()
+
+    async def parse_failed(self, cause: sk.StrParserError) -> None:
+        """The client's stream could not be framed: a message over
+        ``--max-message-size`` (``too_large``; an HTTP client is answered 413)
+        or bytes the framing refuses (``parse_error``; an HTTP client is told
+        why). Ends the session."""
+        proxy = self.proxy
+        framing = proxy.framing
+        refused = cause.__cause__
+        limit = proxy.config.max_message_size
+        too_large = cause.errno == errno.EMSGSIZE or (
+            isinstance(refused, FramingError) and refused.status == 413
+        )
+        if too_large:
+            proxy.counters.too_large += 1
+            if not isinstance(refused, FramingError):
+                refused = FramingError(
+                    f"message over the proxy's limit of {limit} bytes", 413
+                )
+            limited_log.event(
+                ("too_large",), "message_too_large", client=self.peer, error=str(refused),
+                limit=limit, closed="client",
+            )
+        else:
+            proxy.counters.parse_errors += 1
+            if isinstance(refused, FramingError):
+                log_event(log, logging.WARNING, "parse_error", client=self.peer,
+                          framing=framing.name, error=str(refused))
+            else:
+                log_event(log, logging.WARNING, "parse_error", client=self.peer,
+                          error=str(cause))
+        if isinstance(refused, FramingError) and framing.refuse is not None:
+            with trio.move_on_after(1), contextlib.suppress(*_STREAM_ERRORS):
+                await self.client.send_all(framing.refuse(refused))
+        self.end("too_large" if too_large else "parse_error")
+
+    async def tell_unavailable(self) -> None:
+        """An HTTP client whose message no backend could take gets a 503 (when
+        no earlier reply is still owed to it, so the 503 answers that message)."""
+        unavailable = self.proxy.framing.unavailable
+        if unavailable is None or any(c.owes() for c in self.conns):
+            return
+        with trio.move_on_after(1), contextlib.suppress(*_STREAM_ERRORS):
+            await self.client.send_all(unavailable("no backend could take the request"))
+
+    # -- timeouts ---------------------------------------------------------------------------
+
+    async def sweep(self, now: float) -> None:
+        """End what timed out: the client when it read nothing for the write
+        timeout or moved no byte for the idle timeout (while no reply is owed
+        to it); each backend connection that read nothing for the write
+        timeout, owes a reply for the idle timeout, or moved nothing for it.
+        Called by the proxy every fraction of a timeout."""
+        if self.ending is not None or not self.running:
+            return
+        proxy = self.proxy
+        config = proxy.config
+        client = self.client
+        sent = client.bytes_sent
+        progress = sent + client.bytes_received
+        if progress != self.progress:
+            self.progress = progress
+            self.active = now
+        if client.write_in_progress:
+            if sent != self.stall_sent:
+                self.stall_sent, self.stall_since = sent, now
+            elif now - self.stall_since >= config.write_timeout:
+                proxy.counters.timeouts["write"] += 1
+                limited_log.event(
+                    ("timeout", "client write"), "timeout", client=self.peer, kind="write",
+                    seconds=config.write_timeout, closed="client",
+                )
+                self.end("write_timeout")
+                return
+        else:
+            self.stall_sent = -1
+        for conn in list(self.conns):
+            await self._sweep_conn(conn, now)
+            if self.over():
+                return
+        if now - self.active >= config.idle_timeout and not any(c.owes() for c in self.conns):
+            proxy.counters.timeouts["idle"] += 1
+            log_event(log, logging.INFO, "timeout", client=self.peer, kind="idle",
+                      seconds=config.idle_timeout, closed="client")
+            self.end("idle")
+
+    async def _sweep_conn(self, conn: BackendConn, now: float) -> None:
+        config = self.proxy.config
+        bc = self.proxy.counters.backends[conn.index]
+        stream = conn.stream
+        sent = stream.bytes_sent
+        progress = sent + stream.bytes_received
+        if progress != conn.progress:
+            conn.progress = progress
+            conn.active = now
+        if stream.write_in_progress:
+            if sent != conn.stall_sent:
+                conn.stall_sent, conn.stall_since = sent, now
+            elif now - conn.stall_since >= config.write_timeout:
+                bc.timeouts["write"] += 1
+                await self.end_conn(
+                    conn, "write_timeout",
+                    failure=f"it read nothing for {config.write_timeout:g}s (--write-timeout)",
+                )
+                return
+        else:
+            conn.stall_sent = -1
+        if now - conn.active >= config.idle_timeout:
+            if conn.owes():
+                bc.timeouts["response"] += 1
+                await self.end_conn(
+                    conn, "response_timeout",
+                    failure=f"no reply for {config.idle_timeout:g}s (--idle-timeout)",
+                )
+            else:
+                await self.end_conn(conn, "idle", failure=None)
+
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else None
+    return describe_error(cause or exc)
