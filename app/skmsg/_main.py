@@ -32,6 +32,7 @@ from ._proxy import MIN_MESSAGE_LIMIT, Address, Proxy, ProxyConfig, ProxyError, 
 from ._stats import format_table
 from ._tls import add_tls_arguments, tls_options
 from ._udp_proxy import UdpProxy, UdpProxyConfig, run_udp_demo, run_udp_proxy, udp_config
+from ._workers import WorkerLink, add_worker_arguments, run_supervisor, run_worker
 
 __all__ = ["build_parser", "main"]
 
@@ -277,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(no --parser), replies go back to the client that sent it; a client's session "
         "ends after 30s without a datagram",
     )
+    add_worker_arguments(proxy)
     add_tls_arguments(proxy)
     _add_lb_arguments(proxy)
     seeing = proxy.add_argument_group(
@@ -344,6 +346,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
+    if args.worker_channel is not None:
+        return run_worker(args, _proxy_command)
+    if args.workers != 1:
+        listen = args.listen or Address.parse(DEFAULT_LISTEN, listen=True)
+        raw = list(sys.argv[1:] if argv is None else argv)
+        return run_supervisor(args, raw, listen, _tell, _say)
     return _proxy_command(args)
 
 
@@ -355,7 +363,7 @@ def _tell(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _proxy_command(args: argparse.Namespace) -> int:
+def _proxy_command(args: argparse.Namespace, worker: WorkerLink | None = None) -> int:
     listen = args.listen or Address.parse("127.0.0.1:0" if args.demo else DEFAULT_LISTEN,
                                           listen=True)
     if args.udp and (args.tls or args.backend_tls):
@@ -374,6 +382,7 @@ def _proxy_command(args: argparse.Namespace) -> int:
         max_clients=args.max_clients,
         tls=tls,
         policy_budget=args.policy_budget,
+        reuseport=worker is not None,
         connect_timeout=args.connect_timeout,
         handshake_timeout=args.handshake_timeout,
         idle_timeout=args.idle_timeout,
@@ -397,7 +406,7 @@ def _proxy_command(args: argparse.Namespace) -> int:
         lg.setLevel(logging.WARNING)
     loggers[0].setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
-        return trio.run(_run, config, interval, args.demo, args.metrics)
+        return trio.run(_run, config, interval, args.demo, args.metrics, worker)
     finally:
         for lg, level in zip(loggers, saved, strict=True):
             lg.removeHandler(handler)
@@ -405,7 +414,7 @@ def _proxy_command(args: argparse.Namespace) -> int:
 
 
 async def _run(config: ProxyConfig | UdpProxyConfig, interval: float, demo: bool,
-               metrics: Address | None = None) -> int:
+               metrics: Address | None = None, worker: WorkerLink | None = None) -> int:
     status = 0
     proxy: Proxy | UdpProxy | None = None
     metrics_at: Address | None = None
@@ -427,7 +436,10 @@ async def _run(config: ProxyConfig | UdpProxyConfig, interval: float, demo: bool
                 nursery.cancel_scope.cancel()
             else:
                 stack.callback(_tune_gc())
-                _announce(proxy)
+                if worker is not None:  # its supervisor announces and counts
+                    nursery.start_soon(worker.serve, proxy, _announce)
+                else:
+                    _announce(proxy)
                 if metrics_at is not None:
                     _say(f"skmsg proxy: metrics on http://{metrics_at}/metrics")
                 if interval > 0:
@@ -436,7 +448,7 @@ async def _run(config: ProxyConfig | UdpProxyConfig, interval: float, demo: bool
                     status = await (run_udp_demo(proxy, _say) if isinstance(proxy, UdpProxy)
                                     else run_demo(proxy, _say))
                     nursery.cancel_scope.cancel()
-    if proxy is not None:
+    if proxy is not None and worker is None:
         _tell(format_table(proxy.statistics()))
     return status
 

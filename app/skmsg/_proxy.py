@@ -174,6 +174,9 @@ class ProxyConfig:
     #: ``--policy-budget``: the seconds one run of the policy's programs (and the
     #: proxy's own) may last before it is interrupted and counted as a DROP.
     policy_budget: float = sk.DEFAULT_BUDGET
+    #: Bind the listener with ``SO_REUSEPORT``, so other processes (``--workers``)
+    #: join its reuseport group and the kernel spreads connections over them.
+    reuseport: bool = False
     #: ``--connect-timeout``: seconds a backend connect may take.
     connect_timeout: float = 5.0
     #: ``--handshake-timeout``: seconds a TLS handshake (either hop) may take.
@@ -797,7 +800,7 @@ async def run_proxy(
             unreachable[i] = exc
     if config.backends and len(unreachable) == len(config.backends):
         raise unreachable[0]
-    listeners = await _listen(config.listen)
+    listeners = await _listen(config.listen, reuseport=config.reuseport)
     try:
         listen = tuple(Address.of(lst.socket.getsockname()) for lst in listeners)
         async with open_runtime() as runtime, trio.open_nursery() as nursery:
@@ -858,10 +861,10 @@ async def probe(addr: Address, timeout: float) -> None:
     await stream.aclose()
 
 
-async def _listen(addr: Address) -> list[skmsg_tcp.SkListener]:
+async def _listen(addr: Address, *, reuseport: bool = False) -> list[skmsg_tcp.SkListener]:
     try:
         listeners: list[skmsg_tcp.SkListener] = await skmsg_tcp.open_tcp_listeners(
-            addr.port, host=addr.host
+            addr.port, host=addr.host, reuseport=reuseport
         )
     except OSError as exc:
         raise ProxyError(f"--listen {addr}: cannot listen: {_why(exc)}") from exc
