@@ -17,7 +17,8 @@ message is 64 bytes of payload; one message in flight per client.
     the median rounds; the ratio is *paired*: the median of each round's own
     proxy/direct ratio (a round of each side run back to back sees the same
     moment of a shared machine). Target for ``max``: within 5x the direct
-    path's max.
+    path's max. ``proxy.burst.max.workers2``: the same through ``skmsg proxy
+    --workers 2`` (report only; the load generator shares the two cores).
 
 ``proxy.steady``
     1,000 clients (quick: 50) connected, each sending its next message as
@@ -106,9 +107,12 @@ def _settle(pids: list[int]) -> None:
 
 
 @contextmanager
-def _servers() -> Iterator[tuple[tuple[str, int], tuple[str, int], list[int]]]:
-    """The backend, and the proxy in front of it: (direct, proxy) addresses and
-    the two processes' ids."""
+def _servers() -> Iterator[
+    tuple[tuple[str, int], tuple[str, int], tuple[str, int], list[int]]
+]:
+    """The backend, and in front of it the proxy in one process and the proxy
+    with ``--workers 2``: (direct, proxy, workers) addresses and the
+    processes' ids."""
     with _process([sys.executable, "-m", "bench._load"], r"(\d+)") as (backend_proc, port):
         backend = (HOST, int(port[1]))
         with _process(
@@ -116,8 +120,24 @@ def _servers() -> Iterator[tuple[tuple[str, int], tuple[str, int], list[int]]]:
              "--backend", f"{HOST}:{backend[1]}", "--max-clients", "8192",
              "--stats-interval", "0"],
             r"listening on 127\.0\.0\.1:(\d+)",
-        ) as (proxy_proc, listening):
-            yield backend, (HOST, int(listening[1])), [backend_proc.pid, proxy_proc.pid]
+        ) as (proxy_proc, listening), _process(
+            [sys.executable, "-m", "skmsg", "proxy", "--listen", f"{HOST}:0",
+             "--backend", f"{HOST}:{backend[1]}", "--max-clients", "8192",
+             "--stats-interval", "0", "--workers", "2"],
+            r"listening on 127\.0\.0\.1:(\d+)",
+        ) as (workers_proc, workers_listening):
+            pids = [backend_proc.pid, proxy_proc.pid, workers_proc.pid,
+                    *_children(workers_proc.pid)]
+            yield (backend, (HOST, int(listening[1])), (HOST, int(workers_listening[1])), pids)
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (the workers of a supervisor)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
 
 
 def _p99(times: list[float]) -> float:
@@ -138,11 +158,11 @@ def bench_proxy(quick: bool) -> list[Figure]:
     """Burst and steady figures, proxy and direct side by side (see the module)."""
     n, rounds, seconds = (50, 1, 0.3) if quick else (1000, 5, 3.0)
     raise_nofile(4 * n + 256)
-    with _servers() as (direct, proxy, pids):
-        burst(direct, min(n, 50))  # warm-up: both paths answer, imports are done
-        burst(proxy, min(n, 50))
-        p99: dict[str, list[float]] = {"direct": [], "proxy": []}
-        worst: dict[str, list[float]] = {"direct": [], "proxy": []}
+    with _servers() as (direct, proxy, workers, pids):
+        for addr in (direct, proxy, workers):  # warm-up: every path answers, imports done
+            burst(addr, min(n, 50))
+        p99: dict[str, list[float]] = {"direct": [], "proxy": [], "workers": []}
+        worst: dict[str, list[float]] = {"direct": [], "proxy": [], "workers": []}
 
         def burst_of(name: str, addr: tuple[str, int]) -> Callable[[], float]:
             def run() -> float:
@@ -153,8 +173,8 @@ def bench_proxy(quick: bool) -> list[Figure]:
                 return times[-1]
             return run
 
-        _rounds({"direct": burst_of("direct", direct), "proxy": burst_of("proxy", proxy)},
-                rounds)
+        _rounds({"direct": burst_of("direct", direct), "proxy": burst_of("proxy", proxy),
+                 "workers": burst_of("workers", workers)}, rounds)
         def steady_of(addr: tuple[str, int]) -> Callable[[], float]:
             def run() -> float:
                 _settle(pids)
@@ -164,8 +184,8 @@ def bench_proxy(quick: bool) -> list[Figure]:
         rates = _rounds({"direct": steady_of(direct), "proxy": steady_of(proxy)}, 1)
     med = statistics.median
 
-    def paired(side: dict[str, list[float]]) -> float:
-        return med(p / d for p, d in zip(side["proxy"], side["direct"], strict=True))
+    def paired(side: dict[str, list[float]], name: str = "proxy") -> float:
+        return med(p / d for p, d in zip(side[name], side["direct"], strict=True))
 
     return [
         Figure.cost_ratio(
@@ -177,6 +197,11 @@ def bench_proxy(quick: bool) -> list[Figure]:
             "proxy.burst.max", value=med(worst["proxy"]), unit="ms",
             baseline=f"direct, {n} at once", baseline_value=med(worst["direct"]),
             target=BURST_MAX_TARGET, paired=paired(worst),
+        ),
+        Figure.cost_ratio(
+            "proxy.burst.max.workers2", value=med(worst["workers"]), unit="ms",
+            baseline=f"direct, {n} at once", baseline_value=med(worst["direct"]),
+            paired=paired(worst, "workers"),
         ),
         Figure.rate(
             "proxy.steady", value=rates["proxy"][0], unit="msg/s",

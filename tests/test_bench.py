@@ -23,7 +23,9 @@ RING_FIGURES = [
     for versus in ("vs_4k", "vs_naive")
 ]
 #: ``skmsg proxy`` as a process between many clients and a backend, against no proxy.
-PROXY_FIGURES = ["proxy.burst.p99", "proxy.burst.max", "proxy.steady"]
+PROXY_FIGURES = [
+    "proxy.burst.p99", "proxy.burst.max", "proxy.burst.max.workers2", "proxy.steady",
+]
 
 #: A figure line: its name first, then somewhere its ratio with direction and verdict.
 FIGURE_LINE = re.compile(
