@@ -677,62 +677,19 @@ class SkPsock:
         self.rx_dropped_bytes += counts[RX_DROP][1]
 
     @program_caller
-    def _verdict_one(
-        self, view: memoryview, start: int, end: int, prog: Program, batch: _RxBatch
-    ) -> None:
-        """:meth:`_verdict_spans` for one message, ``view[start:end]``: the same
-        outcomes and counters without the runs a batch of messages needs."""
+    def _judge(
+        self, buf: memoryview, off: int, length: int, prog: Program
+    ) -> tuple[str, Sock | None, bool]:
+        """Run the stream verdict on one message of ``length`` bytes starting at
+        ``buf[off]`` (``buf`` may hold only its first bytes: the program's
+        declared reads) and count the outcome as :meth:`_verdict_spans` does.
+        Returns the action's kind, target and ingress flag. Never raises but
+        Ctrl-C: whatever the program does is a counted DROP at worst."""
         skb: Any = self._skb  # Any: the program's helpers set fields the loop resets
-        skb._buf = view
+        skb._buf = buf
         reads = prog.reads
         skb._reads = ALL_BYTES if reads is None else reads
-        skb._off = start
-        skb._len = n = end - start
-        skb._data = None
-        skb._redir = None
-        try:
-            ret = prog.timed_func()(skb)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as exc:  # fail closed: a DROP, whatever was raised
-            ret = _SK_DROP
-            prog.record_error(exc)
-        if skb._helper_error is not None:
-            prog.helper_failed(skb)
-        target = skb._redir
-        skb._buf = skb._data = _EMPTY_VIEW
-        unit = view if start == 0 and end == view.nbytes else view[start:end]
-        prog.run_cnt += 1
-        self.rx_msgs += 1
-        if ret is _SK_PASS or (ret is not _SK_DROP and prog.is_pass(ret)):
-            if target is None:
-                prog.passed += 1
-                self.rx_passed_bytes += n
-                batch.add(RX_PASS, None, False, unit, 1)
-                return
-            prog.redirected += 1  # the program's REDIRECT, even to a target that is gone
-            tp = target.psock
-            if tp is not None and not target.dead and tp.tx_enabled:
-                self.rx_redirected_bytes += n
-                batch.add(RX_REDIRECT, target, bool(skb._flags), unit, 1)
-                return
-        else:
-            prog.dropped += 1  # a raise too
-        self.rx_dropped_bytes += n
-        batch.add(RX_DROP, None, False, unit, 1)
-
-    @program_caller
-    def _verdict_tail(
-        self, held: memoryview, length: int, prog: Program, batch: _RxBatch
-    ) -> None:
-        """The verdict of a message of ``length`` bytes of which ``held`` are in
-        (at least the program's declared reads): :meth:`_verdict_one`'s outcomes
-        and counters for the whole message, as an action of its own, last in
-        ``batch``, whose ``tail`` is the bytes still to come."""
-        skb: Any = self._skb  # Any: the program's helpers set fields the loop resets
-        skb._buf = held
-        skb._reads = prog.reads
-        skb._off = 0
+        skb._off = off
         skb._len = length
         skb._data = None
         skb._redir = None
@@ -749,25 +706,41 @@ class SkPsock:
         skb._buf = skb._data = _EMPTY_VIEW
         prog.run_cnt += 1
         self.rx_msgs += 1
-        tail = length - held.nbytes
         if ret is _SK_PASS or (ret is not _SK_DROP and prog.is_pass(ret)):
             if target is None:
                 prog.passed += 1
                 self.rx_passed_bytes += length
-                batch.actions.append(RxAction(RX_PASS, None, False, [held], held.nbytes, 1, tail))
-                return
+                return RX_PASS, None, False
             prog.redirected += 1  # the program's REDIRECT, even to a target that is gone
             tp = target.psock
             if tp is not None and not target.dead and tp.tx_enabled:
                 self.rx_redirected_bytes += length
-                batch.actions.append(
-                    RxAction(RX_REDIRECT, target, bool(skb._flags), [held], held.nbytes, 1, tail)
-                )
-                return
+                return RX_REDIRECT, target, bool(skb._flags)
         else:
             prog.dropped += 1  # a raise too
         self.rx_dropped_bytes += length
-        batch.actions.append(RxAction(RX_DROP, None, False, [held], held.nbytes, 1, tail))
+        return RX_DROP, None, False
+
+    def _verdict_one(
+        self, view: memoryview, start: int, end: int, prog: Program, batch: _RxBatch
+    ) -> None:
+        """:meth:`_verdict_spans` for one message, ``view[start:end]``: the same
+        outcomes and counters without the runs a batch of messages needs."""
+        kind, target, ingress = self._judge(view, start, end - start, prog)
+        unit = view if start == 0 and end == view.nbytes else view[start:end]
+        batch.add(kind, target, ingress, unit, 1)
+
+    def _verdict_tail(
+        self, held: memoryview, length: int, prog: Program, batch: _RxBatch
+    ) -> None:
+        """The verdict of a message of ``length`` bytes of which ``held`` are in
+        (at least the program's declared reads): :meth:`_verdict_one`'s outcomes
+        and counters for the whole message, as an action of its own, last in
+        ``batch``, whose ``tail`` is the bytes still to come."""
+        kind, target, ingress = self._judge(held, 0, length, prog)
+        batch.actions.append(
+            RxAction(kind, target, ingress, [held], held.nbytes, 1, length - held.nbytes)
+        )
 
     # -- the ingress queue (psock->ingress_msg) ------------------------------------------
 
