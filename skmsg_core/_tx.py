@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from ._errors import SendError, errno_name
 from ._progs import Verdict
 from ._ring import FileSpan, SkMsg
 
@@ -98,6 +99,27 @@ class SendResult:
     def retval(self) -> int:
         """The kernel's return value: ``copied`` if positive, else ``-err``."""
         return self.copied if self.copied > 0 else -self.err
+
+    def error(self, where: str, nbytes: int, *, accepted_before: int = 0) -> SendError:
+        """The :class:`SendError` a send of ``nbytes`` that ended with ``err``
+        raises: ``where`` names the call and the socket, the message says why
+        (a DROP, a failed redirect, another errno) and how much had been
+        accepted (``accepted_before``: bytes of the call that left before this
+        engine ran). Only for a result with ``err`` set."""
+        err = self.err
+        if err == errno.EACCES:
+            why = "the SK_MSG program dropped the data"
+        elif err == errno.EPIPE:
+            why = f"redirect failed ({errno_name(err)})"
+        else:
+            why = f"the send failed ({errno_name(err)})"
+        accepted = accepted_before + self.passed
+        return SendError.of(
+            err,
+            f"{where}: {why}; {accepted} of {nbytes} bytes had been accepted",
+            sent=max(self.copied, 0),
+            accepted=accepted,
+        )
 
 
 def _apply(psock: SkPsock, nbytes: int) -> None:

@@ -686,21 +686,7 @@ class SkStream(trio.abc.HalfCloseableStream):
             raise socket_error(self, exc, self._runtime, what="send") from exc
         result = op.result()
         if result.err:
-            err = SendError.of(
-                result.err,
-                f"{what} on {self.sk.describe()}: "
-                + (
-                    "the SK_MSG program dropped the data"
-                    if result.err == errno.EACCES
-                    else f"redirect failed ({sk.errno_name(result.err)})"
-                    if result.err == errno.EPIPE
-                    else f"the send failed ({sk.errno_name(result.err)})"
-                )
-                + f"; {result.passed} of {nbytes} bytes had been accepted",
-                sent=max(result.copied, 0),
-                accepted=result.passed,
-            )
-            raise err from cause
+            raise result.error(f"{what} on {self.sk.describe()}", nbytes) from cause
 
     async def _carry_out(self, op: sk.SendOp) -> OSError | None:
         """Carry out ``op``'s actions: passes to this socket (consecutive PASS

@@ -348,20 +348,10 @@ class TlsUlp:
             raise socket_error(stream, exc, stream._runtime, what="send") from exc
         result = op.result()
         if result.err:
-            what = (
-                "the SK_MSG program dropped the record"
-                if result.err == errno.EACCES
-                else f"redirect failed ({sk.errno_name(result.err)})"
-            )
-            accepted = written + result.passed
-            err = sk.SendError.of(
-                result.err,
-                f"send_all on TLS {self.stream.sk.describe()}: {what}; "
-                f"{accepted} of {view.nbytes} bytes had been accepted",
-                sent=max(result.copied, 0),
-                accepted=accepted,
-            )
-            raise err from cause
+            raise result.error(
+                f"send_all on TLS {self.stream.sk.describe()}", view.nbytes,
+                accepted_before=written,
+            ) from cause
 
     async def _send_lean(
         self, psock: sk.SkPsock, src: memoryview, more: bool

@@ -54,7 +54,6 @@ from skmsg_core.runtime import (
 from ._proto import UNIX_STREAM_PROTO
 from ._util import (
     Conflict,
-    SendError,
     UnixStreamStats,
     adopted,
     closed_error,
@@ -349,18 +348,7 @@ class UnixStream(trio.abc.HalfCloseableStream):
                 raise socket_error(self, exc, self._runtime, what="send") from exc
             result = op.result()
             if result.err:
-                what = (
-                    "the SK_MSG program dropped the data"
-                    if result.err == errno.EACCES
-                    else f"redirect failed ({errno.errorcode.get(result.err, result.err)})"
-                )
-                raise SendError.of(
-                    result.err,
-                    f"send_all on {self.sk.describe()}: {what}; "
-                    f"{result.passed} of {view.nbytes} bytes had been accepted",
-                    sent=max(result.copied, 0),
-                    accepted=result.passed,
-                ) from cause
+                raise result.error(f"send_all on {self.sk.describe()}", view.nbytes) from cause
 
     async def _carry_out(self, op: sk.SendOp) -> OSError | None:
         """Carry out ``op``'s actions: consecutive PASS windows written together
