@@ -19,40 +19,11 @@ from skmsg import Address, Proxy, ProxyConfig, main, run_proxy
 from skmsg._parsers import parse_length_prefixed
 from skmsg._tls import TlsOptions, server_context
 
+from ._backends import Backend, frame
+
 TIMEOUT = 20
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "tls_sni_route.py"
-
-
-def frame(payload: bytes) -> bytes:
-    return len(payload).to_bytes(4, "big") + payload
-
-
-class Backend:
-    """A plain TCP backend answering each length-prefixed message with
-    ``[name] payload``."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.received: list[bytes] = []
-        self.address = Address("127.0.0.1", 0)
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.address = Address.of(listeners[0].socket.getsockname())
-        await trio.serve_listeners(self._handle, listeners, task_status=task_status)
-
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        parser = sk.StrParser(parse_length_prefixed)
-        try:
-            async for data in stream:
-                for m in parser.feed(data):
-                    self.received.append(bytes(m[4:]))
-                    await stream.send_all(frame(f"[{self.name}] ".encode() + bytes(m[4:])))
-        except trio.BrokenResourceError:
-            pass
-        finally:
-            await stream.aclose()
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +42,7 @@ async def proxy_with_example(
     pair = (Backend("b0"), Backend("b1"))
     async with trio.open_nursery() as nursery:
         for b in pair:
-            await nursery.start(b.serve)
+            await b.start(nursery)
         config = ProxyConfig(
             listen=Address("127.0.0.1", 0),
             backends=tuple(b.address for b in pair),
