@@ -56,7 +56,14 @@ from skmsg_core.runtime import RateLimitedLog, escapes_boundary, log_event
 
 from ._health import BackendMap
 from ._parsers import FramingError
-from ._upstream import BackendConn, DialError, ReplyCounter, UpstreamStream, dial
+from ._upstream import (
+    BackendConn,
+    DialError,
+    ReplyCounter,
+    TrafficMarks,
+    UpstreamStream,
+    dial,
+)
 
 if TYPE_CHECKING:
     from ._proxy import Proxy
@@ -157,11 +164,7 @@ class Session:
             self.backends.update(slot.index, slot.sk)
             proxy._index[slot.sk.cookie] = slot.index
         self._to_client = trio.StrictFIFOLock()  # user space only: one sender at a time
-        # the timeout sweep's marks (see sweep)
-        self.active = trio.current_time()
-        self.progress = 0
-        self.stall_since = 0.0
-        self.stall_sent = -1
+        self.marks = TrafficMarks()  # the client's traffic, for the timeout sweep
 
     def over(self) -> bool:
         """Whether the session is ending (read afresh: it changes across awaits)."""
@@ -511,30 +514,19 @@ class Session:
             return
         proxy = self.proxy
         config = proxy.config
-        client = self.client
-        sent = client.bytes_sent
-        progress = sent + client.bytes_received
-        if progress != self.progress:
-            self.progress = progress
-            self.active = now
-        if client.write_in_progress:
-            if sent != self.stall_sent:
-                self.stall_sent, self.stall_since = sent, now
-            elif now - self.stall_since >= config.write_timeout:
-                proxy.counters.timeouts["write"] += 1
-                limited_log.event(
-                    ("timeout", "client write"), "timeout", client=self.peer, kind="write",
-                    seconds=config.write_timeout, closed="client",
-                )
-                self.end("write_timeout")
-                return
-        else:
-            self.stall_sent = -1
+        if self.marks.look(self.client, now) >= config.write_timeout:
+            proxy.counters.timeouts["write"] += 1
+            limited_log.event(
+                ("timeout", "client write"), "timeout", client=self.peer, kind="write",
+                seconds=config.write_timeout, closed="client",
+            )
+            self.end("write_timeout")
+            return
         for conn in list(self.conns):
             await self._sweep_conn(conn, now)
             if self.over():
                 return
-        if now - self.active >= config.idle_timeout and not any(c.owes() for c in self.conns):
+        if now - self.marks.active >= config.idle_timeout and not any(c.owes() for c in self.conns):
             proxy.counters.timeouts["idle"] += 1
             log_event(log, logging.INFO, "timeout", client=self.peer, kind="idle",
                       seconds=config.idle_timeout, closed="client")
@@ -543,25 +535,14 @@ class Session:
     async def _sweep_conn(self, conn: BackendConn, now: float) -> None:
         config = self.proxy.config
         bc = self.proxy.counters.backends[conn.index]
-        stream = conn.stream
-        sent = stream.bytes_sent
-        progress = sent + stream.bytes_received
-        if progress != conn.progress:
-            conn.progress = progress
-            conn.active = now
-        if stream.write_in_progress:
-            if sent != conn.stall_sent:
-                conn.stall_sent, conn.stall_since = sent, now
-            elif now - conn.stall_since >= config.write_timeout:
-                bc.timeouts["write"] += 1
-                await self.end_conn(
-                    conn, "write_timeout",
-                    failure=f"it read nothing for {config.write_timeout:g}s (--write-timeout)",
-                )
-                return
-        else:
-            conn.stall_sent = -1
-        if now - conn.active >= config.idle_timeout:
+        if conn.marks.look(conn.stream, now) >= config.write_timeout:
+            bc.timeouts["write"] += 1
+            await self.end_conn(
+                conn, "write_timeout",
+                failure=f"it read nothing for {config.write_timeout:g}s (--write-timeout)",
+            )
+            return
+        if now - conn.marks.active >= config.idle_timeout:
             if conn.owes():
                 bc.timeouts["response"] += 1
                 await self.end_conn(
@@ -570,7 +551,6 @@ class Session:
                 )
             else:
                 await self.end_conn(conn, "idle", failure=None)
-
 
 
 def _reason(exc: BaseException) -> str:

@@ -46,6 +46,7 @@ __all__ = [
     "BackendConn",
     "DialError",
     "ReplyCounter",
+    "TrafficMarks",
     "UpstreamStream",
     "dial",
     "literal_address",
@@ -334,6 +335,36 @@ class ReplyCounter:
         return n
 
 
+@attrs.define
+class TrafficMarks:
+    """What the proxy's timeout sweep keeps of one stream: when bytes last
+    moved (``active``) and the byte count then (``progress``), and since when
+    a write in progress has taken no byte (``stall_since``, at
+    ``stall_sent`` bytes sent; -1: no write in progress)."""
+
+    active: float = attrs.field(factory=trio.current_time)
+    progress: int = 0
+    stall_since: float = math.inf
+    stall_sent: int = -1
+
+    def look(self, stream: Any, now: float) -> float:
+        """Bring the marks up to date from ``stream``'s byte counters
+        (``bytes_sent``, ``bytes_received``, ``write_in_progress``) at ``now``;
+        return how long a write in progress has taken no byte (0.0 when none
+        is, or it just moved)."""
+        sent = stream.bytes_sent
+        progress = sent + stream.bytes_received
+        if progress != self.progress:
+            self.progress, self.active = progress, now
+        if not stream.write_in_progress:
+            self.stall_sent = -1
+            return 0.0
+        if sent != self.stall_sent:
+            self.stall_sent, self.stall_since = sent, now
+            return 0.0
+        return now - self.stall_since
+
+
 @attrs.define(eq=False)
 class BackendConn:
     """One client's connection to one backend: its stream, what was written to
@@ -343,9 +374,7 @@ class BackendConn:
     :class:`ReplyCounter`); ``unanswered``: a message was written and no reply
     byte came since (the test used when the counter is off); ``ended``: why
     it ended (a :data:`~._stats.CONN_CLOSE_REASONS` name), once it has.
-    ``active``/``progress``: when bytes last moved, and the byte count then
-    (kept by the proxy's timeout sweep); ``stall_since``/``stall_sent``: the
-    same for a write in progress.
+    ``marks``: its traffic, as the proxy's timeout sweep keeps it.
     """
 
     stream: UpstreamStream
@@ -357,10 +386,7 @@ class BackendConn:
     answered: int = 0
     unanswered: bool = False
     ended: str | None = None
-    active: float = attrs.field(factory=trio.current_time)
-    progress: int = 0
-    stall_since: float = math.inf
-    stall_sent: int = -1
+    marks: TrafficMarks = attrs.field(factory=TrafficMarks)
 
     def owes(self) -> bool:
         """Whether a message written to it may still be waiting for its reply."""
