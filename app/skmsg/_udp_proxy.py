@@ -433,8 +433,13 @@ class UdpProxy(ProxyPrograms):
     def _carry(self, session: _Session, data: bytes) -> None:
         """What the runtime does for datagrams on the session socket, for one that
         reached the listener: the verdict, then the redirect's send."""
-        skb = sk.SkBuff(session.unit.client.sk)
-        if self.verdict.run_verdict(skb.reset(memoryview(data))) is not sk.Verdict.REDIRECT:
+        self._judge_and_send(self.verdict, sk.SkBuff(session.unit.client.sk), data)
+
+    def _judge_and_send(self, prog: sk.Program, skb: sk.SkBuff, data: bytes) -> None:
+        """Run ``prog`` on ``data`` (in ``skb``) and send a redirected datagram
+        out of its target now; whatever the target raises is its failure,
+        counted as the runtime counts a failed redirect."""
+        if prog.run_verdict(skb.reset(memoryview(data))) is not sk.Verdict.REDIRECT:
             return
         target = skb.sk_redir.owner if skb.sk_redir is not None else None
         try:
@@ -489,18 +494,7 @@ class UdpProxy(ProxyPrograms):
                 data = conn.transport_recv_nowait(_MAX_DATAGRAM)
                 if data is None:
                     break
-                if self.reply.run_verdict(skb.reset(memoryview(data))) is not (
-                        sk.Verdict.REDIRECT):
-                    continue
-                target = skb.sk_redir.owner if skb.sk_redir is not None else None
-                try:
-                    if target is None:
-                        raise trio.ClosedResourceError
-                    target.egress_send_nowait(data)
-                except BaseException as exc:  # the target's failure, as in the runtime
-                    if escapes_boundary(exc):
-                        raise
-                    self.runtime.redirect_errors += 1
+                self._judge_and_send(self.reply, skb, data)
 
     def _close_unit(self, unit: _Unit) -> None:
         """Close ``unit``'s sockets and map (its session must have ended)."""
