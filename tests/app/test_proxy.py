@@ -9,15 +9,16 @@ import socket
 import textwrap
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
 import skmsg_core as sk
-from skmsg import Address, Proxy, ProxyConfig, format_table, run_proxy
+from skmsg import Address, Proxy, format_table
 from skmsg._parsers import parse_length_prefixed
+
+from ._backends import proxy_running
 
 TIMEOUT = 10  # a guard against hangs; every wait below ends on an event
 
@@ -79,15 +80,6 @@ async def backends(*specs: Backend) -> AsyncIterator[tuple[Backend, ...]]:
         for b in specs:
             await nursery.start(b.serve)
         yield specs
-        nursery.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def proxy_running(**kw: Any) -> AsyncIterator[Proxy]:
-    config = ProxyConfig(listen=Address("127.0.0.1", 0), **kw)
-    async with trio.open_nursery() as nursery:
-        proxy: Proxy = await nursery.start(run_proxy, config)
-        yield proxy
         nursery.cancel_scope.cancel()
 
 
