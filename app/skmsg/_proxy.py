@@ -155,8 +155,12 @@ class Address:
         return cls(str(sockaddr[0]), int(str(sockaddr[1])))
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return _hostport(self.host, self.port)
+
+
+def _hostport(host: str, port: object) -> str:
+    """``HOST:PORT``, or ``[HOST]:PORT`` for an IPv6 literal."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @attrs.frozen
@@ -919,4 +923,4 @@ def _why(exc: BaseException) -> str:
 def _fmt(addr: sk.SockAddr) -> str:
     if not isinstance(addr, tuple) or len(addr) < 2:
         return "?"
-    return str(Address.of(addr))
+    return _hostport(str(addr[0]), addr[1])

@@ -77,3 +77,66 @@ async def test_processing_restarts_after_a_psock_went_without_restore() -> None:
         assert seen == [b"2"]
         await a.aclose()
         await b.aclose()
+
+
+async def test_a_burst_waiting_on_a_full_target_stalls_no_other_socket() -> None:
+    """Twenty sockets' bursts wait on targets whose readers do not read; a
+    twenty-first socket's bytes still go through at once. When the targets are
+    read, every byte arrives in order and the waiting bursts end."""
+    import socket
+
+    import skmsg_core as sk
+    from skmsg_tcp.testing import tcp_stream_pair
+
+    n, size = 20, 1 << 18
+    async with open_runtime() as rt:
+        sources = [await tcp_stream_pair() for _ in range(n + 1)]
+        targets = [await tcp_stream_pair() for _ in range(n + 1)]
+        out = sk.SockMap(max_entries=n + 1)
+        into = sk.SockMap(max_entries=n + 1)
+        for i, (t, reader) in enumerate(targets):
+            t.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            out.update(i, t)
+        index = {s.sk.cookie: i for i, (_, s) in enumerate(sources)}
+
+        def verdict(skb: sk.SkBuff) -> int:
+            assert skb.sk is not None
+            return sk.sk_redirect_map(skb, out, index[skb.sk.cookie], 0)
+
+        into.attach(verdict, sk.SK_SKB_VERDICT)
+        for i, (_, s) in enumerate(sources):
+            into.update(i, s)
+        payload = [bytes([i]) * size for i in range(n + 1)]
+
+        def bursts() -> int:
+            return sum(t.name.endswith("._burst") for t in rt.nursery.child_tasks)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(sources[i][0].send_all, payload[i])
+            with trio.fail_after(30):
+                while bursts() < n:  # each of the twenty waits on its full target
+                    await trio.sleep(0.01)
+                await sources[n][0].send_all(b"through")
+                got = b""
+                while len(got) < len(b"through"):
+                    got += await targets[n][1].receive_some()
+            assert got == b"through"
+            received = [bytearray() for _ in range(n)]
+
+            async def drain(i: int) -> None:
+                while len(received[i]) < size:
+                    received[i] += await targets[i][1].receive_some(1 << 20)
+
+            with trio.fail_after(60):
+                for i in range(n):
+                    nursery.start_soon(drain, i)
+        assert all(bytes(r) == payload[i] for i, r in enumerate(received))
+        assert rt.redirect_errors == 0
+        with trio.fail_after(10):
+            while bursts():
+                await trio.sleep(0.01)
+        for a, b in sources + targets:
+            await a.aclose()
+            await b.aclose()

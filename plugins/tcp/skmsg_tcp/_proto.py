@@ -42,7 +42,10 @@ class TcpProto(sk.SkProtoBase):
             s.state = sk.TcpState.CLOSE
             let_go(s)
             return
-        sock = getattr(s.owner, "socket", None)
+        owner = s.owner
+        # the stdlib socket under trio's when there is one (a stream's ``_raw``):
+        # this runs at every map update
+        sock = getattr(owner, "_raw", None) or getattr(owner, "socket", None)
         if sock is None:
             return
         if sock.fileno() == -1:

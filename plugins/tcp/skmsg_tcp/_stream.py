@@ -238,6 +238,9 @@ def _translate(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceEr
     return trio.BrokenResourceError(f"socket connection broken: {exc}")
 
 
+_TCP_NOTSENT_LOWAT: int | None = getattr(stdsocket, "TCP_NOTSENT_LOWAT", None)
+
+
 def cookie_of(sock: trio.socket.SocketType | stdsocket.socket) -> int:
     """The kernel's socket cookie (``SO_COOKIE``), or a fresh one where unsupported."""
     try:
@@ -257,30 +260,33 @@ class SkStream(trio.abc.HalfCloseableStream):
     def __init__(self, socket: trio.socket.SocketType, *, proto: sk.SkProto | None = None) -> None:
         if not isinstance(socket, trio.socket.SocketType):
             raise TypeError("SkStream requires a trio socket object")
-        if socket.type != stdsocket.SOCK_STREAM:
-            raise ValueError("SkStream requires a SOCK_STREAM socket")
-        self.socket = socket
         # trio's socket wraps a non-blocking stdlib one; the runtime reads it
         # without blocking when it becomes readable (None: one task per socket).
         raw = getattr(socket, "_sock", None)
         self._raw: stdsocket.socket | None = raw if isinstance(raw, stdsocket.socket) else None
+        # the set-up calls below ask the stdlib socket straight (trio's wrapper
+        # only forwards them): a proxy makes two streams per client
+        io: Any = self._raw if self._raw is not None else socket
+        if io.type != stdsocket.SOCK_STREAM:
+            raise ValueError("SkStream requires a SOCK_STREAM socket")
+        self.socket = socket
         with contextlib.suppress(OSError):
-            socket.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, True)
-        if hasattr(stdsocket, "TCP_NOTSENT_LOWAT"):
+            io.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NODELAY, True)
+        if _TCP_NOTSENT_LOWAT is not None:
             with contextlib.suppress(OSError):
-                socket.setsockopt(stdsocket.IPPROTO_TCP, stdsocket.TCP_NOTSENT_LOWAT, 2**14)
+                io.setsockopt(stdsocket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, 2**14)
         self.sk = sk.Sock(
             proto or TCP_PROTO,
-            family=socket.family,
+            family=io.family,
             type=stdsocket.SOCK_STREAM,
             protocol=stdsocket.IPPROTO_TCP,
             state=sk.TcpState.ESTABLISHED,
-            local_addr=_addr(socket.getsockname),
-            remote_addr=_addr(socket.getpeername),
-            cookie=cookie_of(socket),
+            local_addr=_addr(io.getsockname),
+            remote_addr=_addr(io.getpeername),
+            cookie=cookie_of(io),
             owner=self,
         )
-        self.sk.register_fd(socket.fileno())
+        self.sk.register_fd(io.fileno())
         self._send_conflict = _Conflict("another task is currently sending data on this SkStream")
         self._receive_conflict = _Conflict("another task is currently receiving on this SkStream")
         self._write_lock = WriteLock()
