@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import select
 import socket
 import struct
 import time
@@ -110,6 +111,8 @@ EVICT_SCAN = 16
 DRAIN_LIMIT = 256
 #: The listener's ``SO_RCVBUF`` asked for (bytes).
 LISTENER_RCVBUF = 4 << 20
+#: The most datagrams the listener takes in one go (no checkpoint between them).
+LISTEN_BURST = 16
 _MAX_DATAGRAM = 65535
 _SO_ATTACH_REUSEPORT_CBPF = 51
 _DONTWAIT = socket.MSG_DONTWAIT
@@ -144,12 +147,21 @@ class _Unit:
     client: skmsg_udp.UdpSocket
     conns: list[skmsg_udp.UdpSocket]
     backends: sk.SockMap
+    key: int  # the session socket's cookie
+    #: every socket of the unit: which have datagrams (or an error) queued, in
+    #: one ``poll``, so draining an empty unit raises and catches nothing
+    queued: select.poll = attrs.field(factory=select.poll)
     session: _Session | None = None
     kept_since: float = 0.0
 
-    @property
-    def key(self) -> int:
-        return self.client.sk.cookie
+    def __attrs_post_init__(self) -> None:
+        self.queued.register(self.raw.fileno(), select.POLLIN)
+        for conn in self.conns:
+            self.queued.register(conn.fileno(), select.POLLIN)
+
+    def ready(self) -> set[int]:
+        """The file descriptors of the unit's sockets that have something queued."""
+        return {fd for fd, _ in self.queued.poll(0)}
 
 
 @attrs.define(eq=False)
@@ -157,7 +169,6 @@ class _Session:
     """One client (a source address) and the unit serving it."""
 
     peer: Any
-    label: str
     unit: _Unit
     opened: float
     last: float
@@ -166,6 +177,11 @@ class _Session:
     bytes_in: int = 0
     datagrams_out: int = 0
     bytes_out: int = 0
+
+    @property
+    def label(self) -> str:
+        """The client's address as the logs and the table show it."""
+        return _fmt(self.peer)
 
 
 class UdpProxy(ProxyPrograms):
@@ -270,11 +286,21 @@ class UdpProxy(ProxyPrograms):
 
         Cancellation closes every session and unit.
         """
+        listener = self.listener
         try:
             while True:
-                data, peer = await self.listener.recvfrom()
-                self._dispatch(data, peer)
-                self._serve_strays()
+                # what is queued, up to a burst, then one checkpoint: a scheduler
+                # pass per burst, not per datagram
+                for _ in range(LISTEN_BURST):
+                    got = listener.recvfrom_nowait()
+                    if got is None:
+                        break
+                    self._dispatch(*got)
+                    self._serve_strays()
+                else:
+                    await trio.lowlevel.checkpoint()
+                    continue
+                await trio.lowlevel.wait_readable(listener)
         finally:
             for session in list(self.sessions.values()):
                 self._end(session, "shutdown", keep=False, deliver=False)
@@ -311,7 +337,6 @@ class UdpProxy(ProxyPrograms):
                 was building is closed).
         """
         c = self.counters
-        label = _fmt(peer)
         unit: _Unit | None = None
         if self._kept:
             _, unit = self._kept.popitem(last=False)
@@ -319,7 +344,7 @@ class UdpProxy(ProxyPrograms):
             victim = self._evictable()
             if victim is None:
                 c.connect_errors += 1
-                log_event(log, logging.WARNING, "client_refused", client=label,
+                log_event(log, logging.WARNING, "client_refused", client=_fmt(peer),
                           reason="max_clients", max_clients=self.config.max_clients,
                           error="every session is waiting for a reply")
                 return None
@@ -329,7 +354,7 @@ class UdpProxy(ProxyPrograms):
             try:
                 unit = self._new_unit(peer)
             except OSError as exc:
-                self._refused(label, exc)
+                self._refused(peer, exc)
                 return None
         else:
             try:
@@ -338,24 +363,25 @@ class UdpProxy(ProxyPrograms):
                 self._close_unit(unit)
                 if not isinstance(exc, OSError):
                     raise
-                self._refused(label, exc)
+                self._refused(peer, exc)
                 return None
         now = time.monotonic()
-        session = _Session(peer, label, unit, now, now)
+        session = _Session(peer, unit, now, now)
         unit.session = session
         self.sessions[unit.key] = session
         self._by_peer[peer] = session
         c.clients_total += 1
         c.clients_open += 1
         self._take_strays(unit, peer)
-        log_event(log, logging.INFO, "client_accepted", client=label, proto="udp",
-                  socket=unit.key)
+        if log.isEnabledFor(logging.INFO):
+            log_event(log, logging.INFO, "client_accepted", client=session.label, proto="udp",
+                      socket=unit.key)
         return session
 
-    def _refused(self, label: str, exc: OSError) -> None:
-        """``label`` cannot be served: no socket for it (counted, logged)."""
+    def _refused(self, peer: Any, exc: OSError) -> None:
+        """``peer`` cannot be served: no socket for it (counted, logged)."""
         self.counters.connect_errors += 1
-        log_event(log, logging.WARNING, "client_refused", client=label, reason="socket",
+        log_event(log, logging.WARNING, "client_refused", client=_fmt(peer), reason="socket",
                   error=_why(exc))
 
     def _new_unit(self, peer: Any) -> _Unit:
@@ -399,7 +425,7 @@ class UdpProxy(ProxyPrograms):
             else:
                 raw.close()
             raise
-        unit = _Unit(raw, client, conns, backends)
+        unit = _Unit(raw, client, conns, backends, key)
         self._units[key] = unit
         return unit
 
@@ -419,6 +445,8 @@ class UdpProxy(ProxyPrograms):
         listener, in order: ``peer``'s own are carried by its session, anyone
         else's (counted in ``strays``) by theirs."""
         raw = unit.raw
+        if raw.fileno() not in unit.ready():
+            return
         for _ in range(DRAIN_LIMIT):
             try:
                 data, src = raw.recvfrom(_MAX_DATAGRAM, _DONTWAIT)
@@ -470,10 +498,13 @@ class UdpProxy(ProxyPrograms):
         for conn in unit.conns:
             self._pending.pop(conn.sk.cookie, None)
         self.counters.clients_open -= 1
-        self._closed(session.label, reason, proto="udp",
-                     seconds=round(time.monotonic() - session.opened, 3),
-                     datagrams_in=session.datagrams_in, bytes_in=session.bytes_in,
-                     datagrams_out=session.datagrams_out, bytes_out=session.bytes_out)
+        if log.isEnabledFor(logging.INFO):
+            self._closed(session.label, reason, proto="udp",
+                         seconds=round(time.monotonic() - session.opened, 3),
+                         datagrams_in=session.datagrams_in, bytes_in=session.bytes_in,
+                         datagrams_out=session.datagrams_out, bytes_out=session.bytes_out)
+        else:  # counted all the same; the event's fields are for the log only
+            self._closed("", reason)
         if keep:
             try:
                 unit.client.connect_nowait(self._listen_addr)
@@ -487,9 +518,13 @@ class UdpProxy(ProxyPrograms):
     def _deliver_replies(self, unit: _Unit) -> None:
         """Carry the datagrams queued on ``unit``'s backend sockets through the
         reply program now, as the runtime would have."""
+        ready = unit.ready()
+        if not ready:
+            return
         for conn in unit.conns:
-            sock = conn.sk
-            skb = sk.SkBuff(sock)
+            if conn.fileno() not in ready:
+                continue
+            skb = sk.SkBuff(conn.sk)
             for _ in range(DRAIN_LIMIT):
                 data = conn.transport_recv_nowait(_MAX_DATAGRAM)
                 if data is None:

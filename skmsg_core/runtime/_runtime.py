@@ -226,7 +226,8 @@ class DatagramEndpoint(Endpoint, Protocol):
         each, until the socket would block or a fairness budget is spent.
         Returns how many it handled, negated (``-n - 1``) when it stopped
         because the socket would block; the runtime checkpoints and calls
-        again, or, once a round found nothing, re-arms the socket.
+        again, or, once a round found nothing, re-arms the socket (at once
+        after a round of one datagram, when the last look again found nothing).
 
         Raises:
             OSError: the socket failed for good (the pump stops; ``rx_failed``).
@@ -596,11 +597,20 @@ class Runtime:
                         # A round that would block ends the burst only when it found
                         # nothing: a busy sender's next datagram is usually one
                         # scheduler pass away, and looking once more is far cheaper
-                        # than re-arming the socket and starting a new burst.
-                        if await rx_datagrams(self, psock) == -1:
+                        # than re-arming the socket and starting a new burst. A
+                        # socket whose last such look found nothing (one datagram
+                        # now and then: a reply) is not looked at again until a
+                        # round finds more than one.
+                        n = await rx_datagrams(self, psock)
+                        if reads:  # this round was a look once more
+                            pump.look_again = n != -1
+                        elif n >= 0 or n < -2:  # more than one datagram at once
+                            pump.look_again = True
+                        if n == -1 or (n == -2 and not pump.look_again):
                             if not pump.stopped:
                                 self._arm(pump)
                             return
+                        reads += 1
                         await trio.lowlevel.checkpoint()
                         continue
                     data = endpoint.transport_recv_nowait(65536)
@@ -756,6 +766,8 @@ class _Pump:
     scope: trio.CancelScope | None = None
     registered: bool = False
     stopped: bool = False
+    #: a datagram socket's burst looks once more when a round would block
+    look_again: bool = True
 
 
 def current_runtime() -> Runtime | None:

@@ -160,3 +160,44 @@ async def test_connect_nowait_retargets_a_socket_in_a_map(skmsg_runtime: object)
         assert sock.sk.remote_addr == where  # a refused call changed nothing
     with pytest.raises(trio.ClosedResourceError):
         sock.connect_nowait(where)
+
+
+async def test_recvfrom_nowait_takes_what_is_queued_and_never_waits() -> None:
+    async with (
+        await skmsg_udp.open_udp_socket(("127.0.0.1", 0)) as server,
+        await skmsg_udp.open_udp_socket(("127.0.0.1", 0)) as client,
+    ):
+        assert server.recvfrom_nowait() is None  # nothing there: no wait, no error
+        await client.sendto(b"first", server.getsockname())
+        await client.sendto(b"second", server.getsockname())
+        with trio.fail_after(TIMEOUT):
+            await trio.lowlevel.wait_readable(server)
+        assert server.recvfrom_nowait(3) == (b"fir", client.getsockname())  # rest discarded
+        assert server.recvfrom_nowait() == (b"second", client.getsockname())
+        assert server.recvfrom_nowait() is None
+        assert server.statistics().datagrams_received == 2
+        with pytest.raises(ValueError, match="max_bytes must be >= 1"):
+            server.recvfrom_nowait(0)
+    with pytest.raises(trio.ClosedResourceError):
+        server.recvfrom_nowait()
+
+
+async def test_recvfrom_nowait_in_a_map_takes_only_what_the_verdict_passed(
+    skmsg_runtime: object,
+) -> None:
+    async with (
+        await skmsg_udp.open_udp_socket(("127.0.0.1", 0)) as server,
+        await skmsg_udp.open_udp_socket(("127.0.0.1", 0)) as client,
+    ):
+        m = sk.SockMap(1)
+        m.attach(lambda skb: sk.SK_DROP if bytes(skb.data) == b"no" else sk.SK_PASS,
+                 sk.SK_SKB_VERDICT)
+        m.update(0, server)
+        for data in (b"no", b"yes"):
+            await client.sendto(data, server.getsockname())
+        with trio.fail_after(TIMEOUT):
+            while (got := server.recvfrom_nowait()) is None:
+                await trio.testing.wait_all_tasks_blocked()  # the pump runs the verdict
+        assert got == (b"yes", client.getsockname())
+        assert server.recvfrom_nowait() is None
+        m.close()

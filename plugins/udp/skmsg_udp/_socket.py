@@ -680,6 +680,44 @@ class UdpSocket(trio.abc.AsyncResource):
                 finally:
                     self._recv_scope = None
 
+    def recvfrom_nowait(self, max_bytes: int = MAX_DATAGRAM) -> tuple[bytes, Any] | None:
+        """:meth:`recvfrom` without waiting or a checkpoint: the next datagram and
+        its source address if one is there now, else None. For a loop that
+        drains a busy socket before it waits (with :meth:`recvfrom`) again.
+
+        Raises:
+            ValueError: ``max_bytes`` < 1.
+            trio.BusyResourceError: another task is receiving on this socket.
+            trio.ClosedResourceError: the socket was closed.
+            trio.BrokenResourceError: the receive pump failed while the socket
+                has receive programs (the ``__cause__`` says why).
+            OSError: an error an earlier ICMP message left (``ECONNREFUSED`` ...),
+                reported once.
+        """
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is currently receiving on this UdpSocket")
+        self._check_open()
+        if self._rxq:
+            data, addr = self._rxq.popleft()
+            self._rxq_bytes -= len(data)
+            return bytes(data[:max_bytes]), addr
+        err = self._pending_error
+        if err is not None:
+            self._pending_error = None
+            raise err
+        psock = self.sk.psock
+        if psock is not None:
+            rt = self._runtime
+            if rt is not None and rt.pumping(self):
+                return None  # the pump reads the socket: only its queue is ours
+            if psock.rx_mode is not None:  # the pump stopped on an error: fail closed
+                raise trio.BrokenResourceError(
+                    f"{self.sk.describe()}: the receive pump stopped: {self._rx_error}"
+                ) from self._rx_error
+        return self._try_recvfrom(max_bytes)
+
     def _try_recvfrom(self, max_bytes: int) -> tuple[bytes, Any] | None:
         try:
             data, addr = self._raw.recvfrom(max_bytes, _DONTWAIT)
