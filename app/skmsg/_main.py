@@ -348,6 +348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     if args.worker_channel is not None:
         return run_worker(args, _proxy_command)
+    if args.workers == 1 and args.worker_select != "hash":
+        _tell("skmsg proxy: error: --worker-select picks among workers: add --workers N "
+              "(0: one per CPU)")
+        return 2
     if args.workers != 1:
         listen = args.listen or Address.parse(DEFAULT_LISTEN, listen=True)
         raw = list(sys.argv[1:] if argv is None else argv)
@@ -383,6 +387,7 @@ def _proxy_command(args: argparse.Namespace, worker: WorkerLink | None = None) -
         tls=tls,
         policy_budget=args.policy_budget,
         reuseport=worker is not None,
+        select_cpus=worker.select_cpus if worker is not None else (),
         connect_timeout=args.connect_timeout,
         handshake_timeout=args.handshake_timeout,
         idle_timeout=args.idle_timeout,

@@ -101,6 +101,7 @@ from ._health import BACKOFF_MAX, BACKOFF_MIN, BackendHealth, run_health_checks
 from ._metrics import LatencyHistogram
 from ._parsers import DEFAULT_MAX_MESSAGE, FRAMINGS, Framing
 from ._policy import Policy, PolicyError
+from ._reuseport import select_by_cpu
 from ._session import BackendSlot, Session
 from ._stats import ProxyCounters, ProxyStats
 from ._tls import TlsOptions, terminate
@@ -181,6 +182,11 @@ class ProxyConfig:
     #: Bind the listener with ``SO_REUSEPORT``, so other processes (``--workers``)
     #: join its reuseport group and the kernel spreads connections over them.
     reuseport: bool = False
+    #: With ``reuseport``: the group's sockets are chosen by the CPU a new
+    #: connection arrives on, the ``i``-th listener to join for ``select_cpus[i]``
+    #: (:func:`._reuseport.select_by_cpu`; ``--worker-select cpu``); empty: the
+    #: kernel's hash.
+    select_cpus: tuple[int, ...] = ()
     #: ``--connect-timeout``: seconds a backend connect may take.
     connect_timeout: float = 5.0
     #: ``--handshake-timeout``: seconds a TLS handshake (either hop) may take.
@@ -805,6 +811,15 @@ async def run_proxy(
     if config.backends and len(unreachable) == len(config.backends):
         raise unreachable[0]
     listeners = await _listen(config.listen, reuseport=config.reuseport)
+    if config.select_cpus:
+        for listener in listeners:
+            try:
+                select_by_cpu(listener.socket, config.select_cpus)
+            except OSError as exc:
+                for lst in listeners:
+                    lst.socket.close()
+                raise ProxyError(f"--worker-select cpu: the kernel refused the program: "
+                                 f"{_why(exc)}") from exc
     try:
         listen = tuple(Address.of(lst.socket.getsockname()) for lst in listeners)
         async with open_runtime() as runtime, trio.open_nursery() as nursery:

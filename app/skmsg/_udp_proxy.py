@@ -75,11 +75,9 @@ waiting for a reply).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import select
 import socket
-import struct
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -94,6 +92,7 @@ from skmsg_core.runtime import Runtime, escapes_boundary, log_event, open_runtim
 
 from ._policy import Policy, PolicyError
 from ._proxy import Address, ProxyError, ProxyPrograms, _why
+from ._reuseport import select_first
 from ._stats import ProxyCounters
 
 __all__ = ["UdpProxy", "UdpProxyConfig", "run_udp_demo", "run_udp_proxy", "serve_udp_echo"]
@@ -114,7 +113,6 @@ LISTENER_RCVBUF = 4 << 20
 #: The most datagrams the listener takes in one go (no checkpoint between them).
 LISTEN_BURST = 16
 _MAX_DATAGRAM = 65535
-_SO_ATTACH_REUSEPORT_CBPF = 51
 _DONTWAIT = socket.MSG_DONTWAIT
 
 
@@ -597,19 +595,6 @@ def _reuseport_socket(listener: skmsg_udp.UdpSocket, peer: Any) -> socket.socket
     return raw
 
 
-def _select_first_socket(raw: socket.socket) -> None:
-    """Attach to ``raw``'s reuseport group a classic BPF program that selects the
-    group's first socket (``ret #0``) for every datagram no connected socket
-    takes.
-
-    Raises:
-        OSError: the kernel refused it.
-    """
-    insn = (ctypes.c_ubyte * 8).from_buffer_copy(struct.pack("HBBI", 0x06, 0, 0, 0))  # BPF_RET|K
-    prog = struct.pack("@HP", 1, ctypes.addressof(insn))  # struct sock_fprog
-    raw.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_REUSEPORT_CBPF, prog)
-
-
 def _fmt(addr: Any) -> str:
     if not isinstance(addr, tuple) or len(addr) < 2:
         return "?"
@@ -716,7 +701,7 @@ async def _open_listener(addr: Address) -> skmsg_udp.UdpSocket:
     try:
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        _select_first_socket(raw)
+        select_first(raw)
         # room for bursts of new clients (the kernel caps it at net.core.rmem_max)
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LISTENER_RCVBUF)
         sock = skmsg_udp.UdpSocket(raw)

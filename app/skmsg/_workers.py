@@ -17,7 +17,11 @@ The command's process becomes a *supervisor*; it serves no client itself.
   with ``SO_REUSEPORT`` to that address: the workers' listeners form one
   reuseport group and the kernel spreads new connections over them by a hash
   of the connection's addresses (``reuseport_select_sock``). A connection
-  stays with the worker that accepted it.
+  stays with the worker that accepted it. ``--worker-select cpu`` pins
+  worker ``i`` to the ``i``-th CPU, starts the workers one after the other
+  (so they join the group in index order) and has each attach the group's
+  program :func:`._reuseport.select_by_cpu`: a connection goes to the worker
+  on the CPU its SYN arrived on.
 - **One set of counters.** Each worker has a channel to the supervisor (a
   ``socketpair``). Over it the worker says it is ready (with the lines the
   proxy announces) and answers each request with a snapshot of its counters
@@ -132,7 +136,32 @@ def add_worker_arguments(proxy: argparse.ArgumentParser) -> None:
         "dies stops the proxy with status 1. 0: one per core (default 1: one process). "
         "TCP/TLS only; not with --demo",
     )
+    proxy.add_argument(
+        "--worker-select", choices=("hash", "cpu"), default="hash",
+        help="how the kernel picks the worker for a new connection: hash (default: of the "
+        "connection's addresses) or cpu (a classic BPF program on the reuseport group "
+        "picks the worker pinned to the CPU the connection arrives on; one worker per "
+        "CPU at most). Only with --workers",
+    )
     proxy.add_argument(WORKER_OPTION, default=None, help=argparse.SUPPRESS)
+
+
+def select_cpus(args: argparse.Namespace) -> tuple[int, ...]:
+    """The CPUs the workers run on, in worker order, for ``--worker-select cpu``
+    (empty for ``hash``): the first ``workers_wanted(args)`` CPUs this process
+    may run on.
+
+    Raises:
+        ValueError: more workers than those CPUs (the message names both).
+    """
+    if args.worker_select != "cpu":
+        return ()
+    cpus = sorted(os.sched_getaffinity(0))
+    n = workers_wanted(args)
+    if n > len(cpus):
+        raise ValueError(f"--worker-select cpu: {n} workers but {len(cpus)} CPUs to pin them "
+                         f"to; use at most {len(cpus)} (--workers 0: one per CPU)")
+    return tuple(cpus[:n])
 
 
 def workers_wanted(args: argparse.Namespace) -> int:
@@ -183,9 +212,13 @@ class WorkerLink:
     """A worker's end of its channel: says it is ready, answers snapshot
     requests, sends the last snapshot at exit. See the module."""
 
-    def __init__(self, index: int, sock: socket.socket) -> None:
+    def __init__(self, index: int, sock: socket.socket,
+                 select_cpus: tuple[int, ...] = ()) -> None:
         self.index = index
         self.sock = sock
+        #: ``--worker-select cpu``: the CPUs of the workers in index order (this
+        #: worker runs on ``select_cpus[index]``); empty: the kernel's hash.
+        self.select_cpus = select_cpus
         self.proxy: Any = None
         self.token: trio.lowlevel.TrioToken | None = None
         self.hups = 0
@@ -242,7 +275,10 @@ def run_worker(args: argparse.Namespace,
     proxy with its listener bound with ``SO_REUSEPORT`` and hands the running
     proxy to ``link.serve``. Returns its exit status."""
     index, _, fd = str(args.worker_channel).partition(":")
-    link = WorkerLink(int(index), socket.socket(fileno=int(fd)))
+    cpus = select_cpus(args)  # as the supervisor found them, before this one is pinned
+    link = WorkerLink(int(index), socket.socket(fileno=int(fd)), cpus)
+    if cpus:
+        os.sched_setaffinity(0, {cpus[link.index]})
     if args.metrics is not None:
         sk.enable_stats()  # the supervisor serves the metrics: count programs' run time
     args.metrics = None
@@ -350,9 +386,13 @@ class _Supervisor:
     """Starts, watches, asks and stops the workers (see the module)."""
 
     def __init__(self, argv: Sequence[str], count: int, listen: Address,
-                 tell: Callable[[str], None], say: Callable[[str], None]) -> None:
+                 tell: Callable[[str], None], say: Callable[[str], None],
+                 *, in_order: bool = False) -> None:
         self.argv = list(argv)
         self.count = count
+        #: Start each worker only once the one before listens: they join the
+        #: reuseport group in index order (``--worker-select cpu``).
+        self.in_order = in_order
         self.listen = listen
         self.tell = tell
         self.say = say
@@ -572,6 +612,11 @@ def run_supervisor(args: argparse.Namespace, argv: Sequence[str], listen: Addres
     if args.udp:
         tell("skmsg proxy: error: --workers needs TCP: --udp runs in one process")
         return 2
+    try:
+        cpus = select_cpus(args)
+    except ValueError as exc:
+        tell(f"skmsg proxy: error: {exc}")
+        return 2
     extra: list[str] = []
     if args.tls and args.cert is None:  # one certificate for every worker
         from ._tls import write_self_signed  # noqa: PLC0415
@@ -592,7 +637,8 @@ def run_supervisor(args: argparse.Namespace, argv: Sequence[str], listen: Addres
     interval = args.stats_interval
     if interval is None:
         interval = 2.0 if sys.stdout.isatty() and sys.stderr.isatty() else 0.0
-    sup = _Supervisor([*argv, *extra], workers_wanted(args), bound, tell, say)
+    sup = _Supervisor([*argv, *extra], workers_wanted(args), bound, tell, say,
+                      in_order=bool(cpus))
     try:
         return trio.run(_supervise, sup, args.metrics, interval)
     finally:
@@ -648,7 +694,11 @@ async def _start(sup: _Supervisor, nursery: trio.Nursery) -> bool:
         await first.settled.wait()
         if first.lines is None:
             return False
-        rest = [await sup.start_worker(i, nursery) for i in range(1, sup.count)]
+        rest = []
+        for i in range(1, sup.count):
+            rest.append(await sup.start_worker(i, nursery))
+            if sup.in_order:
+                await rest[-1].settled.wait()
         for w in rest:
             await w.settled.wait()
             if w.lines is None:

@@ -190,6 +190,35 @@ def test_workers_0_is_one_per_core() -> None:
         assert converse(run.port, [b"hi"])[0].endswith(b"] hi")
 
 
+def test_worker_select_cpu_accepts_each_connection_on_the_worker_pinned_to_its_cpu() -> None:
+    """``--worker-select cpu``: worker ``i`` runs on the ``i``-th CPU, and the
+    reuseport group's program hands a connection to the worker on the CPU that
+    handled its SYN (on loopback, the connecting thread's)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    per = 30
+    with workers("--workers", "0", "--worker-select", "cpu", "--metrics", "127.0.0.1:0") as run:
+        assert [os.sched_getaffinity(pid) for pid in run.pids] == [{c} for c in cpus]
+
+        def served() -> list[float]:
+            s = run.scrape()
+            return [value(s, "skmsg_proxy_worker_messages_total", pid=str(pid))
+                    for pid in run.pids]
+
+        def connect_from(cpu: int) -> None:
+            os.sched_setaffinity(0, {cpu})  # this thread only
+            for i in range(per):
+                assert converse(run.port, [b"from %d" % i])[0].endswith(b"from %d" % i)
+
+        for i, cpu in enumerate(cpus):
+            before = served()
+            thread = threading.Thread(target=connect_from, args=(cpu,))
+            thread.start()
+            thread.join(TIMEOUT)
+            after = served()
+            moved = [a - b for a, b in zip(after, before, strict=True)]
+            assert moved == [per if j == i else 0 for j in range(len(cpus))], (cpu, moved)
+
+
 # -- signals ---------------------------------------------------------------------------------
 
 
@@ -269,6 +298,10 @@ def test_an_orphaned_worker_stops_itself() -> None:
     (["--workers", "2", "--demo"], "--demo runs in one process"),
     (["--workers", "2", "--policy", "/nonexistent/policy.py"], "--policy"),
     (["--workers", "2", "--backend", "127.0.0.1:1"], "--backend 127.0.0.1:1: unreachable"),
+    (["--worker-select", "cpu"], "--worker-select picks among workers: add --workers N"),
+    (["--workers", str(len(os.sched_getaffinity(0)) + 1), "--worker-select", "cpu"],
+     f"but {len(os.sched_getaffinity(0))} CPUs to pin them to"),
+    (["--workers", "2", "--worker-select", "core"], "--worker-select: invalid choice: 'core'"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args: list[str], says: str) -> None:
     done = subprocess.run([sys.executable, "-m", "skmsg", "proxy", "--listen", "127.0.0.1:0",
