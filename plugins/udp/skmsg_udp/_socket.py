@@ -626,10 +626,7 @@ class UdpSocket(trio.abc.AsyncResource):
         """Receive one datagram and its source address (``None`` for a datagram
         another socket redirected here: it has no address, as in the kernel).
         Errors as :meth:`receive`."""
-        if max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is currently receiving on this UdpSocket")
+        self._may_receive(max_bytes)
         self._receiving = True
         try:
             return await self._recvfrom(max_bytes)
@@ -680,6 +677,12 @@ class UdpSocket(trio.abc.AsyncResource):
                 finally:
                     self._recv_scope = None
 
+    def _may_receive(self, max_bytes: int) -> None:
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is currently receiving on this UdpSocket")
+
     def recvfrom_nowait(self, max_bytes: int = MAX_DATAGRAM) -> tuple[bytes, Any] | None:
         """:meth:`recvfrom` without waiting or a checkpoint: the next datagram and
         its source address if one is there now, else None. For a loop that
@@ -694,10 +697,7 @@ class UdpSocket(trio.abc.AsyncResource):
             OSError: an error an earlier ICMP message left (``ECONNREFUSED`` ...),
                 reported once.
         """
-        if max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is currently receiving on this UdpSocket")
+        self._may_receive(max_bytes)
         self._check_open()
         if self._rxq:
             data, addr = self._rxq.popleft()
