@@ -135,7 +135,7 @@ class Snapshot:
     closed: Mapping[str, int]
     socket_errors: int
     listeners: tuple[Listener, ...]
-    #: UDP only: datagrams served as strays, socket sets in all and kept idle
+    #: UDP only: socket sets in all and kept idle
     udp: Mapping[str, int] = attrs.field(factory=dict)
 
 
@@ -152,8 +152,7 @@ def snapshot(proxy: ProxyPrograms) -> Snapshot:
     connections = proxy.backend_connections()
     udp: dict[str, int] = {}
     if getattr(proxy, "udp", False):
-        udp = {"strays": int(getattr(proxy, "strays", 0)),
-               "units": len(getattr(proxy, "_units", ())),
+        udp = {"units": len(getattr(proxy, "_units", ())),
                "kept": len(getattr(proxy, "_kept", ()))}
     return Snapshot(
         proto=_proto(proxy),
@@ -458,11 +457,8 @@ def render(snap: Snapshot) -> Iterable[Metric]:
                           "UDP: datagrams dropped because the listener's receive queue "
                           "was full."), labels, lst.drops)
     if snap.udp:
-        fams.add(Spec("skmsg_proxy_udp_strays", "counter",
-                      "Datagrams that reached a session socket not meant for them, served "
-                      "as their own client's."), {}, snap.udp["strays"])
         fams.add(Spec("skmsg_proxy_udp_socket_sets", "gauge",
-                      "Session socket sets (a session socket and one per backend), in use "
+                      "Session socket sets (a client slot and a socket per backend), in use "
                       "or kept."), {}, snap.udp["units"])
         fams.add(Spec("skmsg_proxy_udp_socket_sets_kept", "gauge",
                       "Session socket sets kept for the next client."), {}, snap.udp["kept"])

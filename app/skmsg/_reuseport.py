@@ -1,16 +1,15 @@
 """Classic BPF programs for a reuseport group (``SO_ATTACH_REUSEPORT_CBPF``).
 
-The kernel runs a group's program for each packet no connected socket takes
-(a UDP datagram) or for each new connection (a TCP SYN), and hands it to the
+The kernel runs a group's program for each new connection (a TCP SYN; for
+UDP, each datagram no connected socket takes), and hands it to the
 socket at the index the program returns, counting the group's sockets in the
 order they joined it; an index past the last socket falls back to the
 kernel's hash of the addresses (``reuseport_select_sock``).
 
-- :func:`select_first`: always index 0 (the UDP proxy's listener).
-- :func:`select_by_cpu`: the socket whose index is the position, in a list,
-  of the CPU the kernel handles the packet on (``SKF_AD_CPU``): with one
-  worker pinned to each CPU in that order, a connection is accepted on the
-  CPU its SYN arrived on.
+:func:`select_by_cpu` selects the socket whose index is the position, in a
+list, of the CPU the kernel handles the packet on (``SKF_AD_CPU``): with one
+worker pinned to each CPU in that order, a connection is accepted on the CPU
+its SYN arrived on.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import trio
 #: A socket whose options can be set: the stdlib's or trio's.
 AnySocket: TypeAlias = socket.socket | trio.socket.SocketType
 
-__all__ = ["MAX_CPUS", "select_by_cpu", "select_first"]
+__all__ = ["MAX_CPUS", "select_by_cpu"]
 
 _SO_ATTACH_REUSEPORT_CBPF = 51
 # classic BPF opcodes (linux/bpf_common.h, linux/filter.h)
@@ -38,16 +37,6 @@ _SKF_AD_CPU = (-0x1000 + 36) & 0xFFFFFFFF  # SKF_AD_OFF + SKF_AD_CPU
 #: classic BPF allows 4096).
 MAX_CPUS = 1024
 _INSN = struct.Struct("HBBI")  # struct sock_filter
-
-
-def select_first(raw: AnySocket) -> None:
-    """Attach to ``raw``'s reuseport group a program that selects the group's
-    first socket for every packet (``ret #0``).
-
-    Raises:
-        OSError: the kernel refused it (``raw`` has no ``SO_REUSEPORT``).
-    """
-    _attach(raw, [(_RET_K, 0, 0, 0)])
 
 
 def select_by_cpu(raw: AnySocket, cpus: Sequence[int]) -> None:

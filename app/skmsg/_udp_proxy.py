@@ -6,51 +6,42 @@ Every datagram is one message: there is no parser. The data path is the
 runtime's, both ways; the proxy's own tasks set sessions up and end them.
 
 - A *listener*, an unconnected :class:`~skmsg_udp.UdpSocket` bound to
-  ``--listen`` with ``SO_REUSEPORT``, receives a new client's first datagram.
-  The proxy then gives the client a *session*: a socket bound to the same
-  address and connected to the client (the kernel delivers a connected UDP
-  socket the datagrams of its 4-tuple, ahead of the listener), and one socket
-  connected to each backend. Later datagrams of that client never reach the
-  listener.
-- The listener's reuseport group carries a classic BPF program
-  (``SO_ATTACH_REUSEPORT_CBPF``) that always selects the group's first
-  socket, the listener: a session socket that is bound but not connected yet
-  can never be handed a datagram meant for a new client (the kernel would
-  otherwise pick among the group's unconnected sockets by hash).
-- ``clients``, a :class:`~skmsg_core.SockHash` keyed by socket cookie, holds
-  every session socket with the route program as its ``SK_SKB_VERDICT``: once
-  per datagram it hands the policy's ``verdict(skb, backends)`` this client's
+  ``--listen``, receives every client datagram; the proxy's serving task
+  reads it in bursts and hands each datagram to its client's *session*
+  (by source address), opening one for a new client: a *client slot* for the
+  client and one socket connected to each backend.
+- A client slot is a socket of the proxy's own (protocol ``client slot``,
+  no file descriptor) that stands for the client in ``clients``, a
+  :class:`~skmsg_core.SockHash` keyed by its cookie, as a connected socket
+  would: sending out of it sends from the listener to the client
+  (``sendto``). So a client costs no socket of its own on the listened
+  address, where the kernel would look through every one for each datagram
+  that reaches it.
+- ``clients`` has the route program as its ``SK_SKB_VERDICT``. The serving
+  task runs it on each client datagram with the client's slot as
+  ``skb.sk``: it hands the policy's ``verdict(skb, backends)`` this client's
   backend sockets (a per-session :class:`~skmsg_core.SockMap`, index ``i`` =
-  the ``i``-th backend: the kernel's hash-of-maps), and the runtime sends the
-  datagram out of the backend socket the policy picked.
-- Each session's backend map has the reply program as its ``SK_SKB_VERDICT``:
-  it redirects every datagram a backend answers to the session socket's
-  egress (``sk_redirect_hash(skb, clients, key, 0)``), so the reply leaves
-  from the proxy's address to the client that asked. The reply table is keyed
-  by the backend socket: its cookie names the session socket it answers for.
-- The first datagram of a session (and any that reached the listener before
-  the session's socket was connected) is carried in user space with the same
-  program: the verdict runs on it with the session socket as ``skb.sk``, and a
-  redirect is sent out of the chosen backend socket.
+  the ``i``-th backend: the kernel's hash-of-maps), and the datagram is sent
+  out of the backend socket the policy picked.
+- Each session's backend map has the reply program as its ``SK_SKB_VERDICT``,
+  run by the runtime's receive pumps: it redirects every datagram a backend
+  answers to the client slot's egress (``sk_redirect_hash(skb, clients, key,
+  0)``), so the reply leaves from the proxy's address to the client that
+  asked. The reply table is keyed by the backend socket: its cookie names the
+  slot it answers for.
 
 Units: sockets kept across sessions
 -----------------------------------
 A resolver sends each query from a fresh source port, so every query is a
-session, and building one (a socket per backend and one for the client, each
-entering a map) costs more than carrying its datagrams. The sockets of a
-session are therefore a *unit* that outlives it: when a session ends its unit
-is kept (the session socket re-connected to its own address, so that nothing
-reaches it), and the next new client gets it with one ``connect``. The backend
+session, and building one (a socket per backend, each entering a map) costs
+more than carrying its datagrams. The sockets of a session are therefore a
+*unit* that outlives it: when a session ends its unit is kept, and the next
+new client gets it (its slot now standing for that client). The backend
 sockets, their map and their place in the reply table stay as they are; at
 most ``max_clients`` units exist, and a kept unit unused for ``idle_timeout``
-seconds is closed.
-
-Before a unit changes hands, every datagram already queued on its sockets is
-dealt with, none is lost: replies its backends sent before the session ended
-are carried to the client they answer (through the reply program), and
-datagrams its session socket received from anyone but its new peer (the old
-client's, queued before the re-connect) are served as if they had reached the
-listener (counted in ``strays``).
+seconds is closed. Before a unit changes hands, the replies its backends sent
+before the session ended are carried to the client they answer (through the
+reply program): none is lost or misdelivered.
 
 When sessions end
 -----------------
@@ -79,7 +70,7 @@ import logging
 import select
 import socket
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -92,7 +83,6 @@ from skmsg_core.runtime import Runtime, escapes_boundary, log_event, open_runtim
 
 from ._policy import Policy, PolicyError
 from ._proxy import Address, ProxyError, ProxyPrograms, _why
-from ._reuseport import select_first
 from ._stats import ProxyCounters
 
 __all__ = ["UdpProxy", "UdpProxyConfig", "run_udp_demo", "run_udp_proxy", "serve_udp_echo"]
@@ -137,23 +127,107 @@ class _Datagrams:
     name: str = "none (--udp: one message per datagram)"
 
 
+class _ClientSlotProto(sk.SkProtoBase):
+    """The protocol of client slots: the kernel's rules for a connected UDP
+    socket, and no operations to swap (a slot has no receive side)."""
+
+    name = "client slot"
+
+
+CLIENT_SLOT_PROTO = _ClientSlotProto()
+
+
+class _ClientSlot:
+    """A client, as ``clients`` holds it (see the module): a redirect to it
+    sends the datagram from the listener (``send``: a stdlib socket bound to
+    ``--listen``) to ``peer``. A datagram the listener's send buffer cannot
+    take now is dropped and counted (``tx_drops``), as a UDP socket's own
+    non-blocking send would drop it."""
+
+    __slots__ = ("bytes_sent", "datagrams_sent", "peer", "send", "sk", "tx_drops")
+
+    def __init__(self, send: socket.socket, family: int) -> None:
+        self.send = send
+        self.peer: Any = None
+        self.datagrams_sent = 0
+        self.bytes_sent = 0
+        self.tx_drops = 0
+        self.sk = sk.Sock(
+            CLIENT_SLOT_PROTO,
+            family=family,
+            type=socket.SOCK_DGRAM,
+            protocol=socket.IPPROTO_UDP,
+            state=sk.TcpState.ESTABLISHED,
+            local_addr=send.getsockname(),
+            owner=self,
+        )
+
+    def serve(self, peer: Any) -> None:
+        """Stand for ``peer`` from now on (None: for nobody)."""
+        self.peer = peer
+        self.sk.remote_addr = peer
+
+    # -- what the runtime calls on a redirect target ------------------------------------
+
+    def egress_send_nowait(self, data: bytes | memoryview) -> bool:
+        """Send ``data`` to the client as one datagram now, or drop it (counted
+        in ``tx_drops``) if the listener's send buffer is full. Returns whether
+        it was sent.
+
+        Raises:
+            trio.ClosedResourceError: the slot stands for no client.
+            OSError: the send failed otherwise.
+        """
+        peer = self.peer
+        if peer is None:
+            raise trio.ClosedResourceError("this client slot serves no client")
+        try:
+            self.send.sendto(data, _DONTWAIT, peer)
+        except BlockingIOError:
+            self.tx_drops += 1
+            return False
+        self.datagrams_sent += 1
+        self.bytes_sent += len(data)
+        return True
+
+    async def egress_write(self, bufs: list[memoryview], more: bool) -> None:
+        """Send each buffer as one datagram (see :meth:`egress_send_nowait`).
+
+        Raises:
+            trio.ClosedResourceError, OSError: as :meth:`egress_send_nowait`.
+        """
+        for buf in bufs:
+            self.egress_send_nowait(buf)
+        await trio.lowlevel.checkpoint()
+
+    def rx_failed(self, exc: BaseException) -> None:
+        """A slot has no receive side: nothing to do."""
+
+    def rx_eof(self) -> None:
+        """A slot has no receive side: nothing to do."""
+
+    def wake_readers(self) -> None:
+        """A slot has no readers: nothing to do."""
+
+    def __repr__(self) -> str:
+        return f"<client slot {self.sk.cookie} for {_fmt(self.peer)}>"
+
+
 @attrs.define(eq=False)
 class _Unit:
     """A session's sockets, kept across sessions (see the module)."""
 
-    raw: socket.socket  # the session socket's own socket object, for draining it
-    client: skmsg_udp.UdpSocket
+    client: _ClientSlot
     conns: list[skmsg_udp.UdpSocket]
     backends: sk.SockMap
-    key: int  # the session socket's cookie
-    #: every socket of the unit: which have datagrams (or an error) queued, in
-    #: one ``poll``, so draining an empty unit raises and catches nothing
+    key: int  # the client slot's cookie
+    #: every backend socket of the unit: which have datagrams (or an error)
+    #: queued, in one ``poll``, so draining an empty unit raises and catches nothing
     queued: select.poll = attrs.field(factory=select.poll)
     session: _Session | None = None
     kept_since: float = 0.0
 
     def __attrs_post_init__(self) -> None:
-        self.queued.register(self.raw.fileno(), select.POLLIN)
         for conn in self.conns:
             self.queued.register(conn.fileno(), select.POLLIN)
 
@@ -189,9 +263,7 @@ class UdpProxy(ProxyPrograms):
     The attributes the command's announcement and demo read are the TCP
     :class:`~skmsg.Proxy`'s: ``listen``, ``backends``, ``embedded``,
     ``policy``, ``framing``, ``counters``, ``verdict``, :meth:`statistics`.
-    ``sessions`` holds the open sessions, least recently active first;
-    ``strays`` counts datagrams that reached a session socket not meant for
-    them and were served as new clients' (see the module).
+    ``sessions`` holds the open sessions, least recently active first.
     """
 
     udp = True
@@ -204,6 +276,7 @@ class UdpProxy(ProxyPrograms):
         *,
         policy: Policy,
         listener: skmsg_udp.UdpSocket,
+        listener_raw: socket.socket,
         backends: tuple[Address, ...],
         backend_addrs: tuple[Any, ...],
         runtime: Runtime,
@@ -212,6 +285,7 @@ class UdpProxy(ProxyPrograms):
         self.policy = policy
         self.framing = _Datagrams()
         self.listener = listener
+        self._listener_raw = listener_raw  # what client slots send from
         self._listen_addr = listener.getsockname()
         self.listen = (Address.of(self._listen_addr),)
         self.backends = backends
@@ -228,8 +302,6 @@ class UdpProxy(ProxyPrograms):
         self._kept: OrderedDict[int, _Unit] = OrderedDict()  # units between sessions
         self._owner: dict[int, int] = {}  # backend socket cookie -> session socket cookie
         self._index: dict[int, int] = {}  # backend socket cookie -> backend index
-        self._strays: deque[tuple[bytes, Any]] = deque()
-        self.strays = 0
         self._logged_errors = 0
         budget = config.policy_budget
         self.verdict = sk.Program.load(
@@ -294,7 +366,6 @@ class UdpProxy(ProxyPrograms):
                     if got is None:
                         break
                     self._dispatch(*got)
-                    self._serve_strays()
                 else:
                     await trio.lowlevel.checkpoint()
                     continue
@@ -305,14 +376,9 @@ class UdpProxy(ProxyPrograms):
             for unit in list(self._units.values()):
                 self._close_unit(unit)
 
-    def _serve_strays(self) -> None:
-        while self._strays:
-            data, peer = self._strays.popleft()
-            self._dispatch(data, peer)
-
     def _dispatch(self, data: bytes, peer: Any) -> None:
-        """Serve one datagram that reached the listener (or a session socket it
-        was not meant for): its client's session, opened if need be, carries it."""
+        """Serve one client datagram: its client's session, opened if need be,
+        carries it."""
         try:
             session = self._by_peer.get(peer)
             if session is None:
@@ -355,14 +421,7 @@ class UdpProxy(ProxyPrograms):
                 self._refused(peer, exc)
                 return None
         else:
-            try:
-                unit.client.connect_nowait(peer)
-            except BaseException as exc:
-                self._close_unit(unit)
-                if not isinstance(exc, OSError):
-                    raise
-                self._refused(peer, exc)
-                return None
+            unit.client.serve(peer)
         now = time.monotonic()
         session = _Session(peer, unit, now, now)
         unit.session = session
@@ -370,7 +429,6 @@ class UdpProxy(ProxyPrograms):
         self._by_peer[peer] = session
         c.clients_total += 1
         c.clients_open += 1
-        self._take_strays(unit, peer)
         if log.isEnabledFor(logging.INFO):
             log_event(log, logging.INFO, "client_accepted", client=session.label, proto="udp",
                       socket=unit.key)
@@ -383,18 +441,16 @@ class UdpProxy(ProxyPrograms):
                   error=_why(exc))
 
     def _new_unit(self, peer: Any) -> _Unit:
-        """A session socket connected to ``peer`` and a socket per backend, in
-        their maps.
+        """A client slot for ``peer`` and a socket per backend, in their maps.
 
         Raises:
             OSError: a socket could not be made (nothing made is left open).
         """
-        raw = _reuseport_socket(self.listener, peer)
-        client: skmsg_udp.UdpSocket | None = None
+        client = _ClientSlot(self._listener_raw, self.listener.family)
+        client.serve(peer)
         conns: list[skmsg_udp.UdpSocket] = []
         backends: sk.SockMap | None = None
         try:
-            client = skmsg_udp.UdpSocket(raw)
             for addr in self._backend_addrs:
                 braw = socket.socket(_family(addr), socket.SOCK_DGRAM)
                 try:
@@ -418,12 +474,9 @@ class UdpProxy(ProxyPrograms):
                 conn.close()
             if backends is not None:
                 backends.close()
-            if client is not None:
-                client.close()
-            else:
-                raw.close()
+            client.sk.close()
             raise
-        unit = _Unit(raw, client, conns, backends, key)
+        unit = _Unit(client, conns, backends, key)
         self._units[key] = unit
         return unit
 
@@ -437,28 +490,9 @@ class UdpProxy(ProxyPrograms):
                 return session
         return None
 
-    def _take_strays(self, unit: _Unit, peer: Any) -> None:
-        """Take every datagram queued on ``unit``'s session socket (queued before
-        it was connected to ``peer``) to be served as if it had reached the
-        listener, in order: ``peer``'s own are carried by its session, anyone
-        else's (counted in ``strays``) by theirs."""
-        raw = unit.raw
-        if raw.fileno() not in unit.ready():
-            return
-        for _ in range(DRAIN_LIMIT):
-            try:
-                data, src = raw.recvfrom(_MAX_DATAGRAM, _DONTWAIT)
-            except BlockingIOError:
-                return
-            except OSError:  # an error an earlier ICMP message left: reported once
-                continue
-            if src != peer:
-                self.strays += 1
-            self._strays.append((data, src))
-
     def _carry(self, session: _Session, data: bytes) -> None:
-        """What the runtime does for datagrams on the session socket, for one that
-        reached the listener: the verdict, then the redirect's send."""
+        """The route program on one of ``session``'s client's datagrams (its slot
+        as ``skb.sk``), then the redirect's send."""
         self._judge_and_send(self.verdict, sk.SkBuff(session.unit.client.sk), data)
 
     def _judge_and_send(self, prog: sk.Program, skb: sk.SkBuff, data: bytes) -> None:
@@ -483,8 +517,7 @@ class UdpProxy(ProxyPrograms):
              deliver: bool = True) -> None:
         """End ``session`` for ``reason`` (counted, logged): replies its backends
         already sent reach its client first (``deliver``); its unit is kept for
-        the next client (``keep``: re-connected to its own address, datagrams
-        its old client had queued served as strays) or left to the caller."""
+        the next client (``keep``) or left to the caller."""
         unit = session.unit
         if deliver:
             self._deliver_replies(unit)
@@ -503,13 +536,8 @@ class UdpProxy(ProxyPrograms):
                          datagrams_out=session.datagrams_out, bytes_out=session.bytes_out)
         else:  # counted all the same; the event's fields are for the log only
             self._closed("", reason)
+        unit.client.serve(None)
         if keep:
-            try:
-                unit.client.connect_nowait(self._listen_addr)
-            except OSError:
-                self._close_unit(unit)
-                return
-            self._take_strays(unit, self._listen_addr)
             unit.kept_since = time.monotonic()
             self._kept[key] = unit
 
@@ -539,8 +567,9 @@ class UdpProxy(ProxyPrograms):
             self._index.pop(conn.sk.cookie, None)
             self._pending.pop(conn.sk.cookie, None)
         unit.backends.close()
-        for sock in (unit.client, *unit.conns):
-            sock.close()
+        unit.client.sk.close()  # out of clients
+        for conn in unit.conns:
+            conn.close()
 
     def _session_failed(self, peer: Any, exc: BaseException) -> None:
         """Serving ``peer`` raised ``exc``: end its session (if it has one) and
@@ -578,21 +607,6 @@ class UdpProxy(ProxyPrograms):
                 if now - unit.kept_since < timeout:
                     break
                 self._close_unit(unit)
-            self._serve_strays()
-
-
-def _reuseport_socket(listener: skmsg_udp.UdpSocket, peer: Any) -> socket.socket:
-    """A socket bound to the listener's address and connected to ``peer``."""
-    raw = socket.socket(listener.family, socket.SOCK_DGRAM)
-    try:
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        raw.bind(listener.getsockname())
-        raw.connect(peer)
-    except OSError:
-        raw.close()
-        raise
-    return raw
 
 
 def _fmt(addr: Any) -> str:
@@ -695,13 +709,16 @@ async def resolve_backend(addr: Address) -> Any:
     return infos[0][4]
 
 
-async def _open_listener(addr: Address) -> skmsg_udp.UdpSocket:
+async def _open_listener(addr: Address) -> tuple[skmsg_udp.UdpSocket, socket.socket]:
+    """The listener bound to ``addr``, and its stdlib socket (what client slots
+    send from).
+
+    Raises:
+        ProxyError: ``addr`` cannot be listened on (one line naming it).
+    """
     family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
     raw = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        select_first(raw)
         # room for bursts of new clients (the kernel caps it at net.core.rmem_max)
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LISTENER_RCVBUF)
         sock = skmsg_udp.UdpSocket(raw)
@@ -713,7 +730,7 @@ async def _open_listener(addr: Address) -> skmsg_udp.UdpSocket:
     except OSError as exc:
         await sock.aclose()
         raise ProxyError(f"--listen {addr}: cannot listen: {_why(exc)}") from exc
-    return sock
+    return sock, raw
 
 
 async def run_udp_proxy(
@@ -729,7 +746,7 @@ async def run_udp_proxy(
     """
     policy = load_udp_policy(config)
     addrs = [await resolve_backend(b) for b in config.backends]
-    listener = await _open_listener(config.listen)
+    listener, listener_raw = await _open_listener(config.listen)
     try:
         async with open_runtime() as runtime, trio.open_nursery() as nursery:
             backends = config.backends
@@ -739,7 +756,8 @@ async def run_udp_proxy(
                     for i in range(config.echo_backends)
                 ])
                 addrs = [(b.host, b.port) for b in backends]
-            proxy = UdpProxy(config, policy=policy, listener=listener, backends=backends,
+            proxy = UdpProxy(config, policy=policy, listener=listener,
+                             listener_raw=listener_raw, backends=backends,
                              backend_addrs=tuple(addrs), runtime=runtime)
             nursery.start_soon(proxy.serve)
             nursery.start_soon(proxy.expire)
