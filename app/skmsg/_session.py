@@ -247,6 +247,10 @@ class Session:
         self._lane_free = trio.lowlevel.ParkingLot()
         #: A reply message was cut short at the client: nothing more can follow it.
         self.replies_cut = False
+        #: Replies in :meth:`write_reply` (waiting for the lane or being written):
+        #: the session does not finish before they are written.
+        self._in_lane = 0
+        self._lane_idle = trio.lowlevel.ParkingLot()
         self.marks = TrafficMarks()  # the client's traffic, for the timeout sweep
 
     def over(self) -> bool:
@@ -332,20 +336,26 @@ class Session:
         """
         counter = conn.counter
         framed = counter is not None and not counter.broken
-        if framed:
-            while self.reply_owner is not None and self.reply_owner is not conn:
-                await self._lane_free.park()
-        if self.replies_cut:
-            raise trio.ClosedResourceError(
-                f"{self.peer}: a reply to this client was cut short; nothing can follow it")
-        if framed:
-            self.reply_owner = conn  # from before the write: it may wait on the client
+        self._in_lane += 1
         try:
-            await self.client.egress_write(bufs, False)
+            if framed:
+                while self.reply_owner is not None and self.reply_owner is not conn:
+                    await self._lane_free.park()
+            if self.replies_cut:
+                raise trio.ClosedResourceError(
+                    f"{self.peer}: a reply to this client was cut short; nothing can follow it")
+            if framed:
+                self.reply_owner = conn  # from before the write: it may wait on the client
+            try:
+                await self.client.egress_write(bufs, False)
+            finally:
+                if not (framed and counter is not None and counter.mid_message
+                        and conn.ended is None):
+                    self.release_replies(conn)
         finally:
-            if not (framed and counter is not None and counter.mid_message
-                    and conn.ended is None):
-                self.release_replies(conn)
+            self._in_lane -= 1
+            if not self._in_lane:
+                self._lane_idle.unpark_all()
 
     def release_replies(self, conn: BackendConn) -> None:
         """``conn`` is at the end of a reply message, or ended: other
@@ -573,6 +583,8 @@ class Session:
 
     async def _finish(self) -> None:
         try:
+            while self._in_lane:  # replies counted, still to be written
+                await self._lane_idle.park()
             await self.client.flush_writes()
         except BaseException as exc:
             if escapes_boundary(exc):

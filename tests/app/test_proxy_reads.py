@@ -39,6 +39,19 @@ def payloads(n: int) -> list[bytes]:
     return [bytes([65 + i]) * (SIZE + i) for i in range(n)]
 
 
+async def exchange(client: Client, sent: list[bytes]) -> list[bytes]:
+    """Send ``sent`` while reading the replies (megabytes each way: a client
+    that only sent would fill every buffer between it and the backends)."""
+    async with trio.open_nursery() as nursery:
+
+        async def send_all() -> None:
+            for p in sent:
+                await client.send(p)
+
+        nursery.start_soon(send_all)
+        return await client.replies(len(sent))
+
+
 def spliced(proxy: Proxy) -> int:
     """Bytes spliced out of the connected clients' sockets so far."""
     total = 0
@@ -61,9 +74,7 @@ async def test_a_policy_that_reads_the_header_has_large_messages_spliced(
         assert proxy.verdict.reads == 4
         client = await Client.connect(proxy)
         sent = payloads(6)
-        for p in sent:
-            await client.send(p)
-        replies = await client.replies(len(sent))
+        replies = await exchange(client, sent)
         assert sorted(replies) == sorted(
             f"[b{len(p) % 2}] ".encode() + p for p in sent)
         assert b0.received == [p for p in sent if len(p) % 2 == 0]
@@ -181,9 +192,7 @@ async def test_large_replies_from_two_backends_reach_the_client_each_whole(
     ) as proxy:
         client = await Client.connect(proxy)
         sent = payloads(10)
-        for p in sent:
-            await client.send(p)
-        replies = await client.replies(len(sent))  # a torn reply fails to frame here
+        replies = await exchange(client, sent)  # a torn reply fails to frame here
         assert sorted(replies) == sorted(f"[b{len(p) % 2}] ".encode() + p for p in sent)
         # each backend's own replies in the order it answered
         for i in (0, 1):
