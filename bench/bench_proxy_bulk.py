@@ -27,6 +27,16 @@ Baseline: the same two connections as plain ``trio.SocketStream`` with a bare
 trio relay between the middle two (``receive_some(65536)`` -> ``send_all``),
 as ``tcp.bulk_redirect``'s.
 
+``proxy.bulk_tcp.command``: the same messages through ``skmsg proxy`` itself
+(:func:`skmsg.run_proxy`, in this process: its real accept, sessions, backend
+slots and programs) with its default policy, round-robin over one backend,
+which declares it reads none of a message (``READS = 0``): the client
+connects to the proxy, the proxy connects to the sink's listener when the
+first message comes, and each message's tail is spliced into that
+connection. ``--max-message-size`` is 2 MiB. Checked after the rounds: the
+proxy judged and redirected every message, dropped none, and spliced the
+tails.
+
 ``proxy.bulk_tcp.every_byte``: the same with a verdict that declares nothing
 (it may read every byte): each message is held whole by the stream parser,
 verdicted, and written with one ``egress_write``: the path every program
@@ -73,6 +83,7 @@ import skmsg_core as sk
 from bench._harness import Figure
 from bench._tcp_helpers import Round, Throughput, interleaved, open_listener, socket_pair
 from bench.bench_tcp import trio_relay
+from skmsg import Address, Proxy, ProxyConfig, run_proxy
 from skmsg_core.runtime import Runtime, open_runtime
 from skmsg_tcp import SkStream
 
@@ -122,6 +133,24 @@ async def skmsg_side(listener: trio.socket.SocketType, reads: int | None) -> Sid
     assert psock is not None and psock.strp is not None
     psock.strp.max_msg_size = 2 * MIB
     return Side(trio.SocketStream(c), trio.SocketStream(s), proxy, prog)
+
+
+async def command_side(nursery: trio.Nursery) -> tuple[Side, Proxy]:
+    """``skmsg proxy`` (its default, header-free policy) between a client and a
+    sink it connects to on the first message."""
+    sinks = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = sinks[0].socket.getsockname()[1]
+    config = ProxyConfig(listen=Address("127.0.0.1", 0), backends=(Address("127.0.0.1", port),),
+                         max_message_size=2 * MIB, max_clients=16)
+    proxy: Proxy = await nursery.start(run_proxy, config)
+    await (await sinks[0].accept()).aclose()  # the proxy's start-up probe of its backend
+    client = await trio.open_tcp_stream("127.0.0.1", proxy.listen[0].port)
+    first = _message(64, 0)
+    await client.send_all(first)  # the proxy connects to the sink now
+    sink = await sinks[0].accept()
+    await sinks[0].aclose()
+    await _drain(sink, len(first))
+    return Side(client, sink), proxy
 
 
 async def trio_side(listener: trio.socket.SocketType, nursery: trio.Nursery) -> Side:
@@ -191,8 +220,10 @@ async def _run(
     msgs = [msg] * nmsgs
     async with open_runtime() as rt, trio.open_nursery() as nursery:
         listener = await open_listener()
+        command, proxy = await command_side(nursery)
         sides = {
             "header": await skmsg_side(listener, 4),
+            "command": command,
             "every_byte": await skmsg_side(listener, None),
             "trio": await trio_side(listener, nursery),
         }
@@ -201,9 +232,10 @@ async def _run(
             {name: (lambda s=side: _transfer(s, msgs)) for name, side in sides.items()}, rounds
         )
         stats = _check_counters(rt, sides, warm, rounds * nmsgs * MSG)
+        _check_proxy(proxy, rounds * nmsgs * MSG)
         nursery.cancel_scope.cancel()
     amount = nmsgs * MSG / MIB
-    paired = {k: _paired(seconds[k], seconds["trio"]) for k in ("header", "every_byte")}
+    paired = {k: _paired(seconds[k], seconds["trio"]) for k in ("header", "command", "every_byte")}
     return {k: Throughput.of(amount, v) for k, v in seconds.items()}, paired, stats
 
 
@@ -238,6 +270,21 @@ def _check_counters(
     return out
 
 
+def _check_proxy(proxy: Proxy, timed: int) -> None:
+    """``skmsg proxy`` redirected every message, dropped none, and spliced the
+    timed messages' tails."""
+    s = proxy.statistics()
+    _check(s.msgs == s.redirected and s.dropped == 0 and s.policy_errors == 0,
+           f"command: {s.msgs} messages, {s.redirected} redirected, {s.dropped} dropped")
+    _check(proxy.runtime.redirect_errors == 0, "command: a redirect write failed")
+    spliced = 0
+    for session in proxy.sessions.values():
+        psock = session.client.sk.psock
+        if psock is not None:
+            spliced += psock.statistics().rx_spliced_bytes
+    _check(spliced >= timed // 2, f"command: only {spliced} of {timed} timed bytes were spliced")
+
+
 def bench_bulk_tcp(quick: bool) -> list[Figure]:
     """256 (quick: 8) 1 MiB messages per round through the runtime's redirect, a
     header-only verdict (tails spliced) and an every-byte one, vs a trio relay."""
@@ -268,6 +315,22 @@ def bench_bulk_tcp(quick: bool) -> list[Figure]:
         Figure.speedup(
             "proxy.bulk_tcp.cpu",
             value=cpu["header"],
+            unit="us/MiB",
+            baseline="trio relay (CPU)",
+            baseline_value=cpu["trio"],
+        ),
+        Figure.speedup(
+            "proxy.bulk_tcp.command",
+            value=us["command"],
+            unit="us/MiB",
+            baseline="trio relay",
+            baseline_value=us["trio"],
+            target=TARGET,
+            paired=paired["command"],
+        ),
+        Figure.speedup(
+            "proxy.bulk_tcp.command.cpu",
+            value=cpu["command"],
             unit="us/MiB",
             baseline="trio relay (CPU)",
             baseline_value=cpu["trio"],

@@ -420,7 +420,9 @@ class SkPsock:
 
     # -- RX ---------------------------------------------------------------------------
 
-    def rx_feed(self, data: bytes | bytearray | memoryview) -> list[RxAction]:
+    def rx_feed(
+        self, data: bytes | bytearray | memoryview, *, tails: bool = True
+    ) -> list[RxAction]:
         """Run the receive programs on bytes read from the transport.
 
         In strparser mode the bytes are framed and the stream verdict runs once
@@ -429,7 +431,10 @@ class SkPsock:
         into one action (in order), so the I/O layer writes once per
         destination per batch; consecutive messages with one destination are
         one zero-copy slice of ``data``. A message that leaves a tail (see the
-        module's "Tails") is the last action, alone, with ``tail`` set.
+        module's "Tails") is the last action, alone, with ``tail`` set; with
+        ``tails=False`` (a caller whose bytes are not the socket's own, such as
+        a ULP's plaintext: no tail can be read from the socket) none does, and
+        a message is verdicted once it is whole, whatever it declared.
 
         Raises:
             StrParserError: the stream parser failed (the socket is in error); its
@@ -457,7 +462,12 @@ class SkPsock:
             if ends:
                 self._verdict_spans(view, start, ends, prog, batch)
             need = strp.pending_length
-            if need >= self.rx_tail_min and prog is not None and prog.reads is not None:
+            if (
+                tails
+                and need >= self.rx_tail_min
+                and prog is not None
+                and prog.reads is not None
+            ):
                 reads = prog.reads
                 if strp.pending >= (reads if reads < need else need):
                     self._verdict_tail(strp.take_pending(), need, prog, batch)

@@ -81,6 +81,13 @@ policy file (--policy FILE): a Python file that defines
       anything but SK_PASS or SK_DROP (an int; logged with its type), or
       runs longer than --policy-budget drops the message and counts an error;
       the proxy and its other clients carry on.
+  READS = N                       optional; the message's first N bytes are
+      all the verdict reads: skb.data holds those only (skb.len is the
+      whole length), and the rest of a message of 64 KiB or more goes from
+      the client to its backend with splice(2), never copied into Python
+      (plain TCP backends). A read past them drops the message, counted as
+      a policy error. Without it the verdict may read every byte; the
+      default policy reads none.
   parse(skb) -> int               optional; replaces --parser: the length of
       the next message in skb.data, 0 to wait for more bytes, or -errno. A
       parse that raises, returns no length or errno, or runs longer than

@@ -31,6 +31,17 @@ A policy file is a Python file that defines
     message is verdicted; without ``--tls`` it is None.
     ``examples/tls_sni_route.py`` routes on it.
 
+``READS = N`` (optional)
+    How many of a message's first bytes ``verdict`` reads (an int >= 0), as
+    ``reads=N`` declares it for a program (:mod:`skmsg_core`'s "Declared
+    reads"): ``skb.data`` then holds those bytes only (``skb.len`` is still
+    the whole message's length), and the rest of a large message (64 KiB or
+    more) goes from the client to its backend with ``splice(2)``, never read
+    into Python, when the backend connection is plain TCP. Reading past them
+    is the run's error: a DROP counted as a policy error. Without it the
+    verdict may read every byte. The default policy reads none (``0``). With
+    ``--udp`` a datagram is read whole and ``READS`` is not used.
+
 ``parse(skb) -> int`` (optional)
     The stream parser (``SK_SKB_STREAM_PARSER``), replacing ``--parser``:
     the length of the next message in ``skb.data``, 0 for "need more", or a
@@ -114,11 +125,14 @@ class Policy:
     name: str
     verdict: VerdictFunc
     parse: sk.Program | None = None
+    #: ``READS``: the message's first bytes the verdict reads (None: every byte).
+    reads: int | None = None
 
     @classmethod
     def round_robin(cls) -> Policy:
-        """The default policy: round-robin over the backends, pass all."""
-        return cls("round-robin", RoundRobin())
+        """The default policy: round-robin over the backends, pass all. It
+        reads none of a message's bytes."""
+        return cls("round-robin", RoundRobin(), reads=0)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Policy:
@@ -130,8 +144,8 @@ class Policy:
 
         Raises:
             PolicyError: the file is missing or unreadable, has a syntax error,
-                raised while loading, has no ``verdict``, or a program fails the
-                verifier.
+                raised while loading, has no ``verdict``, a program fails the
+                verifier, or ``READS`` is not an int >= 0.
         """
         p = Path(path)
         label = f"policy file {str(path)!r}"
@@ -179,7 +193,13 @@ class Policy:
                 parse = sk.Program.load(ns["parse"], sk.BpfProgType.SK_SKB, name="parse")
             except OSError as exc:
                 raise PolicyError(f"{label}: parse: {exc.strerror}") from exc
-        return cls(name, verdict, parse)
+        reads = ns.get("READS")
+        if reads is not None and (type(reads) is not int or reads < 0):
+            raise PolicyError(
+                f"{label}: READS must be the number of a message's first bytes the "
+                f"verdict reads, an int >= 0, not {reads!r}"
+            )
+        return cls(name, verdict, parse, reads)
 
 
 def _verify_verdict(verdict: object, label: str) -> None:

@@ -387,6 +387,8 @@ class ProxyPrograms:
             c.changed()
             return False
         self.policy = new
+        if not getattr(self, "udp", False):  # a datagram is read whole
+            self.verdict.set_reads(new.reads)
         c.policy_generation += 1
         c.policy_reloads += 1
         self._generation = str(c.policy_generation)
@@ -473,6 +475,11 @@ class Proxy(ProxyPrograms):
         self.upstreams = sk.SockHash(
             max_entries=config.max_clients * len(backends) + 1, name="upstreams"
         )
+        #: Every backend connection's reply lane (:class:`~._session.ReplyLane`), keyed
+        #: by the connection's cookie: what the reply program redirects to.
+        self.reply_lanes = sk.SockHash(
+            max_entries=config.max_clients * len(backends) + 1, name="reply lanes"
+        )
         #: client cookie -> that client's session (its backends map: a hash of maps)
         self.sessions: dict[int, Session] = {}
         self._upstream: dict[int, BackendConn] = {}  # backend connection cookie -> it
@@ -492,7 +499,8 @@ class Proxy(ProxyPrograms):
             framing.parse_within(limit)
         )
         self.verdict = sk.Program.load(
-            self._route, sk.BpfProgType.SK_SKB, name=f"verdict ({policy.name})", budget=budget
+            self._route, sk.BpfProgType.SK_SKB, name=f"verdict ({policy.name})", budget=budget,
+            reads=policy.reads,
         )
         self.reply = sk.Program.load(
             self._reply, sk.BpfProgType.SK_SKB, name="reply", budget=budget
@@ -540,7 +548,9 @@ class Proxy(ProxyPrograms):
             if session.userspace:
                 ret = sk.SK_PASS  # up to the proxy, which sends it on (and then looks)
             else:
-                ret = sk.sk_redirect_hash(skb, self.clients, session.key, 0)
+                # through the connection's reply lane to the client (whole messages
+                # of one backend at a time)
+                ret = sk.sk_redirect_hash(skb, self.reply_lanes, cookie, 0)
                 if session.client_eof:
                     session.check_finish()
         return self._count_reply(
@@ -579,8 +589,10 @@ class Proxy(ProxyPrograms):
         self._index[cookie] = conn.index
         try:
             self.upstreams.update(cookie, conn.stream)
+            self.reply_lanes.update(cookie, conn.lane.sk)
         except OSError:
             del self._upstream[cookie], self._index[cookie]
+            conn.stream.sk.close()  # out of upstreams, if it got in
             raise
         self.counters.backends[conn.index].conns_open += 1
 
@@ -591,6 +603,7 @@ class Proxy(ProxyPrograms):
         if self._upstream.pop(cookie, None) is None:
             return
         self._index.pop(cookie, None)
+        conn.lane.sk.close()  # out of reply_lanes
         b = self.counters.backends[conn.index]
         b.conns_open -= 1
         b.closed[reason] += 1

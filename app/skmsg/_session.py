@@ -45,6 +45,7 @@ import errno
 import functools
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -68,7 +69,7 @@ from ._upstream import (
 if TYPE_CHECKING:
     from ._proxy import Proxy
 
-__all__ = ["BackendSlot", "Session"]
+__all__ = ["BackendSlot", "ReplyLane", "Session"]
 
 log = logging.getLogger("skmsg")
 limited_log = RateLimitedLog(log)
@@ -122,6 +123,39 @@ class BackendSlot:
         (see :meth:`Session.write`). Never raises but cancellation."""
         await self.session.write(self, bufs, 0)
 
+    # -- a redirected message's tail (skmsg_core.runtime.SpliceEndpoint) ----------------
+    #
+    # A message whose verdict declared its reads has its tail moved socket to
+    # socket: into this slot's connection, made first if need be.
+
+    def splice_fileno(self) -> int:
+        """The connection's socket, to splice a message's tail into; -1 with no
+        connection, or one that cannot take bytes that way (TLS)."""
+        conn = self.conn
+        return conn.stream.splice_fileno() if conn is not None else -1
+
+    def spliced(self, received: int, sent: int) -> None:
+        """Count bytes spliced into the connection as its own."""
+        conn = self.conn
+        if conn is not None:
+            conn.stream.spliced(received, sent)
+
+    async def egress_splice(self, move: Callable[[], Awaitable[None]]) -> bool:
+        """Have ``move`` write one redirected message into the connection, made
+        first if need be, under its write lock (see :meth:`Session.splice`).
+
+        Raises:
+            BaseException: whatever ``move`` raises.
+        """
+        return await self.session.splice(self, move)
+
+    def abort(self, exc: BaseException) -> None:
+        """A message spliced into the connection was cut short: it is in error
+        for good (its end is handled as a reset). Never raises."""
+        conn = self.conn
+        if conn is not None:
+            conn.stream.abort(exc)
+
     def rx_failed(self, exc: BaseException) -> None:
         """A slot has no receive side: nothing to do."""
 
@@ -133,6 +167,49 @@ class BackendSlot:
 
     def __repr__(self) -> str:
         return f"<BackendSlot {self.index} of {self.session.peer}>"
+
+
+class ReplyLane:
+    """Where one backend connection's replies are redirected: they are written
+    to the session's client one backend's *message* at a time. Replies from
+    two backends, each arriving in pieces, would otherwise reach the client
+    interleaved piece by piece, and the client would read neither (see
+    :meth:`Session.write_reply`)."""
+
+    __slots__ = ("conn", "session", "sk")
+
+    def __init__(self, session: Session, conn: BackendConn) -> None:
+        self.session = session
+        self.conn = conn
+        self.sk = sk.Sock(
+            SLOT_PROTO,
+            family=socket.AF_INET,
+            type=socket.SOCK_STREAM,
+            protocol=socket.IPPROTO_TCP,
+            state=sk.TcpState.ESTABLISHED,
+            owner=self,
+        )
+
+    async def egress_write(self, bufs: list[memoryview], more: bool) -> None:
+        """Write replies to the client, through the session's lane.
+
+        Raises:
+            OSError, trio.BrokenResourceError, trio.ClosedResourceError: the
+                client's write failed (the runtime counts the redirect's error).
+        """
+        await self.session.write_reply(self.conn, bufs)
+
+    def rx_failed(self, exc: BaseException) -> None:
+        """A lane has no receive side: nothing to do."""
+
+    def rx_eof(self) -> None:
+        """A lane has no receive side: nothing to do."""
+
+    def wake_readers(self) -> None:
+        """A lane has no readers: nothing to do."""
+
+    def __repr__(self) -> str:
+        return f"<ReplyLane of backend {self.conn.index} for {self.session.peer}>"
 
 
 class Session:
@@ -164,6 +241,16 @@ class Session:
             self.backends.update(slot.index, slot.sk)
             proxy._index[slot.sk.cookie] = slot.index
         self._to_client = trio.StrictFIFOLock()  # user space only: one sender at a time
+        #: The connection whose reply message is partly written to the client:
+        #: the others' replies wait for it to end (see :meth:`write_reply`).
+        self.reply_owner: BackendConn | None = None
+        self._lane_free = trio.lowlevel.ParkingLot()
+        #: A reply message was cut short at the client: nothing more can follow it.
+        self.replies_cut = False
+        #: Replies in :meth:`write_reply` (waiting for the lane or being written):
+        #: the session does not finish before they are written.
+        self._in_lane = 0
+        self._lane_idle = trio.lowlevel.ParkingLot()
         self.marks = TrafficMarks()  # the client's traffic, for the timeout sweep
 
     def over(self) -> bool:
@@ -203,6 +290,79 @@ class Session:
                 return
         if not self.over():
             await self._reroute(bufs, attempt + 1, slot.index)
+
+    async def splice(self, slot: BackendSlot, move: Callable[[], Awaitable[None]]) -> bool:
+        """What :meth:`write` does for one message judged for ``slot``, when
+        ``move`` writes it (its head and its tail, spliced from the client):
+        the slot's connection is made if need be, and ``move`` runs under its
+        write lock. False, having called nothing (the runtime then reads the
+        message whole and writes it as any other): the session is ending, no
+        connection could be made, or it cannot take spliced bytes (TLS).
+
+        Raises:
+            BaseException: whatever ``move`` raises (the message is cut short:
+                the runtime aborts the connection).
+        """
+        if self.ending is not None:
+            return False
+        conn = slot.conn
+        if conn is None:
+            conn = await self._open(slot)
+            if conn is None:
+                return False
+        n = slot.take_routed()
+        if not await conn.stream.egress_splice(move):
+            slot.routed += n  # written as any other message, and counted there
+            return False
+        conn.sent += n
+        conn.unanswered = True
+        return True
+
+    async def write_reply(self, conn: BackendConn, bufs: list[memoryview]) -> None:
+        """Write ``bufs``, the next bytes of ``conn``'s replies, to the client.
+        While another connection's reply message is partly written, wait for
+        its end: a client gets each reply message whole, whichever backends
+        answer at once. A connection whose replies cannot be framed (its reply
+        counter broke) is not held to it: its bytes go as they come. Once a
+        connection ended in the middle of a reply message, nothing more is
+        written (its client is closed: ``backend_lost``).
+
+        The reply program has already counted ``bufs`` (``conn.counter``), so
+        whether they end inside a message is known when they are written.
+
+        Raises:
+            OSError, trio.BrokenResourceError, trio.ClosedResourceError: the
+                client's write failed, or a reply to it was cut short.
+        """
+        counter = conn.counter
+        framed = counter is not None and not counter.broken
+        self._in_lane += 1
+        try:
+            if framed:
+                while self.reply_owner is not None and self.reply_owner is not conn:
+                    await self._lane_free.park()
+            if self.replies_cut:
+                raise trio.ClosedResourceError(
+                    f"{self.peer}: a reply to this client was cut short; nothing can follow it")
+            if framed:
+                self.reply_owner = conn  # from before the write: it may wait on the client
+            try:
+                await self.client.egress_write(bufs, False)
+            finally:
+                if not (framed and counter is not None and counter.mid_message
+                        and conn.ended is None):
+                    self.release_replies(conn)
+        finally:
+            self._in_lane -= 1
+            if not self._in_lane:
+                self._lane_idle.unpark_all()
+
+    def release_replies(self, conn: BackendConn) -> None:
+        """``conn`` is at the end of a reply message, or ended: other
+        connections' replies may go to the client again."""
+        if self.reply_owner is conn:
+            self.reply_owner = None
+            self._lane_free.unpark_all()
 
     async def _reroute(self, bufs: list[memoryview], attempt: int, index: int) -> None:
         """Judge each message of ``bufs`` again and send it where the verdict
@@ -314,6 +474,7 @@ class Session:
         proxy = self.proxy
         counter = ReplyCounter(proxy.reply_parse, proxy.config.max_message_size)
         conn = BackendConn(stream, index, counter, self)
+        conn.lane = ReplyLane(self, conn)
         tls = proxy.config.tls
         if not self.userspace and (tls is None or tls.client is None):
             stream.on_end = functools.partial(self._pump_ended, conn)
@@ -380,6 +541,9 @@ class Session:
             return
         conn.ended = reason
         owed = conn.owes()
+        if self.reply_owner is conn:  # its reply message is cut short at the client
+            self.replies_cut = True
+            self.release_replies(conn)
         if conn in self.conns:
             self.conns.remove(conn)
         slot = self.slots[conn.index]
@@ -419,6 +583,8 @@ class Session:
 
     async def _finish(self) -> None:
         try:
+            while self._in_lane:  # replies counted, still to be written
+                await self._lane_idle.park()
             await self.client.flush_writes()
         except BaseException as exc:
             if escapes_boundary(exc):

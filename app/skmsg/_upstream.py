@@ -271,6 +271,11 @@ class ReplyCounter:
         self.limit = limit
         self.broken = False
 
+    @property
+    def mid_message(self) -> bool:
+        """Whether the bytes fed so far end inside a message (not between two)."""
+        return bool(self._skip or self._acc)
+
     def feed(self, data: memoryview) -> int:
         """Count the messages ``data`` completes (the next bytes of the stream).
         Never raises (a ``parse`` failure breaks the counter; but
@@ -387,6 +392,8 @@ class BackendConn:
     unanswered: bool = False
     ended: str | None = None
     marks: TrafficMarks = attrs.field(factory=TrafficMarks)
+    #: Where its replies are redirected (a :class:`~._session.ReplyLane`).
+    lane: Any = None
 
     def owes(self) -> bool:
         """Whether a message written to it may still be waiting for its reply."""

@@ -154,7 +154,7 @@ class Backend:
         try:
             if self.never_read:
                 await trio.sleep_forever()
-            parser = sk.StrParser(parse_length_prefixed)
+            parser = sk.StrParser(parse_length_prefixed, max_msg_size=1 << 24)
             answered = 0
             shut = False
             async for data in stream:

@@ -736,7 +736,10 @@ class TlsUlp:
         elif units:
             try:
                 if self.strparser and psock.rx_mode == "strp":
-                    actions = psock.rx_feed(units[0] if len(units) == 1 else b"".join(units))
+                    # plaintext: a message's tail is in records, never in the socket
+                    actions = psock.rx_feed(
+                        units[0] if len(units) == 1 else b"".join(units), tails=False
+                    )
                 else:
                     actions = psock.rx_verdict(units)
             except sk.StrParserError as exc:

@@ -1,0 +1,201 @@
+"""``READS`` in a policy file: the verdict sees a message's first bytes, and
+the rest of a large message goes from the client to its backend with
+``splice(2)``, never read into Python. Real proxy, real trio backends."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import trio
+
+import skmsg_core as sk
+from skmsg import Proxy
+from skmsg._policy import Policy, PolicyError
+from tests.app._backends import TIMEOUT, Backend, Client, proxy_running, serving
+
+#: Routes by the length field alone (its first 4 bytes): odd lengths to 1.
+BY_LENGTH = """
+from skmsg_core import sk_redirect_map
+READS = 4
+def verdict(skb, backends):
+    return sk_redirect_map(skb, backends, int.from_bytes(skb.data[:4], "big") % 2, 0)
+"""
+
+#: Declares 4 bytes and looks at the tenth: the run's error, a DROP.
+PAST_READS = """
+from skmsg_core import SK_DROP, sk_redirect_map
+READS = 4
+def verdict(skb, backends):
+    if skb.data[9] == 0x21:
+        return SK_DROP
+    return sk_redirect_map(skb, backends, 0, 0)
+"""
+
+SIZE = 300_000  # over RX_TAIL_MIN_BYTES: a tail to splice
+
+
+def payloads(n: int) -> list[bytes]:
+    return [bytes([65 + i]) * (SIZE + i) for i in range(n)]
+
+
+async def exchange(client: Client, sent: list[bytes]) -> list[bytes]:
+    """Send ``sent`` while reading the replies (megabytes each way: a client
+    that only sent would fill every buffer between it and the backends)."""
+    async with trio.open_nursery() as nursery:
+
+        async def send_all() -> None:
+            for p in sent:
+                await client.send(p)
+
+        nursery.start_soon(send_all)
+        return await client.replies(len(sent))
+
+
+def spliced(proxy: Proxy) -> int:
+    """Bytes spliced out of the connected clients' sockets so far."""
+    total = 0
+    for session in proxy.sessions.values():
+        psock = session.client.sk.psock
+        if psock is not None:
+            total += psock.statistics().rx_spliced_bytes
+    return total
+
+
+async def test_a_policy_that_reads_the_header_has_large_messages_spliced(
+    tmp_path: pathlib.Path,
+) -> None:
+    policy = tmp_path / "by_length.py"
+    policy.write_text(BY_LENGTH)
+    b0, b1 = Backend("b0"), Backend("b1")
+    async with serving(b0, b1), proxy_running(
+        backends=(b0.address, b1.address), policy=str(policy), max_message_size=1 << 20,
+    ) as proxy:
+        assert proxy.verdict.reads == 4
+        client = await Client.connect(proxy)
+        sent = payloads(6)
+        replies = await exchange(client, sent)
+        assert sorted(replies) == sorted(
+            f"[b{len(p) % 2}] ".encode() + p for p in sent)
+        assert b0.received == [p for p in sent if len(p) % 2 == 0]
+        assert b1.received == [p for p in sent if len(p) % 2 == 1]
+        # all but each message's head went socket to socket
+        heads = len(sent) * RX_HEAD_BOUND
+        assert spliced(proxy) >= sum(len(p) for p in sent) - heads
+        s = proxy.statistics()
+        assert (s.msgs, s.redirected, s.policy_errors) == (6, 6, 0)
+        await client.aclose()
+
+
+#: What of a message a receive pump may hold before its verdict runs: its
+#: first read (the runtime reads 64 KiB at a time) and the parser's view.
+RX_HEAD_BOUND = 2 * 65536
+
+
+async def test_the_default_policy_reads_nothing_and_has_large_messages_spliced() -> None:
+    b0 = Backend("b0")
+    async with serving(b0), proxy_running(
+        backends=(b0.address,), max_message_size=1 << 20,
+    ) as proxy:
+        assert proxy.verdict.reads == 0
+        client = await Client.connect(proxy)
+        sent = payloads(3)
+        for p in sent:
+            assert await client.round_trip(p) == b"[b0] " + p
+        assert spliced(proxy) >= sum(len(p) for p in sent) - 3 * RX_HEAD_BOUND
+        await client.aclose()
+
+
+async def test_a_read_past_reads_drops_that_message_counted_and_the_proxy_goes_on(
+    tmp_path: pathlib.Path,
+) -> None:
+    policy = tmp_path / "past.py"
+    policy.write_text(PAST_READS)
+    b0 = Backend("b0")
+    async with serving(b0), proxy_running(
+        backends=(b0.address,), policy=str(policy), max_message_size=1 << 20,
+    ) as proxy:
+        client = await Client.connect(proxy)
+        for p in [*payloads(2), b"short"]:
+            await client.send(p)
+        with trio.fail_after(TIMEOUT):
+            while proxy.statistics().msgs < 3:
+                await trio.sleep(0.01)
+        s = proxy.statistics()
+        assert (s.msgs, s.redirected, s.dropped, s.policy_errors) == (3, 0, 3, 3)
+        assert b0.received == []
+        errors = proxy.verdict.statistics()
+        assert errors.errors == 3
+        # the next client is served as ever: its messages are judged, and dropped
+        other = await Client.connect(proxy)
+        await other.send(b"x" * 20)
+        with trio.fail_after(TIMEOUT):
+            while proxy.statistics().msgs < 4:
+                await trio.sleep(0.01)
+        await client.aclose()
+        await other.aclose()
+
+
+async def test_a_reload_takes_the_new_files_reads(tmp_path: pathlib.Path) -> None:
+    policy = tmp_path / "p.py"
+    policy.write_text(BY_LENGTH)
+    b0, b1 = Backend("b0"), Backend("b1")
+    async with serving(b0, b1), proxy_running(
+        backends=(b0.address, b1.address), policy=str(policy),
+    ) as proxy:
+        assert proxy.verdict.reads == 4
+        policy.write_text(BY_LENGTH.replace("READS = 4\n", ""))
+        assert proxy.reload_policy()
+        assert proxy.verdict.reads is None
+        policy.write_text(BY_LENGTH.replace("READS = 4", "READS = 8"))
+        assert proxy.reload_policy()
+        assert proxy.verdict.reads == 8
+        client = await Client.connect(proxy)
+        assert await client.round_trip(b"ab") == b"[b0] ab"
+        await client.aclose()
+
+
+@pytest.mark.parametrize("value", ["-1", "'4'", "True", "2.5", "[4]"])
+def test_a_reads_that_is_not_a_byte_count_is_refused_naming_it(
+    tmp_path: pathlib.Path, value: str
+) -> None:
+    policy = tmp_path / "bad.py"
+    policy.write_text(BY_LENGTH.replace("READS = 4", f"READS = {value}"))
+    with pytest.raises(PolicyError, match=r"READS must be .* an int >= 0, not "):
+        Policy.from_file(policy)
+
+
+def test_reads_is_the_files_declaration_or_every_byte(tmp_path: pathlib.Path) -> None:
+    policy = tmp_path / "p.py"
+    policy.write_text(BY_LENGTH)
+    assert Policy.from_file(policy).reads == 4
+    policy.write_text(BY_LENGTH.replace("READS = 4\n", ""))
+    assert Policy.from_file(policy).reads is None
+    assert Policy.round_robin().reads == 0
+    assert sk.RX_TAIL_MIN_BYTES < SIZE
+
+
+#: Routes by the length field, reading every byte (no READS).
+BY_LENGTH_ALL = BY_LENGTH.replace("READS = 4\n", "")
+
+
+async def test_large_replies_from_two_backends_reach_the_client_each_whole(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Two backends answer one client at once, each reply in many pieces: the
+    client gets every reply whole, never pieces of two interleaved."""
+    policy = tmp_path / "by_length.py"
+    policy.write_text(BY_LENGTH_ALL)
+    b0, b1 = Backend("b0"), Backend("b1")
+    async with serving(b0, b1), proxy_running(
+        backends=(b0.address, b1.address), policy=str(policy), max_message_size=1 << 20,
+    ) as proxy:
+        client = await Client.connect(proxy)
+        sent = payloads(10)
+        replies = await exchange(client, sent)  # a torn reply fails to frame here
+        assert sorted(replies) == sorted(f"[b{len(p) % 2}] ".encode() + p for p in sent)
+        # each backend's own replies in the order it answered
+        for i in (0, 1):
+            mine = [r for r in replies if r.startswith(b"[b%d] " % i)]
+            assert mine == [f"[b{i}] ".encode() + p for p in sent if len(p) % 2 == i]
+        await client.aclose()
