@@ -295,12 +295,12 @@ class UdpProxy(ProxyPrograms):
         self.counters = ProxyCounters([str(b) for b in backends])
         self._observe(len(backends))
         self.clients = sk.SockHash(max_entries=config.max_clients, name="udp clients")
-        #: open sessions by session socket cookie, least recently active first
+        #: open sessions by client slot cookie, least recently active first
         self.sessions: OrderedDict[int, _Session] = OrderedDict()
         self._by_peer: dict[Any, _Session] = {}
-        self._units: dict[int, _Unit] = {}  # every unit by session socket cookie
+        self._units: dict[int, _Unit] = {}  # every unit by client slot cookie
         self._kept: OrderedDict[int, _Unit] = OrderedDict()  # units between sessions
-        self._owner: dict[int, int] = {}  # backend socket cookie -> session socket cookie
+        self._owner: dict[int, int] = {}  # backend socket cookie -> client slot cookie
         self._index: dict[int, int] = {}  # backend socket cookie -> backend index
         self._logged_errors = 0
         budget = config.policy_budget
