@@ -5,14 +5,17 @@ the rest of a large message goes from the client to its backend with
 from __future__ import annotations
 
 import pathlib
+import socket
+import struct
 
 import pytest
 import trio
+import trio.testing
 
 import skmsg_core as sk
-from skmsg import Proxy
+from skmsg import Address, Proxy
 from skmsg._policy import Policy, PolicyError
-from tests.app._backends import TIMEOUT, Backend, Client, proxy_running, serving
+from tests.app._backends import TIMEOUT, Backend, Client, frame, proxy_running, serving
 
 #: Routes by the length field alone (its first 4 bytes): odd lengths to 1.
 BY_LENGTH = """
@@ -199,3 +202,63 @@ async def test_large_replies_from_two_backends_reach_the_client_each_whole(
             mine = [r for r in replies if r.startswith(b"[b%d] " % i)]
             assert mine == [f"[b{i}] ".encode() + p for p in sent if len(p) % 2 == i]
         await client.aclose()
+
+
+async def test_a_backend_that_breaks_mid_reply_closes_its_client_with_nothing_after_it(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Backend 0 writes half a large reply, then resets; backend 1's reply, held
+    behind it in the client's lane meanwhile, is never written after the torn
+    half (the client could not frame it): the client is closed at once,
+    counted backend_lost, with exactly the half it got."""
+    policy = tmp_path / "by_length.py"
+    policy.write_text(BY_LENGTH_ALL)
+    half = 200_000
+    torn_reply = frame(b"t" * (2 * half))[: 4 + half]
+    wrote_half = trio.Event()
+    break_now = trio.Event()
+
+    async def torn(stream: trio.SocketStream) -> None:  # backend 0
+        if not await stream.receive_some():
+            return  # the proxy's start-up probe
+        await stream.send_all(torn_reply)
+        wrote_half.set()
+        await break_now.wait()
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()
+
+    b1 = Backend("b1", hold=True)
+    async with trio.open_nursery() as nursery, serving(b1):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, torn, listeners)
+        async with proxy_running(backends=(Address("127.0.0.1", port), b1.address),
+                                 policy=str(policy), max_message_size=1 << 20) as proxy:
+            addr = proxy.listen[0]
+            client = await trio.open_tcp_stream(addr.host, addr.port)
+            got = b""
+            with trio.fail_after(TIMEOUT):
+                await client.send_all(frame(b"to zero!"))  # length 8: even, backend 0
+                while len(got) < len(torn_reply):
+                    got += await client.receive_some()
+                await wrote_half.wait()
+                await client.send_all(frame(b"to one!"))  # length 7: odd, backend 1
+                await b1.wait(lambda: len(b1.received) == 1)
+                b1.release()  # its reply now waits behind backend 0's half
+                await trio.testing.wait_all_tasks_blocked(0.05)
+                break_now.set()
+                with trio.fail_after(5):  # at once: no timeout is involved
+                    while data := await receive_or_reset(client):
+                        got += data
+            assert got == torn_reply
+            s = proxy.statistics()
+            assert (s.backend_lost, s.client_closed["backend_lost"]) == (1, 1)
+            await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def receive_or_reset(stream: trio.SocketStream) -> bytes:
+    try:
+        return await stream.receive_some()
+    except trio.BrokenResourceError:
+        return b""  # a reset is a close too
