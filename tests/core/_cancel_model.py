@@ -78,6 +78,12 @@ class Model:
 
     def ran(self, dest: object, shown: bytes, apply: int, cork: int) -> None:
         self.runs += 1
+        if self.carry:
+            # A run replaces the verdict in force: on TCP one runs while a window
+            # is left only when a cork was met (tcp_bpf_sendmsg sets
+            # psock->eval = __SK_NONE), and that window's bytes past what its
+            # run was shown are no longer its to cover.
+            self.credits = [c for c in self.credits if c.offset < len(c.shown)]
         if dest == "drop" or (cork > len(shown) and len(shown) < self.limit):
             return
         covers = apply if apply else len(shown)
