@@ -28,6 +28,8 @@ from skmsg._parsers import parse_length_prefixed
 
 #: A guard against hangs; every wait ends on an event long before it.
 TIMEOUT = 20.0
+#: Back-offs short enough for a test to see a backend come back.
+FAST = {"backoff_min": 0.05, "backoff_max": 0.2}
 
 
 def frame(payload: bytes) -> bytes:

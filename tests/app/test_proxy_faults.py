@@ -16,6 +16,7 @@ import trio
 from skmsg import Address
 
 from ._backends import (
+    FAST,
     Backend,
     Client,
     Metrics,
@@ -24,9 +25,6 @@ from ._backends import (
     unanswering_backend,
     wait_counted,
 )
-
-#: Back-offs short enough for a test to see a backend come back.
-FAST = {"backoff_min": 0.05, "backoff_max": 0.2}
 
 ROUTE_BY_FIRST_BYTE = """
 import skmsg_core as sk

@@ -16,6 +16,7 @@ import trio
 from skmsg._tls import TlsOptions, client_context, server_context, write_self_signed
 
 from ._backends import (
+    FAST,
     Backend,
     Client,
     Metrics,
@@ -25,7 +26,6 @@ from ._backends import (
     wait_counted,
 )
 
-FAST = {"backoff_min": 0.05, "backoff_max": 0.2}
 #: A bound on "promptly" that a loaded 2-core machine keeps: the timeouts
 #: below are fractions of a second, their sweep a quarter of that.
 SLACK = 5.0
