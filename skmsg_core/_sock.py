@@ -166,7 +166,8 @@ class Sock:
 
     Mutable and kept current by the owning plugin. ``owner`` is the plugin's own
     object for this socket (a stream), which the I/O layer reaches from a redirect
-    target. ``psock`` is ``sk_user_data`` for sockmap: set by the core only.
+    target, until :meth:`close` (then ``None``). ``psock`` is ``sk_user_data`` for
+    sockmap: set by the core only.
 
     ``sk_prot``, ``state`` and ``dead`` are properties: setting one recomputes
     :attr:`redirect_ok`, the redirect rule's answer, which the redirect helpers
@@ -281,13 +282,17 @@ class Sock:
 
     def close(self) -> None:
         """``sock_map_close``: leave every map (the psock goes with the last link),
-        then mark the socket dead and CLOSE. Idempotent; the plugin closes the OS
-        socket itself."""
+        then mark the socket dead and CLOSE, and let go of its owner
+        (``sock_orphan``: ``owner`` is ``None`` from then on). The owner names
+        this socket and this socket named the owner: once closed, neither keeps
+        the other alive, so both are freed by reference counting, not left to
+        the cycle collector. Idempotent; the plugin closes the OS socket itself."""
         psock = self.psock
         if psock is not None:
             psock.unlink_all()
         self.dead = True
         self.state = TcpState.CLOSE
+        self.owner = None
         if self.fileno >= 0 and _by_fd.get(self.fileno) is self:
             del _by_fd[self.fileno]
 

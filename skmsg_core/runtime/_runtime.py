@@ -573,6 +573,7 @@ class Runtime:
                     pump = self._by_fd.get(fd)
                     if pump is not None and not pump.stopped and pump.scope is None:
                         self.nursery.start_soon(self._burst, pump)
+                pump = None  # not kept while waiting: its stream may be closed and freed
         finally:
             self._watching = False
             self._epoll = None
