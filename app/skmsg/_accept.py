@@ -146,6 +146,7 @@ async def accept_clients(
             pause = 0.1
             budget.starting += 1
             nursery.start_soon(handle, stream)
+            del stream  # not held while the loop waits: it is freed when it closes
 
 
 def _say_waiting(listener: skmsg_tcp.SkListener, budget: FdBudget, exc: OSError | None) -> None:

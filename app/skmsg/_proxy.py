@@ -604,6 +604,7 @@ class Proxy(ProxyPrograms):
             return
         self._index.pop(cookie, None)
         conn.lane.sk.close()  # out of reply_lanes
+        conn.lane = None  # the lane names the connection: no cycle left behind
         b = self.counters.backends[conn.index]
         b.conns_open -= 1
         b.closed[reason] += 1
@@ -745,6 +746,7 @@ class Proxy(ProxyPrograms):
             await session.end_conn(conn, "client", failure=None)
         session.backends.close()
         await session.client.aclose()
+        session.release()
 
     def _insert(self, client: skmsg_tcp.SkStream, key: int, peer: str) -> bool | None:
         """Put ``client`` into ``clients`` with the message size limit: True; or

@@ -566,6 +566,19 @@ class Session:
             return
         self.check_finish()
 
+    def release(self) -> None:
+        """Let go of the parts of a session that is closed (its client, its
+        connections and its slots closed). Each part names the session and the
+        session names its parts: closing the slots' sockets (which lets go of
+        their owners) and dropping the lists lets reference counting free a
+        client's objects when it closes, instead of leaving them in cycles for
+        the garbage collector, whose full collections come rarely in a busy
+        proxy."""
+        for slot in self.slots:
+            slot.sk.close()
+        self.slots = []
+        self.conns.clear()
+
     def check_finish(self) -> None:
         """After the client's EOF: once no connection owes it a reply (each
         counting its replies; one that does not must close first), the session

@@ -154,6 +154,12 @@ class UpstreamStream(skmsg_tcp.SkStream):
         if on_end is not None:
             on_end(exc)
 
+    async def aclose(self) -> None:
+        """Close the stream; ``on_end`` is not told (whoever closes it knows),
+        and is let go (it names the stream's session: no cycle kept)."""
+        self.on_end = None
+        await super().aclose()
+
 
 async def _connect(host: str, port: int, deadline: float) -> UpstreamStream:
     pause = 0.05

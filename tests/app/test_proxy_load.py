@@ -5,6 +5,7 @@ trio backends; every client's reply checked, the counters and the log read."""
 
 from __future__ import annotations
 
+import gc
 import pathlib
 import re
 import resource
@@ -13,9 +14,14 @@ import sys
 import urllib.request
 
 import trio
+import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
-from ._backends import Backend, Metrics, frame, proxy_running, serving
+import skmsg_tcp
+from skmsg._session import BackendSlot, ReplyLane, Session
+from skmsg._upstream import BackendConn
+
+from ._backends import Backend, Client, Metrics, frame, proxy_running, serving
 
 SKMSG = pathlib.Path(sys.executable).with_name("skmsg")  # the console script
 TIMEOUT = 120  # a guard against hangs; each wait below ends on an event
@@ -69,6 +75,40 @@ async def test_a_thousand_clients_connecting_at_once_are_all_served() -> None:
         assert m("skmsg_proxy_clients_closed_total", reason="done") == n  # each said EOF
         assert m("skmsg_proxy_backend_connects_total") == n
         assert m("skmsg_proxy_accept_paused_total") == 0
+
+
+async def test_a_closed_clients_objects_are_freed_without_the_garbage_collector() -> None:
+    """What served a client (its session, slots, connections, reply lanes,
+    streams) is freed when it closes, by reference counting: none of it is
+    left in cycles for the collector, whose full collections come rarely."""
+    kinds = (Session, BackendSlot, ReplyLane, BackendConn, skmsg_tcp.SkStream)
+
+    def alive() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for o in gc.get_objects():  # unreachable cycles not yet collected included
+            if isinstance(o, kinds):
+                counts[type(o).__name__] = counts.get(type(o).__name__, 0) + 1
+        return counts
+
+    a, b = Backend("a"), Backend("b")
+    async with serving(a, b), proxy_running(backends=(a.address, b.address)) as proxy:
+        gc.collect()
+        gc.disable()
+        try:
+            for i in range(20):  # each client reaches both backends (round-robin)
+                client = await Client.connect(proxy)
+                await client.send(b"x%d" % i)
+                await client.send(b"y%d" % i)
+                got = sorted(m[4:] for m in await client.replies(2))
+                assert got == [b"x%d" % i, b"y%d" % i]
+                await client.aclose()
+            with trio.fail_after(TIMEOUT):
+                await proxy.counters.wait_for(lambda: proxy.counters.clients_open == 0)
+            await trio.testing.wait_all_tasks_blocked()
+            assert sum(b.connects for b in proxy.statistics().backends) == 40
+            assert alive() == {}
+        finally:
+            gc.enable()
 
 
 class Lines:
