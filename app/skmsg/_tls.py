@@ -169,8 +169,15 @@ def server_context(
 
 def client_context(cafile: str | None = None, *, verify: bool = True) -> ssl.SSLContext:
     """A client context: trust ``cafile`` (else the system's CAs); ``verify=False``
-    checks neither the chain nor the name (for test backends only)."""
+    checks neither the chain nor the name (for test backends only).
+
+    A backend that closes TCP without ``close_notify`` between records (many
+    servers answer the proxy's ``close_notify`` so) ends its connection as a
+    close would (``OP_IGNORE_UNEXPECTED_EOF``), not as a failure held against
+    its health: a reply it owed is still known lost by the reply count, and
+    the client told (``backend_lost``), as with a plain TCP backend's EOF."""
     ctx = ssl.create_default_context(cafile=cafile)
+    ctx.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
     if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

@@ -5,6 +5,7 @@ to backends, the policy seeing plaintext either way; unmodified OpenSSL peers
 
 from __future__ import annotations
 
+import gc
 import pathlib
 import ssl
 import subprocess
@@ -15,12 +16,17 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 import trustme
 
 import skmsg_core as sk
+import skmsg_tcp
 from skmsg import Address, Proxy, ProxyConfig, main, run_proxy
 from skmsg._parsers import parse_length_prefixed
+from skmsg._session import Session
 from skmsg._tls import TlsOptions, client_context, server_context, write_self_signed
+from skmsg._upstream import BackendConn
+from skmsg_tls._ulp import TlsUlp
 
 TIMEOUT = 10
 POLICY = """
@@ -281,3 +287,58 @@ async def test_a_backend_that_never_answers_the_tls_handshake_is_down_and_routed
         await client.aclose()
         nursery.cancel_scope.cancel()
     silent.close()
+
+
+async def test_a_closed_tls_clients_objects_are_freed_without_the_garbage_collector(
+    ca: trustme.CA, tmp_path: pathlib.Path
+) -> None:
+    """TLS on both hops: what served a client (its session, its streams and
+    their record layers) is freed by reference counting when it closes."""
+    kinds = (Session, BackendConn, skmsg_tcp.SkStream, TlsUlp)
+
+    def alive() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for o in gc.get_objects():  # unreachable cycles not yet collected included
+            if isinstance(o, kinds):
+                counts[type(o).__name__] = counts.get(type(o).__name__, 0) + 1
+        return counts
+
+    async with running(ca, tmp_path) as (proxy, _, cert):
+        gc.collect()
+        gc.disable()
+        try:
+            for i in range(5):
+                client = await tls_client(proxy, cert)
+                await client.send_all(frame(b"apple %d" % i) + frame(b"zebra %d" % i))
+                assert await replies(client, 2) == [b"[b0] apple %d" % i, b"[b1] zebra %d" % i]
+                await client.aclose()
+            with trio.fail_after(TIMEOUT):
+                await proxy.counters.wait_for(lambda: proxy.counters.clients_open == 0)
+            await trio.testing.wait_all_tasks_blocked()
+            assert alive() == {}
+        finally:
+            gc.enable()
+
+
+async def test_a_tls_backend_closing_without_close_notify_after_the_proxys_is_a_close(
+    ca: trustme.CA, tmp_path: pathlib.Path
+) -> None:
+    """The test backends answer the proxy's close_notify by closing TCP
+    without one of their own (as many servers do): owing no reply, that is a
+    close, not a failure held against the backend. The next client is served
+    at once by the same backends."""
+    async with running(ca, tmp_path) as (proxy, _, cert):
+        for i in range(3):
+            client = await tls_client(proxy, cert)
+            await client.send_all(frame(b"apple %d" % i) + frame(b"zebra %d" % i))
+            assert await replies(client, 2) == [b"[b0] apple %d" % i, b"[b1] zebra %d" % i]
+            await client.aclose()
+            with trio.fail_after(TIMEOUT):
+                await proxy.counters.wait_for(lambda: proxy.counters.clients_open == 0)
+                await proxy.counters.wait_for(
+                    lambda i=i: sum(b.conns_open for b in proxy.counters.backends) == 0)
+        s = proxy.statistics()
+        assert s.client_closed["done"] == 3
+        for b in s.backends:
+            assert b.downs == 0 and b.closed["reset"] == 0 and b.connects == 3
+        assert all(h.up() for h in proxy.health)

@@ -300,6 +300,8 @@ class SkStream(trio.abc.HalfCloseableStream):
         #: The ULP serving this stream (TLS: ``skmsg_tls._ulp.TlsUlp``): send_all,
         #: receive_some and redirects to this egress go through it.
         self._ulp: StreamUlp | None = None
+        #: The ULP's counters when the stream closed (it lets go of the ULP then).
+        self._ulp_stats: Any = None
         #: A ULP is being set up (a handshake is running): no receive pump may
         #: start, so it cannot take the handshake's bytes.
         self._ulp_pending = False
@@ -931,6 +933,9 @@ class SkStream(trio.abc.HalfCloseableStream):
             ulp = self._ulp
             if ulp is not None:  # best effort: close_notify if the socket takes it now
                 ulp.ulp_close()
+                # the ULP names this stream: let go of it, keeping its last counters
+                self._ulp_stats = ulp.statistics()
+                self._ulp = None
             self.sk.close()
             self.wake_readers()
             self.socket.close()
@@ -959,7 +964,7 @@ class SkStream(trio.abc.HalfCloseableStream):
             self.bytes_sent,
             self.bytes_received,
             psock.statistics() if psock else None,
-            self._ulp.statistics() if self._ulp is not None else None,
+            self._ulp.statistics() if self._ulp is not None else self._ulp_stats,
         )
 
     def __repr__(self) -> str:

@@ -727,7 +727,7 @@ class RecordOpener(_Direction):
             TlsRecordError: the opener is poisoned; that error again.
         """
         if self._error is not None:
-            raise self._error.with_traceback(None)
+            raise self._poisoned()
         n = len(data)
         if n:
             end = self._room(n)
@@ -745,7 +745,7 @@ class RecordOpener(_Direction):
                 nothing is added.
         """
         if self._error is not None:
-            raise self._error.with_traceback(None)
+            raise self._poisoned()
         end = self._room(max_bytes)
         view = memoryview(self._buf)[end : end + max_bytes]
         try:
@@ -787,7 +787,7 @@ class RecordOpener(_Direction):
                 message says how much of it arrived); or the poisoning error.
         """
         if self._error is not None:
-            raise self._error.with_traceback(None)
+            raise self._poisoned()
         if self.has_partial():
             raise TlsRecordError.of(
                 errno.EPROTO,
@@ -797,8 +797,19 @@ class RecordOpener(_Direction):
             )
 
     def _fail(self, err: int, what: str, alert: int) -> TlsRecordError:
-        exc = TlsRecordError.of(err, f"TLS record seq {self._seq}: {what}", alert)
-        self._error = exc
+        """Poison the opener with this error; returns a copy to raise."""
+        self._error = TlsRecordError.of(err, f"TLS record seq {self._seq}: {what}", alert)
+        return self._poisoned()
+
+    def _poisoned(self) -> TlsRecordError:
+        """A copy of the poisoning error, to raise. The kept one is never
+        raised: a raised error's traceback names this opener's frames, and
+        the opener holding it would make a cycle (a failed trial opening
+        left for the garbage collector, its record bytes with it)."""
+        kept = self._error
+        assert kept is not None
+        exc = TlsRecordError(kept.errno, kept.strerror)
+        exc.alert = kept.alert
         return exc
 
     def next_record(self) -> tuple[int, bytes | memoryview] | None:
@@ -820,7 +831,7 @@ class RecordOpener(_Direction):
                 not poisoning.
         """
         if self._error is not None:
-            raise self._error.with_traceback(None)
+            raise self._poisoned()
         buf = self._buf
         pos = self._pos
         avail = self._end - pos
@@ -1074,7 +1085,7 @@ class RecordOpener(_Direction):
             TlsRecordError: the opener is poisoned; that error again.
         """
         if self._error is not None:
-            raise self._error.with_traceback(None)
+            raise self._poisoned()
         self._check_rekey(info)
         self._install(info)
         self._key_expired = False
