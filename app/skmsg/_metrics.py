@@ -153,7 +153,8 @@ def snapshot(proxy: ProxyPrograms) -> Snapshot:
     udp: dict[str, int] = {}
     if getattr(proxy, "udp", False):
         udp = {"units": len(getattr(proxy, "_units", ())),
-               "kept": len(getattr(proxy, "_kept", ()))}
+               "kept": len(getattr(proxy, "_kept", ())),
+               "reply_send_drops": proxy.reply_send_drops()}  # type: ignore[attr-defined]
     return Snapshot(
         proto=_proto(proxy),
         policy=proxy.policy.name,
@@ -462,6 +463,9 @@ def render(snap: Snapshot) -> Iterable[Metric]:
                       "or kept."), {}, snap.udp["units"])
         fams.add(Spec("skmsg_proxy_udp_socket_sets_kept", "gauge",
                       "Session socket sets kept for the next client."), {}, snap.udp["kept"])
+        fams.add(Spec("skmsg_proxy_udp_reply_send_drops", "counter",
+                      "Replies dropped because the listener's send buffer could not take "
+                      "them at once."), {}, snap.udp["reply_send_drops"])
     return fams.by_name.values()
 
 

@@ -300,6 +300,7 @@ class UdpProxy(ProxyPrograms):
         self._by_peer: dict[Any, _Session] = {}
         self._units: dict[int, _Unit] = {}  # every unit by client slot cookie
         self._kept: OrderedDict[int, _Unit] = OrderedDict()  # units between sessions
+        self._tx_drops_closed = 0  # replies the closed units' client slots dropped
         self._owner: dict[int, int] = {}  # backend socket cookie -> client slot cookie
         self._index: dict[int, int] = {}  # backend socket cookie -> backend index
         self._logged_errors = 0
@@ -566,10 +567,16 @@ class UdpProxy(ProxyPrograms):
             self._owner.pop(conn.sk.cookie, None)
             self._index.pop(conn.sk.cookie, None)
             self._pending.pop(conn.sk.cookie, None)
+        self._tx_drops_closed += unit.client.tx_drops
         unit.backends.close()
         unit.client.sk.close()  # out of clients
         for conn in unit.conns:
             conn.close()
+
+    def reply_send_drops(self) -> int:
+        """Replies dropped because the listener's send buffer could not take
+        them at once (every client slot's ``tx_drops``, closed ones included)."""
+        return self._tx_drops_closed + sum(u.client.tx_drops for u in self._units.values())
 
     def _session_failed(self, peer: Any, exc: BaseException) -> None:
         """Serving ``peer`` raised ``exc``: end its session (if it has one) and

@@ -164,6 +164,7 @@ async def test_udp_metrics_move_with_dns_queries() -> None:
                 assert value(s, "skmsg_proxy_backend_messages_total", index="1") == 2
                 assert value(s, "skmsg_proxy_backend_reply_latency_seconds_count") == 3
                 assert value(s, "skmsg_proxy_udp_socket_sets") == 3
+                assert value(s, "skmsg_proxy_udp_reply_send_drops_total") == 0
                 assert value(s, "skmsg_proxy_listen_drops_total") == 0  # /proc/net/udp
                 assert value(s, "skmsg_proxy_program_runs_total", program="reply") == 3
                 with trio.fail_after(TIMEOUT):  # the sessions go idle and end
