@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import skmsg_core as sk
 
@@ -36,11 +37,10 @@ class TcpProto(sk.SkProtoBase):
         the map rules see a listener that left LISTEN or a stream whose peer
         closed. A closed socket is CLOSE, and so is an adopted one whose
         user's fd no longer names it (its duplicate is let go)."""
-        from ._adopt import adopted_fd_alive, let_go  # noqa: PLC0415 (it imports this module)
-
-        if not adopted_fd_alive(s):
+        adopt = _adopt or _load_adopt()  # at every map update: imported once
+        if not adopt.adopted_fd_alive(s):
             s.state = sk.TcpState.CLOSE
-            let_go(s)
+            adopt.let_go(s)
             return
         owner = s.owner
         # the stdlib socket under trio's when there is one (a stream's ``_raw``):
@@ -58,3 +58,14 @@ class TcpProto(sk.SkProtoBase):
 
 
 TCP_PROTO = TcpProto()
+
+_adopt: Any = None
+
+
+def _load_adopt() -> Any:
+    """The ``_adopt`` module (which imports this one), imported on first use."""
+    global _adopt
+    from . import _adopt as module  # noqa: PLC0415
+
+    _adopt = module
+    return module
