@@ -162,70 +162,85 @@ class UpstreamStream(skmsg_tcp.SkStream):
 
 
 async def _connect(host: str, port: int, deadline: float) -> UpstreamStream:
+    """Connect to ``host:port`` before ``deadline`` (see :func:`dial`). Only its
+    waits (name lookup, the handshake, back-off) are bounded by a deadline
+    scope: a connection made at once (loopback) enters none.
+
+    Raises:
+        DialError: the kinds ``connect``, ``local`` and ``connect_timeout``.
+    """
     pause = 0.05
-    with trio.CancelScope(deadline=deadline) as scope:
-        try:
-            literal = literal_address(host, port)
-            if literal is not None:
-                family, addr = literal
-                infos: list[tuple[Any, ...]] = [
-                    (family, stdsocket.SOCK_STREAM, stdsocket.IPPROTO_TCP, "", addr)
-                ]
-            else:
+    try:
+        literal = literal_address(host, port)
+        if literal is not None:
+            family, addr = literal
+            infos: list[tuple[Any, ...]] = [
+                (family, stdsocket.SOCK_STREAM, stdsocket.IPPROTO_TCP, "", addr)
+            ]
+        else:
+            with trio.move_on_at(deadline):
                 infos = list(
                     await trio.socket.getaddrinfo(host, port, type=stdsocket.SOCK_STREAM)
                 )
-            last: OSError | None = None
-            await trio.lowlevel.checkpoint_if_cancelled()
-            for family, type_, proto, _, sockaddr in infos:
-                while True:
-                    try:
-                        raw = stdsocket.socket(family, type_, proto)
-                    except OSError as exc:
-                        if exc.errno not in LOCAL_ERRNOS:
-                            raise
-                        if trio.current_time() + pause >= deadline:
-                            raise DialError("local", why(exc)) from exc
-                        await trio.sleep(pause)
-                        pause = min(pause * 2, 0.8)
-                        continue
-                    break
+            if trio.current_time() >= deadline:
+                raise _timed_out()
+        last: OSError | None = None
+        await trio.lowlevel.checkpoint_if_cancelled()
+        for family, type_, proto, _, sockaddr in infos:
+            while True:
                 try:
-                    await _connect_raw(raw, sockaddr)
-                    sock = trio.socket.from_stdlib_socket(raw)
+                    # non-blocking from the start: trio's socket sets it once more
+                    raw = stdsocket.socket(family, type_ | _SOCK_NONBLOCK, proto)
                 except OSError as exc:
-                    raw.close()
-                    if exc.errno in LOCAL_ERRNOS:
+                    if exc.errno not in LOCAL_ERRNOS:
+                        raise
+                    if trio.current_time() + pause >= deadline:
                         raise DialError("local", why(exc)) from exc
-                    last = exc
+                    await trio.sleep(pause)
+                    pause = min(pause * 2, 0.8)
                     continue
-                except BaseException:
-                    raw.close()
-                    raise
-                try:
-                    return UpstreamStream(sock)
-                except BaseException:
-                    sock.close()
-                    raise
-            raise DialError("connect", why(last) if last else "no address")
-        except OSError as exc:  # getaddrinfo, socket()
-            raise DialError("local" if exc.errno in LOCAL_ERRNOS else "connect", why(exc)) from exc
-    assert scope.cancelled_caught
-    raise DialError("connect_timeout", "no answer (timed out)")
+                break
+            try:
+                await _connect_raw(raw, sockaddr, deadline)
+                sock = trio.socket.from_stdlib_socket(raw)
+            except OSError as exc:
+                raw.close()
+                if exc.errno in LOCAL_ERRNOS:
+                    raise DialError("local", why(exc)) from exc
+                last = exc
+                continue
+            except BaseException:
+                raw.close()
+                raise
+            try:
+                return UpstreamStream(sock)
+            except BaseException:
+                sock.close()
+                raise
+        raise DialError("connect", why(last) if last else "no address")
+    except OSError as exc:  # getaddrinfo, socket()
+        raise DialError("local" if exc.errno in LOCAL_ERRNOS else "connect", why(exc)) from exc
 
 
+def _timed_out() -> DialError:
+    return DialError("connect_timeout", "no answer (timed out)")
+
+
+_SOCK_NONBLOCK: int = getattr(stdsocket, "SOCK_NONBLOCK", 0)
 _poller = select.poll()
 
 
-async def _connect_raw(raw: stdsocket.socket, sockaddr: tuple[Any, ...]) -> None:
+async def _connect_raw(raw: stdsocket.socket, sockaddr: tuple[Any, ...], deadline: float) -> None:
     """Connect the stdlib socket ``raw`` without blocking. A connection that is
     made at once (on loopback the handshake is done inside ``connect``) costs
     no wait for the socket to become writable: it is looked at first.
 
     Raises:
         OSError: the connection failed (refused, unreachable, ...).
+        DialError: ``connect_timeout``, not made before ``deadline``.
     """
-    raw.setblocking(False)
+    if not _SOCK_NONBLOCK:
+        raw.setblocking(False)
     err = raw.connect_ex(sockaddr)
     if err in (errno.EINPROGRESS, errno.EAGAIN):
         _poller.register(raw, select.POLLOUT)
@@ -234,7 +249,10 @@ async def _connect_raw(raw: stdsocket.socket, sockaddr: tuple[Any, ...]) -> None
         finally:
             _poller.unregister(raw)
         if not ready:
-            await trio.lowlevel.wait_writable(raw)
+            with trio.move_on_at(deadline) as scope:
+                await trio.lowlevel.wait_writable(raw)
+            if scope.cancelled_caught:
+                raise _timed_out()
         err = raw.getsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_ERROR)
     if err:
         raise OSError(err, os.strerror(err))
