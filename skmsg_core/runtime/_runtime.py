@@ -181,7 +181,13 @@ class Endpoint(Protocol):
 
     def transport_fileno(self) -> int:
         """The fd the runtime may watch for readability, or -1 if this endpoint
-        cannot read without blocking (it then gets a task of its own)."""
+        cannot read without blocking (it then gets a task of its own).
+
+        An endpoint whose class sets ``short_read_drains = True`` promises that
+        :meth:`transport_recv_nowait` returning fewer bytes than asked took
+        everything the socket had then (a stream socket's ``recv``): the
+        runtime watches the fd again at once instead of reading it once more
+        to find it empty. Without it, the runtime reads until ``None``."""
         ...
 
     async def egress_write(self, bufs: list[memoryview], more: bool) -> None:
@@ -517,7 +523,8 @@ class Runtime:
         key = id(endpoint)
         if key in self._pumps:
             return
-        pump = _Pump(endpoint, endpoint.transport_fileno())
+        pump = _Pump(endpoint, endpoint.transport_fileno(),
+                     drains=getattr(endpoint, "short_read_drains", False) is True)
         self._pumps[key] = pump
         if pump.fd < 0:
             pump.scope = trio.CancelScope()
@@ -614,13 +621,20 @@ class Runtime:
                         reads += 1
                         await trio.lowlevel.checkpoint()
                         continue
-                    data = endpoint.transport_recv_nowait(65536)
+                    data = endpoint.transport_recv_nowait(_READ_SIZE)
                     if data is None:
                         if not pump.stopped:
                             self._arm(pump)
                         return
                     if not await self._process(endpoint, psock, data):
                         self.stop_pump(endpoint)
+                        return
+                    if pump.drains and len(data) < _READ_SIZE:
+                        # the socket had no more: reading again would find it
+                        # empty; the watch (re-armed, so it looks at once) sees
+                        # whatever came since
+                        if not pump.stopped:
+                            self._arm(pump)
                         return
                     reads += 1
                     if not reads % 4:  # fairness between busy sockets, whatever the actions
@@ -713,6 +727,9 @@ class Runtime:
         return True
 
 
+#: How much a burst reads from a stream socket at a time.
+_READ_SIZE = 65536
+
 _poller = select.poll()
 
 
@@ -769,6 +786,8 @@ class _Pump:
     stopped: bool = False
     #: a datagram socket's burst looks once more when a round would block
     look_again: bool = True
+    #: a short read means the socket was drained (``short_read_drains``)
+    drains: bool = False
 
 
 def current_runtime() -> Runtime | None:

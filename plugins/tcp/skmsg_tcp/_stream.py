@@ -353,6 +353,10 @@ class SkStream(trio.abc.HalfCloseableStream):
         self.bytes_received += len(data)
         return data
 
+    #: ``recv`` returning less than asked emptied the socket (the runtime
+    #: watches it again instead of reading it once more).
+    short_read_drains = True
+
     def transport_fileno(self) -> int:
         return self.socket.fileno() if self._raw is not None else -1
 
