@@ -140,3 +140,37 @@ async def test_a_burst_waiting_on_a_full_target_stalls_no_other_socket() -> None
         for a, b in sources + targets:
             await a.aclose()
             await b.aclose()
+
+
+async def test_a_short_read_ends_the_burst_and_what_comes_next_is_still_read() -> None:
+    """A stream that declares ``short_read_drains`` is read once per burst when
+    the read comes back short (no second read to find it empty); the re-armed
+    watch sees the next bytes and the EOF all the same."""
+    import skmsg_core as sk
+    from skmsg_tcp.testing import tcp_stream_pair
+
+    async with open_runtime():
+        a, b = await tcp_stream_pair()
+        assert type(b).short_read_drains is True
+        reads: list[bytes | None] = []
+        recv = b.transport_recv_nowait
+
+        def counted(max_bytes: int) -> bytes | None:
+            data = recv(max_bytes)
+            reads.append(data)
+            return data
+
+        b.transport_recv_nowait = counted  # type: ignore[method-assign]
+        m = sk.SockMap(max_entries=1)
+        m.attach(lambda skb: sk.SK_PASS, sk.SK_SKB_VERDICT)
+        m.update(0, b)
+        with trio.fail_after(5):
+            for word in (b"one", b"two"):
+                await a.send_all(word)
+                assert await b.receive_some(10) == word
+            await a.send_eof()
+            assert await b.receive_some(10) == b""
+        assert reads == [b"one", b"two", b""]  # never a read that found nothing
+        m.close()
+        await a.aclose()
+        await b.aclose()
