@@ -240,17 +240,19 @@ class Session:
         for slot in self.slots:
             self.backends.update(slot.index, slot.sk)
             proxy._index[slot.sk.cookie] = slot.index
-        self._to_client = trio.StrictFIFOLock()  # user space only: one sender at a time
+        #: user space only (made when first needed): one sender at a time
+        self._to_client: trio.StrictFIFOLock | None = None
         #: The connection whose reply message is partly written to the client:
         #: the others' replies wait for it to end (see :meth:`write_reply`).
         self.reply_owner: BackendConn | None = None
-        self._lane_free = trio.lowlevel.ParkingLot()
+        #: Where replies wait for the lane, and :meth:`_finish` for the replies
+        #: in it (each looks again when woken); made when first needed.
+        self._lane_lot: trio.lowlevel.ParkingLot | None = None
         #: A reply message was cut short at the client: nothing more can follow it.
         self.replies_cut = False
         #: Replies in :meth:`write_reply` (waiting for the lane or being written):
         #: the session does not finish before they are written.
         self._in_lane = 0
-        self._lane_idle = trio.lowlevel.ParkingLot()
         self.marks = TrafficMarks()  # the client's traffic, for the timeout sweep
 
     def over(self) -> bool:
@@ -340,7 +342,7 @@ class Session:
         try:
             if framed:
                 while self.reply_owner is not None and self.reply_owner is not conn:
-                    await self._lane_free.park()
+                    await self._lane_wait()
             if self.replies_cut:
                 raise trio.ClosedResourceError(
                     f"{self.peer}: a reply to this client was cut short; nothing can follow it")
@@ -355,14 +357,25 @@ class Session:
         finally:
             self._in_lane -= 1
             if not self._in_lane:
-                self._lane_idle.unpark_all()
+                self._lane_wake()
 
     def release_replies(self, conn: BackendConn) -> None:
         """``conn`` is at the end of a reply message, or ended: other
         connections' replies may go to the client again."""
         if self.reply_owner is conn:
             self.reply_owner = None
-            self._lane_free.unpark_all()
+            self._lane_wake()
+
+    async def _lane_wait(self) -> None:
+        """Wait until the lane changes (a reply message ended, or the lane
+        emptied); the caller looks again."""
+        if self._lane_lot is None:
+            self._lane_lot = trio.lowlevel.ParkingLot()
+        await self._lane_lot.park()
+
+    def _lane_wake(self) -> None:
+        if self._lane_lot is not None:
+            self._lane_lot.unpark_all()
 
     async def _reroute(self, bufs: list[memoryview], attempt: int, index: int) -> None:
         """Judge each message of ``bufs`` again and send it where the verdict
@@ -516,6 +529,8 @@ class Session:
                     break
                 if self.userspace:  # the reply program passed it up: the client is ours
                     try:
+                        if self._to_client is None:
+                            self._to_client = trio.StrictFIFOLock()
                         async with self._to_client:
                             await self.client.send_all(data)
                     except _STREAM_ERRORS:
@@ -597,7 +612,7 @@ class Session:
     async def _finish(self) -> None:
         try:
             while self._in_lane:  # replies counted, still to be written
-                await self._lane_idle.park()
+                await self._lane_wait()
             await self.client.flush_writes()
         except BaseException as exc:
             if escapes_boundary(exc):

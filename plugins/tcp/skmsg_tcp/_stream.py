@@ -193,7 +193,7 @@ class WriteLock:
 
     def __init__(self) -> None:
         self._held = False
-        self._lot = trio.lowlevel.ParkingLot()
+        self._lot: trio.lowlevel.ParkingLot | None = None  # made at the first wait
 
     def locked(self) -> bool:
         """Whether a task holds the lock."""
@@ -213,6 +213,8 @@ class WriteLock:
         """Take the lock, waiting in FIFO order while another task holds it."""
         await trio.lowlevel.checkpoint_if_cancelled()
         if self._held:
+            if self._lot is None:
+                self._lot = trio.lowlevel.ParkingLot()
             await self._lot.park()  # release() hands the lock over: still held
             return
         self._held = True
@@ -220,8 +222,9 @@ class WriteLock:
 
     def release(self) -> None:
         """Hand the lock to the longest waiting task, or free it."""
-        if self._lot:
-            self._lot.unpark()
+        lot = self._lot
+        if lot:
+            lot.unpark()
         else:
             self._held = False
 
