@@ -23,7 +23,7 @@ import selectors
 import socket
 import time
 
-__all__ = ["burst", "echo_main", "steady"]
+__all__ = ["burst", "echo_main", "hold", "steady"]
 
 _LEN = 4
 
@@ -137,10 +137,34 @@ def burst(addr: tuple[str, int], n: int, *, size: int = 64, deadline: float = 12
         TimeoutError: not every reply came within ``deadline`` seconds.
         ConnectionError, OSError: a connection failed.
     """
+    times: list[float] = []
+    for sock in _served(addr, n, size, deadline, times):
+        sock.close()
+    return sorted(times)
+
+
+def hold(
+    addr: tuple[str, int], n: int, *, size: int = 64, deadline: float = 120.0
+) -> list[socket.socket]:
+    """As :func:`burst`, but the ``n`` connections are kept open, each answered
+    once: the caller closes them.
+
+    Raises:
+        TimeoutError, ConnectionError, OSError: as :func:`burst` (then the
+            connections are closed).
+    """
+    return _served(addr, n, size, deadline, [])
+
+
+def _served(
+    addr: tuple[str, int], n: int, size: int, deadline: float, times: list[float]
+) -> list[socket.socket]:
+    """Open ``n`` connections at once and send one message on each; when every
+    reply came (the seconds from the start to each appended to ``times``),
+    the open sockets. On an error they are all closed."""
     sel = selectors.DefaultSelector()
     t0 = time.perf_counter()
     clients = _open(addr, n, sel, size)
-    times: list[float] = []
     try:
         while len(times) < n:
             if time.perf_counter() - t0 > deadline:
@@ -156,11 +180,13 @@ def burst(addr: tuple[str, int], n: int, *, size: int = 64, deadline: float = 12
                 elif _read(c):
                     times.append(time.perf_counter() - t0)
                     sel.unregister(c.sock)
-    finally:
+    except BaseException:
         for c in clients:
             c.sock.close()
+        raise
+    finally:
         sel.close()
-    return sorted(times)
+    return [c.sock for c in clients]
 
 
 def steady(addr: tuple[str, int], n: int, seconds: float, *, size: int = 64) -> float:

@@ -25,6 +25,7 @@ RING_FIGURES = [
 #: ``skmsg proxy`` as a process between many clients and a backend, against no proxy.
 PROXY_FIGURES = [
     "proxy.burst.p99", "proxy.burst.max", "proxy.burst.max.workers2", "proxy.steady",
+    "proxy.churn.rss",
 ]
 
 #: A figure line: its name first, then somewhere its ratio with direction and verdict.
