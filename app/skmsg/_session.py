@@ -240,8 +240,6 @@ class Session:
         for slot in self.slots:
             self.backends.update(slot.index, slot.sk)
             proxy._index[slot.sk.cookie] = slot.index
-        #: user space only (made when first needed): one sender at a time
-        self._to_client: trio.StrictFIFOLock | None = None
         #: The connection whose reply message is partly written to the client:
         #: the others' replies wait for it to end (see :meth:`write_reply`).
         self.reply_owner: BackendConn | None = None
@@ -330,7 +328,9 @@ class Session:
         written (its client is closed: ``backend_lost``).
 
         The reply program has already counted ``bufs`` (``conn.counter``), so
-        whether they end inside a message is known when they are written.
+        whether they end inside a message is known when they are written (for
+        a client served in user space, whose replies the program passed up
+        and this session reads, once none of them are left unread).
 
         Raises:
             OSError, trio.BrokenResourceError, trio.ClosedResourceError: the
@@ -351,8 +351,11 @@ class Session:
             try:
                 await self.client.egress_write(bufs, False)
             finally:
-                if not (framed and counter is not None and counter.mid_message
-                        and conn.ended is None):
+                # the counter has seen every byte judged; bytes passed up for a
+                # user-space client and not yet written are judged too: the
+                # written ones end a message only if none are left queued
+                if not (framed and counter is not None and conn.ended is None
+                        and (counter.mid_message or _queued(conn))):
                     self.release_replies(conn)
         finally:
             self._in_lane -= 1
@@ -528,11 +531,8 @@ class Session:
                 if not data:
                     break
                 if self.userspace:  # the reply program passed it up: the client is ours
-                    try:
-                        if self._to_client is None:
-                            self._to_client = trio.StrictFIFOLock()
-                        async with self._to_client:
-                            await self.client.send_all(data)
+                    try:  # through the lane, as the runtime's redirects go
+                        await self.write_reply(conn, [memoryview(data)])
                     except _STREAM_ERRORS:
                         self.end("client_closed")
                     else:
@@ -745,6 +745,13 @@ class Session:
                 )
             else:
                 await self.end_conn(conn, "idle", failure=None)
+
+
+def _queued(conn: BackendConn) -> bool:
+    """Whether replies on ``conn`` were judged (passed up, for a user-space
+    client) and not yet taken to be written."""
+    psock = conn.stream.sk.psock
+    return psock is not None and psock.ingress_bytes > 0
 
 
 def _reason(exc: BaseException) -> str:

@@ -262,3 +262,32 @@ async def receive_or_reset(stream: trio.SocketStream) -> bytes:
         return await stream.receive_some()
     except trio.BrokenResourceError:
         return b""  # a reset is a close too
+
+
+async def test_large_replies_to_a_client_carried_in_user_space_reach_it_each_whole(
+    tmp_path: pathlib.Path,
+) -> None:
+    """A client that half-closed before it entered the clients map is served
+    in user space; its replies from two backends still go through its lane:
+    each reaches it whole."""
+    policy = tmp_path / "by_length.py"
+    policy.write_text(BY_LENGTH_ALL)
+    pad = 300_000  # each reply many reads long
+    b0, b1 = Backend("b0", pad=pad), Backend("b1", pad=pad)
+    async with serving(b0, b1), proxy_running(
+        backends=(b0.address, b1.address), policy=str(policy), max_message_size=1 << 20,
+    ) as proxy:
+        addr = proxy.listen[0]
+        # blocking calls: the proxy cannot accept before the FIN is in
+        raw = socket.create_connection((addr.host, addr.port))
+        sent = [bytes([65 + i]) * (10 + i) for i in range(10)]
+        raw.sendall(b"".join(frame(p) for p in sent))
+        raw.shutdown(socket.SHUT_WR)
+        raw.setblocking(False)
+        client = Client(trio.SocketStream(trio.socket.from_stdlib_socket(raw)))
+        replies = await client.replies(len(sent))  # a torn reply fails to frame here
+        assert proxy.statistics().userspace_clients == 1
+        assert sorted(replies) == sorted(
+            f"[b{len(p) % 2}] ".encode() + p + b"." * pad for p in sent)
+        assert await client.closed_by_proxy() == []  # then EOF: the session is done
+        await client.aclose()
