@@ -5,9 +5,11 @@ bad record released), with and without a receive pump."""
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import skmsg_core as sk
 import skmsg_tls as tls
@@ -387,3 +389,42 @@ async def test_receive_control_stops_reading_while_much_data_waits(tcp_stream_pa
         assert PLAIN_LIMIT <= tb._ulp.plain_bytes < len(data)  # bounded: it stopped reading
         assert await read_exactly(b, len(data)) == data
     assert got == [tls.ControlRecord(21, b"\x01\x5a")]
+
+
+async def test_a_short_read_is_not_followed_by_a_read_that_finds_nothing(
+    tcp_stream_pair: Pair, sockmap: sk.SockMap, mode: str
+) -> None:
+    """The reader hands the ULP what one read brought. A read shorter than
+    asked took all the socket had: when it gave no plaintext (half a record
+    here), the reader waits for more instead of asking the socket again only
+    to hear EAGAIN."""
+    a, b = tcp_stream_pair
+    _, sealer, _ = await setup(mode, tcp_stream_pair, sockmap)
+    ulp = b._ulp
+    assert ulp is not None
+    outcomes: list[int | str] = []
+    fill = ulp.rx_fill
+
+    def counted(recv_into: Any, max_bytes: int) -> int:
+        try:
+            n = fill(recv_into, max_bytes)
+        except BlockingIOError:
+            outcomes.append("EAGAIN")
+            raise
+        outcomes.append(n)
+        return n
+
+    ulp.rx_fill = counted  # type: ignore[method-assign]
+    record = sealer.seal(b"x" * 1000)
+    await a.send_all(record[:500])
+    got: list[bytes] = []
+
+    async def reader() -> None:
+        got.append(await read_exactly(b, 1000))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()  # the first half read, no plaintext
+        await a.send_all(record[500:])
+    assert got == [b"x" * 1000]
+    assert outcomes == [500, len(record) - 500]  # never a read that found nothing

@@ -802,6 +802,7 @@ class SkStream(trio.abc.HalfCloseableStream):
         max_bytes = DEFAULT_RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
         if max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
+        drained = False  # the ULP's last read was short: the socket had no more
         with self._receive_conflict:
             while True:
                 if self._closed:
@@ -844,7 +845,7 @@ class SkStream(trio.abc.HalfCloseableStream):
                     )
                 raw = self._raw
                 want = max_bytes if ulp is None else _ULP_RECEIVE_SIZE
-                if not pumping and raw is not None:
+                if not pumping and raw is not None and not drained:
                     # trio's recv, unrolled: try first, and only make the wake-up
                     # scope below when the socket would block.
                     await trio.lowlevel.checkpoint_if_cancelled()
@@ -861,6 +862,9 @@ class SkStream(trio.abc.HalfCloseableStream):
                         await trio.lowlevel.cancel_shielded_checkpoint()
                         if ulp is not None:
                             self.bytes_received += nread
+                            # a short read took all there was: wait for more
+                            # rather than ask the socket again to hear EAGAIN
+                            drained = 0 < nread < want
                             await self._ulp_transport(ulp, b"" if nread else None)
                             continue
                         self.bytes_received += len(data)
@@ -874,9 +878,11 @@ class SkStream(trio.abc.HalfCloseableStream):
                         if pumping:
                             await trio.sleep_forever()
                         elif raw is not None:
-                            # the recv above just said EAGAIN: wait, then try again
-                            # at the top (a recv here would ask the socket twice)
+                            # the recv above said EAGAIN, or a short read drained
+                            # the socket: wait, then try again at the top (a recv
+                            # here would ask the socket twice)
                             await trio.lowlevel.wait_readable(raw)
+                            drained = False
                             continue
                         else:
                             received = await self.socket.recv(want)
