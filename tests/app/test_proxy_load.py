@@ -5,7 +5,6 @@ trio backends; every client's reply checked, the counters and the log read."""
 
 from __future__ import annotations
 
-import gc
 import pathlib
 import re
 import resource
@@ -20,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import skmsg_tcp
 from skmsg._session import BackendSlot, ReplyLane, Session
 from skmsg._upstream import BackendConn
+from tests._freed import alive, collector_off
 
 from ._backends import Backend, Client, Metrics, frame, proxy_running, serving
 
@@ -81,20 +81,9 @@ async def test_a_closed_clients_objects_are_freed_without_the_garbage_collector(
     """What served a client (its session, slots, connections, reply lanes,
     streams) is freed when it closes, by reference counting: none of it is
     left in cycles for the collector, whose full collections come rarely."""
-    kinds = (Session, BackendSlot, ReplyLane, BackendConn, skmsg_tcp.SkStream)
-
-    def alive() -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for o in gc.get_objects():  # unreachable cycles not yet collected included
-            if isinstance(o, kinds):
-                counts[type(o).__name__] = counts.get(type(o).__name__, 0) + 1
-        return counts
-
     a, b = Backend("a"), Backend("b")
     async with serving(a, b), proxy_running(backends=(a.address, b.address)) as proxy:
-        gc.collect()
-        gc.disable()
-        try:
+        with collector_off():
             for i in range(20):  # each client reaches both backends (round-robin)
                 client = await Client.connect(proxy)
                 await client.send(b"x%d" % i)
@@ -106,9 +95,7 @@ async def test_a_closed_clients_objects_are_freed_without_the_garbage_collector(
                 await proxy.counters.wait_for(lambda: proxy.counters.clients_open == 0)
             await trio.testing.wait_all_tasks_blocked()
             assert sum(b.connects for b in proxy.statistics().backends) == 40
-            assert alive() == {}
-        finally:
-            gc.enable()
+            assert alive(Session, BackendSlot, ReplyLane, BackendConn, skmsg_tcp.SkStream) == {}
 
 
 class Lines:

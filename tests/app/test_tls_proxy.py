@@ -5,7 +5,6 @@ to backends, the policy seeing plaintext either way; unmodified OpenSSL peers
 
 from __future__ import annotations
 
-import gc
 import pathlib
 import ssl
 import subprocess
@@ -27,6 +26,7 @@ from skmsg._session import Session
 from skmsg._tls import TlsOptions, client_context, server_context, write_self_signed
 from skmsg._upstream import BackendConn
 from skmsg_tls._ulp import TlsUlp
+from tests._freed import alive, collector_off
 
 TIMEOUT = 10
 POLICY = """
@@ -294,30 +294,23 @@ async def test_a_closed_tls_clients_objects_are_freed_without_the_garbage_collec
 ) -> None:
     """TLS on both hops: what served a client (its session, its streams and
     their record layers) is freed by reference counting when it closes."""
-    kinds = (Session, BackendConn, skmsg_tcp.SkStream, TlsUlp)
-
-    def alive() -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for o in gc.get_objects():  # unreachable cycles not yet collected included
-            if isinstance(o, kinds):
-                counts[type(o).__name__] = counts.get(type(o).__name__, 0) + 1
-        return counts
-
     async with running(ca, tmp_path) as (proxy, _, cert):
-        gc.collect()
-        gc.disable()
-        try:
+        with collector_off():
             for i in range(5):
-                client = await tls_client(proxy, cert)
-                await client.send_all(frame(b"apple %d" % i) + frame(b"zebra %d" % i))
-                assert await replies(client, 2) == [b"[b0] apple %d" % i, b"[b1] zebra %d" % i]
-                await client.aclose()
-            with trio.fail_after(TIMEOUT):
-                await proxy.counters.wait_for(lambda: proxy.counters.clients_open == 0)
+                await one_client(proxy, cert, i)
             await trio.testing.wait_all_tasks_blocked()
-            assert alive() == {}
-        finally:
-            gc.enable()
+            assert alive(Session, BackendConn, skmsg_tcp.SkStream, TlsUlp) == {}
+
+
+async def one_client(proxy: Proxy, cert: str, i: int) -> None:
+    """A TLS client whose two messages go one to each backend and are answered;
+    then it closes, and the proxy has no client left."""
+    client = await tls_client(proxy, cert)
+    await client.send_all(frame(b"apple %d" % i) + frame(b"zebra %d" % i))
+    assert await replies(client, 2) == [b"[b0] apple %d" % i, b"[b1] zebra %d" % i]
+    await client.aclose()
+    with trio.fail_after(TIMEOUT):
+        await proxy.counters.wait_for(lambda: proxy.counters.clients_open == 0)
 
 
 async def test_a_tls_backend_closing_without_close_notify_after_the_proxys_is_a_close(
@@ -329,14 +322,10 @@ async def test_a_tls_backend_closing_without_close_notify_after_the_proxys_is_a_
     at once by the same backends."""
     async with running(ca, tmp_path) as (proxy, _, cert):
         for i in range(3):
-            client = await tls_client(proxy, cert)
-            await client.send_all(frame(b"apple %d" % i) + frame(b"zebra %d" % i))
-            assert await replies(client, 2) == [b"[b0] apple %d" % i, b"[b1] zebra %d" % i]
-            await client.aclose()
+            await one_client(proxy, cert, i)
             with trio.fail_after(TIMEOUT):
-                await proxy.counters.wait_for(lambda: proxy.counters.clients_open == 0)
                 await proxy.counters.wait_for(
-                    lambda i=i: sum(b.conns_open for b in proxy.counters.backends) == 0)
+                    lambda: sum(b.conns_open for b in proxy.counters.backends) == 0)
         s = proxy.statistics()
         assert s.client_closed["done"] == 3
         for b in s.backends:

@@ -4,34 +4,18 @@ reference counting, not left in a cycle for the garbage collector."""
 
 from __future__ import annotations
 
-import gc
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import trio
 
 import skmsg_core as sk
 from skmsg_core.runtime import open_runtime
 from skmsg_tcp.testing import tcp_stream_pair
+from tests._freed import collector_off
 
 
 def _pass(skb: sk.SkBuff) -> int:
     return sk.SK_PASS
-
-
-@contextmanager
-def collector_off() -> Iterator[None]:
-    """No cycle collection in the block: what is freed is freed by reference
-    counting."""
-    gc.collect()
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 async def test_a_closed_stream_and_its_sock_are_freed_without_the_collector() -> None:
