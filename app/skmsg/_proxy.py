@@ -574,7 +574,7 @@ class Proxy(ProxyPrograms):
         if verdict is not sk.Verdict.REDIRECT or redir is None:
             return None
         owner = redir.owner
-        return owner if type(owner) is BackendSlot and owner.session is session else None
+        return owner if type(owner) is BackendSlot and owner.belongs_to(session) else None
 
     # -- backend connections -------------------------------------------------------------
 

@@ -45,6 +45,7 @@ import errno
 import functools
 import logging
 import socket
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -94,10 +95,11 @@ class BackendSlot:
     judged for this slot and not yet written (the verdict counts them, the
     write takes them)."""
 
-    __slots__ = ("conn", "index", "routed", "session", "sk")
+    __slots__ = ("_session", "conn", "index", "routed", "sk")
 
     def __init__(self, session: Session, index: int, host: str, port: int) -> None:
-        self.session = session
+        # weakly: the session holds its slots, and is freed when it closes
+        self._session = weakref.ref(session)
         self.index = index
         self.conn: BackendConn | None = None
         self.routed = 0
@@ -110,6 +112,23 @@ class BackendSlot:
             remote_addr=(host, port),
             owner=self,
         )
+
+    @property
+    def session(self) -> Session:
+        """The session this slot belongs to.
+
+        Raises:
+            trio.ClosedResourceError: the session is gone (a write that raced
+                its end).
+        """
+        session = self._session()
+        if session is None:
+            raise trio.ClosedResourceError("this backend slot's session is gone")
+        return session
+
+    def belongs_to(self, session: Session) -> bool:
+        """Whether this is one of ``session``'s slots."""
+        return self._session() is session
 
     def take_routed(self) -> int:
         """The messages judged for this slot since the last call."""
@@ -166,7 +185,8 @@ class BackendSlot:
         """A slot has no readers: nothing to do."""
 
     def __repr__(self) -> str:
-        return f"<BackendSlot {self.index} of {self.session.peer}>"
+        session = self._session()
+        return f"<BackendSlot {self.index} of {session.peer if session else '(gone)'}>"
 
 
 class ReplyLane:
@@ -583,15 +603,16 @@ class Session:
 
     def release(self) -> None:
         """Let go of the parts of a session that is closed (its client, its
-        connections and its slots closed). Each part names the session and the
-        session names its parts: closing the slots' sockets (which lets go of
-        their owners) and dropping the lists lets reference counting free a
-        client's objects when it closes, instead of leaving them in cycles for
-        the garbage collector, whose full collections come rarely in a busy
-        proxy."""
+        connections and its slots closed). Its connections and reply lanes
+        name the session, and a slot's socket its slot: closing the slots'
+        sockets (which lets go of their owners) and dropping the connections
+        lets reference counting free a client's objects when it closes,
+        instead of leaving them in cycles for the garbage collector, whose
+        full collections come rarely in a busy proxy. The slots stay (a slot
+        names its session weakly): a connection made as the session closed
+        still finds its slot to end in."""
         for slot in self.slots:
             slot.sk.close()
-        self.slots = []
         self.conns.clear()
 
     def check_finish(self) -> None:
