@@ -7,6 +7,9 @@ from __future__ import annotations
 import pathlib
 import socket
 import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -42,6 +45,21 @@ def payloads(n: int) -> list[bytes]:
     return [bytes([65 + i]) * (SIZE + i) for i in range(n)]
 
 
+@asynccontextmanager
+async def by_length(
+    tmp_path: pathlib.Path, source: str, **backend: Any
+) -> AsyncIterator[tuple[Proxy, Backend, Backend]]:
+    """The proxy with ``source`` as its policy in front of backends ``b0`` and
+    ``b1`` (``backend``: their options), messages up to 1 MiB; and the two."""
+    policy = tmp_path / "by_length.py"
+    policy.write_text(source)
+    b0, b1 = Backend("b0", **backend), Backend("b1", **backend)
+    async with serving(b0, b1), proxy_running(
+        backends=(b0.address, b1.address), policy=str(policy), max_message_size=1 << 20,
+    ) as proxy:
+        yield proxy, b0, b1
+
+
 async def exchange(client: Client, sent: list[bytes]) -> list[bytes]:
     """Send ``sent`` while reading the replies (megabytes each way: a client
     that only sent would fill every buffer between it and the backends)."""
@@ -68,12 +86,7 @@ def spliced(proxy: Proxy) -> int:
 async def test_a_policy_that_reads_the_header_has_large_messages_spliced(
     tmp_path: pathlib.Path,
 ) -> None:
-    policy = tmp_path / "by_length.py"
-    policy.write_text(BY_LENGTH)
-    b0, b1 = Backend("b0"), Backend("b1")
-    async with serving(b0, b1), proxy_running(
-        backends=(b0.address, b1.address), policy=str(policy), max_message_size=1 << 20,
-    ) as proxy:
+    async with by_length(tmp_path, BY_LENGTH) as (proxy, b0, b1):
         assert proxy.verdict.reads == 4
         client = await Client.connect(proxy)
         sent = payloads(6)
@@ -187,12 +200,7 @@ async def test_large_replies_from_two_backends_reach_the_client_each_whole(
 ) -> None:
     """Two backends answer one client at once, each reply in many pieces: the
     client gets every reply whole, never pieces of two interleaved."""
-    policy = tmp_path / "by_length.py"
-    policy.write_text(BY_LENGTH_ALL)
-    b0, b1 = Backend("b0"), Backend("b1")
-    async with serving(b0, b1), proxy_running(
-        backends=(b0.address, b1.address), policy=str(policy), max_message_size=1 << 20,
-    ) as proxy:
+    async with by_length(tmp_path, BY_LENGTH_ALL) as (proxy, _, _):
         client = await Client.connect(proxy)
         sent = payloads(10)
         replies = await exchange(client, sent)  # a torn reply fails to frame here
@@ -270,13 +278,8 @@ async def test_large_replies_to_a_client_carried_in_user_space_reach_it_each_who
     """A client that half-closed before it entered the clients map is served
     in user space; its replies from two backends still go through its lane:
     each reaches it whole."""
-    policy = tmp_path / "by_length.py"
-    policy.write_text(BY_LENGTH_ALL)
     pad = 300_000  # each reply many reads long
-    b0, b1 = Backend("b0", pad=pad), Backend("b1", pad=pad)
-    async with serving(b0, b1), proxy_running(
-        backends=(b0.address, b1.address), policy=str(policy), max_message_size=1 << 20,
-    ) as proxy:
+    async with by_length(tmp_path, BY_LENGTH_ALL, pad=pad) as (proxy, _, _):
         addr = proxy.listen[0]
         # blocking calls: the proxy cannot accept before the FIN is in
         raw = socket.create_connection((addr.host, addr.port))
