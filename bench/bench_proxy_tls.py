@@ -22,7 +22,17 @@ process, in one ``trio.run``:
   forwards its whole messages (a partial one waits for the next read),
   backend to client it forwards each read as it came.
 
-Both use TLS 1.3 with OpenSSL's default suite (AES-256-GCM here).
+- floor (report): :class:`RecordRelay`, the record work alone on the same
+  stack: the handshakes through skmsg's key hand-off, then each record read
+  is opened with skmsg's record codec and its plaintext sealed with the
+  other side's keys, straight on the sockets, two trio tasks, no framing,
+  program, stream or proxy. Its ratio to the relay is what the record work
+  alone reaches on this stack: what the proxy spends above it is its own
+  (parser, verdict, redirect, streams). The proxy's bulk path is tuned
+  further than this plain loop (it seals from the pieces it was handed), so
+  it can come a little under the floor's cost, never far under it.
+
+All use TLS 1.3 with OpenSSL's default suite (AES-256-GCM here).
 
 ``proxy.bulk_tls``: 256 MiB (quick: 4 MiB) as 64 KiB messages, one way.
 ``proxy.reqresp_tls``: 2,000 (quick: 200) round trips of a 200-byte message
@@ -49,6 +59,8 @@ from __future__ import annotations
 
 import gc
 import os
+import socket as stdsocket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -62,6 +74,7 @@ from bench._harness import Figure
 from bench._tcp_helpers import Round
 from skmsg import Address, Proxy, ProxyConfig, run_proxy
 from skmsg._tls import TlsOptions, client_context, server_context, write_self_signed
+from skmsg_tls import TLS_RECORD_TYPE_DATA, RecordOpener, RecordSealer, tls_handoff
 
 __all__ = ["BENCHMARKS"]
 
@@ -151,6 +164,80 @@ class SslRelay:
             await trio.aclose_forcefully(backend)
 
 
+#: How much the floor reads at a time (raw bytes).
+_FLOOR_READ = 262144
+
+
+async def _records(
+    src: stdsocket.socket, opener: RecordOpener, dst: stdsocket.socket, sealer: RecordSealer
+) -> None:
+    """Open each record read from ``src``, seal its plaintext for ``dst``, write
+    it: the record work alone, straight on non-blocking sockets, into one
+    buffer reused for every write, yielding to trio only to wait."""
+    scratch = bytearray(_FLOOR_READ + 4096)
+    while True:
+        try:
+            if not opener.fill(src.recv_into, _FLOOR_READ):
+                return
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(src)
+            continue
+        pieces = []
+        while (rec := opener.next_record()) is not None:
+            if rec[0] == TLS_RECORD_TYPE_DATA:
+                pieces.append(rec[1])
+        if not pieces:
+            continue
+        out = sealer.seal_batch(pieces, scratch=scratch)
+        try:
+            while out.nbytes:
+                try:
+                    out = out[dst.send(out) :]
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(dst)
+        finally:
+            out.release()
+
+
+class RecordRelay(SslRelay):
+    """The floor: what relaying costs on this stack with nothing but the record
+    work. The handshakes go through skmsg's key hand-off (OpenSSL), then two
+    tasks open each record with skmsg's record codec and seal its plaintext
+    with the other side's keys, on the sockets themselves: no framing, no
+    program, no stream, no proxy."""
+
+    async def _handle(self, tcp: trio.SocketStream) -> None:
+        up = await trio.open_tcp_stream(self.backend.host, self.backend.port)
+        try:
+            sctx, cctx = self.sctx, self.cctx
+            assert isinstance(sctx, ssl.SSLContext) and isinstance(cctx, ssl.SSLContext)
+            near = await tls_handoff(tcp.send_all, tcp.receive_some, sctx, server_side=True)
+            far = await tls_handoff(
+                up.send_all,
+                up.receive_some,
+                cctx,
+                server_side=False,
+                server_hostname=self.backend.host,
+            )
+            client, backend = (
+                stdsocket.socket(fileno=os.dup(s.socket.fileno())) for s in (tcp, up)
+            )
+            with client, backend:
+                client.setblocking(False)
+                backend.setblocking(False)
+                inbound, outbound = RecordOpener(near.rx), RecordOpener(far.rx)
+                inbound.feed(near.unconsumed)
+                outbound.feed(far.unconsumed)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_records, client, inbound, backend, RecordSealer(far.tx))
+                    nursery.start_soon(_records, backend, outbound, client, RecordSealer(near.tx))
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(tcp)
+            await trio.aclose_forcefully(up)
+
+
 async def _timed(peers: Peers, command: str) -> Round:
     gc.collect()
     gc.disable()
@@ -166,7 +253,7 @@ async def _timed(peers: Peers, command: str) -> Round:
 
 
 async def _run(
-    kind: str, amount: int, rounds: int, sides: tuple[str, ...] = ("ours", "ssl")
+    kind: str, amount: int, rounds: int, sides: tuple[str, ...] = ("ours", "ssl", "floor")
 ) -> dict[str, list[Round]]:
     """``rounds`` timed rounds of each of ``sides``: ``kind`` "bulk" sends
     ``amount`` bytes, "echo" makes ``amount`` round trips. (One side alone is
@@ -188,7 +275,9 @@ async def _run(
             proxy: Proxy = await nursery.start(run_proxy, config)
             relay = SslRelay(server_context(cert, key), client_context(cert), backend)
             await nursery.start(relay.serve)
-            ports = {"ours": proxy.listen[0].port, "ssl": relay.port}
+            floor = RecordRelay(server_context(cert, key), client_context(cert), backend)
+            await nursery.start(floor.serve)
+            ports = {"ours": proxy.listen[0].port, "ssl": relay.port, "floor": floor.port}
             for name, p in ports.items():
                 for mode in ("bulk", "echo"):
                     answer = await peers.ask(f"open {name}-{mode} {p} {mode}")
@@ -236,14 +325,18 @@ def _paired(ours: list[Round], base: list[Round], what: Callable[[Round], float]
 def _figures(
     name: str, out: dict[str, list[Round]], scale: float, unit: str, target: float
 ) -> list[Figure]:
-    """The paired CPU figure (with ``target``) and the wall-clock one; ``scale``
-    turns a round's seconds into ``unit``."""
-    ours, base = out["ours"], out["ssl"]
+    """The paired CPU figure (with ``target``), the wall-clock one, and the
+    floor's CPU figure (:class:`RecordRelay`: what the record work alone
+    reaches, report only); ``scale`` turns a round's seconds into
+    ``unit``."""
+    base = out["ssl"]
     figs = []
-    for suffix, what, label in (
-        ("", lambda r: r.cpu, "SSLStream relay (CPU)"),
-        (".wall", lambda r: r.wall, "SSLStream relay"),
+    for suffix, side, what, label in (
+        ("", "ours", lambda r: r.cpu, "SSLStream relay (CPU)"),
+        (".wall", "ours", lambda r: r.wall, "SSLStream relay"),
+        (".floor", "floor", lambda r: r.cpu, "SSLStream relay (CPU)"),
     ):
+        ours = out[side]
         figs.append(
             Figure.speedup(
                 name + suffix,
@@ -260,14 +353,14 @@ def _figures(
 
 def bench_bulk(quick: bool) -> list[Figure]:
     """256 MiB (quick: 4 MiB) of 64 KiB messages through skmsg proxy --tls
-    --backend-tls and through a trio.SSLStream relay."""
+    --backend-tls, through a trio.SSLStream relay and through the floor."""
     total, rounds = (4 * MIB, 2) if quick else (256 * MIB, 5)
     out = trio.run(_run, "bulk", total, rounds)
     return _figures("proxy.bulk_tls", out, 1e6 / (total / MIB), "us/MiB", BULK_TARGET)
 
 
 def bench_reqresp(quick: bool) -> list[Figure]:
-    """2,000 (quick: 200) 200-byte round trips over one connection, the same two ways."""
+    """2,000 (quick: 200) 200-byte round trips over one connection, the same three ways."""
     count, rounds = (200, 2) if quick else (2000, 7)
     out = trio.run(_run, "echo", count, rounds)
     return _figures("proxy.reqresp_tls", out, 1e6 / count, "us/rt", REQRESP_TARGET)

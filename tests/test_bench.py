@@ -27,6 +27,10 @@ PROXY_FIGURES = [
     "proxy.burst.p99", "proxy.burst.max", "proxy.burst.max.workers2", "proxy.steady",
     "proxy.churn.rss",
 ]
+#: The TLS-terminating proxy against a trio.SSLStream relay, and the floor of the stack.
+TLS_FIGURES = [
+    f"proxy.{name}{suffix}" for name in ("bulk_tls", "reqresp_tls") for suffix in ("", ".floor")
+]
 
 #: A figure line: its name first, then somewhere its ratio with direction and verdict.
 FIGURE_LINE = re.compile(
@@ -63,7 +67,7 @@ def test_quick_run_prints_every_figure_with_a_ratio(
 ) -> None:
     lines = quick_run.stdout.splitlines()
     figures = {m["name"]: line for line in lines if (m := FIGURE_LINE.match(line))}
-    for name in RING_FIGURES + PROXY_FIGURES:
+    for name in RING_FIGURES + PROXY_FIGURES + TLS_FIGURES:
         assert name in figures, f"{name} missing or without a ratio column in:\n{quick_run.stdout}"
     assert lines[-1].startswith("# ") and f"{len(figures)} figures" in lines[-1]
 
