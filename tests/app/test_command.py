@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import pathlib
 import re
@@ -10,12 +11,15 @@ import signal
 import socket
 import subprocess
 import sys
+import weakref
 
 import pytest
 import trio
+import trio.testing
 
 from skmsg import main
 from skmsg._demo import DEMO_PAYLOADS
+from skmsg._main import GC_VALVE, _collect_garbage, _tune_gc
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TIMEOUT = 20
@@ -278,3 +282,58 @@ def test_example_policy_file_loads() -> None:
     path = ROOT / "examples" / "route.py"
     policy = Policy.from_file(path)
     assert (policy.name, policy.parse) == (str(path), None)
+
+
+def test_the_command_collects_cycles_on_a_clock_not_on_allocations() -> None:
+    """Tuned, the collector's own trigger sits at the safety valve and start-up
+    is frozen; restoring puts both back."""
+    saved = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    restore = _tune_gc()
+    try:
+        assert gc.get_threshold() == (GC_VALVE, saved[1], saved[2])
+        assert gc.get_freeze_count() > frozen
+    finally:
+        restore()
+    assert gc.get_threshold() == saved
+    assert gc.get_freeze_count() == 0
+
+
+async def test_the_clock_frees_a_cycle_and_spaces_the_older_generations(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each tick collects the youngest generation, every ``threshold1``-th tick
+    the middle one, every ``threshold1 * threshold2``-th all of them; a cycle
+    made between two ticks is gone after the next."""
+    class Node:
+        other: object = None
+
+    freed = trio.Event()
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    weakref.finalize(a, freed.set)
+    del a, b
+    generations: list[int] = []
+    collect = gc.collect
+
+    def recording(generation: int = 2) -> int:
+        generations.append(generation)
+        return collect(generation)
+
+    saved = gc.get_threshold()
+    monkeypatch.setattr(gc, "collect", recording)
+    gc.disable()  # only the clock may find the cycle
+    gc.set_threshold(saved[0], 2, 3)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_collect_garbage, 1.0)
+            await trio.sleep(0.5)
+            assert not freed.is_set() and generations == []
+            await trio.sleep(1.0)
+            assert freed.is_set()
+            await trio.sleep(5.0)
+            nursery.cancel_scope.cancel()
+    finally:
+        gc.set_threshold(*saved)
+        gc.enable()
+    assert generations == [0, 1, 0, 1, 0, 2]
