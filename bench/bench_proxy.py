@@ -19,6 +19,10 @@ message is 64 bytes of payload; one message in flight per client.
     moment of a shared machine). Target for ``max``: within 5x the direct
     path's max. ``proxy.burst.max.workers2``: the same through ``skmsg proxy
     --workers 2`` (report only; the load generator shares the two cores).
+    ``proxy.burst.max.floor``: the same through a bare trio relay
+    (``bench._relay``: accept, connect, copy both ways; report only): the
+    least any proxy on trio pays per client, so what ``max`` shows above it
+    is skmsg's own (framing, programs, maps, sessions).
 
 ``proxy.steady``
     1,000 clients (quick: 50) connected, each sending its next message as
@@ -108,14 +112,16 @@ def _settle(pids: list[int]) -> None:
 
 @contextmanager
 def _servers() -> Iterator[
-    tuple[tuple[str, int], tuple[str, int], tuple[str, int], list[int]]
+    tuple[tuple[str, int], tuple[str, int], tuple[str, int], tuple[str, int], list[int]]
 ]:
-    """The backend, and in front of it the proxy in one process and the proxy
-    with ``--workers 2``: (direct, proxy, workers) addresses and the
-    processes' ids."""
+    """The backend, and in front of it the proxy in one process, the proxy
+    with ``--workers 2`` and the bare trio relay (``bench._relay``): (direct,
+    proxy, workers, floor) addresses and the processes' ids."""
     with _process([sys.executable, "-m", "bench._load"], r"(\d+)") as (backend_proc, port):
         backend = (HOST, int(port[1]))
         with _process(
+            [sys.executable, "-m", "bench._relay", str(backend[1])], r"(\d+)"
+        ) as (relay_proc, relay_port), _process(
             [sys.executable, "-m", "skmsg", "proxy", "--listen", f"{HOST}:0",
              "--backend", f"{HOST}:{backend[1]}", "--max-clients", "8192",
              "--stats-interval", "0"],
@@ -126,9 +132,10 @@ def _servers() -> Iterator[
              "--stats-interval", "0", "--workers", "2"],
             r"listening on 127\.0\.0\.1:(\d+)",
         ) as (workers_proc, workers_listening):
-            pids = [backend_proc.pid, proxy_proc.pid, workers_proc.pid,
+            pids = [backend_proc.pid, proxy_proc.pid, workers_proc.pid, relay_proc.pid,
                     *_children(workers_proc.pid)]
-            yield (backend, (HOST, int(listening[1])), (HOST, int(workers_listening[1])), pids)
+            yield (backend, (HOST, int(listening[1])), (HOST, int(workers_listening[1])),
+                   (HOST, int(relay_port[1])), pids)
 
 
 def _children(pid: int) -> list[int]:
@@ -158,11 +165,12 @@ def bench_proxy(quick: bool) -> list[Figure]:
     """Burst and steady figures, proxy and direct side by side (see the module)."""
     n, rounds, seconds = (50, 1, 0.3) if quick else (1000, 5, 3.0)
     raise_nofile(4 * n + 256)
-    with _servers() as (direct, proxy, workers, pids):
-        for addr in (direct, proxy, workers):  # warm-up: every path answers, imports done
+    with _servers() as (direct, proxy, workers, floor, pids):
+        for addr in (direct, proxy, workers, floor):  # warm-up: every path answers, imports done
             burst(addr, min(n, 50))
-        p99: dict[str, list[float]] = {"direct": [], "proxy": [], "workers": []}
-        worst: dict[str, list[float]] = {"direct": [], "proxy": [], "workers": []}
+        paths = ("direct", "proxy", "workers", "floor")
+        p99: dict[str, list[float]] = {name: [] for name in paths}
+        worst: dict[str, list[float]] = {name: [] for name in paths}
 
         def burst_of(name: str, addr: tuple[str, int]) -> Callable[[], float]:
             def run() -> float:
@@ -174,7 +182,8 @@ def bench_proxy(quick: bool) -> list[Figure]:
             return run
 
         _rounds({"direct": burst_of("direct", direct), "proxy": burst_of("proxy", proxy),
-                 "workers": burst_of("workers", workers)}, rounds)
+                 "workers": burst_of("workers", workers), "floor": burst_of("floor", floor)},
+                rounds)
         def steady_of(addr: tuple[str, int]) -> Callable[[], float]:
             def run() -> float:
                 _settle(pids)
@@ -202,6 +211,11 @@ def bench_proxy(quick: bool) -> list[Figure]:
             "proxy.burst.max.workers2", value=med(worst["workers"]), unit="ms",
             baseline=f"direct, {n} at once", baseline_value=med(worst["direct"]),
             paired=paired(worst, "workers"),
+        ),
+        Figure.cost_ratio(
+            "proxy.burst.max.floor", value=med(worst["floor"]), unit="ms",
+            baseline=f"direct, {n} at once", baseline_value=med(worst["direct"]),
+            paired=paired(worst, "floor"),
         ),
         Figure.rate(
             "proxy.steady", value=rates["proxy"][0], unit="msg/s",

@@ -24,7 +24,8 @@ RING_FIGURES = [
 ]
 #: ``skmsg proxy`` as a process between many clients and a backend, against no proxy.
 PROXY_FIGURES = [
-    "proxy.burst.p99", "proxy.burst.max", "proxy.burst.max.workers2", "proxy.steady",
+    "proxy.burst.p99", "proxy.burst.max", "proxy.burst.max.workers2", "proxy.burst.max.floor",
+    "proxy.steady",
     "proxy.churn.rss",
 ]
 #: The TLS-terminating proxy against a trio.SSLStream relay, and the floor of the stack.
