@@ -34,6 +34,16 @@ process, in one ``trio.run``:
 
 All use TLS 1.3 with OpenSSL's default suite (AES-256-GCM here).
 
+``proxy.reqresp_tls.programs`` (report) sets the programs against what the
+target leaves: after the timed rounds, one more echo round through the proxy
+(untimed) times the psock's program runs in thread CPU time, each request
+through the stream parser and the verdict program (``SkPsock.rx_feed``) and
+each reply through the reply program (``SkPsock.rx_verdict``), per round
+trip (a clock read per run included); its baseline is the room the target
+leaves above the floor, the relay's CPU time divided by the target less the
+floor's, per round trip. A ratio above 1 says running the programs alone,
+before any stream, redirect or scheduling work, takes more than that room.
+
 ``proxy.bulk_tls``: 256 MiB (quick: 4 MiB) as 64 KiB messages, one way.
 ``proxy.reqresp_tls``: 2,000 (quick: 200) round trips of a 200-byte message
 over one connection.
@@ -67,6 +77,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -74,6 +85,7 @@ from bench._harness import Figure
 from bench._tcp_helpers import Round
 from skmsg import Address, Proxy, ProxyConfig, run_proxy
 from skmsg._tls import TlsOptions, client_context, server_context, write_self_signed
+from skmsg_core import SkPsock
 from skmsg_tls import TLS_RECORD_TYPE_DATA, RecordOpener, RecordSealer, tls_handoff
 
 __all__ = ["BENCHMARKS"]
@@ -252,6 +264,35 @@ async def _timed(peers: Peers, command: str) -> Round:
     return r
 
 
+async def _programs_round(peers: Peers, count: int) -> Round:
+    """One more echo round through the proxy, untimed, with the psock's program
+    runs timed (thread CPU): ``SkPsock.rx_feed`` (the client's bytes through
+    the stream parser and the verdict program) and ``SkPsock.rx_verdict``
+    (each reply through the reply program). ``cpu`` is their sum."""
+    spent = [0]
+    saved = {name: getattr(SkPsock, name) for name in ("rx_feed", "rx_verdict")}
+
+    def timed(run: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.thread_time_ns()
+            try:
+                return run(*args, **kwargs)
+            finally:
+                spent[0] += time.thread_time_ns() - t0
+
+        return wrapper
+
+    for name, run in saved.items():
+        setattr(SkPsock, name, timed(run))
+    try:
+        answer = await peers.ask(f"echo ours-echo {count}")
+    finally:
+        for name, run in saved.items():
+            setattr(SkPsock, name, run)
+    _check(answer == "done", f"programs round: echo answered {answer!r}")
+    return Round(0.0, spent[0] / 1e9)
+
+
 async def _run(
     kind: str, amount: int, rounds: int, sides: tuple[str, ...] = ("ours", "ssl", "floor")
 ) -> dict[str, list[Round]]:
@@ -294,8 +335,12 @@ async def _run(
                 k = r % len(sides)
                 for name in sides[k:] + sides[:k]:
                     out[name].append(await _timed(peers, command.format(name)))
+            if kind == "echo" and "ours" in sides:  # untimed: the programs' own share
+                out["programs"] = [await _programs_round(peers, amount)]
             redirected = proxy.verdict.statistics().redirected - verdicts0
-            want = rounds * ("ours" in sides) * (amount // MSG if kind == "bulk" else amount)
+            want = (rounds + (kind == "echo")) * ("ours" in sides) * (
+                amount // MSG if kind == "bulk" else amount
+            )
             _check(redirected == want, f"the proxy redirected {redirected} of {want} messages")
             _check(proxy.runtime.redirect_errors == 0, "a redirect write failed")
             nursery.cancel_scope.cancel()
@@ -346,6 +391,21 @@ def _figures(
                 baseline_value=statistics.median(what(r) for r in base) * scale,
                 target=target if not suffix else None,
                 paired=_paired(ours, base, what),
+            )
+        )
+    if "programs" in out:
+        # what the target leaves above the floor, and what running the
+        # programs alone takes of it
+        budget = statistics.median(r.cpu for r in base) / target - statistics.median(
+            r.cpu for r in out["floor"]
+        )
+        figs.append(
+            Figure.cost_ratio(
+                name + ".programs",
+                value=out["programs"][0].cpu * scale,
+                unit=unit,
+                baseline="target's room above floor",
+                baseline_value=budget * scale,
             )
         )
     return figs

@@ -31,7 +31,7 @@ PROXY_FIGURES = [
 #: The TLS-terminating proxy against a trio.SSLStream relay, and the floor of the stack.
 TLS_FIGURES = [
     f"proxy.{name}{suffix}" for name in ("bulk_tls", "reqresp_tls") for suffix in ("", ".floor")
-]
+] + ["proxy.reqresp_tls.programs"]
 
 #: A figure line: its name first, then somewhere its ratio with direction and verdict.
 FIGURE_LINE = re.compile(
