@@ -501,17 +501,26 @@ def _tune_gc() -> Callable[[], None]:
 
 
 async def _collect_garbage(interval: float = GC_INTERVAL) -> None:
-    """Collect reference cycles every ``interval`` seconds until cancelled: the
-    youngest generation at each tick, and the older ones as Python's own
-    thresholds space them (generation 1 at every ``threshold1``-th tick,
-    generation 2 at every ``threshold1 * threshold2``-th: every 10 s and
-    100 s by default)."""
-    _, per_1, per_2 = gc.get_threshold()
-    ticks = 0
+    """Every ``interval`` seconds until cancelled, run the collection Python's
+    own trigger would run, at that moment: the trigger is lowered to a single
+    allocation and one object is made, so Python chooses the generation as
+    it always does (the middle one every ``threshold1`` collections, and the
+    oldest only when its own rules say so: they keep full collections rare
+    while long-lived objects accumulate), then the trigger is put back."""
     while True:
         await trio.sleep(interval)
-        ticks += 1
-        gc.collect(2 if not ticks % (per_1 * per_2) else 1 if not ticks % per_1 else 0)
+        threshold = gc.get_threshold()
+        gc.set_threshold(1, *threshold[1:])
+        try:
+            _allocate()
+        finally:
+            gc.set_threshold(*threshold)
+
+
+def _allocate() -> set[None]:
+    """A new object the collector tracks, which sets off its trigger (a set:
+    sets are always allocated anew, never taken from a free list)."""
+    return set()
 
 
 def _announce(proxy: Proxy | UdpProxy) -> None:

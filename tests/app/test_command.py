@@ -299,41 +299,42 @@ def test_the_command_collects_cycles_on_a_clock_not_on_allocations() -> None:
     assert gc.get_freeze_count() == 0
 
 
-async def test_the_clock_frees_a_cycle_and_spaces_the_older_generations(
-    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+async def test_the_clock_frees_a_cycle_and_lets_python_choose_the_generation(
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
-    """Each tick collects the youngest generation, every ``threshold1``-th tick
-    the middle one, every ``threshold1 * threshold2``-th all of them; a cycle
-    made between two ticks is gone after the next."""
+    """Each tick runs one collection, of the generation Python's own trigger
+    would choose (with ``threshold1`` = 2, the middle one at every fourth);
+    a cycle made between two ticks is gone after the next, and nothing is
+    collected between ticks."""
     class Node:
         other: object = None
 
+    generations: list[int] = []
+
+    def record(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            generations.append(info["generation"])
+
+    saved = gc.get_threshold()
+    gc.collect()  # every generation's count from zero
+    gc.set_threshold(10**9, 2, 100)  # only the clock may find the cycle
     freed = trio.Event()
     a, b = Node(), Node()
     a.other, b.other = b, a
     weakref.finalize(a, freed.set)
     del a, b
-    generations: list[int] = []
-    collect = gc.collect
-
-    def recording(generation: int = 2) -> int:
-        generations.append(generation)
-        return collect(generation)
-
-    saved = gc.get_threshold()
-    monkeypatch.setattr(gc, "collect", recording)
-    gc.disable()  # only the clock may find the cycle
-    gc.set_threshold(saved[0], 2, 3)
+    gc.callbacks.append(record)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_collect_garbage, 1.0)
             await trio.sleep(0.5)
             assert not freed.is_set() and generations == []
             await trio.sleep(1.0)
-            assert freed.is_set()
-            await trio.sleep(5.0)
+            assert freed.is_set() and generations == [0]
+            await trio.sleep(7.0)
             nursery.cancel_scope.cancel()
     finally:
+        gc.callbacks.remove(record)
         gc.set_threshold(*saved)
-        gc.enable()
-    assert generations == [0, 1, 0, 1, 0, 2]
+    assert generations == [0, 0, 0, 1, 0, 0, 0, 1]
+    assert gc.get_threshold() == saved
