@@ -1,4 +1,4 @@
-"""The floor of ``bench_proxy``: a bare trio relay, the least a proxy on trio does.
+"""The floor of ``bench_proxy``: a bare trio relay, a proxy that does nothing but relay.
 
 Run as ``python -m bench._relay PORT``: it listens on 127.0.0.1 (a free port,
 printed on stdout) and, for each client, connects to ``127.0.0.1:PORT`` and

@@ -20,9 +20,9 @@ message is 64 bytes of payload; one message in flight per client.
     path's max. ``proxy.burst.max.workers2``: the same through ``skmsg proxy
     --workers 2`` (report only; the load generator shares the two cores).
     ``proxy.burst.max.floor``: the same through a bare trio relay
-    (``bench._relay``: accept, connect, copy both ways; report only): the
-    least any proxy on trio pays per client, so what ``max`` shows above it
-    is skmsg's own (framing, programs, maps, sessions).
+    (``bench._relay``: accept, connect, copy both ways; report only): what
+    a proxy on trio that does nothing else pays per client, so what ``max``
+    shows above it is skmsg's own (framing, programs, maps, sessions).
 
 ``proxy.steady``
     1,000 clients (quick: 50) connected, each sending its next message as
