@@ -325,6 +325,8 @@ class TlsUlp:
             written, op = await self._send_lean(psock, src, more)
             if op is None:
                 return
+            if not written:  # the rest may write nothing (a DROP, an empty send): a
+                await trio.lowlevel.checkpoint()  # checkpoint all the same, as on TCP
             for action in op:
                 try:
                     if action.kind == "pass":  # one element of bufs per record
