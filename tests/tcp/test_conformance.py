@@ -80,18 +80,18 @@ async def test_plain_stream_passes_check_half_closeable_stream() -> None:
     await trio.testing.check_half_closeable_stream(tcp_pair, clog(tcp_pair))
 
 
-@pytest.mark.parametrize(
-    "attach",
-    [
-        (),
-        (sk.SK_MSG_VERDICT,),
-        (sk.SK_SKB_STREAM_VERDICT,),
-        (sk.SK_SKB_STREAM_PARSER, sk.SK_SKB_STREAM_VERDICT),
-        (sk.SK_MSG_VERDICT, sk.SK_SKB_STREAM_PARSER, sk.SK_SKB_STREAM_VERDICT),
-        (sk.SK_MSG_VERDICT, sk.SK_SKB_VERDICT),
-    ],
-    ids=["psock-only", "msg", "verdict", "parser+verdict", "all", "msg+skb_verdict"],
-)
+#: The program sets a stream in a map is checked with, by name.
+PROGRAM_SETS: dict[str, tuple[sk.BpfAttachType, ...]] = {
+    "psock-only": (),
+    "msg": (sk.SK_MSG_VERDICT,),
+    "verdict": (sk.SK_SKB_STREAM_VERDICT,),
+    "parser+verdict": (sk.SK_SKB_STREAM_PARSER, sk.SK_SKB_STREAM_VERDICT),
+    "all": (sk.SK_MSG_VERDICT, sk.SK_SKB_STREAM_PARSER, sk.SK_SKB_STREAM_VERDICT),
+    "msg+skb_verdict": (sk.SK_MSG_VERDICT, sk.SK_SKB_VERDICT),
+}
+
+
+@pytest.mark.parametrize("attach", list(PROGRAM_SETS.values()), ids=list(PROGRAM_SETS))
 async def test_stream_in_a_map_passes_check_half_closeable_stream(
     attach: tuple[sk.BpfAttachType, ...],
 ) -> None:

@@ -23,7 +23,7 @@ import skmsg_tcp
 import skmsg_tls as tls
 from skmsg_core.runtime import open_runtime
 from skmsg_tcp import SkStream
-from tests.tcp.test_conformance import in_maps, tcp_pair
+from tests.tcp.test_conformance import PROGRAM_SETS, in_maps, pass_msg, tcp_pair
 from tests.tls._peers import client_context, make_pki, server_context
 from tests.tls._ulp_helpers import enable_both, make_keys
 
@@ -44,10 +44,6 @@ def with_keys(tcp: Maker, version: int, cipher: int) -> Maker:
 
 def drop(msg: sk.SkMsg) -> int:
     return sk.SK_DROP
-
-
-def pass_msg(msg: sk.SkMsg) -> int:
-    return sk.SK_PASS
 
 
 @pytest.mark.parametrize(
@@ -89,17 +85,7 @@ async def test_tls_stream_passes_check_half_closeable_stream(version: int, ciphe
     await trio.testing.check_half_closeable_stream(with_keys(tcp_pair, version, cipher), None)
 
 
-@pytest.mark.parametrize(
-    "attach",
-    [
-        (sk.SK_MSG_VERDICT,),
-        (sk.SK_SKB_STREAM_VERDICT,),
-        (sk.SK_SKB_STREAM_PARSER, sk.SK_SKB_STREAM_VERDICT),
-        (sk.SK_MSG_VERDICT, sk.SK_SKB_STREAM_PARSER, sk.SK_SKB_STREAM_VERDICT),
-        (sk.SK_MSG_VERDICT, sk.SK_SKB_VERDICT),
-    ],
-    ids=["msg", "verdict", "parser+verdict", "all", "msg+skb_verdict"],
-)
+@pytest.mark.parametrize("attach", list(PROGRAM_SETS.values()), ids=list(PROGRAM_SETS))
 async def test_tls_stream_in_a_map_passes_check_half_closeable_stream(
     attach: tuple[sk.BpfAttachType, ...],
 ) -> None:
