@@ -2,10 +2,12 @@
 keys (TLS 1.3 and 1.2, plain and in maps with programs), a real handshake on
 both ends (``start_tls``), and ``start_tls`` against trio's ``SSLStream``.
 
-Without the "clogged" half of the suite: a clogged TLS pair needs both
-socket buffers full of whole records, which the ULP cannot be made to leave
-behind (a send cancelled while it waits for room loses its sealed record,
-as trio's own ``SSLStream`` is broken by one).
+The suite's "clogged" half needs a pair whose socket buffers are full of
+whole records with no send in progress, which the ULP cannot be made to
+leave behind (a send cancelled while it waits for room loses its sealed
+record, as trio's own ``SSLStream`` is broken by one). Its send-side checks
+are made here with a send that blocks instead: closing the stream wakes it,
+and a second sender is refused.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ from tests.tls._peers import client_context, make_pki, server_context
 from tests.tls._ulp_helpers import enable_both, make_keys
 
 Pair = tuple[SkStream, SkStream]
+
+#: More than loopback's socket buffers hold at their largest, so a send of
+#: it blocks while the peer does not read.
+BLOCKS = 32 * 1024 * 1024
 Maker = Callable[[], Awaitable[Pair]]
 
 
@@ -72,6 +78,49 @@ async def test_tls_send_all_under_a_program_checkpoints_when_nothing_is_written(
                     assert prog is drop
                 else:
                     assert prog is pass_msg
+
+
+def sender_pair(attach: tuple[sk.BpfAttachType, ...]) -> Maker:
+    return with_keys(in_maps(*attach), tls.TLS_1_3_VERSION, tls.TLS_CIPHER_AES_GCM_128)
+
+
+SENDERS = pytest.mark.parametrize(
+    "attach", [(), (sk.SK_MSG_VERDICT,)], ids=["no-program", "msg-program"]
+)
+
+
+@SENDERS
+async def test_closing_a_tls_stream_wakes_its_blocked_send(
+    attach: tuple[sk.BpfAttachType, ...],
+) -> None:
+    async with open_runtime():
+        a, b = await sender_pair(attach)()
+        async with b:
+
+            async def close_when_blocked() -> None:
+                await trio.testing.wait_all_tasks_blocked()
+                await trio.aclose_forcefully(a)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(close_when_blocked)
+                with pytest.raises(trio.ClosedResourceError):
+                    await a.send_all(b"x" * BLOCKS)
+
+
+@SENDERS
+async def test_a_tls_stream_with_a_blocked_send_refuses_another_sender(
+    attach: tuple[sk.BpfAttachType, ...],
+) -> None:
+    async with open_runtime():
+        a, b = await sender_pair(attach)()
+        async with a, b, trio.open_nursery() as nursery:
+            nursery.start_soon(a.send_all, b"x" * BLOCKS)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await a.send_all(b"123")
+            with pytest.raises(trio.BusyResourceError):
+                await a.wait_send_all_might_not_block()
+            nursery.cancel_scope.cancel()
 
 
 VERSIONS = [
