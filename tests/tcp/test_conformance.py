@@ -27,26 +27,30 @@ async def tcp_pair() -> tuple[skmsg_tcp.SkStream, skmsg_tcp.SkStream]:
 
 def clog(maker: Maker) -> Maker:
     """trio's "clogged" maker: the pair with both send paths full, so that
-    send_all blocks until the other side receives."""
+    send_all blocks until the other side receives. Both ways are filled in
+    turn until neither takes a byte more: filling one way can let the other
+    move again (a receive pump that reads on, the peer's acknowledgments)."""
 
-    async def fill(sender: skmsg_tcp.SkStream, receiver: skmsg_tcp.SkStream) -> None:
-        sender.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, 4096)
-        receiver.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, 4096)
-        psock = receiver.sk.psock
-        if psock is not None:
-            psock.rcvbuf = 4096  # a small ingress queue, so the pump stops reading soon
-        blocked = 0
+    async def fill(sender: skmsg_tcp.SkStream) -> int:
+        sent = blocked = 0
         while blocked < 2:  # blocked twice in a row, the second time after all went quiet
             with trio.move_on_after(0.03) as scope:
-                await sender.socket.send(b"x" * 4096)
+                sent += await sender.socket.send(b"x" * 4096)
             blocked = blocked + 1 if scope.cancelled_caught else 0
             if blocked:
                 await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+        return sent
 
     async def clogged() -> tuple[skmsg_tcp.SkStream, skmsg_tcp.SkStream]:
         left, right = await maker()
-        await fill(left, right)
-        await fill(right, left)  # both ways, as trio's own socket tests do
+        for s in (left, right):
+            s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, 4096)
+            s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, 4096)
+            psock = s.sk.psock
+            if psock is not None:
+                psock.rcvbuf = 4096  # a small ingress queue, so the pump stops reading soon
+        while await fill(left) + await fill(right):  # both ways, as trio's own socket tests do
+            pass
         return left, right
 
     return clogged
