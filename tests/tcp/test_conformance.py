@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket as stdsocket
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -12,6 +11,7 @@ import trio.testing
 import skmsg_core as sk
 import skmsg_tcp
 from skmsg_core.runtime import open_runtime
+from skmsg_tcp.testing import clog_tcp_pair
 
 Maker = Callable[[], Awaitable[tuple[skmsg_tcp.SkStream, skmsg_tcp.SkStream]]]
 
@@ -26,31 +26,11 @@ async def tcp_pair() -> tuple[skmsg_tcp.SkStream, skmsg_tcp.SkStream]:
 
 
 def clog(maker: Maker) -> Maker:
-    """trio's "clogged" maker: the pair with both send paths full, so that
-    send_all blocks until the other side receives. Both ways are filled in
-    turn until neither takes a byte more: filling one way can let the other
-    move again (a receive pump that reads on, the peer's acknowledgments)."""
-
-    async def fill(sender: skmsg_tcp.SkStream) -> int:
-        sent = blocked = 0
-        while blocked < 2:  # blocked twice in a row, the second time after all went quiet
-            with trio.move_on_after(0.03) as scope:
-                sent += await sender.socket.send(b"x" * 4096)
-            blocked = blocked + 1 if scope.cancelled_caught else 0
-            if blocked:
-                await trio.testing.wait_all_tasks_blocked(cushion=0.01)
-        return sent
+    """trio's "clogged" maker: ``maker``'s pair, clogged both ways."""
 
     async def clogged() -> tuple[skmsg_tcp.SkStream, skmsg_tcp.SkStream]:
         left, right = await maker()
-        for s in (left, right):
-            s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, 4096)
-            s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, 4096)
-            psock = s.sk.psock
-            if psock is not None:
-                psock.rcvbuf = 4096  # a small ingress queue, so the pump stops reading soon
-        while await fill(left) + await fill(right):  # both ways, as trio's own socket tests do
-            pass
+        await clog_tcp_pair(left, right)
         return left, right
 
     return clogged

@@ -89,29 +89,34 @@ async def clog_tcp_pair(left: SkStream, right: SkStream) -> None:
 
     Shrinks the socket buffers (and the ingress queue of a stream already in a
     map, so its receive pump stops reading soon), then writes below any program
-    until the writes have blocked twice in a row with every task idle. Clog a
-    pair *after* putting it into maps.
+    until the writes have blocked twice in a row with every task idle, one way
+    then the other, and again until neither way takes a byte more: filling one
+    way can let the other move again (a receive pump that reads on, the
+    peer's acknowledgments). Clog a pair *after* putting it into maps.
 
     Raises:
         OSError: a socket option could not be set, or the connection failed.
     """
-    await _fill(left, right)
-    await _fill(right, left)
+    for s in (left, right):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        psock = s.sk.psock
+        if psock is not None:
+            psock.rcvbuf = 4096
+    while await _fill(left) + await _fill(right):
+        pass
 
 
-async def _fill(sender: SkStream, receiver: SkStream) -> None:
-    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    psock = receiver.sk.psock
-    if psock is not None:
-        psock.rcvbuf = 4096
-    blocked = 0
+async def _fill(sender: SkStream) -> int:
+    """Write from ``sender`` until blocked twice in a row; the bytes written."""
+    sent = blocked = 0
     while blocked < 2:
         with trio.move_on_after(0.03) as scope:
-            await sender.socket.send(b"x" * 4096)
+            sent += await sender.socket.send(b"x" * 4096)
         blocked = blocked + 1 if scope.cancelled_caught else 0
         if blocked:
             await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+    return sent
 
 
 async def echo(stream: SkStream) -> None:

@@ -20,7 +20,9 @@ async def clog_unix_pair(left: UnixStream, right: UnixStream) -> None:
     ``SO_SNDBUF``), so that is what shrinks, with the ingress queue of a stream
     already in a map (so its receive pump stops reading soon); then writes go
     below any program until they have blocked twice in a row with every task
-    idle. Clog a pair *after* putting it into maps.
+    idle, one way then the other, and again until neither way takes a byte
+    more (a receive pump that reads on lets its sender move again). Clog a
+    pair *after* putting it into maps.
 
     Raises:
         OSError: a socket option could not be set, or the connection failed.
@@ -29,20 +31,24 @@ async def clog_unix_pair(left: UnixStream, right: UnixStream) -> None:
     for s in (left, right):
         if not isinstance(s, UnixStream):
             raise TypeError(f"clog_unix_pair takes UnixStreams, not {type(s).__name__}")
-    await _fill(left, right)
-    await _fill(right, left)
+    for s in (left, right):
+        s.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, 4096)
+        psock = s.sk.psock
+        if psock is not None:
+            psock.rcvbuf = 4096
+    while await _fill(left) + await _fill(right):
+        pass
 
 
-async def _fill(sender: UnixStream, receiver: UnixStream) -> None:
-    sender.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, 4096)
-    psock = receiver.sk.psock
-    if psock is not None:
-        psock.rcvbuf = 4096
+async def _fill(sender: UnixStream) -> int:
+    """Write from ``sender`` until blocked twice in a row; the bytes written."""
     chunk = memoryview(b"x" * 1024)
-    blocked = 0
+    sent = blocked = 0
     while blocked < 2:
         with trio.move_on_after(0.03) as scope:
             await sender.egress_write([chunk], False)  # below the SK_MSG program
+            sent += len(chunk)
         blocked = blocked + 1 if scope.cancelled_caught else 0
         if blocked:
             await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+    return sent
