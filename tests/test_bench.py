@@ -19,7 +19,7 @@ RUN = ROOT / "bench" / "run.py"
 
 RING_FIGURES = [
     f"ring.{op}.{versus}"
-    for op in ("pull.nocopy", "pull.span2", "push", "pop")
+    for op in ("pull.nocopy", "pull.span2", "push", "pop", "push.split", "pop.split")
     for versus in ("vs_4k", "vs_naive")
 ]
 #: ``skmsg proxy`` as a process between many clients and a backend, against no proxy.
@@ -77,7 +77,9 @@ def test_named_benchmark_runs_only_its_figures() -> None:
     result = run_bench("--quick", "ring.push")
     assert result.returncode == 0, result.stderr
     names = {m["name"] for line in result.stdout.splitlines() if (m := FIGURE_LINE.match(line))}
-    assert names == {"ring.push.vs_4k", "ring.push.vs_naive"}
+    assert names == {
+        "ring.push.vs_4k", "ring.push.vs_naive", "ring.push.split.vs_4k", "ring.push.split.vs_naive"
+    }
 
 
 def test_unknown_benchmark_exits_2_naming_it() -> None:
