@@ -4,7 +4,8 @@ The conformance check every protocol plugin passes
 (:func:`check_protocol_plugin`); a program's test run on bytes, with no
 socket (:func:`test_run`, the kernel's ``BPF_PROG_TEST_RUN``, and
 :func:`test_sock` for its context and redirect targets); and helpers for
-tests that use the runtime (:func:`ensure_runtime`, :func:`aclose_all`).
+tests that use the runtime (:func:`ensure_runtime`, :func:`aclose_all`), and
+the clogging a plugin's clogged-pair helper is built on (:func:`clog_both_ways`).
 Streams on real sockets come with their protocol plugin
 (``skmsg_tcp.testing``). This module only re-exports; it imports trio, as
 testing helpers may.
@@ -12,6 +13,7 @@ testing helpers may.
 
 from __future__ import annotations
 
+from ._clog import clog_both_ways as clog_both_ways
 from ._conformance import Clogger as Clogger
 from ._conformance import PairMaker as PairMaker
 from ._conformance import check_protocol_plugin as check_protocol_plugin

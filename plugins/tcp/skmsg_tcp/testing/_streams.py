@@ -31,7 +31,7 @@ import trio
 import trio.testing
 
 import skmsg_core as sk
-from skmsg_core.testing import aclose_all, ensure_runtime
+from skmsg_core.testing import aclose_all, clog_both_ways, ensure_runtime
 
 from .._listener import SkListener, open_tcp_listeners, open_tcp_stream
 from .._stream import SkStream
@@ -103,20 +103,8 @@ async def clog_tcp_pair(left: SkStream, right: SkStream) -> None:
         psock = s.sk.psock
         if psock is not None:
             psock.rcvbuf = 4096
-    while await _fill(left) + await _fill(right):
-        pass
-
-
-async def _fill(sender: SkStream) -> int:
-    """Write from ``sender`` until blocked twice in a row; the bytes written."""
-    sent = blocked = 0
-    while blocked < 2:
-        with trio.move_on_after(0.03) as scope:
-            sent += await sender.socket.send(b"x" * 4096)
-        blocked = blocked + 1 if scope.cancelled_caught else 0
-        if blocked:
-            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
-    return sent
+    chunk = b"x" * 4096
+    await clog_both_ways(lambda: left.socket.send(chunk), lambda: right.socket.send(chunk))
 
 
 async def echo(stream: SkStream) -> None:

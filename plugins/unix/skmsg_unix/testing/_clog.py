@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import socket as stdsocket
+from collections.abc import Awaitable, Callable
 
-import trio
-import trio.testing
+from skmsg_core.testing import clog_both_ways
 
 from .._stream import UnixStream
 
@@ -36,19 +36,13 @@ async def clog_unix_pair(left: UnixStream, right: UnixStream) -> None:
         psock = s.sk.psock
         if psock is not None:
             psock.rcvbuf = 4096
-    while await _fill(left) + await _fill(right):
-        pass
-
-
-async def _fill(sender: UnixStream) -> int:
-    """Write from ``sender`` until blocked twice in a row; the bytes written."""
     chunk = memoryview(b"x" * 1024)
-    sent = blocked = 0
-    while blocked < 2:
-        with trio.move_on_after(0.03) as scope:
+
+    def below_programs(sender: UnixStream) -> Callable[[], Awaitable[int]]:
+        async def write() -> int:
             await sender.egress_write([chunk], False)  # below the SK_MSG program
-            sent += len(chunk)
-        blocked = blocked + 1 if scope.cancelled_caught else 0
-        if blocked:
-            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
-    return sent
+            return chunk.nbytes
+
+        return write
+
+    await clog_both_ways(below_programs(left), below_programs(right))
