@@ -30,11 +30,11 @@ from tests.tls._peers import client_context, make_pki, server_context
 from tests.tls._ulp_helpers import enable_both, make_keys
 
 Pair = tuple[SkStream, SkStream]
+Maker = Callable[[], Awaitable[Pair]]
 
 #: More than loopback's socket buffers hold at their largest, so a send of
 #: it blocks while the peer does not read.
 BLOCKS = 32 * 1024 * 1024
-Maker = Callable[[], Awaitable[Pair]]
 
 
 def with_keys(tcp: Maker, version: int, cipher: int) -> Maker:
